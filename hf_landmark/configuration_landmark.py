@@ -1,0 +1,130 @@
+"""Configuration of the landmark detector: a diffusers ``UNet2DModel`` plus a heatmap head.
+
+This file imports only ``transformers`` so that it can travel with the weights and be
+loaded with ``trust_remote_code=True`` on a machine without ``hf_landmark``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+_DOWN = ("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
+_UP = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D")
+
+
+def _unet_preset(base: int, layers_per_block: int, norm_num_groups: int, widths=(1, 2, 4, 8)) -> dict:
+    channels = [base * m for m in widths]
+    return {
+        "in_channels": 1,
+        "block_out_channels": channels,
+        "layers_per_block": layers_per_block,
+        "down_block_types": list(_DOWN),
+        "up_block_types": list(_UP),
+        # 4 heads at the deepest level; the last down block does not downsample, so its
+        # attention (and the mid block's) runs at 1/8 of the input: 32x32 for 256 px.
+        "attention_head_dim": channels[-1] // 4,
+        "norm_num_groups": norm_num_groups,
+    }
+
+
+#: Named U-Net presets (diffusers ``UNet2DModel`` keyword arguments, without sizes/outputs).
+UNET_PRESETS: dict[str, dict] = {
+    # The paper's design in diffusers terms: channel multipliers [1, 2, 4, 8] on width 64.
+    "base": _unet_preset(64, 2, 32),
+    "large": _unet_preset(128, 2, 32),
+    # For CPU runs at 64-128 px.
+    "small": _unet_preset(32, 2, 32),
+    # < 1 M parameters, for tests.
+    "tiny": _unet_preset(16, 1, 8, widths=(1, 2, 2, 4)),
+}
+
+LOSSES = ("paper", "bce", "contour")
+
+
+def unet_preset(name: str) -> dict:
+    """Return a copy of the ``UNet2DModel`` keyword arguments of a named preset."""
+    if name not in UNET_PRESETS:
+        raise ValueError(f"Unknown U-Net preset {name!r}; choose one of {sorted(UNET_PRESETS)}.")
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in UNET_PRESETS[name].items()}
+
+
+class LandmarkConfig(PreTrainedConfig):
+    """Configuration of :class:`LandmarkDetector`.
+
+    Args:
+        unet: keyword arguments of the wrapped ``diffusers.UNet2DModel`` (a preset name is
+            also accepted). ``out_channels`` is always ``num_landmarks``.
+        num_landmarks: number of landmarks N; the head outputs one heatmap per landmark.
+        landmark_names: N names, in channel order.
+        image_size: side of the square model input in pixels (any multiple of 8 works).
+        loss: ``"paper"`` (cross-entropy across landmark channels with binary disk targets),
+            ``"bce"`` (per-channel binary cross-entropy) or ``"contour"`` (2-D softmax over
+            each channel's pixels, negative log-likelihood of the true landmark).
+        sigma: Gaussian sigma of the heatmap targets in model-input pixels. ``paper``/``bce``
+            threshold it at half maximum into a disk; ``contour`` uses it to smooth the target
+            distribution (0 = only the bilinear weights of the sub-pixel landmark).
+        timestep: the constant timestep at which the pre-trained U-Net is run. The detector
+            never takes a timestep: its time embedding is that of this constant (default 0,
+            the nearly noise-free end of the DDPM chain, which matches clean inputs).
+        pixel_range: the intensity range the model expects, ``[lo, hi]``; images in [0, 1]
+            are mapped linearly to it.
+        spacing: mm per original pixel, a number or ``[sx, sy]``, or ``None`` when unknown.
+        unit_convention: how physical errors are defined for this anatomy: ``"spacing"``,
+            ``"wrist"`` (hand: 50 mm between two wrist landmarks) or ``"pixels"``.
+        wrist_indices: the two 0-based landmark indices of the wrist convention.
+    """
+
+    model_type = "ddpm-landmark"
+
+    def __init__(
+        self,
+        unet: dict | str | None = None,
+        num_landmarks: int = 19,
+        landmark_names: list[str] | None = None,
+        image_size: int = 256,
+        loss: str = "contour",
+        sigma: float = 6.0,
+        timestep: int = 0,
+        pixel_range: tuple[float, float] | list[float] = (-1.0, 1.0),
+        spacing: float | list[float] | None = None,
+        unit_convention: str = "spacing",
+        wrist_indices: tuple[int, int] | list[int] = (0, 4),
+        dataset_name: str | None = None,
+        **kwargs: Any,
+    ):
+        if unet is None:
+            unet = "base"
+        if isinstance(unet, str):
+            unet = unet_preset(unet)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
+        if landmark_names is not None and len(landmark_names) != num_landmarks:
+            raise ValueError(
+                f"{len(landmark_names)} landmark names given for {num_landmarks} landmarks"
+            )
+        self.unet = dict(unet)
+        self.num_landmarks = int(num_landmarks)
+        self.landmark_names = list(landmark_names) if landmark_names else [f"L{i}" for i in range(num_landmarks)]
+        self.image_size = int(image_size)
+        self.loss = loss
+        self.sigma = float(sigma)
+        self.timestep = int(timestep)
+        self.pixel_range = [float(v) for v in pixel_range]
+        self.spacing = spacing
+        self.unit_convention = unit_convention
+        self.wrist_indices = [int(i) for i in wrist_indices]
+        self.dataset_name = dataset_name
+        super().__init__(**kwargs)
+
+    def unet_kwargs(self) -> dict:
+        """``UNet2DModel`` keyword arguments with this detector's size and head."""
+        kwargs = {k: v for k, v in self.unet.items() if not k.startswith("_")}
+        kwargs.update(sample_size=self.image_size, out_channels=self.num_landmarks)
+        for key in ("block_out_channels", "down_block_types", "up_block_types"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return kwargs

@@ -1,0 +1,41 @@
+"""Datasets: readers for the benchmarks' public layouts, the prepared format, synthetic
+data, few-shot subsets and augmentation."""
+
+from .prepared import (
+    SPLITS,
+    ConversionReport,
+    DatasetFormatError,
+    Record,
+    build_dataset_dict,
+    dataset_info,
+    features,
+    load_prepared,
+    save_prepared,
+)
+from .readers import CEPH_LANDMARKS, READERS, prepare, read_ceph, read_chest, read_custom, read_hand
+from .synthetic import write_synthetic_isbi
+from .tensors import LandmarkTensors, few_shot_indices, load_tensors, random_affine
+
+__all__ = [
+    "CEPH_LANDMARKS",
+    "READERS",
+    "SPLITS",
+    "ConversionReport",
+    "DatasetFormatError",
+    "LandmarkTensors",
+    "Record",
+    "build_dataset_dict",
+    "dataset_info",
+    "features",
+    "few_shot_indices",
+    "load_prepared",
+    "load_tensors",
+    "prepare",
+    "random_affine",
+    "read_ceph",
+    "read_chest",
+    "read_custom",
+    "read_hand",
+    "save_prepared",
+    "write_synthetic_isbi",
+]

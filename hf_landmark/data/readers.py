@@ -1,0 +1,340 @@
+"""Readers for the public on-disk layouts of the three x-ray benchmarks and for custom data.
+
+Each reader returns ``(records, landmark_names, report)``; :func:`prepare` turns them into a
+prepared ``DatasetDict`` (see :mod:`hf_landmark.data.prepared`). Coordinates are ``(x, y)``
+in original image pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..metrics import WRIST_DISTANCE_MM, wrist_spacing
+from .prepared import ConversionReport, DatasetFormatError, Record, build_dataset_dict, split_by_counts
+
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+CEPH_LANDMARKS = [
+    "Sella", "Nasion", "Orbitale", "Porion", "Subspinale", "Supramentale", "Pogonion", "Menton",
+    "Gnathion", "Gonion", "Lower incisal incision", "Upper incisal incision", "Upper lip", "Lower lip",
+    "Subnasale", "Soft tissue pogonion", "Posterior nasal spine", "Anterior nasal spine", "Articulare",
+]  # fmt: skip
+CEPH_SPACING_MM = 0.1
+CEPH_SPLIT = (130, 20, None)
+HAND_NUM_LANDMARKS = 37
+HAND_SPLIT = (550, 59, None)
+CHEST_LANDMARKS = [f"chest_{i}" for i in range(6)]
+CHEST_SPLIT = (195, 34, None)
+#: Images the paper's code drops from the chest set (its split then has 41 test images).
+CHEST_CODE_EXCLUSIONS = tuple(f"CHNCXR_{n:04d}_0" for n in (59, 178, 228, 267, 295, 310, 285, 276, 303))
+
+
+def _images_by_stem(folders: Sequence[Path]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                found.setdefault(p.stem, p)
+    return found
+
+
+def _assign(records: list[Record], counts, report: ConversionReport) -> list[Record]:
+    ids = sorted(r.image_id for r in records)
+    split = split_by_counts(ids, counts)
+    for r in records:
+        r.split = split[r.image_id]
+    report.split_sizes = {s: sum(r.split == s for r in records) for s in ("train", "validation", "test")}
+    return sorted(records, key=lambda r: r.image_id)
+
+
+# --- Cephalometric, ISBI 2015 ------------------------------------------------------------
+
+
+def read_isbi_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
+    """Read the first ``num_landmarks`` ``x,y`` lines of an ISBI annotation file (later lines,
+    e.g. classification labels, are ignored)."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError as err:
+        raise DatasetFormatError(f"{path}: cannot read annotation ({err})") from err
+    points = []
+    for ln in lines[:num_landmarks]:
+        parts = ln.replace(" ", "").split(",")
+        try:
+            points.append([float(parts[0]), float(parts[1])])
+        except (ValueError, IndexError) as err:
+            raise DatasetFormatError(f"{path}: line {ln!r} is not 'x,y'") from err
+    if len(points) != num_landmarks:
+        raise DatasetFormatError(f"{path}: {len(points)} coordinate lines, expected {num_landmarks}")
+    return np.asarray(points, dtype=np.float32)
+
+
+def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool = False, split_counts=CEPH_SPLIT):
+    """ISBI 2015 cephalograms: ``RawImage/{TrainingData,Test1Data,Test2Data}/NNN.{bmp,jpg,png}``
+    (or all images in one folder: ``RawImage/``, ``images/`` or the root) and
+    ``AnnotationsByMD/{400_senior,400_junior}/NNN.txt`` (or those two folders at the root).
+
+    ``annotator``: ``"mean"`` (default, the usual ground truth), ``"senior"`` or ``"junior"``.
+    Splits: sorted ids, 130 / 20 / rest (the paper's 130 / 20 / 250). Spacing 0.1 mm/px.
+    """
+    root = Path(root)
+    if annotator not in ("mean", "senior", "junior"):
+        raise ValueError(f"annotator must be mean, senior or junior, got {annotator!r}")
+    raw = root / "RawImage"
+    folders = [raw / "TrainingData", raw / "Test1Data", raw / "Test2Data", raw, root / "images", root]
+    images = _images_by_stem(folders)
+    ann_root = root / "AnnotationsByMD" if (root / "AnnotationsByMD").is_dir() else root
+    ann_dirs = {who: ann_root / f"400_{who}" for who in ("senior", "junior")}
+    needed = ("senior", "junior") if annotator == "mean" else (annotator,)
+    for who in needed:
+        if not ann_dirs[who].is_dir():
+            raise DatasetFormatError(f"{ann_dirs[who]}: annotation folder not found (expected the ISBI 2015 layout under {root})")
+    report = ConversionReport(dataset="ceph", expected_images=400, images_found=len(images))
+    ann_ids = sorted({p.stem for who in needed for p in ann_dirs[who].glob("*.txt")})
+    report.annotations_without_images = [i for i in ann_ids if i not in images]
+    records = []
+    for image_id in sorted(images):
+        files = [ann_dirs[who] / f"{image_id}.txt" for who in needed]
+        if not all(f.is_file() for f in files):
+            report.images_without_annotations.append(image_id)
+            continue
+        try:
+            points = [read_isbi_annotation(f) for f in files]
+        except DatasetFormatError as err:
+            if not skip_bad:
+                raise
+            report.wrong_coordinate_counts.append(str(err))
+            continue
+        records.append(Record(str(images[image_id]), image_id, np.mean(points, axis=0), "train", (CEPH_SPACING_MM,) * 2))
+    return _assign(records, split_counts, report), list(CEPH_LANDMARKS), report
+
+
+# --- Hand, Digital Hand Atlas ------------------------------------------------------------
+
+
+def read_hand(
+    root: str | os.PathLike,
+    wrist_indices: Sequence[int] = (0, 4),
+    wrist_distance_mm: float = WRIST_DISTANCE_MM,
+    skip_bad: bool = False,
+    split_counts=HAND_SPLIT,
+):
+    """Digital Hand Atlas: ``jpg/<id>.jpg`` and ``labels/all.csv`` (or ``all.csv`` at the
+    root; rows ``id,x1,y1,...,x37,y37`` in original pixels, no header). Only images with a
+    row are used. Splits: sorted ids, 550 / 59 / rest. Spacing: per image, from
+    ``wrist_distance_mm`` between the 0-based ``wrist_indices`` landmarks (default (0, 4), as
+    the paper's code; Payer et al. use (1, 5))."""
+    root = Path(root)
+    csv_path = next((p for p in (root / "labels" / "all.csv", root / "all.csv") if p.is_file()), None)
+    if csv_path is None:
+        raise DatasetFormatError(f"{root}: no labels/all.csv or all.csv found (Digital Hand Atlas layout)")
+    images = _images_by_stem([root / "jpg", root / "images", root])
+    report = ConversionReport(dataset="hand", expected_images=909, images_found=len(images))
+    rows: dict[str, np.ndarray] = {}
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or not row[0].strip():
+                continue
+            image_id = row[0].strip()
+            values = [v for v in row[1:] if v.strip() != ""]
+            if len(values) != 2 * HAND_NUM_LANDMARKS:
+                msg = f"{csv_path}:{lineno} ({image_id}): {len(values)} values, expected {2 * HAND_NUM_LANDMARKS}"
+                if not skip_bad:
+                    raise DatasetFormatError(msg)
+                report.wrong_coordinate_counts.append(msg)
+                continue
+            try:
+                rows[image_id] = np.asarray(values, dtype=np.float32).reshape(-1, 2)
+            except ValueError as err:
+                raise DatasetFormatError(f"{csv_path}:{lineno} ({image_id}): non-numeric coordinate") from err
+    report.images_without_annotations = sorted(i for i in images if i not in rows)
+    report.annotations_without_images = sorted(i for i in rows if i not in images)
+    records = []
+    for image_id in sorted(i for i in images if i in rows):
+        lm = rows[image_id]
+        s = float(wrist_spacing(lm[None], wrist_indices, wrist_distance_mm)[0])
+        records.append(Record(str(images[image_id]), image_id, lm, "train", (s, s)))
+    names = [f"hand_{i}" for i in range(HAND_NUM_LANDMARKS)]
+    return _assign(records, split_counts, report), names, report
+
+
+# --- Chest, Shenzhen with 6 landmarks ----------------------------------------------------
+
+
+def read_chest_annotation(path: Path, width: int, height: int) -> np.ndarray:
+    """First line the count (6), then ``x y`` fractions of width and height → pixels."""
+    lines = [ln.split() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        count = int(float(lines[0][0]))
+        pts = np.asarray([[float(a), float(b)] for a, b in (ln[:2] for ln in lines[1 : 1 + count])], dtype=np.float32)
+    except (ValueError, IndexError) as err:
+        raise DatasetFormatError(f"{path}: expected a count line then 'x y' fraction lines") from err
+    if count != len(CHEST_LANDMARKS) or len(pts) != count:
+        raise DatasetFormatError(f"{path}: {len(pts)} landmarks (count line says {count}), expected {len(CHEST_LANDMARKS)}")
+    # Fractions of the image size, converted as the label files were made: x = f * W.
+    return pts * np.asarray([width, height], dtype=np.float32)
+
+
+def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = False):
+    """Shenzhen chest x-rays with 6 landmarks: ``pngs/CHNCXR_NNNN_0.png`` and
+    ``labels/CHNCXR_NNNN_0.txt``. ``split``: ``"paper"`` (195 / 34 / rest) or ``"code"`` (the
+    paper's code: the same after dropping 9 listed images). No spacing: pixels."""
+    from PIL import Image
+
+    if split not in ("paper", "code"):
+        raise ValueError(f"chest split must be 'paper' or 'code', got {split!r}")
+    root = Path(root)
+    labels_dir = root / "labels"
+    if not labels_dir.is_dir():
+        raise DatasetFormatError(f"{labels_dir}: label folder not found (Shenzhen chest layout)")
+    images = _images_by_stem([root / "pngs", root / "images", root])
+    report = ConversionReport(dataset="chest", expected_images=279, images_found=len(images))
+    labels = {p.stem: p for p in sorted(labels_dir.glob("*.txt"))}
+    report.images_without_annotations = sorted(i for i in images if i not in labels)
+    report.annotations_without_images = sorted(i for i in labels if i not in images)
+    records = []
+    for image_id in sorted(i for i in images if i in labels):
+        if split == "code" and image_id in CHEST_CODE_EXCLUSIONS:
+            report.excluded.append(image_id)
+            continue
+        try:
+            with Image.open(images[image_id]) as im:
+                w, h = im.size
+        except Exception as err:
+            if not skip_bad:
+                raise DatasetFormatError(f"{images[image_id]}: cannot read image ({err})") from err
+            report.skipped.append(str(images[image_id]))
+            continue
+        try:
+            lm = read_chest_annotation(labels[image_id], w, h)
+        except DatasetFormatError as err:
+            if not skip_bad:
+                raise
+            report.wrong_coordinate_counts.append(str(err))
+            continue
+        records.append(Record(str(images[image_id]), image_id, lm, "train", None))
+    return _assign(records, CHEST_SPLIT, report), list(CHEST_LANDMARKS), report
+
+
+# --- Custom ------------------------------------------------------------------------------
+
+
+def read_custom(root: str | os.PathLike, annotations: str | os.PathLike, split_counts=None, val_fraction: float = 0.1, test_fraction: float = 0.2):
+    """A folder of images plus one CSV or JSON of landmarks.
+
+    CSV: a header ``image,<name1>_x,<name1>_y,...[,spacing_x,spacing_y][,split]``, one row
+    per image (``image`` is a file name relative to ``root``). JSON: ``{"landmark_names":
+    [...], "images": [{"file": ..., "landmarks": [[x, y], ...], "spacing": 0.1 | [sx, sy],
+    "split": "train"}]}`` (names, spacing and split optional). Coordinates in original
+    pixels. Without a ``split`` column: sorted ids split by ``split_counts`` or by the
+    fractions.
+    """
+    root, annotations = Path(root), Path(annotations)
+    if not annotations.is_file():
+        raise DatasetFormatError(f"{annotations}: annotation file not found")
+    entries, names = (_custom_json if annotations.suffix.lower() == ".json" else _custom_csv)(annotations)
+    report = ConversionReport(dataset="custom", images_found=sum(1 for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
+    records = []
+    n = len(names)
+    for file, lm, spacing, split in entries:
+        path = root / file
+        if not path.is_file():
+            report.annotations_without_images.append(file)
+            continue
+        if lm.shape != (n, 2):
+            raise DatasetFormatError(f"{annotations}: {file} has {lm.shape[0]} landmarks, expected {n}")
+        records.append(Record(str(path), Path(file).stem, lm, split or "", spacing))
+    annotated = {Path(e[0]).name for e in entries}
+    report.images_without_annotations = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in annotated)
+    if records and all(r.split for r in records):
+        bad = {r.split for r in records} - {"train", "validation", "test"}
+        if bad:
+            raise DatasetFormatError(f"{annotations}: unknown split names {sorted(bad)}")
+        report.split_sizes = {s: sum(r.split == s for r in records) for s in ("train", "validation", "test")}
+        return sorted(records, key=lambda r: r.image_id), names, report
+    if split_counts is None:
+        total = len(records)
+        n_test, n_val = int(round(total * test_fraction)), int(round(total * val_fraction))
+        split_counts = (total - n_val - n_test, n_val, None)
+    return _assign(records, split_counts, report), names, report
+
+
+def _spacing_value(value, where: str):
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float, str)):
+        v = float(value)
+        return (v, v)
+    if len(value) == 2:
+        return (float(value[0]), float(value[1]))
+    raise DatasetFormatError(f"{where}: spacing must be a number or [sx, sy]")
+
+
+def _custom_json(path: Path):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        items = data["images"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DatasetFormatError(f"{path}: expected a JSON object with an 'images' list ({err})") from err
+    if not items:
+        raise DatasetFormatError(f"{path}: no images listed")
+    n = len(items[0]["landmarks"])
+    names = data.get("landmark_names") or [f"L{i}" for i in range(n)]
+    entries = []
+    for item in items:
+        lm = np.asarray(item["landmarks"], dtype=np.float32).reshape(-1, 2)
+        entries.append((item["file"], lm, _spacing_value(item.get("spacing"), f"{path}: {item['file']}"), item.get("split")))
+    return entries, list(names)
+
+
+def _custom_csv(path: Path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        if not header or header[0] != "image":
+            raise DatasetFormatError(f"{path}: first column must be 'image'")
+        coord_cols = [c for c in header[1:] if c.endswith(("_x", "_y")) and not c.startswith("spacing")]
+        if len(coord_cols) % 2 or any(not a.endswith("_x") or b != a[:-2] + "_y" for a, b in zip(coord_cols[::2], coord_cols[1::2])):
+            raise DatasetFormatError(f"{path}: landmark columns must come in <name>_x,<name>_y pairs")
+        names = [c[:-2] for c in coord_cols[::2]]
+        entries = []
+        for lineno, row in enumerate(reader, start=2):
+            try:
+                lm = np.asarray([float(row[c]) for c in coord_cols], dtype=np.float32).reshape(-1, 2)
+            except (TypeError, ValueError) as err:
+                raise DatasetFormatError(f"{path}:{lineno}: missing or non-numeric coordinate") from err
+            spacing = None
+            if row.get("spacing_x"):
+                spacing = (float(row["spacing_x"]), float(row.get("spacing_y") or row["spacing_x"]))
+            entries.append((row["image"], lm, spacing, (row.get("split") or "").strip() or None))
+    return entries, names
+
+
+READERS = {"ceph": read_ceph, "hand": read_hand, "chest": read_chest, "custom": read_custom}
+
+
+def prepare(kind: str, root, out_dir=None, image_size: int = 256, skip_bad: bool = False, **reader_kwargs):
+    """Read a benchmark (``ceph``, ``hand``, ``chest``, ``custom``) and build its prepared
+    ``DatasetDict``; saved atomically to ``out_dir`` when given. Returns ``(dd, report)``."""
+    from .prepared import save_prepared
+
+    if kind not in READERS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
+    if kind != "custom":
+        reader_kwargs["skip_bad"] = skip_bad
+    records, names, report = READERS[kind](root, **reader_kwargs)
+    if not records:
+        raise DatasetFormatError(f"{root}: no annotated images found for {kind}\n{report.summary()}")
+    dataset_name = "custom" if kind == "custom" else kind
+    dd = build_dataset_dict(records, names, dataset_name, image_size=image_size, report=report, skip_bad=skip_bad)
+    if out_dir is not None:
+        save_prepared(dd, out_dir, report, info={"kind": kind, "image_size": image_size, "landmark_names": names})
+    return dd, report

@@ -1,0 +1,140 @@
+"""In-memory tensors of a prepared split at the model's resolution, few-shot subsets and
+the paper's training augmentation.
+
+Few-shot training sets are small and even the largest benchmark split fits in memory at
+256 px, so a split is decoded once into tensors and batches are drawn by index; the
+augmentation runs batched on the training device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..preprocessing import original_to_model, resize_image, to_grayscale01, to_pixel_values
+
+
+@dataclass
+class LandmarkTensors:
+    """A split decoded for a model of side ``image_size``.
+
+    Attributes:
+        images: ``[M, 1, S, S]`` float32 intensities in [0, 1] (model frame).
+        landmarks: ``[M, N, 2]`` (x, y) in model pixels.
+        original_landmarks: ``[M, N, 2]`` (x, y) in original pixels.
+        original_sizes: ``[M, 2]`` original (W, H).
+        spacing: ``[M, 2]`` mm per original pixel (sx, sy); NaN where unknown.
+    """
+
+    images: torch.Tensor
+    landmarks: torch.Tensor
+    original_landmarks: torch.Tensor
+    original_sizes: torch.Tensor
+    spacing: torch.Tensor
+    image_ids: list[str]
+    landmark_names: list[str]
+    dataset: str
+    image_size: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, indices: Sequence[int]) -> LandmarkTensors:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return replace(
+            self,
+            images=self.images[idx],
+            landmarks=self.landmarks[idx],
+            original_landmarks=self.original_landmarks[idx],
+            original_sizes=self.original_sizes[idx],
+            spacing=self.spacing[idx],
+            image_ids=[self.image_ids[i] for i in idx.tolist()],
+        )
+
+    @property
+    def has_spacing(self) -> bool:
+        return bool(torch.isfinite(self.spacing).all())
+
+    def pixel_values(self, pixel_range: Sequence[float]) -> torch.Tensor:
+        return to_pixel_values(self.images, pixel_range)
+
+
+def load_tensors(split, image_size: int) -> LandmarkTensors:
+    """Decode a prepared split (a ``datasets.Dataset``) at ``image_size`` × ``image_size``."""
+    if len(split) == 0:
+        raise ValueError("the split is empty")
+    images, lms, sizes, spacing, ids = [], [], [], [], []
+    for row in split:
+        images.append(resize_image(to_grayscale01(row["image"], source=row["image_id"]), image_size))
+        lms.append(np.asarray(row["landmarks"], dtype=np.float32))
+        sizes.append(row["original_size"])
+        spacing.append(row["spacing"] if row["spacing"] is not None else [math.nan, math.nan])
+        ids.append(row["image_id"])
+    original = torch.from_numpy(np.stack(lms))
+    sizes_t = torch.tensor(sizes, dtype=torch.float32)
+    return LandmarkTensors(
+        images=torch.from_numpy(np.stack(images))[:, None],
+        landmarks=original_to_model(original, sizes_t[:, None, :], image_size).float(),
+        original_landmarks=original,
+        original_sizes=sizes_t,
+        spacing=torch.tensor(spacing, dtype=torch.float32),
+        image_ids=ids,
+        landmark_names=list(split[0]["landmark_names"]),
+        dataset=split[0]["dataset"],
+        image_size=image_size,
+    )
+
+
+def few_shot_indices(image_ids: Sequence[str], num_labels: int, mode: str = "first", seed: int = 0) -> list[int]:
+    """Indices of a few-shot subset: ``first`` the first ``num_labels`` sorted ids (the
+    paper's code: 1-shot ceph is image 001), ``random`` a seeded sample."""
+    if num_labels < 1 or num_labels > len(image_ids):
+        raise ValueError(f"num_labels must be in 1..{len(image_ids)}, got {num_labels}")
+    order = sorted(range(len(image_ids)), key=lambda i: image_ids[i])
+    if mode == "first":
+        return order[:num_labels]
+    if mode == "random":
+        rng = np.random.default_rng(seed)
+        return sorted(rng.choice(order, size=num_labels, replace=False).tolist(), key=lambda i: image_ids[i])
+    raise ValueError(f"subset mode must be 'first' or 'random', got {mode!r}")
+
+
+def random_affine(
+    images: torch.Tensor,
+    landmarks: torch.Tensor,
+    rotation_deg: float = 2.0,
+    scale: float = 0.02,
+    translation: float = 0.02,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's augmentation: rotation in ±``rotation_deg``, scale in 1 ± ``scale``,
+    translation in ± ``translation`` × image size, about the image centre, applied to
+    square images ``[B, C, S, S]`` and their landmarks ``[B, N, 2]`` (model pixels)
+    together. Outside the image is filled with 0."""
+    b, _, h, w = images.shape
+    if h != w:
+        raise ValueError("random_affine expects square model inputs")
+    dev = images.device
+
+    def uniform(lo, hi):
+        return (torch.rand(b, generator=generator) * (hi - lo) + lo).to(dev)
+
+    angle = uniform(-rotation_deg, rotation_deg) * math.pi / 180.0
+    s = uniform(1.0 - scale, 1.0 + scale)
+    t = torch.stack([uniform(-translation, translation), uniform(-translation, translation)], dim=-1) * 2.0  # normalised units
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [B, 2, 2]
+    # In normalised coordinates (align_corners=False; the centre is 0) the forward map is
+    # u' = s R u + t; grid_sample needs the inverse: u = R^T (u' - t) / s.
+    inv = rot.transpose(1, 2) / s[:, None, None]
+    theta = torch.cat([inv, -(inv @ t[..., None])], dim=-1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    u = (2.0 * landmarks + 1.0) / w - 1.0
+    u2 = s[:, None, None] * (u @ rot.transpose(1, 2)) + t[:, None, :]
+    return out, ((u2 + 1.0) * w - 1.0) / 2.0
