@@ -157,7 +157,7 @@ class LandmarkDetector(PreTrainedModel):
         ``hf_landmark_pretraining.json``, its ``pixel_range`` and resolution become defaults.
         """
         ddpm = UNet2DModel.from_pretrained(unet_path_or_repo, subfolder=subfolder, torch_dtype=torch.float32)
-        info = _read_pretraining_info(unet_path_or_repo, subfolder)
+        info = read_pretraining_info(unet_path_or_repo, subfolder)
         unet_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in ddpm.config.items() if not k.startswith("_")}
         for key in ("sample_size", "out_channels"):
             unet_kwargs.pop(key, None)
@@ -174,7 +174,7 @@ class LandmarkDetector(PreTrainedModel):
         return model
 
 
-def _read_pretraining_info(path_or_repo, subfolder: str | None) -> dict:
+def read_pretraining_info(path_or_repo, subfolder: str | None) -> dict:
     folder = os.path.join(str(path_or_repo), subfolder) if subfolder else str(path_or_repo)
     if os.path.isdir(folder):
         file = os.path.join(folder, PRETRAINING_INFO_FILE)

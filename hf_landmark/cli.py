@@ -1,0 +1,152 @@
+"""The ``hf-landmark`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _cmd_synth(args) -> int:
+    from .data.synthetic import write_synthetic_isbi
+
+    out = write_synthetic_isbi(args.out, num_images=args.num_images, seed=args.seed, image_format=args.format)
+    print(f"wrote {args.num_images} synthetic cephalograms in the ISBI 2015 layout to {out}")
+    return 0
+
+
+def _cmd_prepare(args) -> int:
+    from .data import prepare
+    from .training_utils import parse_int_list
+
+    kwargs = {}
+    if args.kind == "ceph":
+        kwargs["annotator"] = args.annotator
+    if args.kind == "hand":
+        kwargs["wrist_indices"] = tuple(parse_int_list(args.wrist_indices))
+    if args.kind == "chest":
+        kwargs["split"] = args.chest_split
+    if args.kind == "custom":
+        if not args.annotations:
+            raise SystemExit("prepare custom needs --annotations FILE.csv|FILE.json")
+        kwargs["annotations"] = args.annotations
+    if args.split_counts:
+        counts = [int(v) if v.strip() not in ("", "rest") else None for v in args.split_counts.split(",")]
+        kwargs["split_counts"] = tuple(counts + [None] * (3 - len(counts)))
+    dd, report = prepare(args.kind, args.root, args.out, image_size=args.image_size, skip_bad=args.skip_bad, **kwargs)
+    print(report.summary())
+    print(f"saved to {args.out}")
+    if args.push_to_hub:
+        dd.push_to_hub(args.push_to_hub, private=args.private)
+        print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import torch
+
+    from . import LandmarkDetector
+    from .data import load_prepared, load_tensors
+    from .evaluation import (
+        compute_metrics,
+        markdown_table,
+        predict_tensors,
+        save_cumulative_error_plot,
+        save_overlays,
+        write_json_atomic,
+    )
+    from .training_utils import parse_int_list
+
+    model = LandmarkDetector.from_pretrained(args.model, dtype=torch.float32).eval()
+    dataset = load_prepared(args.dataset)
+    if args.split not in dataset:
+        raise SystemExit(f"{args.dataset}: no split {args.split!r} (has {list(dataset)})")
+    data = load_tensors(dataset[args.split], model.config.image_size)
+    pred, scores, _ = predict_tensors(model, data, args.decoder, batch_size=args.batch_size)
+    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
+    mode = "paper" if args.paper_compatible else "physical"
+    metrics = compute_metrics(pred, data, mode, thresholds, tuple(parse_int_list(args.wrist_indices)))
+    metrics.update(model=os.fspath(args.model), dataset=os.fspath(args.dataset), split=args.split, decoder=args.decoder,
+                   mean_score=float(scores.mean()))
+    write_json_atomic(metrics, args.output)
+    table = markdown_table(metrics, f"{args.model} on {args.dataset} ({args.split}, {mode})")
+    md = os.path.splitext(args.output)[0] + ".md"
+    with open(md, "w", encoding="utf-8") as fh:
+        fh.write(table)
+    plot = save_cumulative_error_plot({os.path.basename(os.path.normpath(args.model)): metrics["errors"]}, metrics["unit"],
+                                      os.path.splitext(args.output)[0] + "_ced.png")
+    if args.overlay_dir:
+        save_overlays(data, pred, args.overlay_dir)
+    print(table)
+    print(f"MRE {metrics['mre']:.3f} ± {metrics['mre_std']:.3f} {metrics['unit']} over {metrics['num_images']} images; wrote {args.output}, {md}, {plot}")
+    return 0
+
+
+def _cmd_script(module: str):
+    def run(args) -> int:
+        import importlib
+
+        importlib.import_module(f"hf_landmark.training.{module}").main(args.rest)
+        return 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-landmark", description="Few-shot x-ray landmark detection with DDPM pre-training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic x-ray landmark dataset in the ISBI 2015 layout")
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-images", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="bmp", choices=["bmp", "png", "jpg"])
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("prepare", help="convert a benchmark's public layout (or custom data) into a prepared dataset")
+    p.add_argument("kind", choices=["ceph", "hand", "chest", "custom"])
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--annotator", default="mean", choices=["mean", "senior", "junior"], help="ceph ground truth")
+    p.add_argument("--wrist-indices", default="0,4", help="hand: 0-based wrist landmarks of the 50 mm convention")
+    p.add_argument("--chest-split", default="paper", choices=["paper", "code"])
+    p.add_argument("--annotations", help="custom: the CSV or JSON landmark file")
+    p.add_argument("--split-counts", help="train,validation[,test] image counts over sorted ids (default: the paper's)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed files (listed in the report)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict to the Hub as parquet")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_cmd_prepare)
+
+    for name, module, text in (
+        ("pretrain", "pretrain", "DDPM self-supervised pre-training (training/pretrain.py)"),
+        ("finetune", "finetune", "few-shot fine-tuning (training/finetune.py)"),
+        ("benchmark", "fewshot_benchmark", "the paper's few-shot experiments (training/fewshot_benchmark.py)"),
+        ("demo", "demo", "the whole method end to end on synthetic data (training/demo.py)"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_cmd_script(module))
+
+    p = sub.add_parser("evaluate", help="evaluate a detector on a prepared split")
+    p.add_argument("--model", required=True, help="detector folder or Hub repo")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--output", default="metrics.json")
+    p.add_argument("--decoder", default="centroid", choices=["centroid", "argmax", "soft_argmax"])
+    p.add_argument("--paper-compatible", action="store_true", help="reproduce the paper code's evaluation")
+    p.add_argument("--thresholds", help="SDR thresholds, comma-separated (default: the dataset's)")
+    p.add_argument("--wrist-indices", default="0,4", help="hand, paper-compatible mode")
+    p.add_argument("--overlay-dir", help="write one overlay PNG per image here")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Evaluation of a landmark detector on a prepared split: predictions, metrics (physical or
+paper-compatible), the mean-shape floor, tables, overlays and cumulative-error plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .data.tensors import LandmarkTensors
+from .metrics import DEFAULT_THRESHOLDS, paper_compatible_errors, radial_errors, summarize_errors
+from .preprocessing import model_to_original, original_to_model
+
+PAPER_GRID = 256
+
+
+@torch.no_grad()
+def predict_tensors(model, data: LandmarkTensors, decoder: str = "centroid", batch_size: int = 16, device=None):
+    """Predict every image of ``data``: ``(coords [M, N, 2] model px, scores [M, N], logits?)``.
+
+    Also returns the mean validation loss against ``data.landmarks``."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    coords, scores, losses = [], [], []
+    pixel_values = data.pixel_values(model.config.pixel_range)
+    for start in range(0, len(data), batch_size):
+        x = pixel_values[start : start + batch_size].to(device)
+        y = data.landmarks[start : start + batch_size].to(device)
+        out = model(pixel_values=x, labels=y)
+        c, s = model.decode_heatmaps(out.heatmaps, decoder)
+        coords.append(c.cpu())
+        scores.append(s.cpu())
+        losses.append(out.loss.item() * x.shape[0])
+    model.train(was_training)
+    return torch.cat(coords), torch.cat(scores), float(sum(losses) / len(data))
+
+
+def default_thresholds(dataset: str, unit: str) -> tuple[float, ...]:
+    if dataset in DEFAULT_THRESHOLDS:
+        return DEFAULT_THRESHOLDS[dataset]
+    return (2.0, 2.5, 3.0, 4.0) if unit == "mm" else (3.0, 6.0, 9.0)
+
+
+def physical_errors(pred_model: torch.Tensor, data: LandmarkTensors) -> tuple[np.ndarray, str]:
+    """Errors in the original frame: mm when every image has a spacing, else pixels."""
+    pred_orig = model_to_original(pred_model.double(), data.original_sizes[:, None, :].double(), data.image_size)
+    spacing = data.spacing.numpy() if data.has_spacing else None
+    return radial_errors(pred_orig, data.original_landmarks, spacing), ("mm" if spacing is not None else "px")
+
+
+def paper_errors(pred_model: torch.Tensor, data: LandmarkTensors, wrist_indices=(0, 4)) -> tuple[np.ndarray, str]:
+    """Errors as the paper's code computes them, on the 256 grid (see metrics)."""
+    sizes = data.original_sizes[:, None, :].double()
+    to_grid = original_to_model(model_to_original(pred_model.double(), sizes, data.image_size), sizes, PAPER_GRID)
+    true_grid = original_to_model(data.original_landmarks.double(), sizes, PAPER_GRID)
+    errors = paper_compatible_errors(to_grid, true_grid, data.dataset, PAPER_GRID, data.original_sizes, wrist_indices=wrist_indices)
+    return errors, ("mm" if data.dataset in ("ceph", "hand") else "px")
+
+
+def compute_metrics(
+    pred_model: torch.Tensor,
+    data: LandmarkTensors,
+    mode: str = "physical",
+    thresholds: Sequence[float] | None = None,
+    wrist_indices=(0, 4),
+) -> dict:
+    """Metrics dict (see :func:`hf_landmark.metrics.summarize_errors`) plus ``mode``."""
+    if mode == "physical":
+        errors, unit = physical_errors(pred_model, data)
+    elif mode == "paper":
+        errors, unit = paper_errors(pred_model, data, wrist_indices)
+    else:
+        raise ValueError(f"mode must be 'physical' or 'paper', got {mode!r}")
+    thresholds = tuple(thresholds) if thresholds else default_thresholds(data.dataset, unit)
+    out = summarize_errors(errors, thresholds, data.landmark_names, unit)
+    out["mode"] = mode
+    out["errors"] = errors.tolist()
+    return out
+
+
+def mean_shape_prediction(labeled: LandmarkTensors, target: LandmarkTensors) -> torch.Tensor:
+    """The no-model floor: for every target image, the mean landmark positions of the
+    labeled images in normalised image coordinates. Returns model-frame coordinates."""
+    sizes = labeled.original_sizes[:, None, :]
+    normalised = (labeled.original_landmarks + 0.5) / sizes
+    mean = normalised.mean(dim=0, keepdim=True)
+    pred_orig = mean * target.original_sizes[:, None, :] - 0.5
+    return original_to_model(pred_orig, target.original_sizes[:, None, :], target.image_size).float()
+
+
+def markdown_table(metrics: dict, title: str | None = None) -> str:
+    unit = metrics["unit"]
+    thr = list(metrics["sdr"])
+    lines = [f"### {title}", ""] if title else []
+    lines.append("| landmark | MRE (" + unit + ") | " + " | ".join(f"SDR {t} {unit}" for t in thr) + " |")
+    lines.append("|---|---|" + "---|" * len(thr))
+    for row in metrics["per_landmark"]:
+        lines.append(f"| {row['name']} | {row['mre']:.2f} ± {row['mre_std']:.2f} | " + " | ".join(f"{row['sdr'][t]:.1f}" for t in thr) + " |")
+    lines.append(f"| **all** | **{metrics['mre']:.2f} ± {metrics['mre_std']:.2f}** | " + " | ".join(f"**{metrics['sdr'][t]:.1f}**" for t in thr) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def draw_overlay(image01: np.ndarray, pred_xy: np.ndarray, true_xy: np.ndarray | None = None, names=None, radius: int | None = None):
+    """An RGB PIL overlay: prediction (red), truth (green) and the error as a yellow line.
+    Coordinates in the pixel frame of ``image01``."""
+    from PIL import Image, ImageDraw
+
+    from .preprocessing import to_uint8
+
+    img = Image.fromarray(to_uint8(image01), mode="L").convert("RGB")
+    draw = ImageDraw.Draw(img)
+    r = radius or max(2, int(round(max(img.size) / 200)))
+    for i, (x, y) in enumerate(pred_xy):
+        if true_xy is not None:
+            tx, ty = true_xy[i]
+            draw.line([(tx, ty), (x, y)], fill=(255, 220, 0), width=max(1, r // 2))
+            draw.ellipse([tx - r, ty - r, tx + r, ty + r], outline=(0, 220, 0), width=max(1, r // 2))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 40, 40))
+        if names is not None and r >= 3:
+            draw.text((x + r + 1, y - r), str(i + 1), fill=(255, 120, 120))
+    return img
+
+
+def save_overlays(data: LandmarkTensors, pred_model: torch.Tensor, out_dir: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """One overlay PNG per image (model resolution), named by image id."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for i in range(len(data) if limit is None else min(limit, len(data))):
+        img = draw_overlay(data.images[i, 0].numpy(), pred_model[i].numpy(), data.landmarks[i].numpy())
+        path = os.path.join(out_dir, f"{data.image_ids[i]}.png")
+        img.save(path)
+        paths.append(path)
+    return paths
+
+
+def save_cumulative_error_plot(curves: dict[str, np.ndarray], unit: str, path: str | os.PathLike) -> str:
+    """Cumulative error distribution: fraction of landmarks within each error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    top = max(float(np.percentile(np.ravel(e), 98)) for e in curves.values())
+    for label, errors in curves.items():
+        e = np.sort(np.ravel(errors))
+        ax.plot(e, np.arange(1, e.size + 1) / e.size * 100.0, label=label)
+    ax.set_xlim(0, max(top, 1e-6) * 1.05)
+    ax.set_xlabel(f"radial error ({unit})")
+    ax.set_ylabel("landmarks within (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def format_mean_std(values: Sequence[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return "–"
+    return f"{v.mean():.2f} ± {v.std():.2f}" if v.size > 1 else f"{v.mean():.2f}"
+
+
+def is_finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,97 @@
+"""Small pieces shared by the pre-training and fine-tuning scripts."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def default_mixed_precision() -> str:
+    """fp16 (with loss scaling) on CUDA, bf16 on CPU. fp16 on CPU is a silent no-op in
+    Accelerate, so it is never chosen there."""
+    if torch.cuda.is_available():
+        return "fp16"
+    return "bf16"
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    if choice == "auto":
+        return default_mixed_precision()
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed-precision fp16 has no effect on CPU (Accelerate ignores it); use bf16 or no")
+    return choice
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints ``checkpoint-<step>`` in ``output_dir``, by step. A checkpoint
+    is written under a temporary name and renamed when complete, so a folder with this name
+    is always whole."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return sorted(found)
+
+
+def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> tuple[int, Path] | None:
+    """``latest`` → the newest complete checkpoint (or None); a path → that checkpoint."""
+    if not resume:
+        return None
+    if resume == "latest":
+        ckpts = list_checkpoints(output_dir)
+        return ckpts[-1] if ckpts else None
+    path = Path(resume)
+    m = _CHECKPOINT.match(path.name)
+    if not path.is_dir() or not m:
+        raise FileNotFoundError(f"{path}: not a checkpoint folder (expected .../checkpoint-<step>)")
+    return int(m.group(1)), path
+
+
+def staging_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    """A fresh temporary folder for checkpoint ``step``; see :func:`commit_checkpoint`."""
+    tmp = Path(output_dir) / f".checkpoint-{step}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    return tmp
+
+
+def commit_checkpoint(tmp: Path, output_dir: str | os.PathLike, step: int) -> Path:
+    """Atomically publish a staged checkpoint as ``checkpoint-<step>``."""
+    final = Path(output_dir) / f"checkpoint-{step}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
+    """Delete staged checkpoints left by a run killed while saving."""
+    out = Path(output_dir)
+    if out.is_dir():
+        for p in out.glob(".checkpoint-*.partial"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def tracker_config(args) -> dict:
+    """argparse namespace → values every tracker accepts (TensorBoard wants scalars/str)."""
+    out = {}
+    for k, v in vars(args).items():
+        out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def parse_int_list(text: str) -> list[int]:
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def parse_float_pair(text: str) -> tuple[float, float]:
+    parts = [float(v) for v in str(text).split(",")]
+    if len(parts) != 2:
+        raise ValueError(f"expected two comma-separated numbers, got {text!r}")
+    return parts[0], parts[1]

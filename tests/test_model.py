@@ -1,0 +1,86 @@
+import torch
+from diffusers import UNet2DModel
+from transformers import AutoConfig, AutoModel
+
+from hf_landmark import LandmarkConfig, LandmarkDetector, unet_preset
+from hf_landmark.data.synthetic import render_synthetic, synthetic_landmarks
+from hf_landmark.preprocessing import original_to_model, prepare_pixel_values
+
+
+def tiny(num_landmarks=3, size=32, **kw):
+    return LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=num_landmarks, image_size=size, **kw))
+
+
+def test_presets():
+    model = tiny()
+    assert sum(p.numel() for p in model.parameters()) <= 1_000_000
+    base = UNet2DModel(sample_size=256, out_channels=1, **unet_preset("base"))
+    assert tuple(base.config.block_out_channels) == (64, 128, 256, 512)
+    assert base.config.layers_per_block == 2
+    # Attention only in the deepest (32x32 at 256 px) down/up blocks and the mid block, 4 heads.
+    assert [type(b).__name__ for b in base.down_blocks] == ["DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]
+    assert base.down_blocks[3].attentions[0].heads == 4
+    assert unet_preset("large")["block_out_channels"] == [128, 256, 512, 1024]
+    assert unet_preset("small")["block_out_channels"] == [32, 64, 128, 256]
+    # Any size divisible by 8 runs.
+    for size in (40, 48):
+        out = tiny(size=size)(torch.zeros(1, 1, size, size)).heatmaps
+        assert out.shape == (1, 3, size, size)
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    torch.manual_seed(0)
+    model = tiny(landmark_names=["a", "b", "c"]).eval()
+    x = torch.randn(2, 1, 32, 32)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), LandmarkConfig)
+    loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert isinstance(loaded, LandmarkDetector)
+    assert loaded.config.landmark_names == ["a", "b", "c"]
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert torch.equal(model(x).heatmaps, loaded(x).heatmaps)
+
+
+def test_from_ddpm_copies_every_weight_but_the_head(tmp_path):
+    torch.manual_seed(1)
+    ddpm = UNet2DModel(sample_size=32, out_channels=1, **unet_preset("tiny"))
+    ddpm.save_pretrained(tmp_path / "unet")
+    det = LandmarkDetector.from_ddpm(tmp_path / "unet", num_landmarks=5)
+    ddpm_state, det_state = ddpm.state_dict(), det.unet.state_dict()
+    assert set(ddpm_state) == set(det_state)
+    for key, value in ddpm_state.items():
+        if key.startswith("conv_out."):
+            assert det_state[key].shape[0] == 5
+        else:
+            assert torch.equal(value, det_state[key]), key
+    assert det.config.image_size == 32 and det.config.num_landmarks == 5
+
+
+def _fixed_batch(size=64, n=2):
+    rng = __import__("numpy").random.default_rng(0)
+    images, landmarks = [], []
+    for _ in range(n):
+        lm = synthetic_landmarks(rng)
+        images.append(render_synthetic(lm, rng) / 255.0)
+        landmarks.append(lm)
+    lm = torch.tensor(__import__("numpy").stack(landmarks), dtype=torch.float32)[:, :6]
+    return prepare_pixel_values(images, size, (-1, 1)), original_to_model(lm, (240, 300), size)
+
+
+def test_each_loss_learns_a_fixed_batch_to_within_2_px():
+    x, y = _fixed_batch()
+    for loss, sigma in (("paper", 2.0), ("bce", 2.0), ("contour", 1.0)):
+        torch.manual_seed(0)
+        model = tiny(num_landmarks=6, size=64, loss=loss, sigma=sigma)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(250):
+            opt.zero_grad()
+            out = model(x, labels=y)
+            out.loss.backward()
+            opt.step()
+        coords, scores = model.eval().predict_landmarks(x)
+        err = (coords - y).norm(dim=-1)
+        assert err.max() < 2.0, (loss, err.max().item())
+        assert ((scores >= 0) & (scores <= 1)).all()

@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""DDPM self-supervised pre-training of a diffusers ``UNet2DModel`` on unlabeled x-rays.
+
+    accelerate launch training/pretrain.py --dataset PREPARED_DIR --output-dir OUT --preset base
+
+(or ``hf-landmark pretrain ...``). The paper's recipe is the default: 500 diffusion steps,
+linear β, ε-prediction with MSE, AdamW lr 1e-4, batch 4 × 8 accumulation, EMA 0.995,
+gradient clipping. ``--recipe paper`` additionally reproduces the paper code's details
+(intensities in [0, 1] instead of [-1, 1], t drawn from 1..499, clipping by value 1.0).
+Only the train and validation splits are used, never test.
+
+Every ``--save-steps`` step writes ``OUT/checkpoint-<step>/``, renamed into place only when
+complete: ``unet_ema/`` (diffusers folder, safetensors, with a model card), ``state/``
+(``accelerator.save_state``, to resume) and ``samples.png``.
+
+Multi-process: ``accelerate launch --multi_gpu --num_processes K ...`` on GPUs; on CPUs
+``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...`` (plain
+``--cpu --num_processes 2`` silently runs one process). Multi-node: Accelerate's
+``--num_machines/--machine_rank/--main_process_ip``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+from hf_landmark.cards import ddpm_card, write_card
+from hf_landmark.configuration_landmark import UNET_PRESETS, unet_preset
+from hf_landmark.data import load_prepared, load_tensors, random_affine
+from hf_landmark.modeling_landmark import PRETRAINING_INFO_FILE
+from hf_landmark.preprocessing import to_pixel_values, to_uint8
+from hf_landmark.training_utils import (
+    commit_checkpoint,
+    parse_float_pair,
+    parse_int_list,
+    remove_partial_checkpoints,
+    resolve_mixed_precision,
+    resolve_resume,
+    staging_dir,
+    tracker_config,
+)
+
+logger = get_logger(__name__)
+
+RECIPES = {
+    # The paper's hyper-parameters with the usual diffusers conventions.
+    "default": {"pixel_range": "-1,1", "min_timestep": 0, "clip_grad_value": None},
+    # The paper's code: images in [0, 1], t from 1..499, gradients clipped by value 1.0.
+    "paper": {"pixel_range": "0,1", "min_timestep": 1, "clip_grad_value": 1.0},
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="prepared dataset folder (hf-landmark prepare) or Hub repo id")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--splits", default="train,validation", help="splits to pre-train on (never test)")
+    p.add_argument("--preset", default="base", choices=sorted(UNET_PRESETS))
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    p.add_argument("--pixel-range", default=None, help="model intensity range 'lo,hi' (recipe default)")
+    p.add_argument("--min-timestep", type=int, default=None, help="smallest training timestep (recipe default)")
+    p.add_argument("--max-steps", type=int, default=10000, help="optimiser steps")
+    p.add_argument("--save-steps", default="4000,6000,8000,10000")
+    p.add_argument("--train-batch-size", type=int, default=4, help="per process")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--lr-scheduler", default="constant")
+    p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument("--adam-beta1", type=float, default=0.9)
+    p.add_argument("--adam-beta2", type=float, default=0.999)
+    p.add_argument("--adam-weight-decay", type=float, default=1e-2)
+    p.add_argument("--adam-epsilon", type=float, default=1e-8)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--clip-grad-value", type=float, default=None, help="clip by value instead of norm (recipe default)")
+    p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--num-train-timesteps", type=int, default=500)
+    p.add_argument("--beta-schedule", default="linear")
+    p.add_argument("--no-augment", action="store_true", help="disable the ±2° / ±2 % / ±2 % augmentation")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
+    p.add_argument("--report-to", default="tensorboard", help="any Accelerate tracker, 'all' or 'none'")
+    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("--num-samples", type=int, default=16, help="images in each checkpoint's sample grid (0: none)")
+    p.add_argument("--sample-inference-steps", type=int, default=50, help="DDIM steps for samples (0: full DDPM chain)")
+    p.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
+    args = p.parse_args(argv)
+    recipe = RECIPES[args.recipe]
+    args.pixel_range = parse_float_pair(args.pixel_range or recipe["pixel_range"])
+    args.min_timestep = recipe["min_timestep"] if args.min_timestep is None else args.min_timestep
+    args.clip_grad_value = recipe["clip_grad_value"] if args.clip_grad_value is None else args.clip_grad_value
+    args.save_steps = sorted(set(parse_int_list(args.save_steps)) | {args.max_steps})
+    if args.resolution % 8:
+        p.error("--resolution must be a multiple of 8")
+    return args
+
+
+def build_unet(preset: str, resolution: int) -> UNet2DModel:
+    return UNet2DModel(sample_size=resolution, out_channels=1, **{k: tuple(v) if isinstance(v, list) else v for k, v in unet_preset(preset).items()})
+
+
+@torch.no_grad()
+def sample_grid(unet: UNet2DModel, args, num: int, seed: int) -> Image.Image:
+    """Generate ``num`` images with the (EMA) U-Net and tile them into one grayscale picture."""
+    if args.sample_inference_steps and args.sample_inference_steps < args.num_train_timesteps:
+        scheduler = DDIMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule, clip_sample=False)
+        pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
+        kwargs = {"num_inference_steps": args.sample_inference_steps, "eta": 0.0}
+    else:
+        scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule, clip_sample=False)
+        pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+        kwargs = {"num_inference_steps": args.num_train_timesteps}
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(batch_size=num, generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np", **kwargs).images
+    # The pipelines map x -> x / 2 + 0.5 (for [-1, 1] data); undo that, then map our range to [0, 1].
+    lo, hi = args.pixel_range
+    images01 = ((out[..., 0] - 0.5) * 2.0 - lo) / (hi - lo)
+    cols = int(math.ceil(math.sqrt(num)))
+    rows = int(math.ceil(num / cols))
+    s = images01.shape[1]
+    grid = np.zeros((rows * s, cols * s), dtype=np.float32)
+    for i, im in enumerate(images01):
+        r, c = divmod(i, cols)
+        grid[r * s : (r + 1) * s, c * s : (c + 1) * s] = im
+    return Image.fromarray(to_uint8(grid), mode="L")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    mixed_precision = resolve_mixed_precision(args.mixed_precision)
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed, device_specific=True)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        remove_partial_checkpoints(args.output_dir)
+
+    # Data: the train (+ validation) images, decoded once at the model resolution.
+    dataset = load_prepared(args.dataset)
+    splits = [s for s in args.splits.split(",") if s]
+    if "test" in splits:
+        raise ValueError("pre-training must not see the test split")
+    parts = [load_tensors(dataset[s], args.resolution) for s in splits if s in dataset]
+    if not parts:
+        raise ValueError(f"{args.dataset}: none of the splits {splits} exist")
+    images = torch.cat([p.images for p in parts])
+    num_images = images.shape[0]
+    images = images.to(accelerator.device)
+
+    unet = build_unet(args.preset, args.resolution)
+    num_parameters = sum(p.numel() for p in unet.parameters())
+    ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=UNet2DModel, model_config=unet.config)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_steps * accelerator.num_processes,
+    )
+    noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+
+    global_step = 0
+    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and resume is None:
+        logger.info("no checkpoint to resume from in %s; starting from scratch", args.output_dir)
+    if resume is not None:
+        global_step, path = resume
+        accelerator.load_state(os.path.join(path, "state"))
+        logger.info("resumed from %s (step %d)", path, global_step)
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers("pretrain", config=tracker_config(args))
+    effective_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    logger.info(
+        "pre-training %s (%.2f M parameters) on %d images at %d px, batch %d (%d x %d x %d processes), %d steps, %s precision",
+        args.preset, num_parameters / 1e6, num_images, args.resolution, effective_batch, args.train_batch_size,
+        args.gradient_accumulation_steps, accelerator.num_processes, args.max_steps, mixed_precision,
+    )
+
+    progress = tqdm(total=args.max_steps, initial=global_step, desc="pre-training", disable=not accelerator.is_local_main_process)
+    unet.train()
+    tick, tick_step = time.perf_counter(), global_step
+    while global_step < args.max_steps:
+        step_loss = 0.0
+        for _ in range(args.gradient_accumulation_steps):
+            with accelerator.accumulate(unet):
+                idx = torch.randint(0, num_images, (args.train_batch_size,))
+                clean = images[idx.to(images.device)]
+                if not args.no_augment:
+                    clean, _ = random_affine(clean, clean.new_zeros(clean.shape[0], 0, 2))
+                clean = to_pixel_values(clean, args.pixel_range)
+                noise = torch.randn_like(clean)
+                t = torch.randint(args.min_timestep, args.num_train_timesteps, (clean.shape[0],), device=clean.device)
+                noisy = noise_scheduler.add_noise(clean, noise, t)
+                with accelerator.autocast():
+                    pred = unet(noisy, t).sample
+                loss = F.mse_loss(pred.float(), noise)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if args.clip_grad_value:
+                        accelerator.clip_grad_value_(unet.parameters(), args.clip_grad_value)
+                    elif args.max_grad_norm:
+                        accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step_loss += loss.detach().item() / args.gradient_accumulation_steps
+
+        ema.step(unet.parameters())
+        global_step += 1
+        progress.update(1)
+        logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "ema_decay": ema.cur_decay_value}
+        if global_step % args.logging_steps == 0 or global_step == args.max_steps:
+            now = time.perf_counter()
+            logs["steps_per_s"] = (global_step - tick_step) / max(now - tick, 1e-9)
+            tick, tick_step = now, global_step
+            accelerator.log(logs, step=global_step)
+        progress.set_postfix(loss=f"{step_loss:.4f}")
+
+        if global_step in args.save_steps:
+            save_checkpoint(accelerator, unet, ema, args, global_step, num_images, num_parameters, effective_batch)
+        if args.stop_after_steps and global_step >= args.stop_after_steps:
+            break
+
+    progress.close()
+    accelerator.end_training()
+
+
+def save_checkpoint(accelerator, unet, ema, args, step, num_images, num_parameters, effective_batch):
+    """Write checkpoint-<step> under a temporary name, then rename it into place."""
+    accelerator.wait_for_everyone()
+    tmp = staging_dir(args.output_dir, step) if accelerator.is_main_process else None
+    # save_state runs on every process (each saves its own RNG state) into one folder.
+    tmp_path = os.path.join(args.output_dir, f".checkpoint-{step}.partial")
+    accelerator.save_state(os.path.join(tmp_path, "state"))
+    if accelerator.is_main_process:
+        ema_unet = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
+        ema.copy_to(ema_unet.parameters())
+        unet_dir = os.path.join(tmp_path, "unet_ema")
+        ema_unet.save_pretrained(unet_dir, safe_serialization=True)
+        info = {
+            "dataset": str(args.dataset), "splits": args.splits, "num_images": num_images, "preset": args.preset,
+            "num_parameters": num_parameters, "resolution": args.resolution, "pixel_range": list(args.pixel_range),
+            "num_train_timesteps": args.num_train_timesteps, "beta_schedule": args.beta_schedule,
+            "prediction_type": "epsilon", "step": step, "effective_batch_size": effective_batch,
+            "learning_rate": args.learning_rate, "ema_decay": args.ema_decay, "recipe": args.recipe, "seed": args.seed,
+        }
+        with open(os.path.join(unet_dir, PRETRAINING_INFO_FILE), "w", encoding="utf-8") as fh:
+            json.dump(info, fh, indent=2)
+        write_card(ddpm_card(info), unet_dir)
+        if args.num_samples > 0:
+            grid = sample_grid(ema_unet.to(accelerator.device), args, args.num_samples, seed=args.seed)
+            grid.save(os.path.join(tmp_path, "samples.png"))
+            accelerator.log({"samples_saved_at": step}, step=step)
+        final = commit_checkpoint(tmp, args.output_dir, step)
+        logger.info("saved %s", final)
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
