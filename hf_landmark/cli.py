@@ -82,14 +82,13 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _cmd_script(module: str):
-    def run(args) -> int:
-        import importlib
-
-        importlib.import_module(f"hf_landmark.training.{module}").main(args.rest)
-        return 0
-
-    return run
+#: Subcommands that hand their arguments to a training script's own parser.
+SCRIPTS = {
+    "pretrain": ("pretrain", "DDPM self-supervised pre-training (training/pretrain.py)"),
+    "finetune": ("finetune", "few-shot fine-tuning (training/finetune.py)"),
+    "benchmark": ("fewshot_benchmark", "the paper's few-shot experiments (training/fewshot_benchmark.py)"),
+    "demo": ("demo", "the whole method end to end on synthetic data (training/demo.py)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,15 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=_cmd_prepare)
 
-    for name, module, text in (
-        ("pretrain", "pretrain", "DDPM self-supervised pre-training (training/pretrain.py)"),
-        ("finetune", "finetune", "few-shot fine-tuning (training/finetune.py)"),
-        ("benchmark", "fewshot_benchmark", "the paper's few-shot experiments (training/fewshot_benchmark.py)"),
-        ("demo", "demo", "the whole method end to end on synthetic data (training/demo.py)"),
-    ):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_cmd_script(module))
+    for name, (_, text) in SCRIPTS.items():
+        sub.add_parser(name, help=text + "; see hf-landmark " + name + " --help", add_help=False)
 
     p = sub.add_parser("evaluate", help="evaluate a detector on a prepared split")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")
@@ -144,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SCRIPTS:
+        import importlib
+
+        importlib.import_module(f"hf_landmark.training.{SCRIPTS[argv[0]][0]}").main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

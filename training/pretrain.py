@@ -262,27 +262,35 @@ def save_checkpoint(accelerator, unet, ema, args, step, num_images, num_paramete
     tmp_path = os.path.join(args.output_dir, f".checkpoint-{step}.partial")
     accelerator.save_state(os.path.join(tmp_path, "state"))
     if accelerator.is_main_process:
-        ema_unet = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
-        ema.copy_to(ema_unet.parameters())
-        unet_dir = os.path.join(tmp_path, "unet_ema")
-        ema_unet.save_pretrained(unet_dir, safe_serialization=True)
-        info = {
-            "dataset": str(args.dataset), "splits": args.splits, "num_images": num_images, "preset": args.preset,
-            "num_parameters": num_parameters, "resolution": args.resolution, "pixel_range": list(args.pixel_range),
-            "num_train_timesteps": args.num_train_timesteps, "beta_schedule": args.beta_schedule,
-            "prediction_type": "epsilon", "step": step, "effective_batch_size": effective_batch,
-            "learning_rate": args.learning_rate, "ema_decay": args.ema_decay, "recipe": args.recipe, "seed": args.seed,
-        }
-        with open(os.path.join(unet_dir, PRETRAINING_INFO_FILE), "w", encoding="utf-8") as fh:
-            json.dump(info, fh, indent=2)
-        write_card(ddpm_card(info), unet_dir)
-        if args.num_samples > 0:
-            grid = sample_grid(ema_unet.to(accelerator.device), args, args.num_samples, seed=args.seed)
-            grid.save(os.path.join(tmp_path, "samples.png"))
-            accelerator.log({"samples_saved_at": step}, step=step)
+        # Building the EMA copy draws random initial weights; keep the training RNG untouched
+        # so that a resumed run continues exactly like an uninterrupted one.
+        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+            write_weights_and_samples(accelerator, unet, ema, args, tmp_path, step, num_images, num_parameters, effective_batch)
         final = commit_checkpoint(tmp, args.output_dir, step)
         logger.info("saved %s", final)
     accelerator.wait_for_everyone()
+
+
+def write_weights_and_samples(accelerator, unet, ema, args, tmp_path, step, num_images, num_parameters, effective_batch):
+    """The EMA U-Net (diffusers folder, safetensors), its pre-training record and card, and samples."""
+    ema_unet = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
+    ema.copy_to(ema_unet.parameters())
+    unet_dir = os.path.join(tmp_path, "unet_ema")
+    ema_unet.save_pretrained(unet_dir, safe_serialization=True)
+    info = {
+        "dataset": str(args.dataset), "splits": args.splits, "num_images": num_images, "preset": args.preset,
+        "num_parameters": num_parameters, "resolution": args.resolution, "pixel_range": list(args.pixel_range),
+        "num_train_timesteps": args.num_train_timesteps, "beta_schedule": args.beta_schedule,
+        "prediction_type": "epsilon", "step": step, "effective_batch_size": effective_batch,
+        "learning_rate": args.learning_rate, "ema_decay": args.ema_decay, "recipe": args.recipe, "seed": args.seed,
+    }
+    with open(os.path.join(unet_dir, PRETRAINING_INFO_FILE), "w", encoding="utf-8") as fh:
+        json.dump(info, fh, indent=2)
+    write_card(ddpm_card(info), unet_dir)
+    if args.num_samples > 0:
+        grid = sample_grid(ema_unet.to(accelerator.device), args, args.num_samples, seed=args.seed)
+        grid.save(os.path.join(tmp_path, "samples.png"))
+        accelerator.log({"samples_saved_at": step}, step=step)
 
 
 if __name__ == "__main__":

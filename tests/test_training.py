@@ -1,0 +1,117 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+from safetensors.torch import load_file
+
+from hf_landmark import LandmarkDetector
+from hf_landmark.cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN = str(ROOT / "training" / "pretrain.py")
+
+
+def _pretrain_args(dataset, out, steps=24, save="8,16"):
+    return ["--dataset", str(dataset), "--output-dir", str(out), "--preset", "tiny", "--resolution", "32",
+            "--max-steps", str(steps), "--save-steps", save, "--train-batch-size", "2", "--gradient-accumulation-steps", "2",
+            "--num-samples", "4", "--sample-inference-steps", "5", "--report-to", "tensorboard", "--mixed-precision", "no"]  # fmt: skip
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def ddpm(synth_prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddpm")
+    subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out)], check=True, env=_env(), capture_output=True)
+    return out
+
+
+def test_pretrain_writes_loadable_checkpoints(ddpm):
+    for step in (8, 16, 24):
+        ckpt = ddpm / f"checkpoint-{step}"
+        assert (ckpt / "unet_ema" / "diffusion_pytorch_model.safetensors").is_file()
+        assert (ckpt / "state").is_dir() and (ckpt / "samples.png").is_file()
+        assert "DDPM" in (ckpt / "unet_ema" / "README.md").read_text()
+    info = json.loads((ddpm / "checkpoint-24/unet_ema/hf_landmark_pretraining.json").read_text())
+    assert info["step"] == 24 and info["num_images"] == 19 and info["pixel_range"] == [-1.0, 1.0]  # train + validation, no test
+    unet = UNet2DModel.from_pretrained(ddpm / "checkpoint-24/unet_ema")
+    det = LandmarkDetector.from_ddpm(ddpm / "checkpoint-24/unet_ema", num_landmarks=19)
+    assert det.config.image_size == 32 and torch.equal(det.unet.conv_in.weight, unet.conv_in.weight)
+    assert list((ddpm / "logs").rglob("events.out.tfevents*"))
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(ddpm, synth_prepared, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-8").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint-8").is_dir() and not (out / "checkpoint-24").exists()
+    subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out), "--resume-from-checkpoint", "latest"],
+                   check=True, env=_env(), capture_output=True)
+    assert not list(out.glob(".checkpoint-*"))
+    a = load_file(ddpm / "checkpoint-24/unet_ema/diffusion_pytorch_model.safetensors")
+    b = load_file(out / "checkpoint-24/unet_ema/diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_pretrain_with_two_processes(synth_prepared, tmp_path):
+    out = tmp_path / "mp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", PRETRAIN,
+           *_pretrain_args(synth_prepared, out, steps=6, save="6")]  # fmt: skip
+    res = subprocess.run(cmd, env=_env(ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "batch 8 (2 x 2 x 2 processes)" in res.stderr
+    assert (out / "checkpoint-6/unet_ema/config.json").is_file()
+    assert (out / "checkpoint-6/state/random_states_1.pkl").is_file()
+
+
+def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys):
+    unet = str(ddpm / "checkpoint-24/unet_ema")
+    common = ["--dataset", str(synth_prepared), "--num-labels", "2", "--max-steps", "6", "--eval-steps", "3", "--report-to", "none"]
+    cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-ddpm"), "--pretrained", unet])
+    cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-scratch"), "--init", "scratch", "--preset", "tiny", "--resolution", "32"])
+    for run in ("ft-ddpm", "ft-scratch"):
+        summary = json.loads((tmp_path / run / "training_summary.json").read_text())
+        assert summary["labeled_image_ids"] == ["001", "002"] and summary["steps"] == 6
+        model = LandmarkDetector.from_pretrained(tmp_path / run / "model")
+        assert model.config.landmark_names[0] == "Sella" and model.config.spacing == pytest.approx([0.1, 0.1])
+
+    metrics_path = tmp_path / "metrics.json"
+    cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
+         "--output", str(metrics_path), "--overlay-dir", str(tmp_path / "overlays")])  # fmt: skip
+    m = json.loads(metrics_path.read_text())
+    for key in ("mre", "mre_std", "unit", "sdr", "per_landmark", "num_images", "mode", "model", "dataset"):
+        assert key in m
+    assert m["unit"] == "mm" and m["mode"] == "physical" and m["num_images"] == 5 and set(m["sdr"]) == {"2", "2.5", "3", "4"}
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 5 and (tmp_path / "metrics.md").is_file()
+    cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
+         "--output", str(tmp_path / "paper.json"), "--paper-compatible"])  # fmt: skip
+    assert json.loads((tmp_path / "paper.json").read_text())["mode"] == "paper"
+
+    bench = ["benchmark", "--dataset", str(synth_prepared), "--output-dir", str(tmp_path / "bench"), "--init", f"ddpm={unet}",
+             "--labels", "1,2", "--seeds", "0", "--eval-split", "test", "--", "--max-steps", "2", "--eval-steps", "2"]  # fmt: skip
+    cli(bench)
+    table = (tmp_path / "bench/results.md").read_text()
+    assert "| ddpm | 1 | 1 |" in table and "| mean shape | 2 | 1 |" in table and "DDPM (paper)" in table
+    assert (tmp_path / "bench/results.png").is_file() and (tmp_path / "bench/results.csv").is_file()
+    capsys.readouterr()
+    cli(bench)  # resumes: every cell is already done
+    assert capsys.readouterr().out.count("[skip]") == 2
