@@ -71,11 +71,13 @@ def _fixed_batch(size=64, n=2):
 
 def test_each_loss_learns_a_fixed_batch_to_within_2_px():
     x, y = _fixed_batch()
-    for loss, sigma in (("paper", 2.0), ("bce", 2.0), ("contour", 1.0)):
+    # Per loss: target sigma (px), learning rate, steps. The paper's loss gives no gradient
+    # outside the disks, so it is run at its own sigma (5) and a gentler rate.
+    for loss, sigma, lr, steps in (("paper", 5.0, 1e-3, 200), ("bce", 4.0, 3e-3, 300), ("contour", 1.0, 3e-3, 150)):
         torch.manual_seed(0)
         model = tiny(num_landmarks=6, size=64, loss=loss, sigma=sigma)
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        for _ in range(250):
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        for _ in range(steps):
             opt.zero_grad()
             out = model(x, labels=y)
             out.loss.backward()

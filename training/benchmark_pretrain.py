@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Throughput and peak memory of one DDPM pre-training step (forward, ε-MSE, backward, AdamW)
+per preset, resolution and precision on the current device. Prints a Markdown table.
+
+    python training/benchmark_pretrain.py --presets tiny,small,base --resolutions 64,128,256 --batch-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from hf_landmark.training.pretrain import build_unet
+from hf_landmark.training_utils import parse_int_list
+
+
+def step_time(preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str) -> tuple[float, float, int]:
+    unet = build_unet(preset, size).to(device)
+    params = sum(p.numel() for p in unet.parameters())
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    sched = DDPMScheduler(num_train_timesteps=500, beta_schedule="linear")
+    x = torch.rand(batch, 1, size, size, device=device) * 2 - 1
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        noise = torch.randn_like(x)
+        t = torch.randint(0, 500, (batch,), device=device)
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            pred = unet(sched.add_noise(x, noise, t), t).sample
+        loss = F.mse_loss(pred.float(), noise)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (MiB)
+    elapsed = (time.perf_counter() - start) / steps
+    return batch / elapsed, peak, params
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="tiny,small,base,large")
+    p.add_argument("--resolutions", default="64,128,256")
+    p.add_argument("--precisions", default=None, help="default: fp32 and bf16 on CPU, fp32 and fp16 on CUDA")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3)
+    args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precisions = (args.precisions or ("fp32,fp16" if device == "cuda" else "fp32,bf16")).split(",")
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; batch {args.batch_size}; torch {torch.__version__}")
+    print("| preset | parameters | resolution | precision | images/s | s/step | peak memory (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in args.presets.split(","):
+        for size in parse_int_list(args.resolutions):
+            for precision in precisions:
+                ips, peak, params = step_time(preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                print(f"| {preset} | {params / 1e6:.2f} M | {size} | {precision} | {ips:.2f} | {args.batch_size / ips:.3f} | {peak:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
