@@ -9,6 +9,10 @@ __version__ = "0.1.0"
 
 AutoConfig.register(LandmarkConfig.model_type, LandmarkConfig)
 AutoModel.register(LandmarkConfig, LandmarkDetector)
+# Saved models carry `auto_map` and their modelling files, so that they also load with
+# `AutoModel.from_pretrained(path_or_repo, trust_remote_code=True)` where hf_landmark is absent.
+LandmarkConfig.register_for_auto_class()
+LandmarkDetector.register_for_auto_class("AutoModel")
 
 __all__ = [
     "UNET_PRESETS",

@@ -93,6 +93,15 @@ class LandmarkDetector(PreTrainedModel):
         self.unet = UNet2DModel(**config.unet_kwargs())
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` restricted to safetensors: a folder or repo whose
+        weights are only a pickle (``pytorch_model.bin``) is refused, never unpickled."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("hf_landmark loads safetensors weights only; pickled weights are never unpickled")
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(*args, **kwargs)
+
     def _init_weights(self, module):
         # diffusers initialises its own layers; transformers' default would overwrite them.
         pass

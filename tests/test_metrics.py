@@ -56,3 +56,15 @@ def test_paper_mode_swaps_ceph_factors_and_uses_the_grid():
     hand_pred = hand_true.copy()
     hand_pred[0, 2, 0] += 4.0
     assert paper_compatible_errors(hand_pred, hand_true, "hand")[0, 2] == pytest.approx(4.0 * 50 / 100)
+
+
+def test_evaluate_module_wraps_the_same_functions():
+    import os
+
+    import evaluate
+
+    import hf_landmark.metric_module as mm
+
+    metric = evaluate.load(os.path.join(os.path.dirname(mm.__file__), "landmark_detection.py"))
+    out = metric.compute(predictions=[[[3.0, 4.0], [0.0, 1.0]]], references=[[[0.0, 0.0], [0.0, 0.0]]], spacing=0.1, thresholds=[0.2])
+    assert out["mre"] == pytest.approx(0.3) and out["sdr"] == {"0.2": 50.0} and out["unit"] == "mm"

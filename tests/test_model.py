@@ -86,3 +86,33 @@ def test_each_loss_learns_a_fixed_batch_to_within_2_px():
         err = (coords - y).norm(dim=-1)
         assert err.max() < 2.0, (loss, err.max().item())
         assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_remote_code_route_without_the_package(tmp_path):
+    import subprocess
+    import sys
+
+    tiny(landmark_names=["a", "b", "c"]).save_pretrained(tmp_path / "m")
+    assert {"modeling_landmark.py", "configuration_landmark.py", "heatmaps.py"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    code = (
+        "import sys; sys.modules['hf_landmark'] = None\n"  # the package is not importable
+        "import torch\nfrom transformers import AutoModel\n"
+        f"m = AutoModel.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True, dtype=torch.float32)\n"
+        "xy, s = m.predict_landmarks(torch.zeros(1, 1, 32, 32))\n"
+        "print(type(m).__module__.startswith('transformers_modules'), tuple(xy.shape), m.config.landmark_names)\n"
+    )
+    env = dict(__import__("os").environ, HF_MODULES_CACHE=str(tmp_path / "modules"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True (1, 3, 2) ['a', 'b', 'c']"
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    import pytest
+
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="safetensors"):
+        LandmarkDetector.from_pretrained(tmp_path)
