@@ -4,7 +4,6 @@ paper-compatible), the mean-shape floor, tables, overlays and cumulative-error p
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 
@@ -175,7 +174,3 @@ def format_mean_std(values: Sequence[float]) -> str:
     if v.size == 0:
         return "–"
     return f"{v.mean():.2f} ± {v.std():.2f}" if v.size > 1 else f"{v.mean():.2f}"
-
-
-def is_finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

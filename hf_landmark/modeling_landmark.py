@@ -8,7 +8,6 @@ can be saved next to the weights and loaded with ``trust_remote_code=True``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 
@@ -158,7 +157,7 @@ class LandmarkDetector(PreTrainedModel):
         subfolder: str | None = None,
         image_size: int | None = None,
         **config_kwargs,
-    ) -> "LandmarkDetector":
+    ) -> LandmarkDetector:
         """Build a detector from a pre-trained diffusers ``UNet2DModel`` (folder or Hub repo).
 
         Every U-Net weight except the last convolution is copied unchanged; the new head has
@@ -202,7 +201,3 @@ def read_pretraining_info(path_or_repo, subfolder: str | None) -> dict:
     if not isinstance(info, dict):
         raise ValueError(f"{file}: expected a JSON object")
     return info
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

@@ -62,7 +62,7 @@ def to_grayscale01(image: Image.Image | np.ndarray, source: str = "image") -> np
         raise ImageReadError(f"{source}: expected a 2-D grayscale or H×W×C colour array, got shape {arr.shape}")
     if arr.size == 0:
         raise ImageReadError(f"{source}: zero-size image")
-    if dtype == bool:
+    if dtype.kind == "b":
         return arr.astype(np.float32)
     if dtype.kind in "ui":
         return (arr.astype(np.float32) / float(np.iinfo(dtype).max)).astype(np.float32)

@@ -10,8 +10,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from hf_landmark.metrics import radial_errors
-from hf_landmark.metrics import summarize_errors
+from hf_landmark.metrics import radial_errors, summarize_errors
 
 _DESCRIPTION = "Mean radial error and successful detection rate of anatomical landmarks, per image [N, 2] (x, y) in original pixels."
 _KWARGS = """
