@@ -54,11 +54,8 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> tuple[i
 
 
 def staging_dir(output_dir: str | os.PathLike, step: int) -> Path:
-    """A fresh temporary folder for checkpoint ``step``; see :func:`commit_checkpoint`."""
-    tmp = Path(output_dir) / f".checkpoint-{step}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    return tmp
+    """The temporary folder checkpoint ``step`` is written into; see :func:`commit_checkpoint`."""
+    return Path(output_dir) / f".checkpoint-{step}.partial"
 
 
 def commit_checkpoint(tmp: Path, output_dir: str | os.PathLike, step: int) -> Path:

@@ -10,7 +10,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+# The real radiographs (research use only, never copied into the repository) sit beside
+# the project as ../shared/realdata, or wherever HF_LANDMARK_REALDATA points.
+REALDATA = Path(os.environ.get("HF_LANDMARK_REALDATA", Path(__file__).resolve().parents[1].parent / "shared" / "realdata"))
 
 
 @pytest.fixture(scope="session")

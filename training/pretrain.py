@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -257,16 +258,21 @@ def main(argv=None):
 def save_checkpoint(accelerator, unet, ema, args, step, num_images, num_parameters, effective_batch):
     """Write checkpoint-<step> under a temporary name, then rename it into place."""
     accelerator.wait_for_everyone()
-    tmp = staging_dir(args.output_dir, step) if accelerator.is_main_process else None
-    # save_state runs on every process (each saves its own RNG state) into one folder.
-    tmp_path = os.path.join(args.output_dir, f".checkpoint-{step}.partial")
-    accelerator.save_state(os.path.join(tmp_path, "state"))
+    tmp_path = staging_dir(args.output_dir, step)
+    if accelerator.is_main_process and tmp_path.exists():
+        shutil.rmtree(tmp_path)
+    accelerator.wait_for_everyone()
+    # Every process saves its own RNG state into the shared folder; all must have finished
+    # before the main process renames it into place.
+    os.makedirs(tmp_path / "state", exist_ok=True)
+    accelerator.save_state(str(tmp_path / "state"))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # Building the EMA copy draws random initial weights; keep the training RNG untouched
         # so that a resumed run continues exactly like an uninterrupted one.
         with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-            write_weights_and_samples(accelerator, unet, ema, args, tmp_path, step, num_images, num_parameters, effective_batch)
-        final = commit_checkpoint(tmp, args.output_dir, step)
+            write_weights_and_samples(accelerator, unet, ema, args, str(tmp_path), step, num_images, num_parameters, effective_batch)
+        final = commit_checkpoint(tmp_path, args.output_dir, step)
         logger.info("saved %s", final)
     accelerator.wait_for_everyone()
 
