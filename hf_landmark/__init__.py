@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_landmark import UNET_PRESETS, LandmarkConfig, unet_preset
 from .modeling_landmark import LandmarkDetector, LandmarkDetectorOutput
+from .pipeline_landmark import LandmarkDetectionPipeline, register_pipeline
 
 __version__ = "0.1.0"
 
@@ -13,10 +14,12 @@ AutoModel.register(LandmarkConfig, LandmarkDetector)
 # `AutoModel.from_pretrained(path_or_repo, trust_remote_code=True)` where hf_landmark is absent.
 LandmarkConfig.register_for_auto_class()
 LandmarkDetector.register_for_auto_class("AutoModel")
+register_pipeline()
 
 __all__ = [
     "UNET_PRESETS",
     "LandmarkConfig",
+    "LandmarkDetectionPipeline",
     "LandmarkDetector",
     "LandmarkDetectorOutput",
     "unet_preset",

@@ -82,6 +82,50 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    import csv
+    from pathlib import Path
+
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import pipeline
+
+    from . import LandmarkDetector
+    from .evaluation import draw_overlay, write_json_atomic
+    from .preprocessing import IMAGE_EXTENSIONS, ImageReadError, read_image
+
+    files: list[Path] = []
+    for item in args.inputs:
+        path = Path(item)
+        files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if path.is_dir() else [path]
+    model = LandmarkDetector.from_pretrained(args.model, dtype=torch.float32).eval()
+    pipe = pipeline("landmark-detection", model=model)
+    results, errors = {}, {}
+    for path in tqdm(files, desc="predicting", disable=len(files) < 2):
+        try:
+            results[str(path)] = pipe(str(path), decoder=args.decoder)
+        except ImageReadError as err:  # one bad file never loses the others' results
+            errors[str(path)] = str(err)
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        if args.overlay_dir:
+            os.makedirs(args.overlay_dir, exist_ok=True)
+            xy = [[p["x"], p["y"]] for p in results[str(path)]]
+            draw_overlay(read_image(path), __import__("numpy").asarray(xy)).save(os.path.join(args.overlay_dir, path.stem + ".png"))
+    write_json_atomic({"model": os.fspath(args.model), "predictions": results, "errors": errors}, args.output)
+    if args.csv:
+        tmp = args.csv + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "label", "x", "y", "score", "x_mm", "y_mm"])
+            for image, preds in results.items():
+                for p in preds:
+                    writer.writerow([image, p["label"], p["x"], p["y"], p["score"], p.get("x_mm", ""), p.get("y_mm", "")])
+        os.replace(tmp, args.csv)
+    print(f"{len(results)} images predicted, {len(errors)} failed; wrote {args.output}")
+    return 1 if errors and not args.skip_bad else 0
+
+
 #: Subcommands that hand their arguments to a training script's own parser.
 SCRIPTS = {
     "pretrain": ("pretrain", "DDPM self-supervised pre-training (training/pretrain.py)"),
@@ -119,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (_, text) in SCRIPTS.items():
         sub.add_parser(name, help=text + "; see hf-landmark " + name + " --help", add_help=False)
+
+    p = sub.add_parser("predict", help="predict landmarks on images (PNG/JPEG/BMP/TIFF, DICOM with pydicom)")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="detector folder or Hub repo")
+    p.add_argument("--output", default="predictions.json")
+    p.add_argument("--csv", help="also write one row per landmark here")
+    p.add_argument("--overlay-dir")
+    p.add_argument("--decoder", default="centroid", choices=["centroid", "argmax", "soft_argmax"])
+    p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="evaluate a detector on a prepared split")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")

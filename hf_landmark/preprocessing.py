@@ -21,6 +21,7 @@ from PIL import Image
 
 #: Refuse images with more pixels than this (decompression bombs); 1935×2400 is 4.6 M.
 MAX_IMAGE_PIXELS = 200_000_000
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dcm", ".dicom")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from hf_landmark import LandmarkConfig, LandmarkDetector
+from hf_landmark.cli import main as cli
+from hf_landmark.preprocessing import original_to_model
+
+
+@pytest.fixture(scope="module")
+def dot_model(tmp_path_factory):
+    """A detector whose heatmap is a fixed bump at model pixel (20.5, 9.25) of a 32-px input:
+    the head's bias is the landmark, everything else zero, so predictions are known exactly."""
+    model = LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=1, image_size=32, loss="contour", sigma=1.0,
+                                            landmark_names=["tip"], spacing=[0.2, 0.5]))
+    with torch.no_grad():
+        model.unet.conv_out.weight.zero_()
+        model.unet.conv_out.bias.zero_()
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    bump = -((xs - 20.5) ** 2 + (ys - 9.25) ** 2) / 2.0
+    original_forward = model.unet.forward
+
+    class Out:
+        def __init__(self, sample):
+            self.sample = sample
+
+    def forward(x, t):
+        original_forward(x, t)
+        return Out(bump.expand(x.shape[0], 1, 32, 32).clone())
+
+    model.unet.forward = forward
+    path = tmp_path_factory.mktemp("dot") / "model"
+    model.save_pretrained(path)
+    model.unet.forward = original_forward
+    return path, model, forward
+
+
+def test_pipeline_inputs_and_original_frame(dot_model, tmp_path):
+    path, model, forward = dot_model
+    model.unet.forward = forward
+    pipe = pipeline("landmark-detection", model=model)
+    arr = (np.random.default_rng(0).random((200, 100)) * 255).astype(np.uint8)  # H=200, W=100
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    # Model (20.5, 9.25) -> original: x = 21 * 100/32 - 0.5, y = 9.75 * 200/32 - 0.5.
+    want = (21.0 * 100 / 32 - 0.5, 9.75 * 200 / 32 - 0.5)
+    assert np.allclose(original_to_model(np.array(want), (100, 200), 32), [20.5, 9.25])
+    for item in (str(tmp_path / "a.png"), Image.fromarray(arr), arr):
+        out = pipe(item, decoder="soft_argmax")  # the mean of the softmax bump is exactly its centre
+        assert out[0]["label"] == "tip" and out[0]["x"] == pytest.approx(want[0], abs=1e-3) and out[0]["y"] == pytest.approx(want[1], abs=1e-3)
+        assert out[0]["x_mm"] == pytest.approx(want[0] * 0.2, abs=1e-3) and 0 <= out[0]["score"] <= 1
+    assert len(pipe([arr, arr])) == 2
+
+
+def test_predict_cli_formats_and_bad_files(dot_model, tmp_path):
+    path, _, _ = dot_model
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "eight.png")
+    Image.fromarray(np.full((64, 48), 40000, np.uint16)).save(tmp_path / "sixteen.png")
+    Image.fromarray(np.zeros((64, 64, 4), np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "preds.json"
+    code = cli(["predict", str(tmp_path), "--model", str(path), "--output", str(out), "--csv", str(tmp_path / "p.csv")])
+    data = json.loads(out.read_text())
+    assert code == 1 and len(data["predictions"]) == 3 and list(data["errors"]) == [str(tmp_path / "broken.png")]
+    assert "broken.png: cannot read image" in data["errors"][str(tmp_path / "broken.png")]
+    assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 4
+    assert cli(["predict", str(tmp_path / "eight.png"), str(tmp_path / "broken.png"), "--model", str(path),
+                "--output", str(out), "--skip-bad"]) == 0  # fmt: skip
