@@ -69,3 +69,41 @@ def test_predict_cli_formats_and_bad_files(dot_model, tmp_path):
     assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 4
     assert cli(["predict", str(tmp_path / "eight.png"), str(tmp_path / "broken.png"), "--model", str(path),
                 "--output", str(out), "--skip-bad"]) == 0  # fmt: skip
+
+
+def _write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", spacing=(0.3, 0.2), slope=2.0, intercept=-100.0):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing = [spacing[0], spacing[1]]  # (row, column) = (sy, sx)
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_spacing_inversion_and_rescale(dot_model, tmp_path):
+    from hf_landmark.preprocessing import read_dicom
+
+    pixels = np.zeros((40, 30), np.uint16)
+    pixels[0, 0] = 1000
+    _write_dicom(tmp_path / "mono2.dcm", pixels)
+    image, spacing = read_dicom(tmp_path / "mono2.dcm")
+    assert spacing == (0.2, 0.3) and image[0, 0] == 1.0 and image[5, 5] == 0.0  # rescaled then min-max
+    _write_dicom(tmp_path / "mono1.dcm", pixels, photometric="MONOCHROME1")
+    assert read_dicom(tmp_path / "mono1.dcm")[0][0, 0] == 0.0  # MONOCHROME1 is inverted
+    path, _, _ = dot_model
+    out = tmp_path / "preds.json"
+    assert cli(["predict", str(tmp_path / "mono2.dcm"), "--model", str(path), "--output", str(out), "--decoder", "soft_argmax"]) == 0
+    pred = json.loads(out.read_text())["predictions"][str(tmp_path / "mono2.dcm")][0]
+    # The DICOM header's spacing (0.2, 0.3) wins over the model's (0.2, 0.5).
+    assert pred["x_mm"] == pytest.approx(pred["x"] * 0.2) and pred["y_mm"] == pytest.approx(pred["y"] * 0.3)
