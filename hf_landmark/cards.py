@@ -32,6 +32,36 @@ def ddpm_card(info: dict, repo_id: str | None = None) -> ModelCard:
     return ModelCard.from_template(data, template_str=_template("ddpm_card.md"), info=info, citation=PAPER_CITATION)
 
 
+DATASET_TITLES = {"ceph": "cephalometric (ISBI 2015)", "hand": "hand (Digital Hand Atlas)", "chest": "chest (Shenzhen)"}
+
+
+def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.0") -> ModelCard:
+    """Card of a fine-tuned detector, with a ``model-index`` filled from a real
+    ``metrics.json`` written by ``hf-landmark evaluate``."""
+    from huggingface_hub import EvalResult
+
+    from .evaluation import markdown_table
+
+    dataset = config.dataset_name or "custom"
+    unit = metrics["unit"]
+    common = {"task_type": "keypoint-detection", "dataset_type": dataset, "dataset_name": DATASET_TITLES.get(dataset, dataset),
+              "dataset_split": metrics.get("split", "test")}
+    results = [EvalResult(metric_type="mre", metric_name=f"MRE ({unit}, {metrics['mode']})", metric_value=round(metrics["mre"], 4), **common)]
+    for t, v in metrics["sdr"].items():
+        results.append(EvalResult(metric_type=f"sdr_{t}{unit}", metric_name=f"SDR {t} {unit} (%)", metric_value=round(v, 2), **common))
+    base = getattr(config, "base_model", None)
+    data = ModelCardData(
+        license=license, library_name="hf-landmark", pipeline_tag="keypoint-detection", model_name=repo_id,
+        tags=["hf-landmark", "landmark-detection", "x-ray", "medical-imaging", "ddpm"], eval_results=results,
+        base_model=base if base and not base.startswith(("/", ".")) else None,
+    )
+    return ModelCard.from_template(
+        data, template_str=_template("detector_card.md"), metrics=metrics, config=config, repo_id=repo_id,
+        metrics_table=markdown_table(metrics), dataset_title=DATASET_TITLES.get(dataset, dataset), base_model=base,
+        citation=PAPER_CITATION,
+    )
+
+
 def write_card(card: ModelCard, folder: str | os.PathLike) -> str:
     path = os.path.join(os.fspath(folder), "README.md")
     tmp = path + ".tmp"

@@ -126,6 +126,31 @@ def _cmd_predict(args) -> int:
     return 1 if errors and not args.skip_bad else 0
 
 
+def _cmd_card(args) -> int:
+    import json
+
+    from transformers import AutoConfig
+
+    from .cards import detector_card, write_card
+
+    config = AutoConfig.from_pretrained(args.model_dir)
+    with open(args.metrics, encoding="utf-8") as fh:
+        metrics = json.load(fh)
+    path = write_card(detector_card(config, metrics, args.repo_id or os.path.basename(os.path.normpath(args.model_dir))), args.model_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+    api.upload_folder(folder_path=args.model_dir, repo_id=args.repo_id, commit_message=args.message)
+    print(f"pushed {args.model_dir} to https://huggingface.co/{args.repo_id}")
+    return 0
+
+
 #: Subcommands that hand their arguments to a training script's own parser.
 SCRIPTS = {
     "pretrain": ("pretrain", "DDPM self-supervised pre-training (training/pretrain.py)"),
@@ -173,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", default="centroid", choices=["centroid", "argmax", "soft_argmax"])
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("card", help="write MODEL_DIR/README.md, a model card filled from metrics.json")
+    p.add_argument("model_dir")
+    p.add_argument("--metrics", required=True, help="metrics.json from hf-landmark evaluate")
+    p.add_argument("--repo-id", help="the Hub name shown in the card")
+    p.set_defaults(func=_cmd_card)
+
+    p = sub.add_parser("push", help="upload a detector or DDPM folder to the Hub")
+    p.add_argument("model_dir")
+    p.add_argument("--repo-id", required=True)
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--message", default="Upload with hf-landmark")
+    p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("evaluate", help="evaluate a detector on a prepared split")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")

@@ -115,3 +115,23 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     capsys.readouterr()
     cli(bench)  # resumes: every cell is already done
     assert capsys.readouterr().out.count("[skip]") == 2
+
+
+def test_model_card_from_real_metrics(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from hf_landmark import LandmarkConfig
+
+    LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=2, image_size=32, landmark_names=["Sella", "Nasion"],
+                                    dataset_name="ceph", spacing=[0.1, 0.1])).save_pretrained(tmp_path / "m")  # fmt: skip
+    metrics = {"mre": 1.23456, "mre_std": 0.5, "unit": "mm", "sdr": {"2": 80.0, "4": 95.5}, "mode": "physical", "split": "test",
+               "dataset": "data/ceph", "num_images": 3, "decoder": "centroid",
+               "per_landmark": [{"name": "Sella", "mre": 1.0, "mre_std": 0.1, "sdr": {"2": 90.0, "4": 100.0}},
+                                {"name": "Nasion", "mre": 1.5, "mre_std": 0.2, "sdr": {"2": 70.0, "4": 91.0}}]}  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert cli(["card", str(tmp_path / "m"), "--metrics", str(tmp_path / "metrics.json"), "--repo-id", "org/ddpm-ceph-landmark"]) == 0
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    assert card.data.pipeline_tag == "keypoint-detection" and card.data.library_name == "hf-landmark"
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {"mre": 1.2346, "sdr_2mm": 80.0, "sdr_4mm": 95.5}
+    assert "Sella, Nasion" in card.text and "not a medical device" in card.text
