@@ -1,0 +1,59 @@
+"""The Gradio inference demo (``space/app.py`` runs it as a Hugging Face Space)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=4)
+def _pipeline(model: str):
+    import torch
+    from transformers import pipeline
+
+    from . import LandmarkDetector
+
+    return pipeline("landmark-detection", model=LandmarkDetector.from_pretrained(model, dtype=torch.float32).eval())
+
+
+def predict(image_path: str, model: str, decoder: str = "centroid"):
+    """Landmarks on one uploaded x-ray: (overlay image, table rows, JSON file path)."""
+    from .evaluation import draw_overlay
+    from .preprocessing import read_image
+
+    if not image_path:
+        raise ValueError("upload an x-ray image first")
+    if not model:
+        raise ValueError("choose a model folder or Hub repo")
+    preds = _pipeline(model)(image_path, decoder=decoder)
+    overlay = draw_overlay(read_image(image_path), np.asarray([[p["x"], p["y"]] for p in preds]))
+    rows = [[p["label"], round(p["x"], 2), round(p["y"], 2), round(p.get("x_mm", float("nan")), 2),
+             round(p.get("y_mm", float("nan")), 2), round(p["score"], 3)] for p in preds]  # fmt: skip
+    fd, path = tempfile.mkstemp(prefix="landmarks-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump({"image": os.path.basename(image_path), "model": model, "landmarks": preds}, fh, indent=2)
+    return overlay, rows, path
+
+
+def build_demo(default_model: str | None = None):
+    import gradio as gr
+
+    with gr.Blocks(title="hf-landmark: x-ray landmark detection") as demo:
+        gr.Markdown("# X-ray landmark detection\nUpload a radiograph, choose a model (a local folder or a Hub repo) "
+                    "and get its landmarks. Research use only, not a medical device.")  # fmt: skip
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="x-ray", image_mode="L")
+                model = gr.Textbox(value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""), label="model folder or Hub repo")
+                decoder = gr.Dropdown(["centroid", "argmax", "soft_argmax"], value="centroid", label="decoder")
+                run = gr.Button("Detect landmarks", variant="primary")
+            with gr.Column():
+                overlay = gr.Image(type="pil", format="png", label="landmarks (red)")
+                table = gr.Dataframe(headers=["landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "score"], label="coordinates")
+                download = gr.File(label="JSON")
+        run.click(predict, inputs=[image, model, decoder], outputs=[overlay, table, download], api_name="predict")
+    return demo
