@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
         "--dataset", prepared, "--output-dir", ddpm_dir, "--preset", args.preset, "--resolution", str(args.resolution),
         "--max-steps", str(args.pretrain_steps), "--save-steps", str(args.pretrain_steps), "--train-batch-size", "8",
         "--gradient-accumulation-steps", "1", "--learning-rate", "1e-3", "--num-samples", "16", "--sample-inference-steps", "50",
-        "--seed", str(args.seed), "--report-to", "tensorboard",
+        "--seed", str(args.seed), "--report-to", "tensorboard", "--mixed-precision", "no",
     ])  # fmt: skip
     timings["pretrain"] = time.perf_counter() - t
     unet = os.path.join(ddpm_dir, f"checkpoint-{args.pretrain_steps}", "unet_ema")

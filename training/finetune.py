@@ -36,6 +36,7 @@ import time
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
@@ -141,6 +142,7 @@ def save_model_atomic(model: LandmarkDetector, path: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    AcceleratorState._reset_state()  # allow several runs in one process (benchmark, demo)
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
@@ -146,6 +147,7 @@ def sample_grid(unet: UNet2DModel, args, num: int, seed: int) -> Image.Image:
 def main(argv=None):
     args = parse_args(argv)
     mixed_precision = resolve_mixed_precision(args.mixed_precision)
+    AcceleratorState._reset_state()  # allow several runs in one process (benchmark, demo)
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
