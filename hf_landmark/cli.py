@@ -86,6 +86,7 @@ def _cmd_predict(args) -> int:
     import csv
     from pathlib import Path
 
+    import numpy as np
     import torch
     from tqdm.auto import tqdm
     from transformers import pipeline
@@ -111,7 +112,7 @@ def _cmd_predict(args) -> int:
         if args.overlay_dir:
             os.makedirs(args.overlay_dir, exist_ok=True)
             xy = [[p["x"], p["y"]] for p in results[str(path)]]
-            draw_overlay(read_image(path), __import__("numpy").asarray(xy)).save(os.path.join(args.overlay_dir, path.stem + ".png"))
+            draw_overlay(read_image(path), np.asarray(xy)).save(os.path.join(args.overlay_dir, path.stem + ".png"))
     write_json_atomic({"model": os.fspath(args.model), "predictions": results, "errors": errors}, args.output)
     if args.csv:
         tmp = args.csv + ".tmp"

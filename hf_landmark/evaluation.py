@@ -19,9 +19,9 @@ PAPER_GRID = 256
 
 @torch.no_grad()
 def predict_tensors(model, data: LandmarkTensors, decoder: str = "centroid", batch_size: int = 16, device=None):
-    """Predict every image of ``data``: ``(coords [M, N, 2] model px, scores [M, N], logits?)``.
+    """Predict every image of ``data``: ``(coords [M, N, 2] model px, scores [M, N], mean loss)``.
 
-    Also returns the mean validation loss against ``data.landmarks``."""
+    The loss is the model's training loss against ``data.landmarks``, averaged over images."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()

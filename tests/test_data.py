@@ -18,7 +18,7 @@ from hf_landmark.data import (
     read_custom,
     read_hand,
 )
-from hf_landmark.preprocessing import ImageReadError, original_to_model
+from hf_landmark.preprocessing import ImageReadError, original_to_model, read_image
 
 from .conftest import REALDATA
 
@@ -142,13 +142,13 @@ def test_bad_image_names_the_file_and_leaves_no_output(tmp_path):
     _, report = prepare("chest", tmp_path, tmp_path / "out", skip_bad=True)
     assert len(load_prepared(tmp_path / "out")["train"]) == 1 and "CHNCXR_0002_0" in report.skipped[0]
     with pytest.raises(ImageReadError, match="nothing.png: file not found"):
-        __import__("hf_landmark.preprocessing", fromlist=["read_image"]).read_image(tmp_path / "nothing.png")
+        read_image(tmp_path / "nothing.png")
 
 
 def test_augmentation_keeps_a_drawn_dot_on_its_landmark():
     size = 64
     lm = torch.tensor([[[20.3, 41.7]], [[40.0, 12.5]], [[31.5, 31.5]]])
-    ys, xs = torch.meshgrid(torch.arange(size.__int__()).float(), torch.arange(size).float(), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     images = torch.exp(-((xs - lm[:, 0, 0, None, None]) ** 2 + (ys - lm[:, 0, 1, None, None]) ** 2) / (2 * 1.5**2))[:, None]
     g = torch.Generator().manual_seed(0)
     for _ in range(5):

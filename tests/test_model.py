@@ -1,3 +1,6 @@
+import os
+
+import numpy as np
 import torch
 from diffusers import UNet2DModel
 from transformers import AutoConfig, AutoModel
@@ -59,13 +62,13 @@ def test_from_ddpm_copies_every_weight_but_the_head(tmp_path):
 
 
 def _fixed_batch(size=64, n=2):
-    rng = __import__("numpy").random.default_rng(0)
+    rng = np.random.default_rng(0)
     images, landmarks = [], []
     for _ in range(n):
         lm = synthetic_landmarks(rng)
         images.append(render_synthetic(lm, rng) / 255.0)
         landmarks.append(lm)
-    lm = torch.tensor(__import__("numpy").stack(landmarks), dtype=torch.float32)[:, :6]
+    lm = torch.tensor(np.stack(landmarks), dtype=torch.float32)[:, :6]
     return prepare_pixel_values(images, size, (-1, 1)), original_to_model(lm, (240, 300), size)
 
 
@@ -101,7 +104,7 @@ def test_remote_code_route_without_the_package(tmp_path):
         "xy, s = m.predict_landmarks(torch.zeros(1, 1, 32, 32))\n"
         "print(type(m).__module__.startswith('transformers_modules'), tuple(xy.shape), m.config.landmark_names)\n"
     )
-    env = dict(__import__("os").environ, HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True (1, 3, 2) ['a', 'b', 'c']"
