@@ -22,6 +22,22 @@ class LandmarkDetectionPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
+    def __call__(self, inputs, *args, batch_size: int | None = None, **kwargs):
+        """``batch_size > 1`` with a list runs the model on stacked batches (every image is
+        resized to the model's square input, so they stack without padding)."""
+        if not isinstance(inputs, list) or not batch_size or batch_size <= 1:
+            return super().__call__(inputs, *args, **kwargs)
+        _, _, post = self._sanitize_parameters(**kwargs)
+        results = []
+        for start in range(0, len(inputs), batch_size):
+            items = [self.preprocess(x) for x in inputs[start : start + batch_size]]
+            batch = {"pixel_values": torch.cat([it["pixel_values"] for it in items])}
+            with torch.no_grad():
+                heatmaps = self._forward({**batch, "original_size": None, "spacing": None, "source": None})["heatmaps"]
+            for k, it in enumerate(items):
+                results.append(self.postprocess({**it, "heatmaps": heatmaps[k : k + 1]}, **post))
+        return results
+
     def _sanitize_parameters(self, decoder=None, **kwargs):
         post = {"decoder": decoder} if decoder else {}
         return {}, {}, post

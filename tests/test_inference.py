@@ -53,6 +53,14 @@ def test_pipeline_inputs_and_original_frame(dot_model, tmp_path):
         assert out[0]["label"] == "tip" and out[0]["x"] == pytest.approx(want[0], abs=1e-3) and out[0]["y"] == pytest.approx(want[1], abs=1e-3)
         assert out[0]["x_mm"] == pytest.approx(want[0] * 0.2, abs=1e-3) and 0 <= out[0]["score"] <= 1
     assert len(pipe([arr, arr])) == 2
+    # Batched runs give the same landmarks as one image at a time (a randomly initialised model).
+    torch.manual_seed(0)
+    real = pipeline("landmark-detection", model=LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=1, image_size=32)).eval())
+    images = [arr, np.ones((30, 40), np.uint8) * 200, Image.fromarray(arr)]
+    batched, single = real(images, batch_size=2, decoder="soft_argmax"), real(images, decoder="soft_argmax")
+    assert len(batched) == 3 and abs(single[0][0]["x"] - single[1][0]["x"]) > 1e-3  # inputs really differ
+    for b, s in zip(batched, single):
+        assert b[0]["x"] == pytest.approx(s[0]["x"], abs=1e-3) and b[0]["y"] == pytest.approx(s[0]["y"], abs=1e-3)
 
 
 def test_predict_cli_formats_and_bad_files(dot_model, tmp_path):
@@ -107,3 +115,21 @@ def test_dicom_spacing_inversion_and_rescale(dot_model, tmp_path):
     pred = json.loads(out.read_text())["predictions"][str(tmp_path / "mono2.dcm")][0]
     # The DICOM header's spacing (0.2, 0.3) wins over the model's (0.2, 0.5).
     assert pred["x_mm"] == pytest.approx(pred["x"] * 0.2) and pred["y_mm"] == pytest.approx(pred["y"] * 0.3)
+
+
+def test_zero_size_and_decompression_bomb_are_refused_by_name(dot_model, tmp_path):
+    from hf_landmark.preprocessing import ImageReadError, read_image
+
+    path, model, _ = dot_model
+    pipe = pipeline("landmark-detection", model=model)
+    with pytest.raises(ImageReadError, match="zero-size image"):
+        pipe(np.zeros((0, 12), np.uint8))
+    # 15000 x 15000 = 225 M pixels, above the 200 M limit: refused before decoding.
+    Image.new("L", (15000, 15000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ImageReadError, match="bomb.png: image too large"):
+        read_image(tmp_path / "bomb.png")
+    out = tmp_path / "preds.json"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "ok.png")
+    assert cli(["predict", str(tmp_path / "bomb.png"), str(tmp_path / "ok.png"), "--model", str(path), "--output", str(out)]) == 1
+    data = json.loads(out.read_text())
+    assert list(data["predictions"]) == [str(tmp_path / "ok.png")] and "too large" in data["errors"][str(tmp_path / "bomb.png")]
