@@ -29,8 +29,6 @@ import argparse
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 
 import torch
@@ -44,10 +42,11 @@ from hf_landmark import LandmarkConfig, LandmarkDetector
 from hf_landmark.configuration_landmark import LOSSES, UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine
 from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors, write_json_atomic
+from hf_landmark.fileio import atomic_directory
 from hf_landmark.heatmaps import DECODERS
 from hf_landmark.modeling_landmark import read_pretraining_info
 from hf_landmark.preprocessing import to_pixel_values
-from hf_landmark.training_utils import resolve_mixed_precision, tracker_config
+from hf_landmark.training_utils import parse_float_pair, resolve_mixed_precision, tracker_config
 
 logger = get_logger(__name__)
 
@@ -122,22 +121,14 @@ def build_model(args, num_landmarks: int, landmark_names, dataset_name: str, spa
         return LandmarkDetector.from_ddpm(args.pretrained, num_landmarks, subfolder=args.pretrained_subfolder, image_size=size, sigma=sigma, **common)
     size = args.resolution or 256
     sigma = args.sigma if args.sigma is not None else args.sigma_256 * size / 256
-    pixel_range = [float(v) for v in args.pixel_range.split(",")] if args.pixel_range else [-1.0, 1.0]
+    pixel_range = parse_float_pair(args.pixel_range) if args.pixel_range else (-1.0, 1.0)
     config = LandmarkConfig(unet=args.preset, num_landmarks=num_landmarks, image_size=size, sigma=sigma, pixel_range=pixel_range, **common)
     return LandmarkDetector(config)
 
 
 def save_model_atomic(model: LandmarkDetector, path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=".model-", dir=parent)
-    try:
+    with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def main(argv=None) -> dict:

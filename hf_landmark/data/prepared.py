@@ -17,14 +17,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from ..fileio import atomic_directory
 from ..preprocessing import ImageReadError, read_image, resize_image, to_uint8
 
 SPLITS = ("train", "validation", "test")
@@ -153,26 +152,13 @@ def save_prepared(dataset_dict, out_dir: str | os.PathLike, report: ConversionRe
     """Write a prepared ``DatasetDict`` atomically: into a temporary sibling folder first,
     renamed to ``out_dir`` only when complete. An existing ``out_dir`` is replaced."""
     out_dir = os.path.abspath(os.fspath(out_dir))
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
+    with atomic_directory(out_dir) as tmp:
         dataset_dict.save_to_disk(tmp)
         meta = dict(info or {})
         if report is not None:
             meta["report"] = report.to_dict()
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2)
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(out_dir) + "-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "previous"))
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
