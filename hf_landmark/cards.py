@@ -7,6 +7,8 @@ from importlib import resources
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .fileio import atomic_file
+
 PAPER_CITATION = """@article{divia2024selfsupervised,
   title   = {Self-supervised pre-training with diffusion model for few-shot landmark detection in x-ray images},
   author  = {Di Via, Roberto and Odone, Francesca and Pastore, Vito Paolo},
@@ -29,7 +31,10 @@ def ddpm_card(info: dict, repo_id: str | None = None) -> ModelCard:
         tags=["hf-landmark", "ddpm", "x-ray", "medical-imaging", "self-supervised"],
         model_name=repo_id or "ddpm-landmark-backbone",
     )
-    return ModelCard.from_template(data, template_str=_template("ddpm_card.md"), info=info, citation=PAPER_CITATION)
+    return ModelCard.from_template(
+        data, template_str=_template("ddpm_card.md"), info=info, citation=PAPER_CITATION, model_name=data.model_name,
+        dataset_title=DATASET_TITLES.get(info.get("dataset_name"), info.get("dataset_name")),
+    )
 
 
 DATASET_TITLES = {"ceph": "cephalometric (ISBI 2015)", "hand": "hand (Digital Hand Atlas)", "chest": "chest (Shenzhen)"}
@@ -56,7 +61,7 @@ def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.
         base_model=base if base and not base.startswith(("/", ".")) else None,
     )
     return ModelCard.from_template(
-        data, template_str=_template("detector_card.md"), metrics=metrics, config=config, repo_id=repo_id,
+        data, template_str=_template("detector_card.md"), metrics=metrics, config=config, repo_id=repo_id, model_name=repo_id,
         metrics_table=markdown_table(metrics), dataset_title=DATASET_TITLES.get(dataset, dataset), base_model=base,
         citation=PAPER_CITATION,
     )
@@ -64,7 +69,6 @@ def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.
 
 def write_card(card: ModelCard, folder: str | os.PathLike) -> str:
     path = os.path.join(os.fspath(folder), "README.md")
-    tmp = path + ".tmp"
-    card.save(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        card.save(tmp)
     return path

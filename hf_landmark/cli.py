@@ -53,8 +53,8 @@ def _cmd_evaluate(args) -> int:
         predict_tensors,
         save_cumulative_error_plot,
         save_overlays,
-        write_json_atomic,
     )
+    from .fileio import write_json_atomic, write_text_atomic
     from .training_utils import parse_int_list
 
     model = LandmarkDetector.from_pretrained(args.model, dtype=torch.float32).eval()
@@ -71,8 +71,7 @@ def _cmd_evaluate(args) -> int:
     write_json_atomic(metrics, args.output)
     table = markdown_table(metrics, f"{args.model} on {args.dataset} ({args.split}, {mode})")
     md = os.path.splitext(args.output)[0] + ".md"
-    with open(md, "w", encoding="utf-8") as fh:
-        fh.write(table)
+    write_text_atomic(table, md)
     plot = save_cumulative_error_plot({os.path.basename(os.path.normpath(args.model)): metrics["errors"]}, metrics["unit"],
                                       os.path.splitext(args.output)[0] + "_ced.png")
     if args.overlay_dir:
@@ -92,7 +91,8 @@ def _cmd_predict(args) -> int:
     from transformers import pipeline
 
     from . import LandmarkDetector
-    from .evaluation import draw_overlay, write_json_atomic
+    from .evaluation import draw_overlay
+    from .fileio import atomic_file, write_json_atomic
     from .preprocessing import IMAGE_EXTENSIONS, ImageReadError, read_image
 
     files: list[Path] = []
@@ -115,14 +115,12 @@ def _cmd_predict(args) -> int:
             draw_overlay(read_image(path), np.asarray(xy)).save(os.path.join(args.overlay_dir, path.stem + ".png"))
     write_json_atomic({"model": os.fspath(args.model), "predictions": results, "errors": errors}, args.output)
     if args.csv:
-        tmp = args.csv + ".tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_file(args.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["image", "label", "x", "y", "score", "x_mm", "y_mm"])
             for image, preds in results.items():
                 for p in preds:
                     writer.writerow([image, p["label"], p["x"], p["y"], p["score"], p.get("x_mm", ""), p.get("y_mm", "")])
-        os.replace(tmp, args.csv)
     print(f"{len(results)} images predicted, {len(errors)} failed; wrote {args.output}")
     return 1 if errors and not args.skip_bad else 0
 

@@ -3,7 +3,6 @@ paper-compatible), the mean-shape floor, tables, overlays and cumulative-error p
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from .data.tensors import LandmarkTensors
+from .fileio import atomic_file
 from .metrics import DEFAULT_THRESHOLDS, paper_compatible_errors, radial_errors, summarize_errors
 from .preprocessing import model_to_original, original_to_model
 
@@ -104,15 +104,6 @@ def markdown_table(metrics: dict, title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
-
-
 def draw_overlay(image01: np.ndarray, pred_xy: np.ndarray, true_xy: np.ndarray | None = None, names=None, radius: int | None = None):
     """An RGB PIL overlay: prediction (red), truth (green) and the error as a yellow line.
     Coordinates in the pixel frame of ``image01``."""
@@ -164,7 +155,8 @@ def save_cumulative_error_plot(curves: dict[str, np.ndarray], unit: str, path: s
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return os.fspath(path)
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = str(ROOT / "training" / "pretrain.py")
 
 
-def _pretrain_args(dataset, out, steps=24, save="8,16"):
+def _pretrain_args(dataset, out, steps=50, save="20,40"):
     return ["--dataset", str(dataset), "--output-dir", str(out), "--preset", "tiny", "--resolution", "32",
             "--max-steps", str(steps), "--save-steps", save, "--train-batch-size", "2", "--gradient-accumulation-steps", "2",
             "--num-samples", "4", "--sample-inference-steps", "5", "--report-to", "tensorboard", "--mixed-precision", "no"]  # fmt: skip
@@ -38,17 +38,32 @@ def ddpm(synth_prepared, tmp_path_factory):
 
 
 def test_pretrain_writes_loadable_checkpoints(ddpm):
-    for step in (8, 16, 24):
+    for step in (20, 40, 50):
         ckpt = ddpm / f"checkpoint-{step}"
         assert (ckpt / "unet_ema" / "diffusion_pytorch_model.safetensors").is_file()
         assert (ckpt / "state").is_dir() and (ckpt / "samples.png").is_file()
-        assert "DDPM" in (ckpt / "unet_ema" / "README.md").read_text()
-    info = json.loads((ddpm / "checkpoint-24/unet_ema/hf_landmark_pretraining.json").read_text())
-    assert info["step"] == 24 and info["num_images"] == 19 and info["pixel_range"] == [-1.0, 1.0]  # train + validation, no test
-    unet = UNet2DModel.from_pretrained(ddpm / "checkpoint-24/unet_ema")
-    det = LandmarkDetector.from_ddpm(ddpm / "checkpoint-24/unet_ema", num_landmarks=19)
+    info = json.loads((ddpm / "checkpoint-50/unet_ema/hf_landmark_pretraining.json").read_text())
+    assert info["step"] == 50 and info["num_images"] == 19 and info["pixel_range"] == [-1.0, 1.0]  # train + validation, no test
+    assert info["preset"] == "tiny" and info["dataset_name"] == "ceph" and info["recent_loss_steps"] == 50
+    card = (ddpm / "checkpoint-50/unet_ema/README.md").read_text()
+    assert "# ddpm-landmark-backbone\n" in card and "19 cephalometric (ISBI 2015) images" in card
+    assert f"({info['num_parameters'] / 1e6:.2f} M parameters)" in card and "| optimiser steps | 50 (batch 4," in card
+    assert f"| training ε-MSE | {info['recent_loss']:.4f} (mean of the last 50 steps) |" in card
+    unet = UNet2DModel.from_pretrained(ddpm / "checkpoint-50/unet_ema")
+    det = LandmarkDetector.from_ddpm(ddpm / "checkpoint-50/unet_ema", num_landmarks=19)
     assert det.config.image_size == 32 and torch.equal(det.unet.conv_in.weight, unet.conv_in.weight)
-    assert list((ddpm / "logs").rglob("events.out.tfevents*"))
+
+
+def test_pretrain_logs_a_falling_loss_to_tensorboard(ddpm):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(ddpm / "logs" / "pretrain"))  # the run's scalars (hyper-parameters go to a subfolder)
+    acc.Reload()
+    loss = [e.value for e in acc.Scalars("loss")]
+    assert [e.step for e in acc.Scalars("loss")] == [10, 20, 30, 40, 50]  # every --logging-steps and the last step
+    # ε-MSE starts near 1 (the network's output is unrelated to unit-variance noise) and falls as it learns.
+    assert loss[0] > 0.3 and loss[-1] < 0.6 * loss[0], loss
+    assert all(e.value > 0 for e in acc.Scalars("steps_per_s"))
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(ddpm, synth_prepared, tmp_path):
@@ -56,16 +71,16 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(ddpm, synth_prepared,
     proc = subprocess.Popen([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out)], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (out / "checkpoint-8").exists() and time.time() < deadline and proc.poll() is None:
+    while not (out / "checkpoint-20").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "checkpoint-8").is_dir() and not (out / "checkpoint-24").exists()
+    assert (out / "checkpoint-20").is_dir() and not (out / "checkpoint-50").exists()
     subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out), "--resume-from-checkpoint", "latest"],
                    check=True, env=_env(), capture_output=True)
     assert not list(out.glob(".checkpoint-*"))
-    a = load_file(ddpm / "checkpoint-24/unet_ema/diffusion_pytorch_model.safetensors")
-    b = load_file(out / "checkpoint-24/unet_ema/diffusion_pytorch_model.safetensors")
+    a = load_file(ddpm / "checkpoint-50/unet_ema/diffusion_pytorch_model.safetensors")
+    b = load_file(out / "checkpoint-50/unet_ema/diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -75,16 +90,17 @@ def test_pretrain_with_two_processes(synth_prepared, tmp_path):
     out = tmp_path / "mp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", PRETRAIN,
-           *_pretrain_args(synth_prepared, out, steps=6, save="6")]  # fmt: skip
+           *_pretrain_args(synth_prepared, out, save="25")]  # fmt: skip
     res = subprocess.run(cmd, env=_env(ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-20000:]
     assert "batch 8 (2 x 2 x 2 processes)" in res.stderr
-    assert (out / "checkpoint-6/unet_ema/config.json").is_file()
-    assert (out / "checkpoint-6/state/random_states_1.pkl").is_file()
+    for step in (25, 50):
+        assert (out / f"checkpoint-{step}/unet_ema/config.json").is_file()
+        assert (out / f"checkpoint-{step}/state/random_states_1.pkl").is_file()
 
 
 def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys):
-    unet = str(ddpm / "checkpoint-24/unet_ema")
+    unet = str(ddpm / "checkpoint-50/unet_ema")
     common = ["--dataset", str(synth_prepared), "--num-labels", "2", "--max-steps", "6", "--eval-steps", "3", "--report-to", "none"]
     cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-ddpm"), "--pretrained", unet])
     cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-scratch"), "--init", "scratch", "--preset", "tiny", "--resolution", "32"])
@@ -134,4 +150,4 @@ def test_model_card_from_real_metrics(tmp_path):
     assert card.data.pipeline_tag == "keypoint-detection" and card.data.library_name == "hf-landmark"
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {"mre": 1.2346, "sdr_2mm": 80.0, "sdr_4mm": 95.5}
-    assert "Sella, Nasion" in card.text and "not a medical device" in card.text
+    assert card.text.lstrip().startswith("# org/ddpm-ceph-landmark\n") and "Sella, Nasion" in card.text and "not a medical device" in card.text

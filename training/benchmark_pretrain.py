@@ -3,13 +3,18 @@
 per preset, resolution and precision on the current device. Prints a Markdown table.
 
     python training/benchmark_pretrain.py --presets tiny,small,base --resolutions 64,128,256 --batch-size 4
+
+Each configuration runs in a fresh process, so "peak memory" is that configuration's own:
+peak resident memory of the process on CPU (libraries included), peak allocated memory on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +25,7 @@ from hf_landmark.training_utils import parse_int_list
 
 
 def step_time(preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str) -> tuple[float, float, int]:
+    torch.manual_seed(0)
     unet = build_unet(preset, size).to(device)
     params = sum(p.numel() for p in unet.parameters())
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
@@ -70,7 +76,10 @@ def main(argv=None):
     for preset in args.presets.split(","):
         for size in parse_int_list(args.resolutions):
             for precision in precisions:
-                ips, peak, params = step_time(preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                # A fresh process per configuration: its peak memory is its own.
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    job = pool.submit(step_time, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                    ips, peak, params = job.result()
                 print(f"| {preset} | {params / 1e6:.2f} M | {size} | {precision} | {ips:.2f} | {args.batch_size / ips:.3f} | {peak:.0f} |", flush=True)
 
 

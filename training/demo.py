@@ -24,8 +24,8 @@ from hf_landmark.evaluation import (
     mean_shape_prediction,
     predict_tensors,
     save_cumulative_error_plot,
-    write_json_atomic,
 )
+from hf_landmark.fileio import write_json_atomic, write_text_atomic
 
 
 def parse_args(argv=None):
@@ -107,8 +107,7 @@ def main(argv=None) -> dict:
     save_cumulative_error_plot(curves, unit, os.path.join(out, "cumulative_error.png"))
     timings["total"] = time.perf_counter() - t0
     write_json_atomic({"table": rows, "timings_s": timings}, os.path.join(out, "results.json"))
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
+    write_text_atomic(table + "\n", os.path.join(out, "results.md"))
     print("\n" + table + "\n")
     print(f"samples: {os.path.join(ddpm_dir, f'checkpoint-{args.pretrain_steps}', 'samples.png')}")
     print(f"overlay: {os.path.join(out, 'overlay.png')} (red: predicted, green: true)")

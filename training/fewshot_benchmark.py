@@ -32,7 +32,8 @@ import torch
 
 from hf_landmark import LandmarkDetector
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors
-from hf_landmark.evaluation import compute_metrics, format_mean_std, mean_shape_prediction, predict_tensors, write_json_atomic
+from hf_landmark.evaluation import compute_metrics, format_mean_std, mean_shape_prediction, predict_tensors
+from hf_landmark.fileio import atomic_file, write_json_atomic, write_text_atomic
 from hf_landmark.training_utils import parse_int_list
 
 PAPER_METHOD = "DDPM (paper)"
@@ -151,13 +152,12 @@ def write_tables(args, results, dataset_name):
             sdr = [next((v for k, v in ref.items() if k.startswith("sdr_") and k[4:].rstrip("mpx") == t), None) for t in thresholds]
             rows.append([PAPER_METHOD + " [test, 256 px, paper's evaluation]", labels, 3, f"{ref[mre_key]:.2f}" if mre_key else "–"]
                         + [f"{v:.2f}" if v is not None else "–" for v in sdr])
-    with open(os.path.join(args.output_dir, "results.csv"), "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(os.path.join(args.output_dir, "results.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([header] + rows)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     note = (f"\nEvaluated on the `{args.eval_split}` split ({args.mode} metrics). Mean ± std over seeds {args.seeds}. "
             "The paper's row is its own test-set number, set beside ours for orientation only.\n")
-    with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(md) + "\n" + note)
+    write_text_atomic("\n".join(md) + "\n" + note, os.path.join(args.output_dir, "results.md"))
     print("\n".join(md))
     bar_chart(args, results, names, unit)
 
@@ -180,7 +180,8 @@ def bar_chart(args, results, names, unit):
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.output_dir, "results.png"))
+    with atomic_file(os.path.join(args.output_dir, "results.png")) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 

@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from hf_landmark import LandmarkConfig, LandmarkDetector
 from hf_landmark.configuration_landmark import LOSSES, UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine
-from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors, write_json_atomic
-from hf_landmark.fileio import atomic_directory
+from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors
+from hf_landmark.fileio import atomic_directory, write_json_atomic
 from hf_landmark.heatmaps import DECODERS
 from hf_landmark.modeling_landmark import read_pretraining_info
 from hf_landmark.preprocessing import to_pixel_values

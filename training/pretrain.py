@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import time
+from collections import deque
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from hf_landmark.cards import ddpm_card, write_card
 from hf_landmark.configuration_landmark import UNET_PRESETS, unet_preset
-from hf_landmark.data import load_prepared, load_tensors, random_affine
+from hf_landmark.data import dataset_info, load_prepared, load_tensors, random_affine
 from hf_landmark.modeling_landmark import PRETRAINING_INFO_FILE
 from hf_landmark.preprocessing import to_pixel_values, to_uint8
 from hf_landmark.training_utils import (
@@ -208,9 +209,19 @@ def main(argv=None):
         args.gradient_accumulation_steps, accelerator.num_processes, args.max_steps, mixed_precision,
     )
 
+    # What each checkpoint records about its training (hf_landmark_pretraining.json and the card).
+    record = {
+        "dataset": str(args.dataset), "dataset_name": dataset_info(args.dataset).get("kind"), "splits": args.splits,
+        "num_images": num_images, "preset": args.preset, "num_parameters": num_parameters, "resolution": args.resolution,
+        "pixel_range": list(args.pixel_range), "num_train_timesteps": args.num_train_timesteps,
+        "beta_schedule": args.beta_schedule, "prediction_type": "epsilon", "effective_batch_size": effective_batch,
+        "learning_rate": args.learning_rate, "ema_decay": args.ema_decay, "recipe": args.recipe, "seed": args.seed,
+        "mixed_precision": mixed_precision,
+    }  # fmt: skip
+    recent_losses = deque(maxlen=100)
     progress = tqdm(total=args.max_steps, initial=global_step, desc="pre-training", disable=not accelerator.is_local_main_process)
     unet.train()
-    tick, tick_step = time.perf_counter(), global_step
+    tick, tick_step, window_loss = time.perf_counter(), global_step, 0.0
     while global_step < args.max_steps:
         step_loss = 0.0
         for _ in range(args.gradient_accumulation_steps):
@@ -239,17 +250,23 @@ def main(argv=None):
 
         ema.step(unet.parameters())
         global_step += 1
+        recent_losses.append(step_loss)
+        window_loss += step_loss
         progress.update(1)
-        logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "ema_decay": ema.cur_decay_value}
         if global_step % args.logging_steps == 0 or global_step == args.max_steps:
+            # The tracker gets the mean loss and the speed over the steps since the last log.
             now = time.perf_counter()
-            logs["steps_per_s"] = (global_step - tick_step) / max(now - tick, 1e-9)
-            tick, tick_step = now, global_step
+            logs = {
+                "loss": window_loss / (global_step - tick_step), "steps_per_s": (global_step - tick_step) / max(now - tick, 1e-9),
+                "lr": lr_scheduler.get_last_lr()[0], "ema_decay": ema.cur_decay_value,
+            }  # fmt: skip
+            tick, tick_step, window_loss = now, global_step, 0.0
             accelerator.log(logs, step=global_step)
         progress.set_postfix(loss=f"{step_loss:.4f}")
 
         if global_step in args.save_steps:
-            save_checkpoint(accelerator, unet, ema, args, global_step, num_images, num_parameters, effective_batch)
+            info = dict(record, step=global_step, recent_loss=float(np.mean(recent_losses)), recent_loss_steps=len(recent_losses))
+            save_checkpoint(accelerator, unet, ema, args, info)
         if args.stop_after_steps and global_step >= args.stop_after_steps:
             break
 
@@ -257,8 +274,9 @@ def main(argv=None):
     accelerator.end_training()
 
 
-def save_checkpoint(accelerator, unet, ema, args, step, num_images, num_parameters, effective_batch):
+def save_checkpoint(accelerator, unet, ema, args, info: dict):
     """Write checkpoint-<step> under a temporary name, then rename it into place."""
+    step = info["step"]
     accelerator.wait_for_everyone()
     tmp_path = staging_dir(args.output_dir, step)
     if accelerator.is_main_process and tmp_path.exists():
@@ -273,32 +291,25 @@ def save_checkpoint(accelerator, unet, ema, args, step, num_images, num_paramete
         # Building the EMA copy draws random initial weights; keep the training RNG untouched
         # so that a resumed run continues exactly like an uninterrupted one.
         with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-            write_weights_and_samples(accelerator, unet, ema, args, str(tmp_path), step, num_images, num_parameters, effective_batch)
+            write_weights_and_samples(accelerator, unet, ema, args, str(tmp_path), info)
         final = commit_checkpoint(tmp_path, args.output_dir, step)
         logger.info("saved %s", final)
     accelerator.wait_for_everyone()
 
 
-def write_weights_and_samples(accelerator, unet, ema, args, tmp_path, step, num_images, num_parameters, effective_batch):
+def write_weights_and_samples(accelerator, unet, ema, args, tmp_path, info: dict):
     """The EMA U-Net (diffusers folder, safetensors), its pre-training record and card, and samples."""
     ema_unet = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
     ema.copy_to(ema_unet.parameters())
     unet_dir = os.path.join(tmp_path, "unet_ema")
     ema_unet.save_pretrained(unet_dir, safe_serialization=True)
-    info = {
-        "dataset": str(args.dataset), "splits": args.splits, "num_images": num_images, "preset": args.preset,
-        "num_parameters": num_parameters, "resolution": args.resolution, "pixel_range": list(args.pixel_range),
-        "num_train_timesteps": args.num_train_timesteps, "beta_schedule": args.beta_schedule,
-        "prediction_type": "epsilon", "step": step, "effective_batch_size": effective_batch,
-        "learning_rate": args.learning_rate, "ema_decay": args.ema_decay, "recipe": args.recipe, "seed": args.seed,
-    }
     with open(os.path.join(unet_dir, PRETRAINING_INFO_FILE), "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=2)
     write_card(ddpm_card(info), unet_dir)
     if args.num_samples > 0:
         grid = sample_grid(ema_unet.to(accelerator.device), args, args.num_samples, seed=args.seed)
         grid.save(os.path.join(tmp_path, "samples.png"))
-        accelerator.log({"samples_saved_at": step}, step=step)
+        accelerator.log({"samples_saved_at": info["step"]}, step=info["step"])
 
 
 if __name__ == "__main__":
