@@ -15,10 +15,11 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 def default_mixed_precision() -> str:
     """The mixed precision that speeds training up on this device.
 
-    fp16 with loss scaling on CUDA. On a CPU, bf16 autocast only pays off where oneDNN has
-    AMX tiles: on AVX512-BF16 without AMX its bf16 convolutions are slower than fp32 (one
-    pre-training step of the ``small`` U-Net at 64 px, batch 8: 1.35 s bf16 vs 1.08 s fp32),
-    so there the default is fp32. fp16 on CPU is a silent no-op in Accelerate and is never
+    fp16 with loss scaling on CUDA. On a CPU, bf16 autocast pays off throughout only where
+    oneDNN has AMX tiles. On AVX512-BF16 without AMX its bf16 convolutions are slower than
+    fp32 at the 64-128 px that CPU training uses (one pre-training step of the ``small``
+    U-Net at 64 px, batch 8: 1.35 s bf16 vs 1.08 s fp32; bf16 wins ~15 % only at 256 px), so
+    there the default is fp32. fp16 on CPU is a silent no-op in Accelerate and is never
     chosen. ``--mixed-precision bf16`` forces bf16 anywhere.
     """
     if torch.cuda.is_available():

@@ -47,7 +47,7 @@ def test_pretrain_writes_loadable_checkpoints(ddpm):
     assert info["preset"] == "tiny" and info["dataset_name"] == "ceph" and info["recent_loss_steps"] == 50
     card = (ddpm / "checkpoint-50/unet_ema/README.md").read_text()
     assert "# ddpm-landmark-backbone\n" in card and "19 cephalometric (ISBI 2015) images" in card
-    assert f"({info['num_parameters'] / 1e6:.2f} M parameters)" in card and "| optimiser steps | 50 (batch 4," in card
+    assert f"({info['num_parameters'] / 1e6:.2f} M parameters)" in card and "| optimiser steps | 50 (batch 4, EMA decay 0.995, fp32) |" in card
     assert f"| training ε-MSE | {info['recent_loss']:.4f} (mean of the last 50 steps) |" in card
     unet = UNet2DModel.from_pretrained(ddpm / "checkpoint-50/unet_ema")
     det = LandmarkDetector.from_ddpm(ddpm / "checkpoint-50/unet_ema", num_landmarks=19)
