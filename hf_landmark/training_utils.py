@@ -24,7 +24,8 @@ def default_mixed_precision() -> str:
     """
     if torch.cuda.is_available():
         return "fp16"
-    return "bf16" if torch.cpu._is_amx_tile_supported() else "no"
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if has_amx else "no"
 
 
 def resolve_mixed_precision(choice: str) -> str:

@@ -188,3 +188,19 @@ def test_real_data_prepares_with_correct_counts_frames_and_spacing(tmp_path):
     assert all(s[0] > 0 for s in hand["train"]["spacing"])
     chest, report = prepare("chest", REALDATA / "chest", tmp_path / "chest", image_size=64)
     assert report.annotated == 11 and chest["train"][0]["spacing"] is None
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
+    from hf_landmark.fileio import atomic_file, write_json_atomic
+
+    target = tmp_path / "out" / "metrics.json"
+    write_json_atomic({"mre": 1.5}, target)
+    assert json.loads(target.read_text()) == {"mre": 1.5}
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write('{"mre": 2')  # a writer that fails half-way
+        raise RuntimeError("disk full")
+    assert json.loads(target.read_text()) == {"mre": 1.5}  # the previous file, untouched
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]  # no temporary left behind
+    write_json_atomic({"mre": 2.0}, target)
+    assert json.loads(target.read_text()) == {"mre": 2.0}
