@@ -95,8 +95,11 @@ def parse_args(argv=None):
     p.add_argument("--ema-decay", type=float, default=0.995)
     p.add_argument("--num-train-timesteps", type=int, default=500)
     p.add_argument("--beta-schedule", default="linear")
-    p.add_argument("--no-augment", action="store_true", help="disable the ±2° / ±2 % / ±2 % augmentation")
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--no-augment", action="store_true", help="disable the ±2° / ±2 %% / ±2 %% augmentation")
+    p.add_argument(
+        "--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
+        help="auto: fp16 on CUDA, bf16 on CPUs with AMX, fp32 on other CPUs (where bf16 is slower)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
     p.add_argument("--report-to", default="tensorboard", help="any Accelerate tracker, 'all' or 'none'")
