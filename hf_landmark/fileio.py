@@ -21,16 +21,23 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
     try:
         yield tmp
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(path) + "-", dir=parent)
-            os.replace(path, os.path.join(old, "previous"))
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_directory(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the finished folder ``src`` to ``dst``; an existing ``dst`` is moved aside
+    first and deleted after, so ``dst`` is at every moment the old folder or the new one."""
+    src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
+    if not os.path.exists(dst):
+        os.replace(src, dst)
+        return
+    old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(dst) + "-", dir=os.path.dirname(dst))
+    os.replace(dst, os.path.join(old, "previous"))
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .fileio import replace_directory
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -69,17 +71,15 @@ def staging_dir(output_dir: str | os.PathLike, step: int) -> Path:
 def commit_checkpoint(tmp: Path, output_dir: str | os.PathLike, step: int) -> Path:
     """Atomically publish a staged checkpoint as ``checkpoint-<step>``."""
     final = Path(output_dir) / f"checkpoint-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_directory(tmp, final)
     return final
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
-    """Delete staged checkpoints left by a run killed while saving."""
+    """Delete staged checkpoints, and replaced ones set aside, left by a run killed while saving."""
     out = Path(output_dir)
     if out.is_dir():
-        for p in out.glob(".checkpoint-*.partial"):
+        for p in [*out.glob(".checkpoint-*.partial"), *out.glob(".old-checkpoint-*")]:
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -204,3 +204,15 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]  # no temporary left behind
     write_json_atomic({"mre": 2.0}, target)
     assert json.loads(target.read_text()) == {"mre": 2.0}
+
+
+def test_replacing_a_folder_keeps_only_the_new_one(tmp_path):
+    from hf_landmark.fileio import replace_directory
+
+    (tmp_path / "checkpoint-8").mkdir()
+    (tmp_path / "checkpoint-8" / "old.txt").write_text("old")
+    (tmp_path / ".staged").mkdir()
+    (tmp_path / ".staged" / "new.txt").write_text("new")
+    replace_directory(tmp_path / ".staged", tmp_path / "checkpoint-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-8"]  # no staging or set-aside folder left
+    assert [p.name for p in (tmp_path / "checkpoint-8").iterdir()] == ["new.txt"]
