@@ -1,20 +1,37 @@
 """hf-landmark: few-shot anatomical landmark detection in x-ray images with DDPM pre-training."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .configuration_landmark import UNET_PRESETS, LandmarkConfig, unet_preset
+from .errors import UserInputError
+from .image_processing_landmark import LandmarkImageProcessor
 from .modeling_landmark import LandmarkDetector, LandmarkDetectorOutput
 from .pipeline_landmark import LandmarkDetectionPipeline, register_pipeline
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AutoConfig.register(LandmarkConfig.model_type, LandmarkConfig)
 AutoModel.register(LandmarkConfig, LandmarkDetector)
+# One class serves both backends: it needs neither torchvision nor an accelerator.
+AutoImageProcessor.register(LandmarkConfig, image_processor_classes={"pil": LandmarkImageProcessor, "torchvision": LandmarkImageProcessor})
 # Saved models carry `auto_map` and their modelling files, so that they also load with
 # `AutoModel.from_pretrained(path_or_repo, trust_remote_code=True)` where hf_landmark is absent.
 LandmarkConfig.register_for_auto_class()
 LandmarkDetector.register_for_auto_class("AutoModel")
+LandmarkImageProcessor.register_for_auto_class("AutoImageProcessor")
 register_pipeline()
+
+_TRAINING = {"pretrain": "pretrain", "finetune": "finetune", "benchmark": "fewshot_benchmark"}
+
+
+def __getattr__(name):
+    # The training functions import Accelerate and the data stack: loaded on first use.
+    if name in _TRAINING:
+        import importlib
+
+        return getattr(importlib.import_module(f"hf_landmark.training.{_TRAINING[name]}"), name)
+    raise AttributeError(f"module 'hf_landmark' has no attribute {name!r}")
+
 
 __all__ = [
     "UNET_PRESETS",
@@ -22,6 +39,11 @@ __all__ = [
     "LandmarkDetectionPipeline",
     "LandmarkDetector",
     "LandmarkDetectorOutput",
+    "LandmarkImageProcessor",
+    "UserInputError",
+    "benchmark",
+    "finetune",
+    "pretrain",
     "unet_preset",
     "__version__",
 ]

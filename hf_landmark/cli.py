@@ -1,10 +1,17 @@
-"""The ``hf-landmark`` command line."""
+"""The ``hf-landmark`` command line.
+
+A user's mistake (a bad file, a missing folder, a wrong value) is printed as one line,
+``error: <file or argument>: <what is wrong and what to do>``, with exit code 2;
+``hf-landmark --debug ...`` or ``HF_LANDMARK_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from .errors import UserInputError
 
 
 def _cmd_synth(args) -> int:
@@ -28,12 +35,16 @@ def _cmd_prepare(args) -> int:
         kwargs["split"] = args.chest_split
     if args.kind == "custom":
         if not args.annotations:
-            raise SystemExit("prepare custom needs --annotations FILE.csv|FILE.json")
+            raise UserInputError("--annotations: prepare custom needs the landmark file (FILE.csv or FILE.json)")
         kwargs["annotations"] = args.annotations
     if args.split_counts:
-        counts = [int(v) if v.strip() not in ("", "rest") else None for v in args.split_counts.split(",")]
+        try:
+            counts = [int(v) if v.strip() not in ("", "rest") else None for v in args.split_counts.split(",")]
+        except ValueError as err:
+            raise UserInputError(f"--split-counts: expected TRAIN,VAL[,TEST] integers (or 'rest'), got {args.split_counts!r}") from err
         kwargs["split_counts"] = tuple(counts + [None] * (3 - len(counts)))
-    dd, report = prepare(args.kind, args.root, args.out, image_size=args.image_size, skip_bad=args.skip_bad, **kwargs)
+    dd, report = prepare(args.kind, args.root, args.out, image_size=args.image_size, skip_bad=args.skip_bad,
+                         allow_empty_splits=args.allow_empty_splits, **kwargs)  # fmt: skip
     print(report.summary())
     print(f"saved to {args.out}")
     if args.push_to_hub:
@@ -42,11 +53,26 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
-def _cmd_evaluate(args) -> int:
+def load_detector(path: str):
+    """A detector and its image processor from a folder or Hub repo; what a user can get wrong
+    (a wrong folder, an unknown repo) is a :class:`UserInputError`."""
     import torch
 
     from . import LandmarkDetector
+    from .image_processing_landmark import processor_for_model
+
+    if not os.path.isdir(path) and (os.path.exists(path) or path.startswith((".", "/")) or path.count("/") != 1):
+        raise UserInputError(f"{path}: no such model folder (nor a Hub repo id 'org/name')")
+    try:
+        model = LandmarkDetector.from_pretrained(path, dtype=torch.float32).eval()
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot load a detector ({err})") from err
+    return model, processor_for_model(model)
+
+
+def _cmd_evaluate(args) -> int:
     from .data import load_prepared, load_tensors
+    from .data.prepared import require_split
     from .evaluation import (
         compute_metrics,
         markdown_table,
@@ -55,19 +81,21 @@ def _cmd_evaluate(args) -> int:
         save_overlays,
     )
     from .fileio import write_json_atomic, write_text_atomic
-    from .training_utils import parse_int_list
 
-    model = LandmarkDetector.from_pretrained(args.model, dtype=torch.float32).eval()
-    dataset = load_prepared(args.dataset)
-    if args.split not in dataset:
-        raise SystemExit(f"{args.dataset}: no split {args.split!r} (has {list(dataset)})")
-    data = load_tensors(dataset[args.split], model.config.image_size)
-    pred, scores, _ = predict_tensors(model, data, args.decoder, batch_size=args.batch_size)
-    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
+    model, processor = load_detector(args.model)
+    split = require_split(load_prepared(args.dataset), args.split, args.dataset)
+    data = load_tensors(split, processor.size, processor.resample)
+    pred, scores, _ = predict_tensors(model, processor, data, args.decoder, batch_size=args.batch_size)
+    thresholds = None
+    if args.thresholds:
+        try:
+            thresholds = [float(t) for t in args.thresholds.split(",")]
+        except ValueError as err:
+            raise UserInputError(f"--thresholds: expected comma-separated numbers, got {args.thresholds!r}") from err
     mode = "paper" if args.paper_compatible else "physical"
-    metrics = compute_metrics(pred, data, mode, thresholds, tuple(parse_int_list(args.wrist_indices)))
-    metrics.update(model=os.fspath(args.model), dataset=os.fspath(args.dataset), split=args.split, decoder=args.decoder,
-                   mean_score=float(scores.mean()))
+    metrics = compute_metrics(pred, data, model.config, mode, thresholds)
+    metrics.update(model=os.fspath(args.model), dataset=os.fspath(args.dataset), split=args.split, decoder=args.decoder or processor.decoder,
+                   mean_score=float(scores.mean()), predictions={i: p.tolist() for i, p in zip(data.image_ids, pred)})  # fmt: skip
     write_json_atomic(metrics, args.output)
     table = markdown_table(metrics, f"{args.model} on {args.dataset} ({args.split}, {mode})")
     md = os.path.splitext(args.output)[0] + ".md"
@@ -86,11 +114,9 @@ def _cmd_predict(args) -> int:
     from pathlib import Path
 
     import numpy as np
-    import torch
     from tqdm.auto import tqdm
     from transformers import pipeline
 
-    from . import LandmarkDetector
     from .evaluation import draw_overlay
     from .fileio import atomic_file, write_json_atomic
     from .preprocessing import IMAGE_EXTENSIONS, ImageReadError, read_image
@@ -98,9 +124,13 @@ def _cmd_predict(args) -> int:
     files: list[Path] = []
     for item in args.inputs:
         path = Path(item)
+        if not path.exists():
+            raise UserInputError(f"{path}: no such file or folder")
         files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if path.is_dir() else [path]
-    model = LandmarkDetector.from_pretrained(args.model, dtype=torch.float32).eval()
-    pipe = pipeline("landmark-detection", model=model)
+    if not files:
+        raise UserInputError(f"{', '.join(args.inputs)}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    model, processor = load_detector(args.model)
+    pipe = pipeline("landmark-detection", model=model, image_processor=processor)
     results, errors = {}, {}
     for path in tqdm(files, desc="predicting", disable=len(files) < 2):
         try:
@@ -132,9 +162,15 @@ def _cmd_card(args) -> int:
 
     from .cards import detector_card, write_card
 
-    config = AutoConfig.from_pretrained(args.model_dir)
-    with open(args.metrics, encoding="utf-8") as fh:
-        metrics = json.load(fh)
+    try:
+        config = AutoConfig.from_pretrained(args.model_dir)
+    except OSError as err:
+        raise UserInputError(f"{args.model_dir}: not a detector folder ({err})") from err
+    try:
+        with open(args.metrics, encoding="utf-8") as fh:
+            metrics = json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserInputError(f"{args.metrics}: cannot read the metrics file ({err}); write one with hf-landmark evaluate") from err
     path = write_card(detector_card(config, metrics, args.repo_id or os.path.basename(os.path.normpath(args.model_dir))), args.model_dir)
     print(f"wrote {path}")
     return 0
@@ -143,15 +179,19 @@ def _cmd_card(args) -> int:
 def _cmd_push(args) -> int:
     from huggingface_hub import HfApi
 
+    if not os.path.isdir(args.model_dir):
+        raise UserInputError(f"{args.model_dir}: no such folder")
     api = HfApi()
     api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-    api.upload_folder(folder_path=args.model_dir, repo_id=args.repo_id, commit_message=args.message)
+    # A pre-training checkpoint's state/ holds Accelerate's pickles: never published.
+    api.upload_folder(folder_path=args.model_dir, repo_id=args.repo_id, commit_message=args.message,
+                      ignore_patterns=["state/*", ".*", "logs/*"])  # fmt: skip
     print(f"pushed {args.model_dir} to https://huggingface.co/{args.repo_id}")
     return 0
 
 
-#: Subcommands that hand their arguments to a training script's own parser.
-SCRIPTS = {
+#: Subcommands whose flags are a training function's arguments dataclass.
+TRAINING = {
     "pretrain": ("pretrain", "DDPM self-supervised pre-training (training/pretrain.py)"),
     "finetune": ("finetune", "few-shot fine-tuning (training/finetune.py)"),
     "benchmark": ("fewshot_benchmark", "the paper's few-shot experiments (training/fewshot_benchmark.py)"),
@@ -160,6 +200,8 @@ SCRIPTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .heatmaps import DECODERS
+
     parser = argparse.ArgumentParser(prog="hf-landmark", description="Few-shot x-ray landmark detection with DDPM pre-training.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -181,11 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", help="custom: the CSV or JSON landmark file")
     p.add_argument("--split-counts", help="train,validation[,test] image counts over sorted ids (default: the paper's)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed files (listed in the report)")
+    p.add_argument("--allow-empty-splits", action="store_true", help="keep going when a split comes out empty (it is omitted)")
     p.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict to the Hub as parquet")
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=_cmd_prepare)
 
-    for name, (_, text) in SCRIPTS.items():
+    for name, (_, text) in TRAINING.items():
         sub.add_parser(name, help=text + "; see hf-landmark " + name + " --help", add_help=False)
 
     p = sub.add_parser("predict", help="predict landmarks on images (PNG/JPEG/BMP/TIFF, DICOM with pydicom)")
@@ -194,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="predictions.json")
     p.add_argument("--csv", help="also write one row per landmark here")
     p.add_argument("--overlay-dir")
-    p.add_argument("--decoder", default="centroid", choices=["centroid", "argmax", "soft_argmax"])
+    p.add_argument("--decoder", default=None, choices=DECODERS, help="default: the model's (centroid)")
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
     p.set_defaults(func=_cmd_predict)
 
@@ -216,25 +259,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--output", default="metrics.json")
-    p.add_argument("--decoder", default="centroid", choices=["centroid", "argmax", "soft_argmax"])
+    p.add_argument("--decoder", default=None, choices=DECODERS, help="default: the model's (centroid)")
     p.add_argument("--paper-compatible", action="store_true", help="reproduce the paper code's evaluation")
     p.add_argument("--thresholds", help="SDR thresholds, comma-separated (default: the dataset's)")
-    p.add_argument("--wrist-indices", default="0,4", help="hand, paper-compatible mode")
     p.add_argument("--overlay-dir", help="write one overlay PNG per image here")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SCRIPTS:
+def _run(argv: list[str]) -> int:
+    if argv and argv[0] in TRAINING:
         import importlib
 
-        importlib.import_module(f"hf_landmark.training.{SCRIPTS[argv[0]][0]}").main(argv[1:])
+        # Each training file's main() parses its own flags and calls its library function.
+        importlib.import_module(f"hf_landmark.training.{TRAINING[argv[0]][0]}").main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("HF_LANDMARK_DEBUG", "") not in ("", "0")
+    if argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
+    try:
+        return _run(argv)
+    except UserInputError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Configuration of the landmark detector: a diffusers ``UNet2DModel`` plus a heatmap head.
+"""Configuration of the landmark detector: a backbone that outputs one heatmap per landmark
+(today the diffusers ``UNet2DModel`` at a constant timestep), a loss, and the facts about the
+images (size, intensity range, spacing convention).
 
 This file imports only ``transformers`` so that it can travel with the weights and be
 loaded with ``trust_remote_code=True`` on a machine without ``hf_landmark``.
@@ -40,7 +42,7 @@ UNET_PRESETS: dict[str, dict] = {
     "tiny": _unet_preset(16, 1, 8, widths=(1, 2, 2, 4)),
 }
 
-LOSSES = ("paper", "bce", "contour")
+UNIT_CONVENTIONS = ("spacing", "wrist", "pixels")
 
 
 def unet_preset(name: str) -> dict:
@@ -50,16 +52,31 @@ def unet_preset(name: str) -> dict:
     return {k: (list(v) if isinstance(v, list) else v) for k, v in UNET_PRESETS[name].items()}
 
 
+def unet_kwargs(unet: dict | str, sample_size: int, out_channels: int) -> dict:
+    """``UNet2DModel`` keyword arguments from a preset name or a dict, with size and outputs."""
+    kwargs = unet_preset(unet) if isinstance(unet, str) else {k: v for k, v in unet.items() if not k.startswith("_")}
+    for key in ("sample_size", "out_channels"):
+        kwargs.pop(key, None)
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    return dict(kwargs, sample_size=sample_size, out_channels=out_channels)
+
+
 class LandmarkConfig(PreTrainedConfig):
     """Configuration of :class:`LandmarkDetector`.
 
     Args:
-        unet: keyword arguments of the wrapped ``diffusers.UNet2DModel`` (a preset name is
-            also accepted). ``out_channels`` is always ``num_landmarks``.
+        backbone: the network that maps ``[B, 1, S, S]`` images to ``[B, N, S, S]`` logits,
+            by registry name (:data:`hf_landmark.backbones.BACKBONES`): ``"unet2d"``, the
+            diffusers ``UNet2DModel`` run at the constant ``timestep``.
+        backbone_config: the backbone's own arguments; for ``unet2d`` the ``UNet2DModel``
+            keyword arguments (a preset name is also accepted; ``out_channels`` is always
+            ``num_landmarks``). ``unet=`` is accepted as its older name.
         num_landmarks: number of landmarks N; the head outputs one heatmap per landmark.
         landmark_names: N names, in channel order.
         image_size: side of the square model input in pixels (any multiple of 8 works).
-        loss: ``"paper"`` (cross-entropy across landmark channels with binary disk targets),
+        loss: by registry name (:data:`hf_landmark.losses.LOSSES`): ``"paper"`` (cross-entropy across landmark channels with binary disk targets),
             ``"bce"`` (per-channel binary cross-entropy) or ``"contour"`` (2-D softmax over
             each channel's pixels, negative log-likelihood of the true landmark).
         sigma: Gaussian sigma of the heatmap targets in model-input pixels. ``paper``/``bce``
@@ -71,16 +88,19 @@ class LandmarkConfig(PreTrainedConfig):
         pixel_range: the intensity range the model expects, ``[lo, hi]``; images in [0, 1]
             are mapped linearly to it.
         spacing: mm per original pixel, a number or ``[sx, sy]``, or ``None`` when unknown.
-        unit_convention: how physical errors are defined for this anatomy: ``"spacing"``,
-            ``"wrist"`` (hand: 50 mm between two wrist landmarks) or ``"pixels"``.
+        unit_convention: how evaluation converts errors to physical units: ``"spacing"``
+            (each image's spacing, else ``spacing``), ``"wrist"`` (hand: ``wrist_distance_mm``
+            between the two ``wrist_indices`` landmarks of the ground truth) or ``"pixels"``.
         wrist_indices: the two 0-based landmark indices of the wrist convention.
+        wrist_distance_mm: the physical distance the wrist convention assumes (50 mm).
     """
 
     model_type = "ddpm-landmark"
 
     def __init__(
         self,
-        unet: dict | str | None = None,
+        backbone: str = "unet2d",
+        backbone_config: dict | str | None = None,
         num_landmarks: int = 19,
         landmark_names: list[str] | None = None,
         image_size: int = 256,
@@ -91,22 +111,26 @@ class LandmarkConfig(PreTrainedConfig):
         spacing: float | list[float] | None = None,
         unit_convention: str = "spacing",
         wrist_indices: tuple[int, int] | list[int] = (0, 4),
+        wrist_distance_mm: float = 50.0,
         dataset_name: str | None = None,
         **kwargs: Any,
     ):
-        if unet is None:
-            unet = "base"
-        if isinstance(unet, str):
-            unet = unet_preset(unet)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        # Models saved before the backbone seam existed call the U-Net arguments `unet`.
+        legacy_unet = kwargs.pop("unet", None)
+        if backbone_config is None:
+            backbone_config = legacy_unet if legacy_unet is not None else "base"
+        if isinstance(backbone_config, str):
+            backbone_config = unet_preset(backbone_config)
+        if unit_convention not in UNIT_CONVENTIONS:
+            raise ValueError(f"unit_convention must be one of {UNIT_CONVENTIONS}, got {unit_convention!r}")
         if image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
         if landmark_names is not None and len(landmark_names) != num_landmarks:
             raise ValueError(
                 f"{len(landmark_names)} landmark names given for {num_landmarks} landmarks"
             )
-        self.unet = dict(unet)
+        self.backbone = backbone
+        self.backbone_config = dict(backbone_config)
         self.num_landmarks = int(num_landmarks)
         self.landmark_names = list(landmark_names) if landmark_names else [f"L{i}" for i in range(num_landmarks)]
         self.image_size = int(image_size)
@@ -117,14 +141,6 @@ class LandmarkConfig(PreTrainedConfig):
         self.spacing = spacing
         self.unit_convention = unit_convention
         self.wrist_indices = [int(i) for i in wrist_indices]
+        self.wrist_distance_mm = float(wrist_distance_mm)
         self.dataset_name = dataset_name
         super().__init__(**kwargs)
-
-    def unet_kwargs(self) -> dict:
-        """``UNet2DModel`` keyword arguments with this detector's size and head."""
-        kwargs = {k: v for k, v in self.unet.items() if not k.startswith("_")}
-        kwargs.update(sample_size=self.image_size, out_channels=self.num_landmarks)
-        for key in ("block_out_channels", "down_block_types", "up_block_types"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        return kwargs

@@ -9,87 +9,96 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .data.specs import sdr_thresholds
 from .data.tensors import LandmarkTensors
 from .fileio import atomic_file
-from .metrics import DEFAULT_THRESHOLDS, paper_compatible_errors, radial_errors, summarize_errors
-from .preprocessing import model_to_original, original_to_model
+from .metrics import paper_compatible_errors, radial_errors, summarize_errors, wrist_spacing
+from .preprocessing import original_to_model, to_pixel_values
 
 PAPER_GRID = 256
 
 
 @torch.no_grad()
-def predict_tensors(model, data: LandmarkTensors, decoder: str = "centroid", batch_size: int = 16, device=None):
-    """Predict every image of ``data``: ``(coords [M, N, 2] model px, scores [M, N], mean loss)``.
+def predict_tensors(model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None):
+    """Predict every image of ``data`` through the image processor's path: its intensity
+    mapping, the model, and its post-processing into each image's **original** frame.
 
-    The loss is the model's training loss against ``data.landmarks``, averaged over images."""
+    Returns ``(coordinates [M, N, 2] float64 original pixels, scores [M, N], mean loss)``; the
+    loss is the model's training loss against ``data.landmarks``, averaged over images."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     coords, scores, losses = [], [], []
-    pixel_values = data.pixel_values(model.config.pixel_range)
     for start in range(0, len(data), batch_size):
-        x = pixel_values[start : start + batch_size].to(device)
-        y = data.landmarks[start : start + batch_size].to(device)
-        out = model(pixel_values=x, labels=y)
-        c, s = model.decode_heatmaps(out.heatmaps, decoder)
-        coords.append(c.cpu())
-        scores.append(s.cpu())
+        part = slice(start, start + batch_size)
+        x = to_pixel_values(data.images[part], processor.pixel_range).to(device)
+        out = model(pixel_values=x, labels=data.landmarks[part].to(device))
+        c, s = processor.post_process_coordinates(out, target_sizes=data.original_sizes[part], decoder=decoder)
+        coords.append(c)
+        scores.append(s)
         losses.append(out.loss.item() * x.shape[0])
     model.train(was_training)
-    return torch.cat(coords), torch.cat(scores), float(sum(losses) / len(data))
+    return np.concatenate(coords), np.concatenate(scores), float(sum(losses) / len(data))
 
 
-def default_thresholds(dataset: str, unit: str) -> tuple[float, ...]:
-    if dataset in DEFAULT_THRESHOLDS:
-        return DEFAULT_THRESHOLDS[dataset]
-    return (2.0, 2.5, 3.0, 4.0) if unit == "mm" else (3.0, 6.0, 9.0)
+def physical_errors(pred: np.ndarray, data: LandmarkTensors, config) -> tuple[np.ndarray, str]:
+    """Errors in the original frame, in the unit of the model's ``config.unit_convention``:
+    ``spacing`` (each image's spacing, else ``config.spacing``; pixels when neither is known),
+    ``wrist`` (``config.wrist_distance_mm`` over the distance between ``config.wrist_indices``
+    of the ground truth) or ``pixels``. ``pred``: ``[M, N, 2]`` original pixels."""
+    truth = data.original_landmarks.double().numpy()
+    convention = getattr(config, "unit_convention", "spacing")
+    if convention == "wrist":
+        spacing = wrist_spacing(truth, config.wrist_indices, getattr(config, "wrist_distance_mm", 50.0))
+        return radial_errors(pred, truth, spacing[:, None]), "mm"
+    if convention == "pixels":
+        return radial_errors(pred, truth), "px"
+    if data.has_spacing:
+        return radial_errors(pred, truth, data.spacing.numpy()), "mm"
+    if getattr(config, "spacing", None) is not None:
+        return radial_errors(pred, truth, config.spacing), "mm"
+    return radial_errors(pred, truth), "px"
 
 
-def physical_errors(pred_model: torch.Tensor, data: LandmarkTensors) -> tuple[np.ndarray, str]:
-    """Errors in the original frame: mm when every image has a spacing, else pixels."""
-    pred_orig = model_to_original(pred_model.double(), data.original_sizes[:, None, :].double(), data.image_size)
-    spacing = data.spacing.numpy() if data.has_spacing else None
-    return radial_errors(pred_orig, data.original_landmarks, spacing), ("mm" if spacing is not None else "px")
-
-
-def paper_errors(pred_model: torch.Tensor, data: LandmarkTensors, wrist_indices=(0, 4)) -> tuple[np.ndarray, str]:
+def paper_errors(pred: np.ndarray, data: LandmarkTensors, wrist_indices=(0, 4)) -> tuple[np.ndarray, str]:
     """Errors as the paper's code computes them, on the 256 grid (see metrics)."""
     sizes = data.original_sizes[:, None, :].double()
-    to_grid = original_to_model(model_to_original(pred_model.double(), sizes, data.image_size), sizes, PAPER_GRID)
+    pred_grid = original_to_model(torch.as_tensor(pred, dtype=torch.float64), sizes, PAPER_GRID)
     true_grid = original_to_model(data.original_landmarks.double(), sizes, PAPER_GRID)
-    errors = paper_compatible_errors(to_grid, true_grid, data.dataset, PAPER_GRID, data.original_sizes, wrist_indices=wrist_indices)
+    errors = paper_compatible_errors(pred_grid, true_grid, data.dataset, PAPER_GRID, data.original_sizes, wrist_indices=wrist_indices)
     return errors, ("mm" if data.dataset in ("ceph", "hand") else "px")
 
 
 def compute_metrics(
-    pred_model: torch.Tensor,
+    pred: np.ndarray,
     data: LandmarkTensors,
+    config,
     mode: str = "physical",
     thresholds: Sequence[float] | None = None,
-    wrist_indices=(0, 4),
 ) -> dict:
-    """Metrics dict (see :func:`hf_landmark.metrics.summarize_errors`) plus ``mode``."""
+    """Metrics dict (see :func:`hf_landmark.metrics.summarize_errors`) plus ``mode``.
+
+    ``pred``: ``[M, N, 2]`` original pixels; ``config``: the model's (its unit convention
+    and wrist indices define the physical units)."""
     if mode == "physical":
-        errors, unit = physical_errors(pred_model, data)
+        errors, unit = physical_errors(pred, data, config)
     elif mode == "paper":
-        errors, unit = paper_errors(pred_model, data, wrist_indices)
+        errors, unit = paper_errors(pred, data, tuple(getattr(config, "wrist_indices", (0, 4))))
     else:
         raise ValueError(f"mode must be 'physical' or 'paper', got {mode!r}")
-    thresholds = tuple(thresholds) if thresholds else default_thresholds(data.dataset, unit)
+    thresholds = tuple(thresholds) if thresholds else sdr_thresholds(data.dataset, unit)
     out = summarize_errors(errors, thresholds, data.landmark_names, unit)
     out["mode"] = mode
     out["errors"] = errors.tolist()
     return out
 
 
-def mean_shape_prediction(labeled: LandmarkTensors, target: LandmarkTensors) -> torch.Tensor:
+def mean_shape_prediction(labeled: LandmarkTensors, target: LandmarkTensors) -> np.ndarray:
     """The no-model floor: for every target image, the mean landmark positions of the
-    labeled images in normalised image coordinates. Returns model-frame coordinates."""
-    sizes = labeled.original_sizes[:, None, :]
-    normalised = (labeled.original_landmarks + 0.5) / sizes
-    mean = normalised.mean(dim=0, keepdim=True)
-    pred_orig = mean * target.original_sizes[:, None, :] - 0.5
-    return original_to_model(pred_orig, target.original_sizes[:, None, :], target.image_size).float()
+    labeled images in normalised image coordinates. Returns original-frame coordinates."""
+    sizes = labeled.original_sizes[:, None, :].double()
+    mean = ((labeled.original_landmarks.double() + 0.5) / sizes).mean(dim=0, keepdim=True)
+    return (mean * target.original_sizes[:, None, :].double() - 0.5).numpy()
 
 
 def markdown_table(metrics: dict, title: str | None = None) -> str:
@@ -125,12 +134,14 @@ def draw_overlay(image01: np.ndarray, pred_xy: np.ndarray, true_xy: np.ndarray |
     return img
 
 
-def save_overlays(data: LandmarkTensors, pred_model: torch.Tensor, out_dir: str | os.PathLike, limit: int | None = None) -> list[str]:
-    """One overlay PNG per image (model resolution), named by image id."""
+def save_overlays(data: LandmarkTensors, pred: np.ndarray, out_dir: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """One overlay PNG per image (drawn at the model's resolution), named by image id.
+    ``pred``: ``[M, N, 2]`` original pixels."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
+    pred_model = original_to_model(np.asarray(pred, dtype=np.float64), data.original_sizes[:, None, :].numpy(), data.image_size)
     for i in range(len(data) if limit is None else min(limit, len(data))):
-        img = draw_overlay(data.images[i, 0].numpy(), pred_model[i].numpy(), data.landmarks[i].numpy())
+        img = draw_overlay(data.images[i, 0].numpy(), pred_model[i], data.landmarks[i].numpy())
         path = os.path.join(out_dir, f"{data.image_ids[i]}.png")
         img.save(path)
         paths.append(path)

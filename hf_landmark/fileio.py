@@ -10,6 +10,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+#: Name prefix of a replaced folder while its successor is renamed into place.
+SET_ASIDE_PREFIX = ".old-"
+
 
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
@@ -34,7 +37,7 @@ def replace_directory(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     if not os.path.exists(dst):
         os.replace(src, dst)
         return
-    old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(dst) + "-", dir=os.path.dirname(dst))
+    old = tempfile.mkdtemp(prefix=SET_ASIDE_PREFIX + os.path.basename(dst) + "-", dir=os.path.dirname(dst))
     os.replace(dst, os.path.join(old, "previous"))
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)

@@ -18,8 +18,6 @@ import torch
 
 from .heatmaps import decode_centroid, gaussian_disk_targets
 
-#: SDR thresholds per benchmark (unit of the default mode).
-DEFAULT_THRESHOLDS = {"ceph": (2.0, 2.5, 3.0, 4.0), "hand": (2.0, 4.0, 10.0), "chest": (3.0, 6.0, 9.0)}
 #: The 50 mm wrist-width convention for the hand dataset (Payer et al. 2019).
 WRIST_DISTANCE_MM = 50.0
 

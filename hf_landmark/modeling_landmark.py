@@ -1,28 +1,30 @@
-"""The landmark detector: a diffusers ``UNet2DModel`` whose last convolution outputs one
-heatmap per landmark, wrapped as a transformers ``PreTrainedModel``.
+"""The landmark detector: a backbone that outputs one heatmap per landmark (by default a
+diffusers ``UNet2DModel`` whose last convolution has one channel per landmark) and a loss
+from one registry, wrapped as a transformers ``PreTrainedModel``.
 
-Self-contained (torch, transformers, diffusers and the two sibling files it imports) so it
-can be saved next to the weights and loaded with ``trust_remote_code=True``.
+Self-contained (torch, transformers, diffusers and the sibling files it imports) so it can be
+saved next to the weights and loaded with ``trust_remote_code=True``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from diffusers import UNet2DModel
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .backbones import PRETRAINING_INFO_FILE, UNet2DBackbone, build_backbone, read_pretraining_info
 from .configuration_landmark import LandmarkConfig
-from .heatmaps import HALF_MAX_RADIUS, decode, gaussian_disk_targets, spatial_distribution_targets
+from .errors import UserInputError
+from .image_processing_landmark import PROCESSOR_FILE, LandmarkImageProcessor
+from .losses import get_loss
 
-#: Written next to a pre-trained DDPM U-Net: how its inputs were preprocessed.
-PRETRAINING_INFO_FILE = "hf_landmark_pretraining.json"
-_HEAD_PREFIX = "conv_out."
+__all__ = ["PRETRAINING_INFO_FILE", "LandmarkDetector", "LandmarkDetectorOutput", "read_pretraining_info"]
+
+#: Checkpoints saved before the backbone seam keep the U-Net at ``unet.*``.
+_LEGACY_KEYS = {r"^unet\.": "backbone.unet."}
 
 
 @dataclass
@@ -32,74 +34,51 @@ class LandmarkDetectorOutput(ModelOutput):
     Attributes:
         loss: scalar training loss, when ``labels`` are given.
         heatmaps: ``[B, N, H, W]`` logits, one channel per landmark, in the input pixel frame.
+        log_probabilities: ``[B, N, H, W]`` the logits read as the loss reads them (what the
+            decoders and scores use).
     """
 
     loss: torch.FloatTensor | None = None
     heatmaps: torch.FloatTensor | None = None
-
-
-def landmark_loss(logits: torch.Tensor, landmarks: torch.Tensor, loss: str, sigma: float) -> torch.Tensor:
-    """Training loss of heatmap logits against landmark coordinates.
-
-    Args:
-        logits: ``[B, N, H, W]``.
-        landmarks: ``[B, N, 2]`` (x, y) in the logits' pixel frame.
-        loss: ``"paper"``: ``CrossEntropyLoss`` with binary disk targets, i.e. a softmax
-            across the landmark channels at each pixel (the paper's code); ``"bce"``:
-            per-channel binary cross-entropy with the same targets; ``"contour"``: a 2-D
-            softmax over each channel's pixels and the negative log-likelihood of the
-            landmark (McCouat & Voiculescu 2022), optionally Gaussian-smoothed by ``sigma``.
-    """
-    logits = logits.float()
-    size = logits.shape[-2:]
-    if loss == "paper":
-        return F.cross_entropy(logits, gaussian_disk_targets(landmarks, size, sigma))
-    if loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, gaussian_disk_targets(landmarks, size, sigma))
-    if loss == "contour":
-        target = spatial_distribution_targets(landmarks, size, sigma)
-        log_p = torch.log_softmax(logits.flatten(-2), dim=-1)
-        return -(target.flatten(-2) * log_p).sum(-1).mean()
-    raise ValueError(f"Unknown loss {loss!r}")
-
-
-def heatmap_log_probabilities(logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Log-probability maps matching how a loss reads the logits (channels, sigmoid or pixels)."""
-    logits = logits.float()
-    if loss == "paper":
-        return torch.log_softmax(logits, dim=1)
-    if loss == "bce":
-        return F.logsigmoid(logits)
-    if loss == "contour":
-        return torch.log_softmax(logits.flatten(-2), dim=-1).view_as(logits)
-    raise ValueError(f"Unknown loss {loss!r}")
+    log_probabilities: torch.FloatTensor | None = None
 
 
 class LandmarkDetector(PreTrainedModel):
-    """Heatmap landmark detector on a (DDPM pre-trained) diffusers ``UNet2DModel``.
-
-    The detector never takes a timestep: the U-Net runs at the constant ``config.timestep``
-    (default 0), so its time embedding is a constant and a diffusers DDPM checkpoint loads
-    unchanged. The head is the U-Net's last convolution with ``num_landmarks`` outputs.
-    """
+    """Heatmap landmark detector: ``config.backbone`` (default the DDPM-pre-trainable
+    diffusers U-Net at a constant timestep) and ``config.loss``. The detector never takes a
+    timestep. Post-processing (decoding, original-frame coordinates) lives in
+    :class:`~hf_landmark.image_processing_landmark.LandmarkImageProcessor`."""
 
     config_class = LandmarkConfig
-    base_model_prefix = "detector"
+    base_model_prefix = "backbone"
     main_input_name = "pixel_values"
 
     def __init__(self, config: LandmarkConfig):
         super().__init__(config)
-        self.unet = UNet2DModel(**config.unet_kwargs())
+        self.heatmap_loss = get_loss(config.loss)
+        self.backbone = build_backbone(config)
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained`` restricted to safetensors: a folder or repo whose
-        weights are only a pickle (``pytorch_model.bin``) is refused, never unpickled."""
+        weights are only a pickle (``pytorch_model.bin``) is refused, never unpickled. A local
+        folder without weights is a :class:`UserInputError` that says where they usually are."""
         if kwargs.get("use_safetensors") is False:
             raise ValueError("hf_landmark loads safetensors weights only; pickled weights are never unpickled")
         kwargs["use_safetensors"] = True
-        return super().from_pretrained(*args, **kwargs)
+        kwargs.setdefault("key_mapping", _LEGACY_KEYS)
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path) and not kwargs.get("subfolder"):
+            check_model_folder(path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, plus the image processor of this config when the
+        folder has none yet, so that every saved detector carries ``preprocessor_config.json``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not os.path.isfile(os.path.join(save_directory, PROCESSOR_FILE)):
+            LandmarkImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
 
     def _init_weights(self, module):
         # diffusers initialises its own layers; transformers' default would overwrite them.
@@ -115,89 +94,53 @@ class LandmarkDetector(PreTrainedModel):
             pixel_values: ``[B, 1, H, W]`` preprocessed images (H, W multiples of 8).
             labels: ``[B, N, 2]`` landmark (x, y) in input pixels, for the loss.
         """
-        timestep = torch.full((pixel_values.shape[0],), self.config.timestep, device=pixel_values.device)
-        heatmaps = self.unet(pixel_values, timestep).sample
+        heatmaps = self.backbone(pixel_values)
         loss = None
         if labels is not None:
-            loss = landmark_loss(heatmaps, labels, self.config.loss, self.config.sigma)
+            loss = self.heatmap_loss(heatmaps, labels, self.config.sigma)
+        log_p = self.heatmap_loss.log_probabilities(heatmaps)
         if return_dict is False:
-            return (loss, heatmaps) if loss is not None else (heatmaps,)
-        return LandmarkDetectorOutput(loss=loss, heatmaps=heatmaps)
-
-    @torch.no_grad()
-    def decode_heatmaps(self, heatmaps: torch.Tensor, decoder: str = "centroid") -> tuple[torch.Tensor, torch.Tensor]:
-        """Landmarks and confidences from heatmap logits.
-
-        Returns:
-            coordinates ``[B, N, 2]`` (x, y) in the heatmaps' pixel frame, and scores
-            ``[B, N]`` in [0, 1]: the peak probability for ``paper``/``bce``, and for
-            ``contour`` the probability mass within the target radius of the prediction.
-        """
-        log_p = heatmap_log_probabilities(heatmaps, self.config.loss)
-        probs = log_p.exp()
-        coords = decode(probs, decoder, log_maps=log_p)
-        if self.config.loss == "contour":
-            radius = max(self.config.sigma * HALF_MAX_RADIUS, 1.5)
-            near = gaussian_disk_targets(coords, probs.shape[-2:], radius / HALF_MAX_RADIUS)
-            scores = (probs * near).sum(dim=(-2, -1))
-        else:
-            scores = probs.flatten(-2).amax(-1)
-        return coords, scores.clamp(0, 1)
-
-    @torch.no_grad()
-    def predict_landmarks(self, pixel_values: torch.Tensor, decoder: str = "centroid") -> tuple[torch.Tensor, torch.Tensor]:
-        """Predict landmarks: coordinates ``[B, N, 2]`` in input pixels and scores ``[B, N]``."""
-        return self.decode_heatmaps(self(pixel_values).heatmaps, decoder)
+            return tuple(v for v in (loss, heatmaps, log_p) if v is not None)
+        return LandmarkDetectorOutput(loss=loss, heatmaps=heatmaps, log_probabilities=log_p)
 
     @classmethod
     def from_ddpm(
         cls,
-        unet_path_or_repo: str | os.PathLike,
+        ddpm_path_or_repo: str | os.PathLike,
         num_landmarks: int,
-        subfolder: str | None = None,
         image_size: int | None = None,
         **config_kwargs,
     ) -> LandmarkDetector:
-        """Build a detector from a pre-trained diffusers ``UNet2DModel`` (folder or Hub repo).
+        """Build a detector from a pre-trained DDPM: a diffusers ``DDPMPipeline`` folder or
+        repo (``checkpoint-<step>`` of ``hf-landmark pretrain``) or a bare ``UNet2DModel``
+        folder (the older ``checkpoint-<step>/unet_ema``).
 
         Every U-Net weight except the last convolution is copied unchanged; the new head has
-        ``num_landmarks`` output channels. When the checkpoint carries
-        ``hf_landmark_pretraining.json``, its ``pixel_range`` and resolution become defaults.
-        """
-        ddpm = UNet2DModel.from_pretrained(unet_path_or_repo, subfolder=subfolder, torch_dtype=torch.float32)
-        info = read_pretraining_info(unet_path_or_repo, subfolder)
-        unet_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in ddpm.config.items() if not k.startswith("_")}
-        for key in ("sample_size", "out_channels"):
-            unet_kwargs.pop(key, None)
+        ``num_landmarks`` output channels. The checkpoint's pre-training record supplies the
+        default ``pixel_range`` and resolution."""
+        unet, info = UNet2DBackbone.load_ddpm(ddpm_path_or_repo)
         if "pixel_range" in info:
             config_kwargs.setdefault("pixel_range", info["pixel_range"])
-        size = image_size or info.get("resolution") or ddpm.config.sample_size
-        config = LandmarkConfig(unet=unet_kwargs, num_landmarks=num_landmarks, image_size=int(size), **config_kwargs)
+        size = image_size or info.get("resolution") or unet.config.sample_size
+        config = LandmarkConfig(backbone="unet2d", backbone_config=UNet2DBackbone.config_from_ddpm(unet),
+                                num_landmarks=num_landmarks, image_size=int(size), **config_kwargs)  # fmt: skip
         model = cls(config)
-        state = {k: v for k, v in ddpm.state_dict().items() if not k.startswith(_HEAD_PREFIX)}
-        missing, unexpected = model.unet.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith(_HEAD_PREFIX) for k in missing):
-            raise ValueError(f"{unet_path_or_repo}: U-Net weights do not match (missing {missing}, unexpected {unexpected})")
-        model.config.base_model = str(unet_path_or_repo)
+        model.backbone.load_ddpm_weights(unet, os.fspath(ddpm_path_or_repo))
+        model.config.base_model = os.fspath(ddpm_path_or_repo)
         return model
 
 
-def read_pretraining_info(path_or_repo, subfolder: str | None) -> dict:
-    folder = os.path.join(str(path_or_repo), subfolder) if subfolder else str(path_or_repo)
-    if os.path.isdir(folder):
-        file = os.path.join(folder, PRETRAINING_INFO_FILE)
-        if not os.path.isfile(file):
-            return {}
-    else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-        try:
-            file = hf_hub_download(str(path_or_repo), PRETRAINING_INFO_FILE, subfolder=subfolder)
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            return {}
-    with open(file, encoding="utf-8") as fh:
-        info = json.load(fh)
-    if not isinstance(info, dict):
-        raise ValueError(f"{file}: expected a JSON object")
-    return info
+def check_model_folder(path: str) -> None:
+    """Raise a :class:`UserInputError` naming what a local model folder lacks."""
+    if os.path.isfile(os.path.join(path, "model.safetensors")) or os.path.isfile(os.path.join(path, "model.safetensors.index.json")):
+        return
+    hints = []
+    if os.path.isfile(os.path.join(path, "model", "model.safetensors")):
+        hints.append(f"the fine-tuned detector is in {os.path.join(path, 'model')}")
+    if os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "diffusion_pytorch_model.safetensors")):
+        hints.append("this is a pre-trained DDPM, not a detector: fine-tune it first (hf-landmark finetune --init PATH)")
+    if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        hints.append("its weights are a pickle (pytorch_model.bin), which hf_landmark never loads")
+    if not hints:
+        hints.append("a detector folder holds config.json and model.safetensors (hf-landmark finetune writes them to OUT/model)")
+    raise UserInputError(f"{path}: no model.safetensors in this folder; " + "; ".join(hints))

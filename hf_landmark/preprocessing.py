@@ -7,6 +7,13 @@ model's square input, mapping intensities to the model's range, and the exact ma
 Frames: pixel ``(row i, column j)`` has its centre at ``(x, y) = (j, i)`` in both frames.
 Resizing a ``W × H`` image to ``S × S`` (centre-aligned, as PIL and ``align_corners=False``)
 maps ``x_model = (x + 0.5) · S / W − 0.5`` and ``y_model = (y + 0.5) · S / H − 0.5``.
+
+Resizing is exact area averaging (:func:`resize_area`): each output pixel is the mean of the
+input over the rectangle it covers, fractional pixels weighted by their covered area. Area
+averages compose exactly: resizing to ``P`` and then to ``S`` gives the same image as resizing
+to ``S`` directly whenever ``P`` is a multiple of ``S``. That is what lets prepared datasets
+store images pre-resized to ``P`` (fast loading) while evaluation sees, up to 16-bit
+rounding, the very pixels the pipeline computes from the original file.
 """
 
 from __future__ import annotations
@@ -19,14 +26,25 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import UserInputError
+
 #: Refuse images with more pixels than this (decompression bombs); 1935×2400 is 4.6 M.
 MAX_IMAGE_PIXELS = 200_000_000
-IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dcm", ".dicom")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+#: Every file type the readers, the pipeline and the CLI accept.
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", *DICOM_EXTENSIONS)
+#: Resampling methods of :func:`resize_image`: ``area`` (default) and ``bilinear`` (PIL's
+#: antialiased bilinear, used by models saved before ``area`` existed).
+RESAMPLE_METHODS = ("area", "bilinear")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserInputError):
     """An image file could not be read; the message names the file and the problem."""
+
+
+def is_dicom_path(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(DICOM_EXTENSIONS)
 
 
 def to_grayscale01(image: Image.Image | np.ndarray, source: str = "image") -> np.ndarray:
@@ -81,7 +99,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file (PNG, JPEG, BMP, TIFF, ...; DICOM via :func:`read_dicom`) as
     float32 ``[H, W]`` intensities in [0, 1]. Raises :class:`ImageReadError` naming the file."""
     path = os.fspath(path)
-    if path.lower().endswith((".dcm", ".dicom")):
+    if is_dicom_path(path):
         return read_dicom(path)[0]
     try:
         with warnings.catch_warnings():
@@ -135,18 +153,65 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]
     return arr.astype(np.float32), spacing
 
 
-def resize_image(image01: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize ``[H, W]`` intensities to ``size`` (an int for square, or ``(W, H)``), with
-    PIL's antialiased bilinear filter, centre-aligned (see the module docstring)."""
+def load_image(image, source: str | None = None) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+    """Any supported input → ``(intensities [H, W] in [0, 1], spacing (sx, sy) mm or None, name)``.
+
+    ``image``: a file path (PNG, JPEG, BMP, TIFF, 8/16-bit; DICOM with its header spacing), a
+    PIL image, a numpy array or a torch tensor (``[H, W]`` or ``[H, W, C]``)."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if is_dicom_path(path):
+            pixels, spacing = read_dicom(path)
+            return pixels, spacing, path
+        return read_image(path), None, path
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    return to_grayscale01(image, source=source or "image"), None, source or "image"
+
+
+def _area_last_axis(arr: np.ndarray, n_out: int) -> np.ndarray:
+    """Area-average the last axis of a 2-D array to ``n_out`` cells (float64): output cell k
+    is the mean of the piecewise-constant input over [k·n/n_out, (k+1)·n/n_out)."""
+    rows, n_in = arr.shape
+    # The integral at integer positions, F(i) = sum(arr[:, :i]), then at the cell edges.
+    integral = np.zeros((rows, n_in + 1), dtype=np.float64)
+    np.cumsum(arr, axis=1, dtype=np.float64, out=integral[:, 1:])
+    edges = np.arange(n_out + 1, dtype=np.float64) * (n_in / n_out)
+    lo = np.minimum(np.floor(edges).astype(np.int64), n_in - 1)
+    at_edges = integral[:, lo] + (edges - lo) * arr[:, lo]
+    return np.diff(at_edges, axis=1) / (n_in / n_out)
+
+
+def resize_area(image01: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Exact area-average resize of ``[H, W]`` to ``size = (W, H)`` (up or down); see the
+    module docstring for why (it composes exactly through multiples of the target size)."""
+    w, h = size
+    across = _area_last_axis(np.asarray(image01, dtype=np.float32), w)
+    return np.ascontiguousarray(_area_last_axis(across.T, h).T, dtype=np.float32)
+
+
+def resize_image(image01: np.ndarray, size: int | tuple[int, int], method: str = "area") -> np.ndarray:
+    """Resize ``[H, W]`` intensities to ``size`` (an int for square, or ``(W, H)``),
+    centre-aligned (see the module docstring). ``method``: ``area`` (exact area averaging) or
+    ``bilinear`` (PIL's antialiased bilinear filter)."""
     w, h = (size, size) if isinstance(size, int) else size
     if image01.shape == (h, w):
         return image01.astype(np.float32, copy=False)
-    img = Image.fromarray(np.ascontiguousarray(image01, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    if method == "area":
+        return resize_area(image01, (w, h))
+    if method == "bilinear":
+        img = Image.fromarray(np.ascontiguousarray(image01, dtype=np.float32), mode="F")
+        return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {method!r}")
 
 
 def to_uint8(image01: np.ndarray) -> np.ndarray:
     return (np.clip(image01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def to_uint16(image01: np.ndarray) -> np.ndarray:
+    """Intensities in [0, 1] → 16-bit (rounding error at most 7.6e-6, far below 8-bit's 2e-3)."""
+    return (np.clip(image01, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
 
 
 def original_to_model(xy, original_size: Sequence[float], model_size: int):
@@ -177,7 +242,9 @@ def to_pixel_values(images01, pixel_range: Sequence[float] = (-1.0, 1.0)):
     return images01 * (hi - lo) + lo
 
 
-def prepare_pixel_values(images: Sequence[np.ndarray], model_size: int, pixel_range: Sequence[float]) -> torch.Tensor:
+def prepare_pixel_values(
+    images: Sequence[np.ndarray], model_size: int, pixel_range: Sequence[float], method: str = "area"
+) -> torch.Tensor:
     """Grayscale [0, 1] images of any sizes → ``[B, 1, S, S]`` float32 model inputs."""
-    batch = np.stack([resize_image(img, model_size) for img in images])[:, None]
+    batch = np.stack([resize_image(img, model_size, method) for img in images])[:, None]
     return to_pixel_values(torch.from_numpy(batch), pixel_range)

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import torch
 
-from .fileio import replace_directory
+from .errors import UserInputError
+from .fileio import SET_ASIDE_PREFIX, replace_directory
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+MIXED_PRECISION_HELP = "auto: fp16 on CUDA, bf16 on CPUs with AMX, fp32 on other CPUs (where bf16 is slower); or no, fp16, bf16"
 
 
 def default_mixed_precision() -> str:
@@ -34,7 +38,7 @@ def resolve_mixed_precision(choice: str) -> str:
     if choice == "auto":
         return default_mixed_precision()
     if choice == "fp16" and not torch.cuda.is_available():
-        raise ValueError("--mixed-precision fp16 has no effect on CPU (Accelerate ignores it); use bf16 or no")
+        raise UserInputError("--mixed-precision: fp16 has no effect on CPU (Accelerate ignores it); use bf16 or no")
     return choice
 
 
@@ -59,7 +63,7 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> tuple[i
     path = Path(resume)
     m = _CHECKPOINT.match(path.name)
     if not path.is_dir() or not m:
-        raise FileNotFoundError(f"{path}: not a checkpoint folder (expected .../checkpoint-<step>)")
+        raise UserInputError(f"{path}: --resume-from-checkpoint: not a checkpoint folder (expected .../checkpoint-<step> or 'latest')")
     return int(m.group(1)), path
 
 
@@ -79,7 +83,7 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
     """Delete staged checkpoints, and replaced ones set aside, left by a run killed while saving."""
     out = Path(output_dir)
     if out.is_dir():
-        for p in [*out.glob(".checkpoint-*.partial"), *out.glob(".old-checkpoint-*")]:
+        for p in [*out.glob(".checkpoint-*.partial"), *out.glob(SET_ASIDE_PREFIX + "checkpoint-*")]:
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -91,12 +95,40 @@ def tracker_config(args) -> dict:
     return out
 
 
-def parse_int_list(text: str) -> list[int]:
-    return [int(v) for v in str(text).split(",") if v.strip()]
+def parse_int_list(text: str, name: str = "value") -> list[int]:
+    try:
+        return [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError as err:
+        raise UserInputError(f"{name}: expected comma-separated integers, got {text!r}") from err
 
 
-def parse_float_pair(text: str) -> tuple[float, float]:
-    parts = [float(v) for v in str(text).split(",")]
+def parse_float_pair(text: str, name: str = "value") -> tuple[float, float]:
+    try:
+        parts = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        parts = []
     if len(parts) != 2:
-        raise ValueError(f"expected two comma-separated numbers, got {text!r}")
+        raise UserInputError(f"{name}: expected two comma-separated numbers, got {text!r}")
     return parts[0], parts[1]
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UserInputError(f"{name}: {value!r} is not one of {', '.join(sorted(map(str, choices)))}")
+
+
+def argument_parser(arguments_class, prog: str, description: str | None):
+    """The command-line parser of a training function's arguments dataclass (transformers'
+    ``HfArgumentParser``: every field is a flag, ``--a_b`` and ``--a-b`` alike)."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(arguments_class, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_arguments(parser, arguments_class, argv=None):
+    """``argv`` → an ``arguments_class`` instance. A flag typo is argparse's usage error (exit
+    code 2); a bad value raises :class:`UserInputError` from the dataclass's checks."""
+    namespace = parser.parse_args(argv)
+    return arguments_class(**vars(namespace))

@@ -26,6 +26,8 @@ from hf_landmark.evaluation import (
     save_cumulative_error_plot,
 )
 from hf_landmark.fileio import write_json_atomic, write_text_atomic
+from hf_landmark.image_processing_landmark import processor_for_model
+from hf_landmark.preprocessing import original_to_model
 
 
 def parse_args(argv=None):
@@ -42,7 +44,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    from hf_landmark.training import finetune, pretrain
+    from hf_landmark.training.finetune import FinetuneArguments, finetune
+    from hf_landmark.training.pretrain import PretrainArguments, pretrain
 
     args = parse_args(argv)
     out = os.path.abspath(args.output_dir)
@@ -57,25 +60,21 @@ def main(argv=None) -> dict:
     timings["data"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    ddpm_dir = os.path.join(out, "ddpm")
-    pretrain.main([
-        "--dataset", prepared, "--output-dir", ddpm_dir, "--preset", args.preset, "--resolution", str(args.resolution),
-        "--max-steps", str(args.pretrain_steps), "--save-steps", str(args.pretrain_steps), "--train-batch-size", "8",
-        "--gradient-accumulation-steps", "1", "--learning-rate", "1e-3", "--num-samples", "16", "--sample-inference-steps", "50",
-        "--seed", str(args.seed), "--report-to", "tensorboard", "--mixed-precision", "no",
-    ])  # fmt: skip
+    checkpoint = pretrain(PretrainArguments(
+        dataset=prepared, output_dir=os.path.join(out, "ddpm"), preset=args.preset, resolution=args.resolution,
+        max_steps=args.pretrain_steps, save_steps=str(args.pretrain_steps), train_batch_size=8, gradient_accumulation_steps=1,
+        learning_rate=1e-3, num_samples=16, sample_inference_steps=50, seed=args.seed, report_to="tensorboard",
+    ))  # fmt: skip
     timings["pretrain"] = time.perf_counter() - t
-    unet = os.path.join(ddpm_dir, f"checkpoint-{args.pretrain_steps}", "unet_ema")
 
     models = {}
-    for name, init in (("DDPM pre-trained", ["--pretrained", unet]), ("from scratch", ["--init", "scratch", "--preset", args.preset])):
+    for name, init, folder in (("DDPM pre-trained", checkpoint, "finetune-ddpm"), ("from scratch", "scratch", "finetune-scratch")):
         t = time.perf_counter()
-        run_dir = os.path.join(out, "finetune-" + ("ddpm" if init[0] == "--pretrained" else "scratch"))
-        finetune.main([
-            "--dataset", prepared, "--output-dir", run_dir, "--num-labels", str(args.num_labels), "--seed", str(args.seed),
-            "--resolution", str(args.resolution), "--max-steps", str(args.finetune_steps), "--eval-steps", "25",
-            "--early-stopping-patience", "100", "--learning-rate", "1e-3", *init,
-        ])  # fmt: skip
+        run_dir = os.path.join(out, folder)
+        finetune(FinetuneArguments(
+            dataset=prepared, output_dir=run_dir, num_labels=args.num_labels, seed=args.seed, init=init, preset=args.preset,
+            resolution=args.resolution, max_steps=args.finetune_steps, eval_steps=25, early_stopping_patience=100, learning_rate=1e-3,
+        ))  # fmt: skip
         timings[f"finetune {name}"] = time.perf_counter() - t
         models[name] = os.path.join(run_dir, "model")
 
@@ -85,11 +84,11 @@ def main(argv=None) -> dict:
     rows, curves, preds = {}, {}, {}
     for name, path in models.items():
         model = LandmarkDetector.from_pretrained(path, dtype=torch.float32).eval()
-        pred, _, _ = predict_tensors(model, test)
+        pred, _, _ = predict_tensors(model, processor_for_model(model), test)
         preds[name] = pred
-        rows[name] = compute_metrics(pred, test)
+        rows[name] = compute_metrics(pred, test, model.config)
     labeled = train.subset(few_shot_indices(train.image_ids, args.num_labels))
-    rows["mean shape (no model)"] = compute_metrics(mean_shape_prediction(labeled, test), test)
+    rows["mean shape (no model)"] = compute_metrics(mean_shape_prediction(labeled, test), test, model.config)
     for name, m in rows.items():
         curves[name] = m.pop("errors")
 
@@ -101,7 +100,8 @@ def main(argv=None) -> dict:
         lines.append(f"| {name} | {m['mre']:.2f} ± {m['mre_std']:.2f} | " + " | ".join(f"{m['sdr'][t]:.1f}%" for t in thr) + " |")
     table = "\n".join(lines)
 
-    overlay = draw_overlay(test.images[0, 0].numpy(), preds["DDPM pre-trained"][0].numpy(), test.landmarks[0].numpy())
+    pred_model = original_to_model(preds["DDPM pre-trained"][0], test.original_sizes[0].numpy(), args.resolution)
+    overlay = draw_overlay(test.images[0, 0].numpy(), pred_model, test.landmarks[0].numpy())
     overlay = overlay.resize((overlay.width * 4, overlay.height * 4))
     overlay.save(os.path.join(out, "overlay.png"))
     save_cumulative_error_plot(curves, unit, os.path.join(out, "cumulative_error.png"))
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     write_json_atomic({"table": rows, "timings_s": timings}, os.path.join(out, "results.json"))
     write_text_atomic(table + "\n", os.path.join(out, "results.md"))
     print("\n" + table + "\n")
-    print(f"samples: {os.path.join(ddpm_dir, f'checkpoint-{args.pretrain_steps}', 'samples.png')}")
+    print(f"samples: {os.path.join(checkpoint, 'samples.png')}")
     print(f"overlay: {os.path.join(out, 'overlay.png')} (red: predicted, green: true)")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return rows

@@ -3,7 +3,7 @@
 counts × seeds × initialisations, with the mean-shape floor and the paper's numbers.
 
     python training/fewshot_benchmark.py --dataset PREPARED_DIR --output-dir OUT \\
-        --init ddpm=DDPM_OUT/checkpoint-8000/unet_ema --init scratch --labels 1,5,10,25,50 --seeds 0,1,2
+        --init ddpm=DDPM_OUT/checkpoint-8000 --init scratch --labels 1,5,10,25,50 --seeds 0,1,2
 
 Each cell (init, labels, seed) lives in ``OUT/cells/<init>-n<labels>-s<seed>/`` and is
 skipped when its ``metrics.json`` exists, so an interrupted benchmark resumes where it
@@ -15,59 +15,91 @@ test image with no model at all. A model that does not clearly beat it has learn
 Other experiments are the same commands with other arguments: the pre-training sweep
 (paper Fig. 2) is several ``--init`` entries, one per saved step; cross-dataset transfer
 (paper Table 5) is ``--init`` pointing at a checkpoint pre-trained on another dataset.
-Arguments after ``--`` go to ``training/finetune.py`` unchanged.
+Arguments after ``--`` are fine-tuning flags (``hf-landmark finetune --help``) applied to
+every cell. From Python: ``hf_landmark.benchmark(BenchmarkArguments(...), {"max_steps": 200})``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from importlib import resources
+from types import SimpleNamespace
+from typing import Literal
 
 import numpy as np
 import torch
 
 from hf_landmark import LandmarkDetector
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors
+from hf_landmark.data.prepared import require_split
+from hf_landmark.data.specs import get_spec, unit_config
+from hf_landmark.errors import UserInputError
 from hf_landmark.evaluation import compute_metrics, format_mean_std, mean_shape_prediction, predict_tensors
 from hf_landmark.fileio import atomic_file, write_json_atomic, write_text_atomic
-from hf_landmark.training_utils import parse_int_list
+from hf_landmark.image_processing_landmark import processor_for_model
+from hf_landmark.training.finetune import FinetuneArguments, finetune
+from hf_landmark.training.finetune import parser as finetune_parser
+from hf_landmark.training_utils import argument_parser, parse_arguments, parse_int_list
 
 PAPER_METHOD = "DDPM (paper)"
 
 
-def parse_args(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--init", action="append", required=True, help="NAME=DDPM_UNET_PATH_OR_REPO, or 'scratch' (repeatable)")
-    p.add_argument("--labels", default="1,5,10,25,50")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--subset", default="first", choices=["first", "random"])
-    p.add_argument("--eval-split", default="test", help="split to report (the CPU protocol uses validation)")
-    p.add_argument("--mode", default="physical", choices=["physical", "paper"])
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--preset", default="base", help="U-Net preset of scratch models")
-    p.add_argument("--decoder", default="centroid")
-    p.add_argument("--reference", default=None, help="paper dataset name for the reference row (default: the dataset's)")
-    args = p.parse_args(argv)
-    args.finetune_args = extra
-    args.labels = parse_int_list(args.labels)
-    args.seeds = parse_int_list(args.seeds)
-    inits = []
-    for item in args.init:
-        name, _, path = item.partition("=")
-        inits.append((name, path or None) if name != "scratch" or path else ("scratch", None))
-    args.inits = inits
-    return args
+@dataclass
+class BenchmarkArguments:
+    """Arguments of :func:`benchmark`."""
+
+    dataset: str = field(metadata={"help": "prepared dataset folder or Hub dataset id"})
+    output_dir: str = field(metadata={"help": "cells/, results.md, results.csv and results.png go here"})
+    init: list[str] = field(metadata={"help": "NAME=DDPM_CHECKPOINT_OR_REPO, or 'scratch' (repeatable)", "action": "append"})
+    labels: str = field(default="1,5,10,25,50", metadata={"help": "label counts, comma-separated"})
+    seeds: str = field(default="0,1,2", metadata={"help": "seeds, comma-separated"})
+    subset: Literal["first", "random"] = "first"
+    eval_split: str = field(default="test", metadata={"help": "split to report (the CPU protocol uses validation)"})
+    mode: Literal["physical", "paper"] = "physical"
+    resolution: int | None = None
+    preset: str = field(default="base", metadata={"help": "U-Net preset of scratch models"})
+    decoder: str = "centroid"
+    reference: str | None = field(default=None, metadata={"help": "paper dataset name for the reference row (default: the dataset's)"})
+
+    @property
+    def label_counts(self) -> list[int]:
+        return parse_int_list(self.labels, "--labels")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return parse_int_list(self.seeds, "--seeds")
+
+    @property
+    def inits(self) -> list[tuple[str, str]]:
+        """``(name, "scratch" or checkpoint)`` pairs."""
+        out = []
+        # Repeated flags arrive as lists of lists; a Python caller may pass plain strings.
+        for item in [i for x in self.init for i in (x if isinstance(x, list) else [x])]:
+            name, _, path = item.partition("=")
+            if not name or (name != "scratch" and not path):
+                raise UserInputError(f"--init: expected NAME=CHECKPOINT or 'scratch', got {item!r}")
+            out.append((name, path or "scratch"))
+        return out
+
+
+def parser():
+    return argument_parser(BenchmarkArguments, "hf-landmark benchmark", __doc__)
+
+
+def finetune_overrides(argv: list[str]) -> dict:
+    """Fine-tuning flags given after ``--`` → the fields they set (checked by finetune's parser)."""
+    fixed = ["--dataset", "-", "--output-dir", "-", "--num-labels", "1", "--init", "scratch"]
+    ft = finetune_parser()
+    given, defaults = vars(ft.parse_args(fixed + list(argv))), vars(ft.parse_args(fixed))
+    owned = {"dataset", "output_dir", "num_labels", "init", "seed", "subset", "decoder", "preset", "resolution"}
+    clash = sorted(k for k in owned if given[k] != defaults[k])
+    if clash:
+        raise UserInputError(f"after --: {', '.join('--' + k.replace('_', '-') for k in clash)} are set by the benchmark itself")
+    return {k: v for k, v in given.items() if v != defaults[k]}
 
 
 def paper_reference(dataset: str) -> dict[int, dict[str, float]]:
@@ -80,41 +112,49 @@ def paper_reference(dataset: str) -> dict[int, dict[str, float]]:
     return out
 
 
-def run_cell(args, name, path, labels, seed, cell_dir, eval_data) -> dict:
-    from hf_landmark.training.finetune import main as finetune
+def evaluate_model(model_dir: str, eval_data, mode: str, decoder: str) -> dict:
+    """Metrics of a saved detector on the evaluation split, through its image processor."""
+    model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = processor_for_model(model)
+    data = eval_data(model.config.image_size, processor.resample)
+    pred, _, _ = predict_tensors(model, processor, data, decoder)
+    return compute_metrics(pred, data, model.config, mode)
 
-    ft = ["--dataset", args.dataset, "--output-dir", cell_dir, "--num-labels", str(labels), "--seed", str(seed),
-          "--subset", args.subset, "--decoder", args.decoder, "--report-to", "none"]  # fmt: skip
-    ft += ["--init", "scratch", "--preset", args.preset] if path is None else ["--pretrained", path]
-    if args.resolution:
-        ft += ["--resolution", str(args.resolution)]
-    summary = finetune(ft + args.finetune_args)
-    model = LandmarkDetector.from_pretrained(os.path.join(cell_dir, "model"), dtype=torch.float32).eval()
-    data = eval_data(model.config.image_size)
-    pred, _, _ = predict_tensors(model, data, args.decoder)
-    metrics = compute_metrics(pred, data, args.mode)
+
+def run_cell(args: BenchmarkArguments, overrides: dict, name, init, labels, seed, cell_dir, eval_data) -> dict:
+    ft = FinetuneArguments(
+        dataset=args.dataset, output_dir=cell_dir, num_labels=labels, seed=seed, init=init, subset=args.subset,
+        decoder=args.decoder, preset=args.preset, resolution=args.resolution, **{"report_to": "none", **overrides},
+    )  # fmt: skip
+    summary = finetune(ft)
+    metrics = evaluate_model(os.path.join(cell_dir, "model"), eval_data, args.mode, args.decoder)
     metrics.update(init=name, labels=labels, seed=seed, training=summary)
     metrics.pop("errors")
     write_json_atomic(metrics, os.path.join(cell_dir, "metrics.json"))
     return metrics
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def benchmark(args: BenchmarkArguments, finetune_overrides: dict | None = None) -> dict:
+    """Run (or resume) every cell; returns ``{(init name, labels): [metrics per seed]}``."""
+    overrides = dict(finetune_overrides or {})
     os.makedirs(args.output_dir, exist_ok=True)
     dataset = load_prepared(args.dataset)
-    cache: dict[int, object] = {}
+    eval_split = require_split(dataset, args.eval_split, args.dataset)
+    inits = args.inits
+    cache: dict[tuple[int, str], object] = {}
 
-    def eval_data(size):
-        if size not in cache:
-            cache[size] = load_tensors(dataset[args.eval_split], size)
-        return cache[size]
+    def eval_data(size, resample="area"):
+        if (size, resample) not in cache:
+            cache[size, resample] = load_tensors(eval_split, size, resample)
+        return cache[size, resample]
 
-    train = load_tensors(dataset["train"], 64)  # only landmarks and sizes are used, for the floor
+    # Only landmarks and sizes are used for the floor; a small size decodes fast.
+    train = load_tensors(require_split(dataset, "train", args.dataset), 8)
+    floor_config = SimpleNamespace(**unit_config(train.dataset))
     results: dict[tuple[str, int], list[dict]] = {}
-    for labels in args.labels:
-        for seed in args.seeds:
-            for name, path in args.inits:
+    for labels in args.label_counts:
+        for seed in args.seed_list:
+            for name, init in inits:
                 cell_dir = os.path.join(args.output_dir, "cells", f"{name}-n{labels}-s{seed}")
                 done = os.path.join(cell_dir, "metrics.json")
                 if os.path.isfile(done):
@@ -122,26 +162,36 @@ def main(argv=None):
                         metrics = json.load(fh)
                     print(f"[skip] {name} {labels} labels seed {seed}: {metrics['mre']:.3f} {metrics['unit']}")
                 else:
-                    metrics = run_cell(args, name, path, labels, seed, cell_dir, eval_data)
+                    metrics = run_cell(args, overrides, name, init, labels, seed, cell_dir, eval_data)
                     print(f"[done] {name} {labels} labels seed {seed}: {metrics['mre']:.3f} {metrics['unit']}")
                 results.setdefault((name, labels), []).append(metrics)
             # The floor: the labeled set depends on the seed only for random subsets.
             labeled = train.subset(few_shot_indices(train.image_ids, labels, args.subset, seed))
-            target = eval_data(64)
-            floor = compute_metrics(mean_shape_prediction(labeled, target), target, args.mode)
+            target = eval_data(8)
+            floor = compute_metrics(mean_shape_prediction(labeled, target), target, floor_config, args.mode)
             floor.pop("errors")
             results.setdefault(("mean shape", labels), []).append(floor)
-    write_tables(args, results, dataset["train"][0]["dataset"])
+    write_tables(args, results, train.dataset)
+    return results
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    return benchmark(parse_arguments(parser(), BenchmarkArguments, argv), finetune_overrides(extra))
 
 
 def write_tables(args, results, dataset_name):
     names = [n for n, _ in args.inits] + ["mean shape"]
     any_metrics = next(iter(results.values()))[0]
     unit, thresholds = any_metrics["unit"], list(any_metrics["sdr"])
-    reference = paper_reference(args.reference or dataset_name)
+    reference = paper_reference(args.reference or get_spec(dataset_name).paper_key or dataset_name)
     header = ["method", "labels", "runs", f"MRE ({unit})"] + [f"SDR {t} {unit} (%)" for t in thresholds]
     rows = []
-    for labels in args.labels:
+    for labels in args.label_counts:
         for name in names:
             cell = results.get((name, labels), [])
             mre = [m["mre"] for m in cell]
@@ -155,7 +205,7 @@ def write_tables(args, results, dataset_name):
     with atomic_file(os.path.join(args.output_dir, "results.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([header] + rows)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    note = (f"\nEvaluated on the `{args.eval_split}` split ({args.mode} metrics). Mean ± std over seeds {args.seeds}. "
+    note = (f"\nEvaluated on the `{args.eval_split}` split ({args.mode} metrics). Mean ± std over seeds {args.seed_list}. "
             "The paper's row is its own test-set number, set beside ours for orientation only.\n")
     write_text_atomic("\n".join(md) + "\n" + note, os.path.join(args.output_dir, "results.md"))
     print("\n".join(md))
@@ -170,11 +220,11 @@ def bar_chart(args, results, names, unit):
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     width = 0.8 / len(names)
-    x = np.arange(len(args.labels))
+    x = np.arange(len(args.label_counts))
     for i, name in enumerate(names):
-        vals = [[m["mre"] for m in results.get((name, n), [])] for n in args.labels]
+        vals = [[m["mre"] for m in results.get((name, n), [])] for n in args.label_counts]
         ax.bar(x + i * width, [np.mean(v) if v else np.nan for v in vals], width, yerr=[np.std(v) if v else 0 for v in vals], label=name, capsize=2)
-    ax.set_xticks(x + width * (len(names) - 1) / 2, [str(n) for n in args.labels])
+    ax.set_xticks(x + width * (len(names) - 1) / 2, [str(n) for n in args.label_counts])
     ax.set_xlabel("labeled images")
     ax.set_ylabel(f"MRE ({unit})")
     ax.legend()

@@ -2,13 +2,16 @@
 """Few-shot fine-tuning of a (DDPM pre-trained) U-Net into a heatmap landmark detector.
 
     accelerate launch training/finetune.py --dataset PREPARED_DIR --output-dir OUT \\
-        --num-labels 5 --pretrained DDPM_OUT/checkpoint-8000/unet_ema
+        --num-labels 5 --init DDPM_OUT/checkpoint-8000
 
-(or ``hf-landmark finetune ...``; ``--init scratch`` for a randomly initialised U-Net).
+(or ``hf-landmark finetune ...``, or ``hf_landmark.finetune(FinetuneArguments(...))`` from
+Python). ``--init`` takes a pre-trained DDPM (a ``checkpoint-<step>`` folder, which is a
+diffusers ``DDPMPipeline``, a Hub repo, or an older ``unet_ema`` folder) or ``scratch``.
 The first ``--num-labels`` sorted training images are labeled (``--subset random`` for a
 seeded sample); the whole validation split drives the learning-rate plateau schedule, early
 stopping and the choice of the best checkpoint (lowest validation mean radial error, in the
-original image frame). The best model is saved with ``save_pretrained`` to ``OUT/model``.
+original image frame, measured through the image processor exactly as users run the model).
+The best model and its image processor are saved to ``OUT/model``.
 
 Recipes (every value can be overridden by its flag):
 
@@ -25,28 +28,41 @@ Both use ``ReduceLROnPlateau`` on the validation loss and the ±2° / ±2 % / ±
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from hf_landmark import LandmarkConfig, LandmarkDetector
-from hf_landmark.configuration_landmark import LOSSES, UNET_PRESETS
+from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
+from hf_landmark.backbones import read_pretraining_info
+from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine
+from hf_landmark.data.prepared import require_split
+from hf_landmark.data.specs import get_spec, unit_config
+from hf_landmark.errors import UserInputError
 from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors
 from hf_landmark.fileio import atomic_directory, write_json_atomic
 from hf_landmark.heatmaps import DECODERS
-from hf_landmark.modeling_landmark import read_pretraining_info
+from hf_landmark.losses import LOSSES
 from hf_landmark.preprocessing import to_pixel_values
-from hf_landmark.training_utils import parse_float_pair, resolve_mixed_precision, tracker_config
+from hf_landmark.training_utils import (
+    MIXED_PRECISION_CHOICES,
+    MIXED_PRECISION_HELP,
+    argument_parser,
+    check_choice,
+    parse_arguments,
+    parse_float_pair,
+    resolve_mixed_precision,
+    tracker_config,
+)
 
 logger = get_logger(__name__)
 
@@ -64,132 +80,167 @@ RECIPES = {
 }  # fmt: skip
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="prepared dataset folder or Hub repo id")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--num-labels", type=int, required=True)
-    p.add_argument("--subset", default="first", choices=["first", "random"])
-    p.add_argument("--seed", type=int, default=0)
-    init = p.add_mutually_exclusive_group(required=True)
-    init.add_argument("--pretrained", help="DDPM UNet2DModel folder or Hub repo (e.g. OUT/checkpoint-8000/unet_ema)")
-    init.add_argument("--init", choices=["scratch"], help="random initialisation")
-    p.add_argument("--pretrained-subfolder", default=None)
-    p.add_argument("--preset", default="base", choices=sorted(UNET_PRESETS), help="U-Net preset for --init scratch")
-    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
-    p.add_argument("--loss", choices=LOSSES, default=None)
-    p.add_argument("--resolution", type=int, default=None, help="default: the checkpoint's, else 256")
-    p.add_argument("--sigma", type=float, default=None, help="target sigma in model pixels (default: recipe's σ at 256, scaled)")
-    p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--train-batch-size", type=int, default=None)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None, help="optimiser steps")
-    p.add_argument("--max-epochs", type=int, default=None, help="epochs over the labeled images (paper recipe)")
-    p.add_argument("--eval-steps", type=int, default=None, help="validate every N optimiser steps (default: recipe)")
-    p.add_argument("--early-stopping-patience", type=int, default=None, help="evaluations without improvement")
-    p.add_argument("--plateau-patience", type=int, default=None)
-    p.add_argument("--plateau-factor", type=float, default=0.5)
-    p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--decoder", default="centroid", choices=DECODERS)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--mixed-precision", default="no", choices=["auto", "no", "fp16", "bf16"])
-    p.add_argument("--report-to", default="tensorboard")
-    p.add_argument("--pixel-range", default=None, help="'lo,hi' for --init scratch (default -1,1)")
-    args = p.parse_args(argv)
-    recipe = RECIPES[args.recipe]
-    for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience"):
-        if getattr(args, key) is None:
-            setattr(args, key, recipe[key])
-    if args.learning_rate is None:
-        args.learning_rate = recipe["scratch_learning_rate"] if args.init == "scratch" else recipe["learning_rate"]
-    if args.eval_steps is None:
-        args.eval_steps = recipe["eval_steps"]
-    if args.max_steps is None and args.max_epochs is None:
-        args.max_steps, args.max_epochs = recipe.get("max_steps"), recipe.get("max_epochs")
-    args.sigma_256 = recipe["sigma_256"]
-    return args
+@dataclass
+class FinetuneArguments:
+    """Arguments of :func:`finetune`; ``None`` means the recipe's value."""
+
+    dataset: str = field(metadata={"help": "prepared dataset folder (hf-landmark prepare) or Hub dataset id"})
+    output_dir: str = field(metadata={"help": "where OUT/model, logs and training_summary.json go"})
+    num_labels: int = field(metadata={"help": "labeled training images (the first N sorted ids)"})
+    init: str = field(metadata={
+        "aliases": ["--pretrained"],
+        "help": "'scratch', or a pre-trained DDPM: a checkpoint-<step> folder (DDPMPipeline), a Hub repo, or an older unet_ema folder",
+    })  # fmt: skip
+    subset: Literal["first", "random"] = field(default="first", metadata={"help": "first N sorted ids (the paper) or a seeded sample"})
+    seed: int = 0
+    preset: str = field(default="base", metadata={"help": f"U-Net preset for --init scratch: {', '.join(sorted(UNET_PRESETS))}"})
+    recipe: Literal["default", "paper"] = field(default="default", metadata={"help": "see the description above"})
+    loss: str | None = field(default=None, metadata={"help": f"heatmap loss: {', '.join(LOSSES)} (default: the recipe's)"})
+    resolution: int | None = field(default=None, metadata={"help": "model input size (default: the checkpoint's, else 256)"})
+    sigma: float | None = field(default=None, metadata={"help": "target sigma in model pixels (default: the recipe's sigma at 256 px, scaled)"})
+    learning_rate: float | None = None
+    train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata={"help": "optimiser steps"})
+    max_epochs: int | None = field(default=None, metadata={"help": "epochs over the labeled images (paper recipe)"})
+    eval_steps: int | None = field(default=None, metadata={"help": "validate every N optimiser steps"})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
+    plateau_patience: int | None = None
+    plateau_factor: float = 0.5
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    decoder: str = field(default="centroid", metadata={"help": f"decoder for validation: {', '.join(DECODERS)}"})
+    no_augment: bool = field(default=False, metadata={"help": "disable the ±2° / ±2 %% / ±2 %% augmentation"})
+    mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
+    report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
+    pixel_range: str | None = field(default=None, metadata={"help": "'lo,hi' model intensity range for --init scratch (default -1,1)"})
+
+    def __post_init__(self):
+        check_choice("--preset", self.preset, UNET_PRESETS)
+        check_choice("--decoder", self.decoder, DECODERS)
+        check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
+        recipe = RECIPES[self.recipe]
+        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience"):
+            if getattr(self, key) is None:
+                setattr(self, key, recipe[key])
+        check_choice("--loss", self.loss, LOSSES)
+        if self.learning_rate is None:
+            self.learning_rate = recipe["scratch_learning_rate"] if self.init == "scratch" else recipe["learning_rate"]
+        if self.eval_steps is None:
+            self.eval_steps = recipe["eval_steps"]
+        if self.max_steps is None and self.max_epochs is None:
+            self.max_steps, self.max_epochs = recipe.get("max_steps"), recipe.get("max_epochs")
+        if self.num_labels < 1:
+            raise UserInputError(f"--num-labels: must be at least 1, got {self.num_labels}")
+        if self.resolution is not None and self.resolution % 8:
+            raise UserInputError(f"--resolution: must be a multiple of 8, got {self.resolution}")
+
+    @property
+    def sigma_256(self) -> float:
+        return RECIPES[self.recipe]["sigma_256"]
 
 
-def build_model(args, num_landmarks: int, landmark_names, dataset_name: str, spacing) -> LandmarkDetector:
-    common = {"landmark_names": landmark_names, "loss": args.loss, "dataset_name": dataset_name, "spacing": spacing,
-              "unit_convention": {"hand": "wrist", "chest": "pixels"}.get(dataset_name, "spacing")}
-    if args.pretrained:
-        info = read_pretraining_info(args.pretrained, args.pretrained_subfolder)
-        size = args.resolution or info.get("resolution") or 256
+def parser():
+    return argument_parser(FinetuneArguments, "hf-landmark finetune", __doc__)
+
+
+def build_model(args: FinetuneArguments, num_landmarks: int, landmark_names, dataset_name: str, spacing) -> LandmarkDetector:
+    """A detector initialised from ``args.init``, its config carrying the dataset's facts."""
+    common = {"landmark_names": landmark_names, "loss": args.loss, "dataset_name": dataset_name, **unit_config(dataset_name, spacing)}
+    if args.init != "scratch":
+        size = args.resolution or read_pretraining_info_any(args.init).get("resolution") or 256
         sigma = args.sigma if args.sigma is not None else args.sigma_256 * size / 256
-        return LandmarkDetector.from_ddpm(args.pretrained, num_landmarks, subfolder=args.pretrained_subfolder, image_size=size, sigma=sigma, **common)
+        return LandmarkDetector.from_ddpm(args.init, num_landmarks, image_size=size, sigma=sigma, **common)
     size = args.resolution or 256
     sigma = args.sigma if args.sigma is not None else args.sigma_256 * size / 256
-    pixel_range = parse_float_pair(args.pixel_range) if args.pixel_range else (-1.0, 1.0)
-    config = LandmarkConfig(unet=args.preset, num_landmarks=num_landmarks, image_size=size, sigma=sigma, pixel_range=pixel_range, **common)
+    pixel_range = parse_float_pair(args.pixel_range, "--pixel-range") if args.pixel_range else (-1.0, 1.0)
+    config = LandmarkConfig(backbone_config=args.preset, num_landmarks=num_landmarks, image_size=size, sigma=sigma,
+                            pixel_range=pixel_range, **common)  # fmt: skip
     return LandmarkDetector(config)
 
 
-def save_model_atomic(model: LandmarkDetector, path: str) -> None:
+def read_pretraining_info_any(path: str) -> dict:
+    """The pre-training record of a DDPM checkpoint in either layout (root or ``unet/``)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserInputError(f"{path}: --init expects a folder (checkpoint-<step>), a Hub repo or 'scratch'")
+    if not os.path.exists(path) and (path.startswith((".", "/")) or path.count("/") != 1):
+        raise UserInputError(f"{path}: no such pre-trained DDPM folder; give a checkpoint-<step> folder, a Hub repo id or 'scratch'")
+    return read_pretraining_info(path) or read_pretraining_info(path, "unet")
+
+
+def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor, path: str) -> None:
+    """The detector and its image processor, written whole or not at all."""
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    AcceleratorState._reset_state()  # allow several runs in one process (benchmark, demo)
+def finetune(args: FinetuneArguments) -> dict:
+    """Fine-tune one detector; returns the training summary (also ``OUT/training_summary.json``)."""
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
 
     dataset = load_prepared(args.dataset)
-    if "validation" not in dataset:
-        raise ValueError(f"{args.dataset}: fine-tuning needs a validation split for model selection")
-    first = dataset["train"][0]
+    train_split = require_split(dataset, "train", args.dataset)
+    val_split = require_split(dataset, "validation", args.dataset + " (fine-tuning selects its model on it)")
+    first = train_split[0]
     # Hand spacing differs per image (wrist convention), so only a fixed spacing goes in the config.
-    spacing = first["spacing"] if first["dataset"] not in ("hand", "custom") else None
+    spacing = first["spacing"] if get_spec(first["dataset"]).unit_convention == "spacing" and first["dataset"] != "custom" else None
     model = build_model(args, len(first["landmark_names"]), first["landmark_names"], first["dataset"], spacing)
+    processor = LandmarkImageProcessor.from_model_config(model.config)
     size = model.config.image_size
-    train_all = load_tensors(dataset["train"], size)
+    train_all = load_tensors(train_split, size, processor.resample)
+    if args.num_labels > len(train_all):
+        raise UserInputError(f"--num-labels: {args.num_labels} labels asked, but {args.dataset} has {len(train_all)} training images")
     labeled_idx = few_shot_indices(train_all.image_ids, args.num_labels, args.subset, args.seed)
     train = train_all.subset(labeled_idx)
-    val = load_tensors(dataset["validation"], size)
+    val = load_tensors(val_split, size, processor.resample)
     logger.info("labeled images: %s", ", ".join(train.image_ids))
 
-    if args.max_steps is None:
+    max_steps, eval_steps = args.max_steps, args.eval_steps
+    if max_steps is None:
         batches_per_epoch = math.ceil(len(train) / args.train_batch_size)
-        args.max_steps = max(1, math.ceil(args.max_epochs * batches_per_epoch / args.gradient_accumulation_steps))
-        args.eval_steps = args.eval_steps or max(1, math.ceil(batches_per_epoch / args.gradient_accumulation_steps))
+        max_steps = max(1, math.ceil(args.max_epochs * batches_per_epoch / args.gradient_accumulation_steps))
+        eval_steps = eval_steps or max(1, math.ceil(batches_per_epoch / args.gradient_accumulation_steps))
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience)
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     train_pixels, train_landmarks = train.images.to(device), train.landmarks.to(device)
-    pixel_range = accelerator.unwrap_model(model).config.pixel_range
     if accelerator.is_main_process:
         accelerator.init_trackers("finetune", config=tracker_config(args))
 
-    floor = compute_metrics(mean_shape_prediction(train, val), val)
+    unwrapped = accelerator.unwrap_model(model)
+    floor = compute_metrics(mean_shape_prediction(train, val), val, unwrapped.config)
     best = {"val_mre": math.inf, "step": 0}
     history = []
     stale = 0
-    progress = tqdm(total=args.max_steps, desc=f"fine-tuning ({args.num_labels} labels)", disable=not accelerator.is_local_main_process)
+    progress = tqdm(total=max_steps, desc=f"fine-tuning ({args.num_labels} labels)", disable=not accelerator.is_local_main_process)
     start = time.perf_counter()
     model.train()
     step = 0
-    while step < args.max_steps:
+    while step < max_steps:
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(model):
-                idx = torch.randint(0, len(train), (min(args.train_batch_size, max(len(train), 1)),), device=device)
+                idx = torch.randint(0, len(train), (min(args.train_batch_size, len(train)),), device=device)
                 x, y = train_pixels[idx], train_landmarks[idx]
                 if not args.no_augment:
                     x, y = random_affine(x, y)
-                x = to_pixel_values(x, pixel_range)
+                x = to_pixel_values(x, processor.pixel_range)
                 with accelerator.autocast():
                     loss = model(pixel_values=x, labels=y).loss
+                if not torch.isfinite(loss):
+                    raise UserInputError(
+                        f"{args.dataset}: the training loss became {loss.item()} at step {step + 1}; "
+                        "check the landmarks for missing values, or lower --learning-rate"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -198,10 +249,9 @@ def main(argv=None) -> dict:
         step += 1
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.4f}")
-        if step % args.eval_steps == 0 or step == args.max_steps:
-            unwrapped = accelerator.unwrap_model(model)
-            pred, _, val_loss = predict_tensors(unwrapped, val, args.decoder)
-            metrics = compute_metrics(pred, val)
+        if step % eval_steps == 0 or step == max_steps:
+            pred, _, val_loss = predict_tensors(unwrapped, processor, val, args.decoder)
+            metrics = compute_metrics(pred, val, unwrapped.config)
             plateau.step(val_loss)
             lr = optimizer.param_groups[0]["lr"]
             history.append({"step": step, "train_loss": loss.item(), "val_loss": val_loss, "val_mre": metrics["mre"], "lr": lr})
@@ -210,7 +260,7 @@ def main(argv=None) -> dict:
                 best = {"val_mre": metrics["mre"], "val_mre_std": metrics["mre_std"], "val_sdr": metrics["sdr"], "step": step, "unit": metrics["unit"]}
                 stale = 0
                 if accelerator.is_main_process:
-                    save_model_atomic(unwrapped, os.path.join(args.output_dir, "model"))
+                    save_model_atomic(unwrapped, processor, os.path.join(args.output_dir, "model"))
             else:
                 stale += 1
             progress.set_postfix(loss=f"{loss.item():.4f}", val_mre=f"{metrics['mre']:.2f}", best=f"{best['val_mre']:.2f}")
@@ -220,14 +270,18 @@ def main(argv=None) -> dict:
     progress.close()
     accelerator.end_training()
     summary = {
-        "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed,
-        "init": args.pretrained or "scratch", "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate,
-        "resolution": size, "steps": step, "seconds": time.perf_counter() - start, "best": best,
-        "mean_shape_val_mre": floor["mre"], "history": history,
+        "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
+        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step,
+        "seconds": time.perf_counter() - start, "best": best, "mean_shape_val_mre": floor["mre"], "history": history,
     }  # fmt: skip
     if accelerator.is_main_process:
         write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
     return summary
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    return finetune(parse_arguments(parser(), FinetuneArguments, argv))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,17 @@
 
     accelerate launch training/pretrain.py --dataset PREPARED_DIR --output-dir OUT --preset base
 
-(or ``hf-landmark pretrain ...``). The paper's recipe is the default: 500 diffusion steps,
+(or ``hf-landmark pretrain ...``, or ``hf_landmark.pretrain(PretrainArguments(...))``). The paper's recipe is the default: 500 diffusion steps,
 linear β, ε-prediction with MSE, AdamW lr 1e-4, batch 4 × 8 accumulation, EMA 0.995,
 gradient clipping. ``--recipe paper`` additionally reproduces the paper code's details
 (intensities in [0, 1] instead of [-1, 1], t drawn from 1..499, clipping by value 1.0).
 Only the train and validation splits are used, never test.
 
 Every ``--save-steps`` step writes ``OUT/checkpoint-<step>/``, renamed into place only when
-complete: ``unet_ema/`` (diffusers folder, safetensors, with a model card), ``state/``
-(``accelerator.save_state``, to resume) and ``samples.png``.
+complete: a diffusers ``DDPMPipeline`` of the EMA weights (``model_index.json``, ``unet/``,
+``scheduler/``, safetensors; ``DDPMPipeline.from_pretrained(checkpoint)`` samples from it),
+its pre-training record and model card, ``samples.png``, and ``state/``
+(``accelerator.save_state``, to resume; pickles, never publish them).
 
 Multi-process: ``accelerate launch --multi_gpu --num_processes K ...`` on GPUs; on CPUs
 ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...`` (plain
@@ -29,13 +31,14 @@ import os
 import shutil
 import time
 from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
@@ -43,13 +46,19 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
+from hf_landmark.backbones import PRETRAINING_INFO_FILE
 from hf_landmark.cards import ddpm_card, write_card
-from hf_landmark.configuration_landmark import UNET_PRESETS, unet_preset
+from hf_landmark.configuration_landmark import UNET_PRESETS, unet_kwargs
 from hf_landmark.data import dataset_info, load_prepared, load_tensors, random_affine
-from hf_landmark.modeling_landmark import PRETRAINING_INFO_FILE
+from hf_landmark.errors import UserInputError
 from hf_landmark.preprocessing import to_pixel_values, to_uint8
 from hf_landmark.training_utils import (
+    MIXED_PRECISION_CHOICES,
+    MIXED_PRECISION_HELP,
+    argument_parser,
+    check_choice,
     commit_checkpoint,
+    parse_arguments,
     parse_float_pair,
     parse_int_list,
     remove_partial_checkpoints,
@@ -69,57 +78,67 @@ RECIPES = {
 }
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="prepared dataset folder (hf-landmark prepare) or Hub repo id")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--splits", default="train,validation", help="splits to pre-train on (never test)")
-    p.add_argument("--preset", default="base", choices=sorted(UNET_PRESETS))
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
-    p.add_argument("--pixel-range", default=None, help="model intensity range 'lo,hi' (recipe default)")
-    p.add_argument("--min-timestep", type=int, default=None, help="smallest training timestep (recipe default)")
-    p.add_argument("--max-steps", type=int, default=10000, help="optimiser steps")
-    p.add_argument("--save-steps", default="4000,6000,8000,10000")
-    p.add_argument("--train-batch-size", type=int, default=4, help="per process")
-    p.add_argument("--gradient-accumulation-steps", type=int, default=8)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--lr-scheduler", default="constant")
-    p.add_argument("--lr-warmup-steps", type=int, default=0)
-    p.add_argument("--adam-beta1", type=float, default=0.9)
-    p.add_argument("--adam-beta2", type=float, default=0.999)
-    p.add_argument("--adam-weight-decay", type=float, default=1e-2)
-    p.add_argument("--adam-epsilon", type=float, default=1e-8)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--clip-grad-value", type=float, default=None, help="clip by value instead of norm (recipe default)")
-    p.add_argument("--ema-decay", type=float, default=0.995)
-    p.add_argument("--num-train-timesteps", type=int, default=500)
-    p.add_argument("--beta-schedule", default="linear")
-    p.add_argument("--no-augment", action="store_true", help="disable the ±2° / ±2 %% / ±2 %% augmentation")
-    p.add_argument(
-        "--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
-        help="auto: fp16 on CUDA, bf16 on CPUs with AMX, fp32 on other CPUs (where bf16 is slower)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
-    p.add_argument("--report-to", default="tensorboard", help="any Accelerate tracker, 'all' or 'none'")
-    p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument("--num-samples", type=int, default=16, help="images in each checkpoint's sample grid (0: none)")
-    p.add_argument("--sample-inference-steps", type=int, default=50, help="DDIM steps for samples (0: full DDPM chain)")
-    p.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
-    args = p.parse_args(argv)
-    recipe = RECIPES[args.recipe]
-    args.pixel_range = parse_float_pair(args.pixel_range or recipe["pixel_range"])
-    args.min_timestep = recipe["min_timestep"] if args.min_timestep is None else args.min_timestep
-    args.clip_grad_value = recipe["clip_grad_value"] if args.clip_grad_value is None else args.clip_grad_value
-    args.save_steps = sorted(set(parse_int_list(args.save_steps)) | {args.max_steps})
-    if args.resolution % 8:
-        p.error("--resolution must be a multiple of 8")
-    return args
+@dataclass
+class PretrainArguments:
+    """Arguments of :func:`pretrain`; ``None`` means the recipe's value."""
+
+    dataset: str = field(metadata={"help": "prepared dataset folder (hf-landmark prepare) or Hub dataset id"})
+    output_dir: str = field(metadata={"help": "where checkpoint-<step>/ folders and logs go"})
+    splits: str = field(default="train,validation", metadata={"help": "splits to pre-train on (never test)"})
+    preset: str = field(default="base", metadata={"help": f"U-Net preset: {', '.join(sorted(UNET_PRESETS))}"})
+    resolution: int = field(default=256, metadata={"help": "image side in pixels (a multiple of 8)"})
+    recipe: Literal["default", "paper"] = field(default="default", metadata={"help": "see the description above"})
+    pixel_range: str | None = field(default=None, metadata={"help": "model intensity range 'lo,hi' (default: the recipe's)"})
+    min_timestep: int | None = field(default=None, metadata={"help": "smallest training timestep (default: the recipe's)"})
+    max_steps: int = field(default=10000, metadata={"help": "optimiser steps"})
+    save_steps: str = field(default="4000,6000,8000,10000", metadata={"help": "steps to save a checkpoint at (the last step always)"})
+    train_batch_size: int = field(default=4, metadata={"help": "per process"})
+    gradient_accumulation_steps: int = 8
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    clip_grad_value: float | None = field(default=None, metadata={"help": "clip by value instead of norm (default: the recipe's)"})
+    ema_decay: float = 0.995
+    num_train_timesteps: int = 500
+    beta_schedule: str = "linear"
+    no_augment: bool = field(default=False, metadata={"help": "disable the ±2° / ±2 %% / ±2 %% augmentation"})
+    mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
+    seed: int = 0
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint-<step> folder"})
+    report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
+    logging_steps: int = 10
+    num_samples: int = field(default=16, metadata={"help": "images in each checkpoint's sample grid (0: none)"})
+    sample_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for samples (0: the full DDPM chain)"})
+    stop_after_steps: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate a kill
+
+    def __post_init__(self):
+        check_choice("--preset", self.preset, UNET_PRESETS)
+        check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
+        recipe = RECIPES[self.recipe]
+        self.pixel_range = parse_float_pair(self.pixel_range or recipe["pixel_range"], "--pixel-range")
+        self.min_timestep = recipe["min_timestep"] if self.min_timestep is None else self.min_timestep
+        self.clip_grad_value = recipe["clip_grad_value"] if self.clip_grad_value is None else self.clip_grad_value
+        if self.resolution % 8:
+            raise UserInputError(f"--resolution: must be a multiple of 8, got {self.resolution}")
+        if "test" in self.splits.split(","):
+            raise UserInputError("--splits: pre-training must not see the test split")
+
+    @property
+    def save_at(self) -> list[int]:
+        return sorted(set(parse_int_list(self.save_steps, "--save-steps")) | {self.max_steps})
+
+
+def parser():
+    return argument_parser(PretrainArguments, "hf-landmark pretrain", __doc__)
 
 
 def build_unet(preset: str, resolution: int) -> UNet2DModel:
-    return UNet2DModel(sample_size=resolution, out_channels=1, **{k: tuple(v) if isinstance(v, list) else v for k, v in unet_preset(preset).items()})
+    return UNet2DModel(**unet_kwargs(preset, resolution, out_channels=1))
 
 
 @torch.no_grad()
@@ -148,17 +167,16 @@ def sample_grid(unet: UNet2DModel, args, num: int, seed: int) -> Image.Image:
     return Image.fromarray(to_uint8(grid), mode="L")
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def pretrain(args: PretrainArguments) -> str:
+    """Pre-train a DDPM; returns the folder of its last checkpoint (a ``DDPMPipeline``)."""
     mixed_precision = resolve_mixed_precision(args.mixed_precision)
-    AcceleratorState._reset_state()  # allow several runs in one process (benchmark, demo)
+    save_at = args.save_at
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
@@ -168,11 +186,9 @@ def main(argv=None):
     # Data: the train (+ validation) images, decoded once at the model resolution.
     dataset = load_prepared(args.dataset)
     splits = [s for s in args.splits.split(",") if s]
-    if "test" in splits:
-        raise ValueError("pre-training must not see the test split")
-    parts = [load_tensors(dataset[s], args.resolution) for s in splits if s in dataset]
+    parts = [load_tensors(dataset[s], args.resolution) for s in splits if s in dataset and len(dataset[s])]
     if not parts:
-        raise ValueError(f"{args.dataset}: none of the splits {splits} exist")
+        raise UserInputError(f"{args.dataset}: none of the splits {splits} exist (it has {', '.join(dataset)})")
     images = torch.cat([p.images for p in parts])
     num_images = images.shape[0]
     images = images.to(accelerator.device)
@@ -267,7 +283,7 @@ def main(argv=None):
             accelerator.log(logs, step=global_step)
         progress.set_postfix(loss=f"{step_loss:.4f}")
 
-        if global_step in args.save_steps:
+        if global_step in save_at:
             info = dict(record, step=global_step, recent_loss=float(np.mean(recent_losses)), recent_loss_steps=len(recent_losses))
             save_checkpoint(accelerator, unet, ema, args, info)
         if args.stop_after_steps and global_step >= args.stop_after_steps:
@@ -275,6 +291,12 @@ def main(argv=None):
 
     progress.close()
     accelerator.end_training()
+    return os.path.join(args.output_dir, f"checkpoint-{global_step}")
+
+
+def main(argv=None) -> str:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    return pretrain(parse_arguments(parser(), PretrainArguments, argv))
 
 
 def save_checkpoint(accelerator, unet, ema, args, info: dict):
@@ -301,14 +323,15 @@ def save_checkpoint(accelerator, unet, ema, args, info: dict):
 
 
 def write_weights_and_samples(accelerator, unet, ema, args, tmp_path, info: dict):
-    """The EMA U-Net (diffusers folder, safetensors), its pre-training record and card, and samples."""
+    """The EMA U-Net and its noise schedule as a diffusers ``DDPMPipeline`` (safetensors),
+    the pre-training record, the card, and samples."""
     ema_unet = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
     ema.copy_to(ema_unet.parameters())
-    unet_dir = os.path.join(tmp_path, "unet_ema")
-    ema_unet.save_pretrained(unet_dir, safe_serialization=True)
-    with open(os.path.join(unet_dir, PRETRAINING_INFO_FILE), "w", encoding="utf-8") as fh:
+    scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+    DDPMPipeline(unet=ema_unet, scheduler=scheduler).save_pretrained(tmp_path, safe_serialization=True)
+    with open(os.path.join(tmp_path, PRETRAINING_INFO_FILE), "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=2)
-    write_card(ddpm_card(info), unet_dir)
+    write_card(ddpm_card(info), tmp_path)
     if args.num_samples > 0:
         grid = sample_grid(ema_unet.to(accelerator.device), args, args.num_samples, seed=args.seed)
         grid.save(os.path.join(tmp_path, "samples.png"))

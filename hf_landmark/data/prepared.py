@@ -2,8 +2,10 @@
 
 Features (one row per radiograph):
 
-- ``image``: ``datasets.Image``, 8-bit grayscale PNG **pre-resized** to ``image_size`` ×
-  ``image_size`` (decoding 1935×2400 originals every epoch is ~100× slower).
+- ``image``: ``datasets.Image``, 16-bit grayscale PNG **pre-resized** (exact area averaging)
+  to ``image_size`` × ``image_size`` (decoding 1935×2400 originals every epoch is ~100×
+  slower). A model whose input size divides ``image_size`` sees, up to 16-bit rounding, the
+  same pixels from these images as the pipeline computes from the original files.
 - ``landmarks``: ``[N, 2]`` float32, ``(x, y)`` in **original** image pixels.
 - ``original_size``: ``(W, H)`` of the original image in pixels.
 - ``spacing``: ``(sx, sy)`` mm per original pixel, or null when unknown (chest).
@@ -23,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..errors import UserInputError
 from ..fileio import atomic_directory
-from ..preprocessing import ImageReadError, read_image, resize_image, to_uint8
+from ..preprocessing import ImageReadError, read_image, resize_image, to_uint16
 
 SPLITS = ("train", "validation", "test")
 INFO_FILE = "hf_landmark_dataset.json"
@@ -89,13 +92,13 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserInputError):
     """Raised for missing or malformed dataset files; the message names the file."""
 
 
 def _encode_png(image01: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(image01), mode="L").save(buf, format="PNG")
+    Image.fromarray(to_uint16(image01), mode="I;16").save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -129,7 +132,7 @@ def build_dataset_dict(
             report.outside_image.append(rec.image_id)
         rows[rec.split].append(
             {
-                "image": {"bytes": _encode_png(resize_image(image, image_size)), "path": None},
+                "image": {"bytes": _encode_png(resize_image(image, image_size, "area")), "path": None},
                 "landmarks": lm.tolist(),
                 "original_size": [int(w), int(h)],
                 "spacing": list(rec.spacing) if rec.spacing is not None else None,
@@ -159,6 +162,11 @@ def save_prepared(dataset_dict, out_dir: str | os.PathLike, report: ConversionRe
             meta["report"] = report.to_dict()
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2)
+        # The staging folder is private (mkdtemp); the dataset is meant to be shared.
+        for folder, _, files in os.walk(tmp):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
     return out_dir
 
 
@@ -168,8 +176,22 @@ def load_prepared(path: str | os.PathLike):
 
     path = os.fspath(path)
     if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "dataset_dict.json")):
+            raise DatasetFormatError(f"{path}: not a prepared dataset (no dataset_dict.json); create one with hf-landmark prepare")
         return load_from_disk(path)
-    return load_dataset(path)
+    if os.path.exists(path) or path.startswith((".", "/")) or path.count("/") != 1:
+        raise DatasetFormatError(f"{path}: no such prepared dataset folder (nor a Hub dataset id 'org/name')")
+    try:
+        return load_dataset(path)
+    except Exception as err:  # offline, unknown repo, no access: all mean "not found" here
+        raise DatasetFormatError(f"{path}: not a local folder, and loading it from the Hub failed ({type(err).__name__}: {err})") from err
+
+
+def require_split(dataset_dict, split: str, where: str):
+    """``dataset_dict[split]``, or a :class:`DatasetFormatError` naming the splits there are."""
+    if split not in dataset_dict or len(dataset_dict[split]) == 0:
+        raise DatasetFormatError(f"{where}: no {split!r} split (has {', '.join(dataset_dict) or 'none'})")
+    return dataset_dict[split]
 
 
 def dataset_info(path: str | os.PathLike) -> dict:

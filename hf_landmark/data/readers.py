@@ -15,22 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import WRIST_DISTANCE_MM, wrist_spacing
-from .prepared import ConversionReport, DatasetFormatError, Record, build_dataset_dict, split_by_counts
+from ..metrics import wrist_spacing
+from ..preprocessing import IMAGE_EXTENSIONS
+from .prepared import SPLITS, ConversionReport, DatasetFormatError, Record, build_dataset_dict, split_by_counts
+from .specs import DATASETS
 
-IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff")
-
-CEPH_LANDMARKS = [
-    "Sella", "Nasion", "Orbitale", "Porion", "Subspinale", "Supramentale", "Pogonion", "Menton",
-    "Gnathion", "Gonion", "Lower incisal incision", "Upper incisal incision", "Upper lip", "Lower lip",
-    "Subnasale", "Soft tissue pogonion", "Posterior nasal spine", "Anterior nasal spine", "Articulare",
-]  # fmt: skip
-CEPH_SPACING_MM = 0.1
-CEPH_SPLIT = (130, 20, None)
-HAND_NUM_LANDMARKS = 37
-HAND_SPLIT = (550, 59, None)
-CHEST_LANDMARKS = [f"chest_{i}" for i in range(6)]
-CHEST_SPLIT = (195, 34, None)
+CEPH, HAND, CHEST = DATASETS["ceph"], DATASETS["hand"], DATASETS["chest"]
+CEPH_LANDMARKS = list(CEPH.landmark_names)
 #: Images the paper's code drops from the chest set (its split then has 41 test images).
 CHEST_CODE_EXCLUSIONS = tuple(f"CHNCXR_{n:04d}_0" for n in (59, 178, 228, 267, 295, 310, 285, 276, 303))
 
@@ -77,7 +68,7 @@ def read_isbi_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
     return np.asarray(points, dtype=np.float32)
 
 
-def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool = False, split_counts=CEPH_SPLIT):
+def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool = False, split_counts=CEPH.split_counts):
     """ISBI 2015 cephalograms: ``RawImage/{TrainingData,Test1Data,Test2Data}/NNN.{bmp,jpg,png}``
     (or all images in one folder: ``RawImage/``, ``images/`` or the root) and
     ``AnnotationsByMD/{400_senior,400_junior}/NNN.txt`` (or those two folders at the root).
@@ -97,7 +88,7 @@ def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool =
     for who in needed:
         if not ann_dirs[who].is_dir():
             raise DatasetFormatError(f"{ann_dirs[who]}: annotation folder not found (expected the ISBI 2015 layout under {root})")
-    report = ConversionReport(dataset="ceph", expected_images=400, images_found=len(images))
+    report = ConversionReport(dataset="ceph", expected_images=CEPH.expected_images, images_found=len(images))
     ann_ids = sorted({p.stem for who in needed for p in ann_dirs[who].glob("*.txt")})
     report.annotations_without_images = [i for i in ann_ids if i not in images]
     records = []
@@ -113,7 +104,7 @@ def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool =
                 raise
             report.wrong_coordinate_counts.append(str(err))
             continue
-        records.append(Record(str(images[image_id]), image_id, np.mean(points, axis=0), "train", (CEPH_SPACING_MM,) * 2))
+        records.append(Record(str(images[image_id]), image_id, np.mean(points, axis=0), "train", (CEPH.spacing_mm,) * 2))
     return _assign(records, split_counts, report), list(CEPH_LANDMARKS), report
 
 
@@ -122,10 +113,10 @@ def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool =
 
 def read_hand(
     root: str | os.PathLike,
-    wrist_indices: Sequence[int] = (0, 4),
-    wrist_distance_mm: float = WRIST_DISTANCE_MM,
+    wrist_indices: Sequence[int] = HAND.wrist_indices,
+    wrist_distance_mm: float = HAND.wrist_distance_mm,
     skip_bad: bool = False,
-    split_counts=HAND_SPLIT,
+    split_counts=HAND.split_counts,
 ):
     """Digital Hand Atlas: ``jpg/<id>.jpg`` and ``labels/all.csv`` (or ``all.csv`` at the
     root; rows ``id,x1,y1,...,x37,y37`` in original pixels, no header). Only images with a
@@ -137,7 +128,8 @@ def read_hand(
     if csv_path is None:
         raise DatasetFormatError(f"{root}: no labels/all.csv or all.csv found (Digital Hand Atlas layout)")
     images = _images_by_stem([root / "jpg", root / "images", root])
-    report = ConversionReport(dataset="hand", expected_images=909, images_found=len(images))
+    report = ConversionReport(dataset="hand", expected_images=HAND.expected_images, images_found=len(images))
+    num_landmarks = len(HAND.landmark_names)
     rows: dict[str, np.ndarray] = {}
     with open(csv_path, newline="", encoding="utf-8") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
@@ -145,8 +137,8 @@ def read_hand(
                 continue
             image_id = row[0].strip()
             values = [v for v in row[1:] if v.strip() != ""]
-            if len(values) != 2 * HAND_NUM_LANDMARKS:
-                msg = f"{csv_path}:{lineno} ({image_id}): {len(values)} values, expected {2 * HAND_NUM_LANDMARKS}"
+            if len(values) != 2 * num_landmarks:
+                msg = f"{csv_path}:{lineno} ({image_id}): {len(values)} values, expected {2 * num_landmarks}"
                 if not skip_bad:
                     raise DatasetFormatError(msg)
                 report.wrong_coordinate_counts.append(msg)
@@ -162,8 +154,7 @@ def read_hand(
         lm = rows[image_id]
         s = float(wrist_spacing(lm[None], wrist_indices, wrist_distance_mm)[0])
         records.append(Record(str(images[image_id]), image_id, lm, "train", (s, s)))
-    names = [f"hand_{i}" for i in range(HAND_NUM_LANDMARKS)]
-    return _assign(records, split_counts, report), names, report
+    return _assign(records, split_counts, report), list(HAND.landmark_names), report
 
 
 # --- Chest, Shenzhen with 6 landmarks ----------------------------------------------------
@@ -177,8 +168,8 @@ def read_chest_annotation(path: Path, width: int, height: int) -> np.ndarray:
         pts = np.asarray([[float(a), float(b)] for a, b in (ln[:2] for ln in lines[1 : 1 + count])], dtype=np.float32)
     except (ValueError, IndexError) as err:
         raise DatasetFormatError(f"{path}: expected a count line then 'x y' fraction lines") from err
-    if count != len(CHEST_LANDMARKS) or len(pts) != count:
-        raise DatasetFormatError(f"{path}: {len(pts)} landmarks (count line says {count}), expected {len(CHEST_LANDMARKS)}")
+    if count != len(CHEST.landmark_names) or len(pts) != count:
+        raise DatasetFormatError(f"{path}: {len(pts)} landmarks (count line says {count}), expected {len(CHEST.landmark_names)}")
     # Fractions of the image size, converted as the label files were made: x = f * W.
     return pts * np.asarray([width, height], dtype=np.float32)
 
@@ -196,7 +187,7 @@ def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = F
     if not labels_dir.is_dir():
         raise DatasetFormatError(f"{labels_dir}: label folder not found (Shenzhen chest layout)")
     images = _images_by_stem([root / "pngs", root / "images", root])
-    report = ConversionReport(dataset="chest", expected_images=279, images_found=len(images))
+    report = ConversionReport(dataset="chest", expected_images=CHEST.expected_images, images_found=len(images))
     labels = {p.stem: p for p in sorted(labels_dir.glob("*.txt"))}
     report.images_without_annotations = sorted(i for i in images if i not in labels)
     report.annotations_without_images = sorted(i for i in labels if i not in images)
@@ -221,7 +212,7 @@ def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = F
             report.wrong_coordinate_counts.append(str(err))
             continue
         records.append(Record(str(images[image_id]), image_id, lm, "train", None))
-    return _assign(records, CHEST_SPLIT, report), list(CHEST_LANDMARKS), report
+    return _assign(records, CHEST.split_counts, report), list(CHEST.landmark_names), report
 
 
 # --- Custom ------------------------------------------------------------------------------
@@ -321,18 +312,32 @@ def _custom_csv(path: Path):
 READERS = {"ceph": read_ceph, "hand": read_hand, "chest": read_chest, "custom": read_custom}
 
 
-def prepare(kind: str, root, out_dir=None, image_size: int = 256, skip_bad: bool = False, **reader_kwargs):
+def prepare(
+    kind: str, root, out_dir=None, image_size: int = 256, skip_bad: bool = False, allow_empty_splits: bool = False, **reader_kwargs
+):
     """Read a benchmark (``ceph``, ``hand``, ``chest``, ``custom``) and build its prepared
-    ``DatasetDict``; saved atomically to ``out_dir`` when given. Returns ``(dd, report)``."""
+    ``DatasetDict``; saved atomically to ``out_dir`` when given. Returns ``(dd, report)``.
+
+    A split that comes out empty (e.g. 40 images with the paper's 130 / 20 / rest) is refused
+    with a :class:`DatasetFormatError` unless ``allow_empty_splits`` (then it is omitted)."""
     from .prepared import save_prepared
 
     if kind not in READERS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
+    if not Path(root).is_dir():
+        raise DatasetFormatError(f"{root}: folder not found (expected the {kind} layout: {DATASETS[kind].layout})")
     if kind != "custom":
         reader_kwargs["skip_bad"] = skip_bad
     records, names, report = READERS[kind](root, **reader_kwargs)
     if not records:
-        raise DatasetFormatError(f"{root}: no annotated images found for {kind}\n{report.summary()}")
+        raise DatasetFormatError(f"{root}: no annotated images found for {kind} (expected {DATASETS[kind].layout})\n{report.summary()}")
+    empty = [s for s in SPLITS if not any(r.split == s for r in records)]
+    if empty and not allow_empty_splits:
+        sizes = ", ".join(f"{s} {sum(r.split == s for r in records)}" for s in SPLITS)
+        raise DatasetFormatError(
+            f"{root}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty ({sizes} of {len(records)} "
+            "annotated images); give --split-counts TRAIN,VAL[,TEST] (e.g. 26,6,8) or --allow-empty-splits"
+        )
     dataset_name = "custom" if kind == "custom" else kind
     dd = build_dataset_dict(records, names, dataset_name, image_size=image_size, report=report, skip_bad=skip_bad)
     if out_dir is not None:

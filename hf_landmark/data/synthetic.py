@@ -42,9 +42,17 @@ _PROG[[1, 4, 11, 12, 14, 17], 0] = [0.6, 1.0, 1.0, 0.9, 0.9, 1.0]
 _MODES = np.stack([_LOWER_FACE, _JAW, _PROG]) * 0.05
 
 
-def synthetic_landmarks(rng: np.random.Generator, size=SYNTH_SIZE) -> np.ndarray:
-    """Sample one shape: ``[19, 2]`` (x, y) in pixels of a ``size`` = (W, H) image."""
+def synthetic_landmarks(rng: np.random.Generator, size=SYNTH_SIZE, margin: float = 2.0) -> np.ndarray:
+    """Sample one shape: ``[19, 2]`` (x, y) in pixels of a ``size`` = (W, H) image, every
+    landmark at least ``margin`` pixels inside the image (shapes that leave it are redrawn)."""
     w, h = size
+    while True:
+        pts = _sample_shape(rng, w, h)
+        if np.all(pts >= margin) and np.all(pts[:, 0] <= w - 1 - margin) and np.all(pts[:, 1] <= h - 1 - margin):
+            return pts
+
+
+def _sample_shape(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     pts = _TEMPLATE + np.tensordot(rng.normal(0.0, 1.0, 3), _MODES, axes=1)
     pts = pts + rng.normal(0.0, 0.004, pts.shape)
     pts = pts * np.array([w, h])

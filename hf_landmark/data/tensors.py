@@ -9,6 +9,7 @@ augmentation runs batched on the training device.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..preprocessing import original_to_model, resize_image, to_grayscale01, to_pixel_values
+from .prepared import DatasetFormatError
 
 
 @dataclass
@@ -64,13 +66,31 @@ class LandmarkTensors:
         return to_pixel_values(self.images, pixel_range)
 
 
-def load_tensors(split, image_size: int) -> LandmarkTensors:
-    """Decode a prepared split (a ``datasets.Dataset``) at ``image_size`` × ``image_size``."""
+def load_tensors(split, image_size: int, resample: str = "area") -> LandmarkTensors:
+    """Decode a prepared split (a ``datasets.Dataset``) at ``image_size`` × ``image_size``,
+    resized as the image processor resizes (``resample``).
+
+    With ``area`` and a prepared size that is a multiple of ``image_size``, the images are
+    those the processor computes from the original files (see :mod:`hf_landmark.preprocessing`).
+    A prepared size below ``image_size`` is refused: the model would train on blurrier images
+    than it is given at inference."""
     if len(split) == 0:
-        raise ValueError("the split is empty")
+        raise DatasetFormatError("the split is empty")
+    prepared = split[0]["image"].size[0]
+    if prepared < image_size:
+        raise DatasetFormatError(
+            f"the dataset was prepared at {prepared} px, below the model's {image_size} px; "
+            f"prepare it again with --image-size {image_size} (or a multiple)"
+        )
+    if prepared % image_size or resample != "area":
+        warnings.warn(
+            f"prepared images ({prepared} px) reach the model's {image_size} px by {resample} resizing that does not compose "
+            "exactly; evaluation can differ slightly from predictions on the original files",
+            stacklevel=2,
+        )
     images, lms, sizes, spacing, ids = [], [], [], [], []
     for row in split:
-        images.append(resize_image(to_grayscale01(row["image"], source=row["image_id"]), image_size))
+        images.append(resize_image(to_grayscale01(row["image"], source=row["image_id"]), image_size, resample))
         lms.append(np.asarray(row["landmarks"], dtype=np.float32))
         sizes.append(row["original_size"])
         spacing.append(row["spacing"] if row["spacing"] is not None else [math.nan, math.nan])
