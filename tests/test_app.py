@@ -17,7 +17,7 @@ def test_gradio_round_trip(tmp_path):
     from hf_landmark import LandmarkConfig, LandmarkDetector
     from hf_landmark.app import build_demo
 
-    LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=2, image_size=32, landmark_names=["a", "b"],
+    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["a", "b"],
                                     spacing=[0.1, 0.1])).save_pretrained(tmp_path / "m")  # fmt: skip
     Image.fromarray((np.random.default_rng(0).random((60, 50)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
     demo = build_demo(str(tmp_path / "m"))

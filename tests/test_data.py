@@ -118,7 +118,7 @@ def test_prepared_dataset_features_and_frames(tmp_path):
     _write_img(tmp_path / "pngs" / f"{name}.png", 200, 100, dot=(150, 30))
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / f"{name}.txt").write_text("6\n" + "\n".join("0.75 0.3" for _ in range(6)) + "\n")
-    prepare("chest", tmp_path, tmp_path / "out", image_size=64)
+    prepare("chest", tmp_path, tmp_path / "out", image_size=64, allow_empty_splits=True)
     dd = load_prepared(tmp_path / "out")
     row = dd["train"][0]
     assert row["original_size"] == [200, 100] and row["spacing"] is None and row["image"].size == (64, 64)
@@ -137,9 +137,9 @@ def test_bad_image_names_the_file_and_leaves_no_output(tmp_path):
     for n in (1, 2):
         (tmp_path / "labels" / f"CHNCXR_000{n}_0.txt").write_text("6\n" + "0.5 0.5\n" * 6)
     with pytest.raises(DatasetFormatError, match="CHNCXR_0002_0.png: cannot read image"):
-        prepare("chest", tmp_path, tmp_path / "out")
+        prepare("chest", tmp_path, tmp_path / "out", allow_empty_splits=True)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".tmp-*"))
-    _, report = prepare("chest", tmp_path, tmp_path / "out", skip_bad=True)
+    _, report = prepare("chest", tmp_path, tmp_path / "out", skip_bad=True, allow_empty_splits=True)
     assert len(load_prepared(tmp_path / "out")["train"]) == 1 and "CHNCXR_0002_0" in report.skipped[0]
     with pytest.raises(ImageReadError, match="nothing.png: file not found"):
         read_image(tmp_path / "nothing.png")
@@ -161,6 +161,24 @@ def test_augmentation_keeps_a_drawn_dot_on_its_landmark():
     assert (far - lm).abs().max() > 1.0
 
 
+def test_prepare_refuses_a_split_that_would_be_empty(synth_raw, tmp_path):
+    # 24 images with the paper's 130 / 20 / rest: no validation and no test image.
+    with pytest.raises(DatasetFormatError, match="validation and test splits would be empty .train 24, validation 0, test 0"):
+        prepare("ceph", synth_raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    dd, _ = prepare("ceph", synth_raw, tmp_path / "out", image_size=32, allow_empty_splits=True)
+    assert list(dd) == ["train"] and oct((tmp_path / "out").stat().st_mode & 0o777) == "0o755"
+
+
+def test_synthetic_landmarks_stay_inside_the_image():
+    from hf_landmark.data.synthetic import SYNTH_SIZE, synthetic_landmarks
+
+    rng = np.random.default_rng(0)
+    pts = np.stack([synthetic_landmarks(rng) for _ in range(400)])
+    w, h = SYNTH_SIZE
+    assert pts.min() >= 2.0 and pts[..., 0].max() <= w - 3 and pts[..., 1].max() <= h - 3
+
+
 def test_few_shot_subsets():
     ids = ["005", "001", "003", "002", "004"]
     assert [ids[i] for i in few_shot_indices(ids, 2)] == ["001", "002"]
@@ -173,7 +191,7 @@ def test_few_shot_subsets():
 
 @pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata not present")
 def test_real_data_prepares_with_correct_counts_frames_and_spacing(tmp_path):
-    dd, report = prepare("ceph", REALDATA / "isbi2015_ceph", tmp_path / "ceph", image_size=64)
+    dd, report = prepare("ceph", REALDATA / "isbi2015_ceph", tmp_path / "ceph", image_size=64, allow_empty_splits=True)
     assert report.images_found == 150 and report.annotated == 150
     assert (len(dd["train"]), len(dd["validation"])) == (130, 20)
     row = dd["train"][0]
@@ -182,11 +200,11 @@ def test_real_data_prepares_with_correct_counts_frames_and_spacing(tmp_path):
     junior = np.loadtxt(REALDATA / "isbi2015_ceph/AnnotationsByMD/400_junior/001.txt", delimiter=",")[:19]
     t = load_tensors(dd["train"], 64)
     assert np.allclose(t.landmarks[0].numpy(), original_to_model((senior + junior) / 2, (1935, 2400), 64), atol=1e-3)
-    hand, report = prepare("hand", REALDATA / "hand", tmp_path / "hand", image_size=64)
+    hand, report = prepare("hand", REALDATA / "hand", tmp_path / "hand", image_size=64, allow_empty_splits=True)
     rows = [ln for ln in (REALDATA / "hand/labels/all.csv").read_text().splitlines() if ln.strip()]
     assert report.annotated == 9 and len(report.annotations_without_images) == len(rows) - 9
     assert all(s[0] > 0 for s in hand["train"]["spacing"])
-    chest, report = prepare("chest", REALDATA / "chest", tmp_path / "chest", image_size=64)
+    chest, report = prepare("chest", REALDATA / "chest", tmp_path / "chest", image_size=64, allow_empty_splits=True)
     assert report.annotated == 11 and chest["train"][0]["spacing"] is None
 
 

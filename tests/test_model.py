@@ -5,13 +5,13 @@ import torch
 from diffusers import UNet2DModel
 from transformers import AutoConfig, AutoModel
 
-from hf_landmark import LandmarkConfig, LandmarkDetector, unet_preset
+from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor, unet_preset
 from hf_landmark.data.synthetic import render_synthetic, synthetic_landmarks
 from hf_landmark.preprocessing import original_to_model, prepare_pixel_values
 
 
 def tiny(num_landmarks=3, size=32, **kw):
-    return LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=num_landmarks, image_size=size, **kw))
+    return LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=num_landmarks, image_size=size, **kw))
 
 
 def test_presets():
@@ -47,18 +47,48 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
 
 
 def test_from_ddpm_copies_every_weight_but_the_head(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
     torch.manual_seed(1)
     ddpm = UNet2DModel(sample_size=32, out_channels=1, **unet_preset("tiny"))
-    ddpm.save_pretrained(tmp_path / "unet")
-    det = LandmarkDetector.from_ddpm(tmp_path / "unet", num_landmarks=5)
-    ddpm_state, det_state = ddpm.state_dict(), det.unet.state_dict()
-    assert set(ddpm_state) == set(det_state)
-    for key, value in ddpm_state.items():
-        if key.startswith("conv_out."):
-            assert det_state[key].shape[0] == 5
-        else:
-            assert torch.equal(value, det_state[key]), key
-    assert det.config.image_size == 32 and det.config.num_landmarks == 5
+    ddpm.save_pretrained(tmp_path / "unet_ema")  # the older layout: a bare U-Net folder
+    DDPMPipeline(unet=ddpm, scheduler=DDPMScheduler(num_train_timesteps=500)).save_pretrained(tmp_path / "pipe")
+    for source in ("unet_ema", "pipe"):
+        det = LandmarkDetector.from_ddpm(tmp_path / source, num_landmarks=5)
+        ddpm_state, det_state = ddpm.state_dict(), det.backbone.unet.state_dict()
+        assert set(ddpm_state) == set(det_state)
+        for key, value in ddpm_state.items():
+            if key.startswith("conv_out."):
+                assert det_state[key].shape[0] == 5
+            else:
+                assert torch.equal(value, det_state[key]), (source, key)
+        assert det.config.image_size == 32 and det.config.num_landmarks == 5 and det.config.backbone == "unet2d"
+
+
+def test_a_model_saved_before_the_backbone_seam_still_loads(tmp_path):
+    """The previous release saved the U-Net at `unet.*` with its arguments under `unet` in
+    config.json, and no preprocessor_config.json: it loads, predicts the same, and gets the
+    bilinear processor it was trained with."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from hf_landmark.image_processing_landmark import processor_for_model
+
+    torch.manual_seed(2)
+    model = tiny(landmark_names=["a", "b", "c"]).eval()
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    save_file({k.replace("backbone.unet.", "unet.", 1): v for k, v in state.items()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["unet"] = config.pop("backbone_config")
+    config.pop("backbone")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "preprocessor_config.json").unlink()
+    old = LandmarkDetector.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    x = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(old(x).heatmaps, model(x).heatmaps, atol=1e-5, rtol=0)
+    assert processor_for_model(old).resample == "bilinear" and processor_for_model(model).resample == "area"
 
 
 def _fixed_batch(size=64, n=2):
@@ -85,7 +115,7 @@ def test_each_loss_learns_a_fixed_batch_to_within_2_px():
             out = model(x, labels=y)
             out.loss.backward()
             opt.step()
-        coords, scores = model.eval().predict_landmarks(x)
+        coords, scores = LandmarkImageProcessor.from_model_config(model.config).decode(model.eval()(x))
         err = (coords - y).norm(dim=-1)
         assert err.max() < 2.0, (loss, err.max().item())
         assert ((scores >= 0) & (scores <= 1)).all()
@@ -101,13 +131,17 @@ def test_remote_code_route_without_the_package(tmp_path):
         "import sys; sys.modules['hf_landmark'] = None\n"  # the package is not importable
         "import torch\nfrom transformers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True, dtype=torch.float32)\n"
-        "xy, s = m.predict_landmarks(torch.zeros(1, 1, 32, 32))\n"
-        "print(type(m).__module__.startswith('transformers_modules'), tuple(xy.shape), m.config.landmark_names)\n"
+        "from transformers import AutoImageProcessor\n"
+        f"p = AutoImageProcessor.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True)\n"
+        "inputs = p(torch.zeros(40, 30))\n"
+        "out = p.post_process_landmark_detection(m(pixel_values=inputs['pixel_values']), inputs['original_sizes'])\n"
+        "print(type(m).__module__.startswith('transformers_modules'), type(p).__module__.startswith('transformers_modules'),"
+        " len(out[0]), [d['label'] for d in out[0]])\n"
     )
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "True (1, 3, 2) ['a', 'b', 'c']"
+    assert out.stdout.strip().splitlines()[-1] == "True True 3 ['a', 'b', 'c']"
 
 
 def test_pickled_weights_are_refused(tmp_path):
@@ -117,5 +151,5 @@ def test_pickled_weights_are_refused(tmp_path):
     model.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(OSError, match="safetensors"):
+    with pytest.raises(ValueError, match="pytorch_model.bin.*never loads"):
         LandmarkDetector.from_pretrained(tmp_path)

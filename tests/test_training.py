@@ -37,21 +37,32 @@ def ddpm(synth_prepared, tmp_path_factory):
     return out
 
 
+pytestmark = pytest.mark.slow  # training subprocesses; CI runs them too
+
+
 def test_pretrain_writes_loadable_checkpoints(ddpm):
+    from diffusers import DDPMPipeline
+
     for step in (20, 40, 50):
         ckpt = ddpm / f"checkpoint-{step}"
-        assert (ckpt / "unet_ema" / "diffusion_pytorch_model.safetensors").is_file()
+        assert (ckpt / "model_index.json").is_file() and (ckpt / "scheduler" / "scheduler_config.json").is_file()
+        assert (ckpt / "unet" / "diffusion_pytorch_model.safetensors").is_file()
         assert (ckpt / "state").is_dir() and (ckpt / "samples.png").is_file()
-    info = json.loads((ddpm / "checkpoint-50/unet_ema/hf_landmark_pretraining.json").read_text())
+    # A diffusers user samples from a checkpoint as it is.
+    pipe = DDPMPipeline.from_pretrained(ddpm / "checkpoint-50")
+    assert pipe.scheduler.config.num_train_timesteps == 500
+    images = pipe(batch_size=1, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 32, 32, 1)
+    info = json.loads((ddpm / "checkpoint-50/hf_landmark_pretraining.json").read_text())
     assert info["step"] == 50 and info["num_images"] == 19 and info["pixel_range"] == [-1.0, 1.0]  # train + validation, no test
     assert info["preset"] == "tiny" and info["dataset_name"] == "ceph" and info["recent_loss_steps"] == 50
-    card = (ddpm / "checkpoint-50/unet_ema/README.md").read_text()
+    card = (ddpm / "checkpoint-50/README.md").read_text()
     assert "# ddpm-landmark-backbone\n" in card and "19 cephalometric (ISBI 2015) images" in card
     assert f"({info['num_parameters'] / 1e6:.2f} M parameters)" in card and "| optimiser steps | 50 (batch 4, EMA decay 0.995, fp32) |" in card
     assert f"| training ε-MSE | {info['recent_loss']:.4f} (mean of the last 50 steps) |" in card
-    unet = UNet2DModel.from_pretrained(ddpm / "checkpoint-50/unet_ema")
-    det = LandmarkDetector.from_ddpm(ddpm / "checkpoint-50/unet_ema", num_landmarks=19)
-    assert det.config.image_size == 32 and torch.equal(det.unet.conv_in.weight, unet.conv_in.weight)
+    unet = UNet2DModel.from_pretrained(ddpm / "checkpoint-50", subfolder="unet")
+    det = LandmarkDetector.from_ddpm(ddpm / "checkpoint-50", num_landmarks=19)
+    assert det.config.image_size == 32 and torch.equal(det.backbone.unet.conv_in.weight, unet.conv_in.weight)
 
 
 def test_pretrain_logs_a_falling_loss_to_tensorboard(ddpm):
@@ -79,8 +90,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(ddpm, synth_prepared,
     subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out), "--resume-from-checkpoint", "latest"],
                    check=True, env=_env(), capture_output=True)
     assert not list(out.glob(".checkpoint-*"))
-    a = load_file(ddpm / "checkpoint-50/unet_ema/diffusion_pytorch_model.safetensors")
-    b = load_file(out / "checkpoint-50/unet_ema/diffusion_pytorch_model.safetensors")
+    a = load_file(ddpm / "checkpoint-50/unet/diffusion_pytorch_model.safetensors")
+    b = load_file(out / "checkpoint-50/unet/diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -95,20 +106,22 @@ def test_pretrain_with_two_processes(synth_prepared, tmp_path):
     assert res.returncode == 0, res.stderr[-20000:]
     assert "batch 8 (2 x 2 x 2 processes)" in res.stderr
     for step in (25, 50):
-        assert (out / f"checkpoint-{step}/unet_ema/config.json").is_file()
+        assert (out / f"checkpoint-{step}/unet/config.json").is_file()
         assert (out / f"checkpoint-{step}/state/random_states_1.pkl").is_file()
 
 
 def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys):
-    unet = str(ddpm / "checkpoint-50/unet_ema")
+    unet = str(ddpm / "checkpoint-50")
     common = ["--dataset", str(synth_prepared), "--num-labels", "2", "--max-steps", "6", "--eval-steps", "3", "--report-to", "none"]
-    cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-ddpm"), "--pretrained", unet])
-    cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-scratch"), "--init", "scratch", "--preset", "tiny", "--resolution", "32"])
+    assert cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-ddpm"), "--init", unet]) == 0
+    assert cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-scratch"), "--init", "scratch", "--preset", "tiny",
+                "--resolution", "32"]) == 0  # fmt: skip
     for run in ("ft-ddpm", "ft-scratch"):
         summary = json.loads((tmp_path / run / "training_summary.json").read_text())
         assert summary["labeled_image_ids"] == ["001", "002"] and summary["steps"] == 6
         model = LandmarkDetector.from_pretrained(tmp_path / run / "model")
         assert model.config.landmark_names[0] == "Sella" and model.config.spacing == pytest.approx([0.1, 0.1])
+        assert model.config.unit_convention == "spacing" and (tmp_path / run / "model" / "preprocessor_config.json").is_file()
 
     metrics_path = tmp_path / "metrics.json"
     cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
@@ -138,7 +151,7 @@ def test_model_card_from_real_metrics(tmp_path):
 
     from hf_landmark import LandmarkConfig
 
-    LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=2, image_size=32, landmark_names=["Sella", "Nasion"],
+    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["Sella", "Nasion"],
                                     dataset_name="ceph", spacing=[0.1, 0.1])).save_pretrained(tmp_path / "m")  # fmt: skip
     metrics = {"mre": 1.23456, "mre_std": 0.5, "unit": "mm", "sdr": {"2": 80.0, "4": 95.5}, "mode": "physical", "split": "test",
                "dataset": "data/ceph", "num_images": 3, "decoder": "centroid",
@@ -151,3 +164,34 @@ def test_model_card_from_real_metrics(tmp_path):
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {"mre": 1.2346, "sdr_2mm": 80.0, "sdr_4mm": 95.5}
     assert card.text.lstrip().startswith("# org/ddpm-ceph-landmark\n") and "Sella, Nasion" in card.text and "not a medical device" in card.text
+
+
+def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw, tmp_path):
+    """The number `hf-landmark evaluate` reports on a prepared split is the number a user gets
+    from `hf-landmark predict` on the original files of that split."""
+    import numpy as np
+
+    from hf_landmark.data import prepare
+
+    # Prepared at 64 px for a 32-px model: the evaluation path goes through the 64-px images.
+    prepared = tmp_path / "prep64"
+    prepare("ceph", synth_raw, prepared, image_size=64, split_counts=(14, 5, None))
+    model_dir = tmp_path / "ft" / "model"
+    assert cli(["finetune", "--dataset", str(prepared), "--num-labels", "3", "--max-steps", "8", "--eval-steps", "4",
+                "--report-to", "none", "--output-dir", str(tmp_path / "ft"), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
+    assert cli(["evaluate", "--model", str(model_dir), "--dataset", str(prepared), "--split", "test",
+                "--output", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    ids = sorted(metrics["predictions"])
+    assert ids == ["020", "021", "022", "023", "024"]
+    files = [str(synth_raw / "RawImage" / "TrainingData" / f"{i}.bmp") for i in ids]
+    assert cli(["predict", *files, "--model", str(model_dir), "--output", str(tmp_path / "p.json")]) == 0
+    predicted = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    errors = []
+    for image_id, file in zip(ids, files):
+        senior = np.loadtxt(synth_raw / f"AnnotationsByMD/400_senior/{image_id}.txt", delimiter=",")
+        junior = np.loadtxt(synth_raw / f"AnnotationsByMD/400_junior/{image_id}.txt", delimiter=",")
+        xy = np.array([[p["x"], p["y"]] for p in predicted[file]])
+        assert np.abs(xy - np.array(metrics["predictions"][image_id])).max() < 1e-3  # original pixels
+        errors.append(np.linalg.norm((xy - (senior + junior) / 2) * 0.1, axis=1))
+    assert np.mean(errors) == pytest.approx(metrics["mre"], rel=0.005)

@@ -15,14 +15,14 @@ from hf_landmark.preprocessing import original_to_model
 def dot_model(tmp_path_factory):
     """A detector whose heatmap is a fixed bump at model pixel (20.5, 9.25) of a 32-px input:
     the head's bias is the landmark, everything else zero, so predictions are known exactly."""
-    model = LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=1, image_size=32, loss="contour", sigma=1.0,
+    model = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=1, image_size=32, loss="contour", sigma=1.0,
                                             landmark_names=["tip"], spacing=[0.2, 0.5]))
     with torch.no_grad():
-        model.unet.conv_out.weight.zero_()
-        model.unet.conv_out.bias.zero_()
+        model.backbone.unet.conv_out.weight.zero_()
+        model.backbone.unet.conv_out.bias.zero_()
     ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     bump = -((xs - 20.5) ** 2 + (ys - 9.25) ** 2) / 2.0
-    original_forward = model.unet.forward
+    original_forward = model.backbone.unet.forward
 
     class Out:
         def __init__(self, sample):
@@ -32,16 +32,16 @@ def dot_model(tmp_path_factory):
         original_forward(x, t)
         return Out(bump.expand(x.shape[0], 1, 32, 32).clone())
 
-    model.unet.forward = forward
+    model.backbone.unet.forward = forward
     path = tmp_path_factory.mktemp("dot") / "model"
     model.save_pretrained(path)
-    model.unet.forward = original_forward
+    model.backbone.unet.forward = original_forward
     return path, model, forward
 
 
 def test_pipeline_inputs_and_original_frame(dot_model, tmp_path):
     path, model, forward = dot_model
-    model.unet.forward = forward
+    model.backbone.unet.forward = forward
     pipe = pipeline("landmark-detection", model=model)
     arr = (np.random.default_rng(0).random((200, 100)) * 255).astype(np.uint8)  # H=200, W=100
     Image.fromarray(arr).save(tmp_path / "a.png")
@@ -55,7 +55,7 @@ def test_pipeline_inputs_and_original_frame(dot_model, tmp_path):
     assert len(pipe([arr, arr])) == 2
     # Batched runs give the same landmarks as one image at a time (a randomly initialised model).
     torch.manual_seed(0)
-    real = pipeline("landmark-detection", model=LandmarkDetector(LandmarkConfig(unet="tiny", num_landmarks=1, image_size=32)).eval())
+    real = pipeline("landmark-detection", model=LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=1, image_size=32)).eval())
     images = [arr, np.ones((30, 40), np.uint8) * 200, Image.fromarray(arr)]
     batched, single = real(images, batch_size=2, decoder="soft_argmax"), real(images, decoder="soft_argmax")
     assert len(batched) == 3 and abs(single[0][0]["x"] - single[1][0]["x"]) > 1e-3  # inputs really differ
