@@ -57,9 +57,12 @@ def load_detector(path: str):
     """A detector and its image processor from a folder or Hub repo; what a user can get wrong
     (a wrong folder, an unknown repo) is a :class:`UserInputError`."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     from . import LandmarkDetector
     from .image_processing_landmark import processor_for_model
+
+    hf_logging.disable_progress_bar()  # a bar per weight file is noise on a command line
 
     if not os.path.isdir(path) and (os.path.exists(path) or path.startswith((".", "/")) or path.count("/") != 1):
         raise UserInputError(f"{path}: no such model folder (nor a Hub repo id 'org/name')")
@@ -82,8 +85,8 @@ def _cmd_evaluate(args) -> int:
     )
     from .fileio import write_json_atomic, write_text_atomic
 
-    model, processor = load_detector(args.model)
     split = require_split(load_prepared(args.dataset), args.split, args.dataset)
+    model, processor = load_detector(args.model)
     data = load_tensors(split, processor.size, processor.resample)
     pred, scores, _ = predict_tensors(model, processor, data, args.decoder, batch_size=args.batch_size)
     thresholds = None
@@ -200,23 +203,28 @@ TRAINING = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.specs import DATASETS
     from .heatmaps import DECODERS
 
-    parser = argparse.ArgumentParser(prog="hf-landmark", description="Few-shot x-ray landmark detection with DDPM pre-training.")
+    parser = argparse.ArgumentParser(
+        prog="hf-landmark", description="Few-shot x-ray landmark detection with DDPM pre-training. "
+        "--debug (first) or HF_LANDMARK_DEBUG=1 shows tracebacks of user errors.", allow_abbrev=False,
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write a synthetic x-ray landmark dataset in the ISBI 2015 layout")
+    p = sub.add_parser("synth", allow_abbrev=False, help="write a synthetic x-ray landmark dataset in the ISBI 2015 layout")
     p.add_argument("--out", required=True)
     p.add_argument("--num-images", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="bmp", choices=["bmp", "png", "jpg"])
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("prepare", help="convert a benchmark's public layout (or custom data) into a prepared dataset")
-    p.add_argument("kind", choices=["ceph", "hand", "chest", "custom"])
-    p.add_argument("--root", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--image-size", type=int, default=256)
+    p = sub.add_parser("prepare", allow_abbrev=False, help="convert a benchmark's public layout (or custom data) into a prepared dataset")
+    p.add_argument("kind", choices=list(DATASETS), help="; ".join(f"{k}: {v.layout}" for k, v in DATASETS.items()))
+    p.add_argument("--root", required=True, help="the folder holding the dataset in its public layout (or your images)")
+    p.add_argument("--out", required=True, help="the prepared dataset folder to write (replaced atomically)")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="side the images are stored at; models whose size divides it see exactly the pipeline's pixels")  # fmt: skip
     p.add_argument("--annotator", default="mean", choices=["mean", "senior", "junior"], help="ceph ground truth")
     p.add_argument("--wrist-indices", default="0,4", help="hand: 0-based wrist landmarks of the 50 mm convention")
     p.add_argument("--chest-split", default="paper", choices=["paper", "code"])
@@ -231,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, text) in TRAINING.items():
         sub.add_parser(name, help=text + "; see hf-landmark " + name + " --help", add_help=False)
 
-    p = sub.add_parser("predict", help="predict landmarks on images (PNG/JPEG/BMP/TIFF, DICOM with pydicom)")
+    p = sub.add_parser("predict", allow_abbrev=False, help="predict landmarks on images (PNG/JPEG/BMP/TIFF, DICOM with pydicom)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")
     p.add_argument("--output", default="predictions.json")
@@ -241,20 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("card", help="write MODEL_DIR/README.md, a model card filled from metrics.json")
+    p = sub.add_parser("card", allow_abbrev=False, help="write MODEL_DIR/README.md, a model card filled from metrics.json")
     p.add_argument("model_dir")
     p.add_argument("--metrics", required=True, help="metrics.json from hf-landmark evaluate")
     p.add_argument("--repo-id", help="the Hub name shown in the card")
     p.set_defaults(func=_cmd_card)
 
-    p = sub.add_parser("push", help="upload a detector or DDPM folder to the Hub")
+    p = sub.add_parser("push", allow_abbrev=False, help="upload a detector or DDPM folder to the Hub")
     p.add_argument("model_dir")
     p.add_argument("--repo-id", required=True)
     p.add_argument("--private", action="store_true")
     p.add_argument("--message", default="Upload with hf-landmark")
     p.set_defaults(func=_cmd_push)
 
-    p = sub.add_parser("evaluate", help="evaluate a detector on a prepared split")
+    p = sub.add_parser("evaluate", allow_abbrev=False, help="evaluate a detector on a prepared split")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test")

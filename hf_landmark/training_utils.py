@@ -124,7 +124,10 @@ def argument_parser(arguments_class, prog: str, description: str | None):
 
     from transformers import HfArgumentParser
 
-    return HfArgumentParser(arguments_class, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: a misspelt flag must be an error, never a silent prefix match.
+    return HfArgumentParser(
+        arguments_class, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
 
 
 def parse_arguments(parser, arguments_class, argv=None):
