@@ -9,15 +9,17 @@ import tempfile
 
 import numpy as np
 
+from .errors import UserInputError
+
 
 @functools.lru_cache(maxsize=4)
 def _pipeline(model: str):
-    import torch
     from transformers import pipeline
 
-    from . import LandmarkDetector
+    from .pipeline_landmark import load_detector
 
-    return pipeline("landmark-detection", model=LandmarkDetector.from_pretrained(model, dtype=torch.float32).eval())
+    detector, processor = load_detector(model)
+    return pipeline("landmark-detection", model=detector, image_processor=processor)
 
 
 def predict(image_path: str, model: str, decoder: str = "centroid"):
@@ -26,9 +28,9 @@ def predict(image_path: str, model: str, decoder: str = "centroid"):
     from .preprocessing import read_image
 
     if not image_path:
-        raise ValueError("upload an x-ray image first")
+        raise UserInputError("upload an x-ray image first")
     if not model:
-        raise ValueError("choose a model folder or Hub repo")
+        raise UserInputError("choose a model folder or Hub repo")
     preds = _pipeline(model)(image_path, decoder=decoder)
     overlay = draw_overlay(read_image(image_path), np.asarray([[p["x"], p["y"]] for p in preds]))
     rows = [[p["label"], round(p["x"], 2), round(p["y"], 2), round(p.get("x_mm", float("nan")), 2),
@@ -41,6 +43,13 @@ def predict(image_path: str, model: str, decoder: str = "centroid"):
 
 def build_demo(default_model: str | None = None):
     import gradio as gr
+
+    def run_predict(image_path, model, decoder):
+        # Gradio shows only gr.Error messages; anything else becomes a bare "Error".
+        try:
+            return predict(image_path, model, decoder)
+        except UserInputError as err:
+            raise gr.Error(str(err)) from err
 
     with gr.Blocks(title="hf-landmark: x-ray landmark detection") as demo:
         gr.Markdown("# X-ray landmark detection\nUpload a radiograph, choose a model (a local folder or a Hub repo) "
@@ -55,5 +64,5 @@ def build_demo(default_model: str | None = None):
                 overlay = gr.Image(type="pil", format="png", label="landmarks (red)")
                 table = gr.Dataframe(headers=["landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "score"], label="coordinates")
                 download = gr.File(label="JSON")
-        run.click(predict, inputs=[image, model, decoder], outputs=[overlay, table, download], api_name="predict")
+        run.click(run_predict, inputs=[image, model, decoder], outputs=[overlay, table, download], api_name="predict")
     return demo

@@ -53,26 +53,6 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
-def load_detector(path: str):
-    """A detector and its image processor from a folder or Hub repo; what a user can get wrong
-    (a wrong folder, an unknown repo) is a :class:`UserInputError`."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from . import LandmarkDetector
-    from .image_processing_landmark import processor_for_model
-
-    hf_logging.disable_progress_bar()  # a bar per weight file is noise on a command line
-
-    if not os.path.isdir(path) and (os.path.exists(path) or path.startswith((".", "/")) or path.count("/") != 1):
-        raise UserInputError(f"{path}: no such model folder (nor a Hub repo id 'org/name')")
-    try:
-        model = LandmarkDetector.from_pretrained(path, dtype=torch.float32).eval()
-    except OSError as err:
-        raise UserInputError(f"{path}: cannot load a detector ({err})") from err
-    return model, processor_for_model(model)
-
-
 def _cmd_evaluate(args) -> int:
     from .data import load_prepared, load_tensors
     from .data.prepared import require_split
@@ -84,6 +64,7 @@ def _cmd_evaluate(args) -> int:
         save_overlays,
     )
     from .fileio import write_json_atomic, write_text_atomic
+    from .pipeline_landmark import load_detector
 
     split = require_split(load_prepared(args.dataset), args.split, args.dataset)
     model, processor = load_detector(args.model)
@@ -122,6 +103,7 @@ def _cmd_predict(args) -> int:
 
     from .evaluation import draw_overlay
     from .fileio import atomic_file, write_json_atomic
+    from .pipeline_landmark import load_detector
     from .preprocessing import IMAGE_EXTENSIONS, ImageReadError, read_image
 
     files: list[Path] = []

@@ -6,7 +6,11 @@ Processor → model → processor: ``LandmarkImageProcessor.preprocess``, the de
 
 from __future__ import annotations
 
+import os
+
 from transformers import Pipeline
+
+from .errors import UserInputError
 
 
 class LandmarkDetectionPipeline(Pipeline):
@@ -45,6 +49,26 @@ class LandmarkDetectionPipeline(Pipeline):
         return self.image_processor.post_process_landmark_detection(
             outputs, target_sizes=outputs["original_sizes"], spacings=outputs["spacings"], decoder=decoder
         )[0]
+
+
+def load_detector(path: str):
+    """A detector and its image processor from a folder or Hub repo, as the command line and
+    the web demo load them; a wrong folder or unknown repo is a :class:`UserInputError`."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from .image_processing_landmark import processor_for_model
+    from .modeling_landmark import LandmarkDetector
+
+    path = os.fspath(path)
+    if not os.path.isdir(path) and (os.path.exists(path) or path.startswith((".", "/")) or path.count("/") != 1):
+        raise UserInputError(f"{path}: no such model folder (nor a Hub repo id 'org/name')")
+    hf_logging.disable_progress_bar()  # a bar per weight file is noise for an interactive user
+    try:
+        model = LandmarkDetector.from_pretrained(path, dtype=torch.float32).eval()
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot load a detector ({err})") from err
+    return model, processor_for_model(model)
 
 
 def register_pipeline() -> None:

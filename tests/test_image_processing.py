@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+from transformers import AutoImageProcessor
+
+from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
+from hf_landmark.modeling_landmark import LandmarkDetectorOutput
+
+
+def _bump_logits(size, centres):
+    """Logits whose 2-D softmax is a sharp bump centred on each (x, y)."""
+    ys, xs = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    maps = [-((xs - x) ** 2 + (ys - y) ** 2) / 2.0 for x, y in centres]
+    return torch.stack(maps)[None]
+
+
+def test_saved_beside_every_detector_and_loaded_by_auto_class(tmp_path):
+    model = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["a", "b"],
+                                            loss="contour", sigma=1.5, spacing=[0.1, 0.2], pixel_range=[0, 1]))  # fmt: skip
+    model.save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, LandmarkImageProcessor)
+    assert (processor.size, processor.pixel_range, processor.resample, processor.landmark_names) == (32, [0.0, 1.0], "area", ["a", "b"])
+    assert (processor.loss, processor.sigma, processor.spacing) == ("contour", 1.5, [0.1, 0.2])
+
+
+def test_preprocess_outputs():
+    processor = LandmarkImageProcessor(size=32, pixel_range=(-1, 1))
+    white = np.full((60, 40), 255, np.uint8)
+    black = np.zeros((20, 30), np.uint8)
+    out = processor([white, black])
+    assert out["pixel_values"].shape == (2, 1, 32, 32) and out["pixel_values"].dtype == torch.float32
+    assert out["pixel_values"][0].min() == 1.0 and out["pixel_values"][1].max() == -1.0  # [0, 1] -> [-1, 1]
+    assert out["original_sizes"].tolist() == [[40.0, 60.0], [30.0, 20.0]]  # (W, H)
+    assert torch.isnan(out["spacings"]).all() and out["sources"] == ["image", "image"]
+
+
+def test_post_process_maps_to_each_original_frame_and_mm():
+    processor = LandmarkImageProcessor(size=32, landmark_names=["tip", "base"], loss="contour", sigma=1.0, spacing=0.5)
+    # Bumps at model (20.5, 9.25) and (0, 31): the soft-argmax of a symmetric bump is its centre,
+    # except where the image edge cuts it, so only the first landmark is checked exactly.
+    outputs = LandmarkDetectorOutput(heatmaps=_bump_logits(32, [(20.5, 9.25), (0.0, 31.0)]).expand(2, -1, -1, -1))
+    result = processor.post_process_landmark_detection(outputs, target_sizes=[[100, 200], [64, 32]],
+                                                       spacings=[[float("nan")] * 2, [0.3, 0.4]], decoder="soft_argmax")  # fmt: skip
+    # x = (20.5 + 0.5) * W / 32 - 0.5, y = (9.25 + 0.5) * H / 32 - 0.5.
+    a, b = result[0][0], result[1][0]
+    assert a["label"] == "tip" and a["x"] == pytest.approx(21 * 100 / 32 - 0.5, abs=1e-3) and a["y"] == pytest.approx(9.75 * 200 / 32 - 0.5, abs=1e-3)
+    assert a["x_mm"] == pytest.approx(a["x"] * 0.5) and a["y_mm"] == pytest.approx(a["y"] * 0.5)  # processor's spacing
+    assert b["x"] == pytest.approx(21 * 64 / 32 - 0.5, abs=1e-3) and b["y"] == pytest.approx(9.75 * 32 / 32 - 0.5, abs=1e-3)
+    assert b["x_mm"] == pytest.approx(b["x"] * 0.3) and b["y_mm"] == pytest.approx(b["y"] * 0.4)  # the image's own spacing
+    assert 0.0 <= a["score"] <= 1.0 and result[0][1]["label"] == "base"
+    # Without any spacing there are no mm fields.
+    bare = LandmarkImageProcessor(size=32, loss="contour", sigma=1.0)
+    assert "x_mm" not in bare.post_process_landmark_detection(outputs, target_sizes=[[32, 32]] * 2)[0][0]
+
+
+def test_decoding_reads_logits_as_the_loss_does():
+    logits = torch.zeros(1, 2, 16, 16)
+    logits[0, 0, 4, 11] = 5.0
+    logits[0, 1, 12, 3] = 5.0
+    for loss in ("paper", "bce", "contour"):
+        coords, scores = LandmarkImageProcessor(size=16, loss=loss, sigma=1.0).decode(LandmarkDetectorOutput(heatmaps=logits), "argmax")
+        assert coords[0].tolist() == [[11.0, 4.0], [3.0, 12.0]], loss
+        assert ((scores > 0) & (scores <= 1)).all(), loss
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="resample"):
+        LandmarkImageProcessor(resample="nearest")
+    with pytest.raises(ValueError, match="decoder"):
+        LandmarkImageProcessor(decoder="mean")
+    with pytest.raises(ValueError, match="unknown loss"):
+        LandmarkImageProcessor(loss="mse")
