@@ -44,6 +44,8 @@ def predict(image_path: str, model: str, decoder: str = "centroid"):
 def build_demo(default_model: str | None = None):
     import gradio as gr
 
+    from .heatmaps import DECODERS
+
     def run_predict(image_path, model, decoder):
         # Gradio shows only gr.Error messages; anything else becomes a bare "Error".
         try:
@@ -58,7 +60,7 @@ def build_demo(default_model: str | None = None):
             with gr.Column():
                 image = gr.Image(type="filepath", label="x-ray", image_mode="L")
                 model = gr.Textbox(value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""), label="model folder or Hub repo")
-                decoder = gr.Dropdown(["centroid", "argmax", "soft_argmax"], value="centroid", label="decoder")
+                decoder = gr.Dropdown(list(DECODERS), value="centroid", label="decoder")
                 run = gr.Button("Detect landmarks", variant="primary")
             with gr.Column():
                 overlay = gr.Image(type="pil", format="png", label="landmarks (red)")

@@ -33,11 +33,15 @@ def ddpm_card(info: dict, repo_id: str | None = None) -> ModelCard:
     )
     return ModelCard.from_template(
         data, template_str=_template("ddpm_card.md"), info=info, citation=PAPER_CITATION, model_name=data.model_name,
-        dataset_title=DATASET_TITLES.get(info.get("dataset_name"), info.get("dataset_name")),
+        dataset_title=_title(info.get("dataset_name")),
     )
 
 
-DATASET_TITLES = {"ceph": "cephalometric (ISBI 2015)", "hand": "hand (Digital Hand Atlas)", "chest": "chest (Shenzhen)"}
+def _title(dataset: str | None) -> str | None:
+    """The dataset record's title; a custom dataset's own name as it is."""
+    from .data.specs import DATASETS
+
+    return DATASETS[dataset].title if dataset in DATASETS and dataset != "custom" else dataset
 
 
 def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.0") -> ModelCard:
@@ -49,7 +53,7 @@ def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.
 
     dataset = config.dataset_name or "custom"
     unit = metrics["unit"]
-    common = {"task_type": "keypoint-detection", "dataset_type": dataset, "dataset_name": DATASET_TITLES.get(dataset, dataset),
+    common = {"task_type": "keypoint-detection", "dataset_type": dataset, "dataset_name": _title(dataset),
               "dataset_split": metrics.get("split", "test")}
     results = [EvalResult(metric_type="mre", metric_name=f"MRE ({unit}, {metrics['mode']})", metric_value=round(metrics["mre"], 4), **common)]
     for t, v in metrics["sdr"].items():
@@ -62,7 +66,7 @@ def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.
     )
     return ModelCard.from_template(
         data, template_str=_template("detector_card.md"), metrics=metrics, config=config, repo_id=repo_id, model_name=repo_id,
-        metrics_table=markdown_table(metrics), dataset_title=DATASET_TITLES.get(dataset, dataset), base_model=base,
+        metrics_table=markdown_table(metrics), dataset_title=_title(dataset), base_model=base,
         citation=PAPER_CITATION,
     )
 

@@ -240,11 +240,3 @@ def to_pixel_values(images01, pixel_range: Sequence[float] = (-1.0, 1.0)):
     """Map intensities in [0, 1] linearly to the model's range ``[lo, hi]``."""
     lo, hi = float(pixel_range[0]), float(pixel_range[1])
     return images01 * (hi - lo) + lo
-
-
-def prepare_pixel_values(
-    images: Sequence[np.ndarray], model_size: int, pixel_range: Sequence[float], method: str = "area"
-) -> torch.Tensor:
-    """Grayscale [0, 1] images of any sizes → ``[B, 1, S, S]`` float32 model inputs."""
-    batch = np.stack([resize_image(img, model_size, method) for img in images])[:, None]
-    return to_pixel_values(torch.from_numpy(batch), pixel_range)

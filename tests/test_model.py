@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoModel
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor, unet_preset
 from hf_landmark.data.synthetic import render_synthetic, synthetic_landmarks
-from hf_landmark.preprocessing import original_to_model, prepare_pixel_values
+from hf_landmark.preprocessing import original_to_model
 
 
 def tiny(num_landmarks=3, size=32, **kw):
@@ -99,7 +99,7 @@ def _fixed_batch(size=64, n=2):
         images.append(render_synthetic(lm, rng) / 255.0)
         landmarks.append(lm)
     lm = torch.tensor(np.stack(landmarks), dtype=torch.float32)[:, :6]
-    return prepare_pixel_values(images, size, (-1, 1)), original_to_model(lm, (240, 300), size)
+    return LandmarkImageProcessor(size=size)(images)["pixel_values"], original_to_model(lm, (240, 300), size)
 
 
 def test_each_loss_learns_a_fixed_batch_to_within_2_px():

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""End-to-end inference time per image: decode + preprocess + model + decode + rescale to the
-original frame, on a 1935×2400 cephalogram-sized image, per preset, batch size and precision.
+"""End-to-end inference time per image through the image processor: read + preprocess
+(``LandmarkImageProcessor.preprocess``) + model + ``post_process_landmark_detection`` (decode,
+original frame), on a 1935×2400 cephalogram-sized image, per preset, batch size and precision.
 
     python training/benchmark_inference.py [--image path/to/001.bmp] --presets tiny,small,base --sizes 256
 """
@@ -16,8 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_landmark import LandmarkConfig, LandmarkDetector
-from hf_landmark.preprocessing import model_to_original, prepare_pixel_values, read_image
+from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
 from hf_landmark.training_utils import parse_int_list
 
 
@@ -41,20 +41,19 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for preset in args.presets.split(","):
         for size in parse_int_list(args.sizes):
-            model = LandmarkDetector(LandmarkConfig(unet=preset, num_landmarks=19, image_size=size)).to(device).eval()
+            model = LandmarkDetector(LandmarkConfig(backbone_config=preset, num_landmarks=19, image_size=size)).to(device).eval()
+            processor = LandmarkImageProcessor.from_model_config(model.config)
             for batch in parse_int_list(args.batches):
                 for precision in precisions:
                     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
                     times, prep = [], []
                     for _ in range(args.repeats + 1):
                         start = time.perf_counter()
-                        images = [read_image(image_path) for _ in range(batch)]
-                        x = prepare_pixel_values(images, size, model.config.pixel_range).to(device)
+                        inputs = processor([image_path] * batch)
                         t_prep = time.perf_counter() - start
                         with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-                            heatmaps = model(x).heatmaps
-                        coords, _ = model.decode_heatmaps(heatmaps.float())
-                        model_to_original(coords.cpu().double(), (images[0].shape[1], images[0].shape[0]), size)
+                            outputs = model(pixel_values=inputs["pixel_values"].to(device))
+                        processor.post_process_landmark_detection(outputs, inputs["original_sizes"], inputs["spacings"])
                         if device == "cuda":
                             torch.cuda.synchronize()
                         times.append((time.perf_counter() - start) / batch)
