@@ -98,7 +98,7 @@ class DatasetFormatError(UserInputError):
 
 def _encode_png(image01: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(to_uint16(image01), mode="I;16").save(buf, format="PNG")
+    Image.fromarray(to_uint16(image01)).save(buf, format="PNG")  # uint16 -> 16-bit grayscale
     return buf.getvalue()
 
 
