@@ -115,6 +115,12 @@ class LandmarkConfig(PreTrainedConfig):
         dataset_name: str | None = None,
         **kwargs: Any,
     ):
+        # Saved configs name the repository's own pipeline file for `pipeline(...,
+        # trust_remote_code=True)` where hf_landmark is absent. The installed package serves
+        # the task from its registry instead (transformers would otherwise demand
+        # trust_remote_code for a task it already knows), so its class drops the entry.
+        if __name__.startswith("hf_landmark."):
+            kwargs.pop("custom_pipelines", None)
         # Models saved before the backbone seam existed call the U-Net arguments `unet`.
         legacy_unet = kwargs.pop("unet", None)
         if backbone_config is None:

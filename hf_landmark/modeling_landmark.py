@@ -9,6 +9,7 @@ saved next to the weights and loaded with ``trust_remote_code=True``.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,8 @@ from .losses import get_loss
 
 __all__ = ["PRETRAINING_INFO_FILE", "LandmarkDetector", "LandmarkDetectorOutput", "read_pretraining_info"]
 
+#: How a saved config names its pipeline for transformers' custom-pipeline route.
+_PIPELINE_ENTRY = {"impl": "pipeline_landmark.LandmarkDetectionPipeline", "pt": ["AutoModel"], "tf": [], "type": "image"}
 #: Checkpoints saved before the backbone seam keep the U-Net at ``unet.*``.
 _LEGACY_KEYS = {r"^unet\.": "backbone.unet."}
 
@@ -74,9 +77,17 @@ class LandmarkDetector(PreTrainedModel):
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained``, plus the image processor of this config when the
-        folder has none yet, so that every saved detector carries ``preprocessor_config.json``."""
-        super().save_pretrained(save_directory, *args, **kwargs)
+        """``PreTrainedModel.save_pretrained``, plus what makes the folder self-sufficient: the
+        image processor of this config when the folder has none yet (``preprocessor_config.json``)
+        and the pipeline's file with a ``custom_pipelines`` entry, so that
+        ``pipeline("landmark-detection", model=folder, trust_remote_code=True)`` works where
+        hf_landmark is not installed."""
+        self.config.custom_pipelines = {"landmark-detection": dict(_PIPELINE_ENTRY)}
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self.config.custom_pipelines
+        shutil.copy(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_landmark.py"), save_directory)
         if not os.path.isfile(os.path.join(save_directory, PROCESSOR_FILE)):
             LandmarkImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
 
