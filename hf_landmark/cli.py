@@ -44,7 +44,7 @@ def _cmd_prepare(args) -> int:
             raise UserInputError(f"--split-counts: expected TRAIN,VAL[,TEST] integers (or 'rest'), got {args.split_counts!r}") from err
         kwargs["split_counts"] = tuple(counts + [None] * (3 - len(counts)))
     dd, report = prepare(args.kind, args.root, args.out, image_size=args.image_size, skip_bad=args.skip_bad,
-                         allow_empty_splits=args.allow_empty_splits, **kwargs)  # fmt: skip
+                         allow_empty_splits=args.allow_empty_splits, outside_image=args.outside_image, **kwargs)  # fmt: skip
     print(report.summary())
     print(f"saved to {args.out}")
     if args.push_to_hub:
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-counts", help="train,validation[,test] image counts over sorted ids (default: the paper's)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed files (listed in the report)")
     p.add_argument("--allow-empty-splits", action="store_true", help="keep going when a split comes out empty (it is omitted)")
+    p.add_argument("--outside-image", default="error", choices=["error", "keep", "clamp"],
+                   help="a landmark outside its image: refuse (default), keep it, or clamp it to the image (both listed in the report)")  # fmt: skip
     p.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict to the Hub as parquet")
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=_cmd_prepare)

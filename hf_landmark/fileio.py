@@ -14,6 +14,12 @@ from contextlib import contextmanager
 SET_ASIDE_PREFIX = ".old-"
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary sibling folder of ``path`` to fill; on success it replaces ``path``
@@ -22,6 +28,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    # mkdtemp makes a private (0700) folder; the result must be as shareable as any other.
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
         replace_directory(tmp, path)

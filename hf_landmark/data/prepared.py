@@ -30,6 +30,7 @@ from ..fileio import atomic_directory
 from ..preprocessing import ImageReadError, read_image, resize_image, to_uint16
 
 SPLITS = ("train", "validation", "test")
+OUTSIDE_IMAGE_POLICIES = ("error", "keep", "clamp")
 INFO_FILE = "hf_landmark_dataset.json"
 
 
@@ -109,11 +110,16 @@ def build_dataset_dict(
     image_size: int = 256,
     report: ConversionReport | None = None,
     skip_bad: bool = False,
+    outside_image: str = "error",
 ):
     """Read, resize and encode ``records`` into a ``DatasetDict`` (splits in :data:`SPLITS`
     order, empty splits omitted). Unreadable images raise :class:`ImageReadError` unless
-    ``skip_bad``, which lists them in ``report.skipped``. Landmarks outside the image are
-    reported (they are kept: some annotations legitimately sit on the border)."""
+    ``skip_bad``, which lists them in ``report.skipped``. A non-finite coordinate is always
+    an error; a landmark outside its image (beyond the pixel edges) is an error naming the
+    image and the landmark unless ``outside_image`` is ``keep`` or ``clamp`` (to the image),
+    which list it in ``report.outside_image``."""
+    if outside_image not in OUTSIDE_IMAGE_POLICIES:
+        raise ValueError(f"outside_image must be one of {OUTSIDE_IMAGE_POLICIES}, got {outside_image!r}")
     from datasets import Dataset, DatasetDict
 
     report = report or ConversionReport(dataset=dataset)
@@ -128,8 +134,19 @@ def build_dataset_dict(
             continue
         h, w = image.shape
         lm = np.asarray(rec.landmarks, dtype=np.float32)
-        if np.any(lm < -0.5) or np.any(lm[:, 0] > w - 0.5) or np.any(lm[:, 1] > h - 0.5):
-            report.outside_image.append(rec.image_id)
+        if lm.shape != (len(landmark_names), 2) or not np.all(np.isfinite(lm)):
+            raise DatasetFormatError(f"{rec.image_path}: landmarks must be {len(landmark_names)} finite (x, y) pairs, got {lm.tolist()}")
+        outside = (lm[:, 0] < -0.5) | (lm[:, 0] > w - 0.5) | (lm[:, 1] < -0.5) | (lm[:, 1] > h - 0.5)
+        if outside.any():
+            listed = ", ".join(f"{landmark_names[j]!r} at ({lm[j, 0]:g}, {lm[j, 1]:g})" for j in np.flatnonzero(outside))
+            if outside_image == "error":
+                raise DatasetFormatError(
+                    f"{rec.image_path}: landmark {listed} outside the {w}x{h} image; fix the annotation, "
+                    "or pass --outside-image keep (or clamp)"
+                )
+            report.outside_image.append(f"{rec.image_id}: {listed}" + (" (clamped)" if outside_image == "clamp" else ""))
+            if outside_image == "clamp":
+                lm = np.stack([lm[:, 0].clip(0, w - 1), lm[:, 1].clip(0, h - 1)], axis=1)
         rows[rec.split].append(
             {
                 "image": {"bytes": _encode_png(resize_image(image, image_size, "area")), "path": None},
@@ -162,11 +179,6 @@ def save_prepared(dataset_dict, out_dir: str | os.PathLike, report: ConversionRe
             meta["report"] = report.to_dict()
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2)
-        # The staging folder is private (mkdtemp); the dataset is meant to be shared.
-        for folder, _, files in os.walk(tmp):
-            os.chmod(folder, 0o755)
-            for name in files:
-                os.chmod(os.path.join(folder, name), 0o644)
     return out_dir
 
 

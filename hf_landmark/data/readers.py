@@ -63,6 +63,8 @@ def read_isbi_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
             points.append([float(parts[0]), float(parts[1])])
         except (ValueError, IndexError) as err:
             raise DatasetFormatError(f"{path}: line {ln!r} is not 'x,y'") from err
+        if not np.all(np.isfinite(points[-1])):
+            raise DatasetFormatError(f"{path}: line {len(points)} ({CEPH_LANDMARKS[len(points) - 1] if num_landmarks == 19 else ''}) {ln!r} is not finite")
     if len(points) != num_landmarks:
         raise DatasetFormatError(f"{path}: {len(points)} coordinate lines, expected {num_landmarks}")
     return np.asarray(points, dtype=np.float32)
@@ -144,9 +146,13 @@ def read_hand(
                 report.wrong_coordinate_counts.append(msg)
                 continue
             try:
-                rows[image_id] = np.asarray(values, dtype=np.float32).reshape(-1, 2)
+                points = np.asarray(values, dtype=np.float32).reshape(-1, 2)
             except ValueError as err:
                 raise DatasetFormatError(f"{csv_path}:{lineno} ({image_id}): non-numeric coordinate") from err
+            bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
+            if bad.size:
+                raise DatasetFormatError(f"{csv_path}:{lineno} ({image_id}): landmark {HAND.landmark_names[bad[0]]!r} is not finite")
+            rows[image_id] = points
     report.images_without_annotations = sorted(i for i in images if i not in rows)
     report.annotations_without_images = sorted(i for i in rows if i not in images)
     records = []
@@ -218,38 +224,53 @@ def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = F
 # --- Custom ------------------------------------------------------------------------------
 
 
-def read_custom(root: str | os.PathLike, annotations: str | os.PathLike, split_counts=None, val_fraction: float = 0.1, test_fraction: float = 0.2):
-    """A folder of images plus one CSV or JSON of landmarks.
+def read_custom(
+    root: str | os.PathLike, annotations: str | os.PathLike, split_counts=None, val_fraction: float = 0.1,
+    test_fraction: float = 0.2, skip_bad: bool = False,
+):
+    """A folder of images plus one CSV or JSON of landmarks (the format is documented in the
+    README, "Your own data").
 
     CSV: a header ``image,<name1>_x,<name1>_y,...[,spacing_x,spacing_y][,split]``, one row
     per image (``image`` is a file name relative to ``root``). JSON: ``{"landmark_names":
     [...], "images": [{"file": ..., "landmarks": [[x, y], ...], "spacing": 0.1 | [sx, sy],
     "split": "train"}]}`` (names, spacing and split optional). Coordinates in original
-    pixels. Without a ``split`` column: sorted ids split by ``split_counts`` or by the
-    fractions.
+    pixels. ``split`` is ``train``, ``validation`` or ``test`` for every image, or for none;
+    without it, sorted ids are split by ``split_counts`` or by the fractions (default 70 /
+    10 / 20 %).
+
+    Every problem is a :class:`DatasetFormatError` naming the file, the row (CSV line or JSON
+    item) and the landmark: a missing or non-finite coordinate, a missing key, a wrong point
+    count, a duplicate image, a partly filled or unknown split, a bad spacing. An annotated
+    image that does not exist is an error too, unless ``skip_bad`` (then it is listed in the
+    report).
     """
     root, annotations = Path(root), Path(annotations)
     if not annotations.is_file():
         raise DatasetFormatError(f"{annotations}: annotation file not found")
     entries, names = (_custom_json if annotations.suffix.lower() == ".json" else _custom_csv)(annotations)
+    if not entries:
+        raise DatasetFormatError(f"{annotations}: no images listed")
     report = ConversionReport(dataset="custom", images_found=sum(1 for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
+    seen: dict[str, str] = {}
+    for entry in entries:
+        if entry.file in seen:
+            raise DatasetFormatError(f"{entry.where}: image {entry.file!r} is listed twice (first at {seen[entry.file]})")
+        seen[entry.file] = entry.where
+    _check_custom_splits(entries, annotations)
     records = []
-    n = len(names)
-    for file, lm, spacing, split in entries:
-        path = root / file
+    for entry in entries:
+        path = root / entry.file
         if not path.is_file():
-            report.annotations_without_images.append(file)
+            if not skip_bad:
+                raise DatasetFormatError(f"{entry.where}: image {path} not found (--skip-bad leaves it out and lists it)")
+            report.annotations_without_images.append(entry.file)
             continue
-        if lm.shape != (n, 2):
-            raise DatasetFormatError(f"{annotations}: {file} has {lm.shape[0]} landmarks, expected {n}")
-        records.append(Record(str(path), Path(file).stem, lm, split or "", spacing))
-    annotated = {Path(e[0]).name for e in entries}
+        records.append(Record(str(path), Path(entry.file).stem, entry.landmarks, entry.split or "", entry.spacing))
+    annotated = set(seen)
     report.images_without_annotations = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in annotated)
     if records and all(r.split for r in records):
-        bad = {r.split for r in records} - {"train", "validation", "test"}
-        if bad:
-            raise DatasetFormatError(f"{annotations}: unknown split names {sorted(bad)}")
-        report.split_sizes = {s: sum(r.split == s for r in records) for s in ("train", "validation", "test")}
+        report.split_sizes = {s: sum(r.split == s for r in records) for s in SPLITS}
         return sorted(records, key=lambda r: r.image_id), names, report
     if split_counts is None:
         total = len(records)
@@ -258,32 +279,85 @@ def read_custom(root: str | os.PathLike, annotations: str | os.PathLike, split_c
     return _assign(records, split_counts, report), names, report
 
 
-def _spacing_value(value, where: str):
-    if value in (None, ""):
-        return None
-    if isinstance(value, (int, float, str)):
+class _Entry:
+    """One annotated image of a custom annotation file, with where it was read."""
+
+    def __init__(self, where: str, file: str, landmarks: np.ndarray, spacing, split: str | None):
+        self.where, self.file, self.landmarks, self.spacing, self.split = where, file, landmarks, spacing, split
+
+
+def _check_custom_splits(entries: list[_Entry], path: Path) -> None:
+    given = [e for e in entries if e.split]
+    if given and len(given) != len(entries):
+        missing = [e.where for e in entries if not e.split]
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetFormatError(
+            f"{path}: the split is given for {len(given)} of {len(entries)} images but empty at {shown}; "
+            "fill it for every image (train, validation or test) or leave it out entirely"
+        )
+    for e in given:
+        if e.split not in SPLITS:
+            raise DatasetFormatError(f"{e.where}: unknown split {e.split!r}; use train, validation or test")
+
+
+def _coordinate(value, where: str, name: str, axis: str) -> float:
+    """One coordinate; a missing, non-numeric or non-finite value names its landmark."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DatasetFormatError(f"{where}: landmark {name!r} has no {axis} coordinate")
+    try:
         v = float(value)
-        return (v, v)
-    if len(value) == 2:
-        return (float(value[0]), float(value[1]))
-    raise DatasetFormatError(f"{where}: spacing must be a number or [sx, sy]")
+    except (TypeError, ValueError) as err:
+        raise DatasetFormatError(f"{where}: landmark {name!r} {axis} = {value!r} is not a number") from err
+    if not np.isfinite(v):
+        raise DatasetFormatError(f"{where}: landmark {name!r} {axis} = {value!r} is not a finite number")
+    return v
+
+
+def _spacing_value(value, where: str):
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        pair = (float(value), float(value)) if isinstance(value, (int, float, str)) else tuple(float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise DatasetFormatError(f"{where}: spacing {value!r} must be a number or [sx, sy] (mm per pixel)") from err
+    if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
+        raise DatasetFormatError(f"{where}: spacing {value!r} must be one positive number or two [sx, sy] (mm per pixel)")
+    return pair
 
 
 def _custom_json(path: Path):
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        items = data["images"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DatasetFormatError(f"{path}: expected a JSON object with an 'images' list ({err})") from err
-    if not items:
-        raise DatasetFormatError(f"{path}: no images listed")
-    n = len(items[0]["landmarks"])
-    names = data.get("landmark_names") or [f"L{i}" for i in range(n)]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetFormatError(f"{path}: not readable JSON ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetFormatError(f"{path}: expected a JSON object with an 'images' list")
+    items = data["images"]
+    names = data.get("landmark_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise DatasetFormatError(f"{path}: 'landmark_names' must be a list of strings")
     entries = []
-    for item in items:
-        lm = np.asarray(item["landmarks"], dtype=np.float32).reshape(-1, 2)
-        entries.append((item["file"], lm, _spacing_value(item.get("spacing"), f"{path}: {item['file']}"), item.get("split")))
-    return entries, list(names)
+    for k, item in enumerate(items):
+        where = f"{path}: images[{k}]"
+        if not isinstance(item, dict):
+            raise DatasetFormatError(f"{where}: expected an object with 'file' and 'landmarks'")
+        for key in ("file", "landmarks"):
+            if key not in item:
+                raise DatasetFormatError(f"{where}: no {key!r} key")
+        file = item["file"]
+        where = f"{path}: images[{k}] ({file})"
+        points = item["landmarks"]
+        if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points):
+            raise DatasetFormatError(f"{where}: 'landmarks' must be a list of [x, y] pairs")
+        if names is None:
+            names = [f"L{i}" for i in range(len(points))]
+        if len(points) != len(names):
+            expected = "landmark_names lists" if data.get("landmark_names") else "the first image has"
+            raise DatasetFormatError(f"{where}: {len(points)} landmarks, but {expected} {len(names)}")
+        lm = np.asarray([[_coordinate(x, where, n, "x"), _coordinate(y, where, n, "y")] for n, (x, y) in zip(names, points)], np.float32)
+        split = item.get("split")
+        entries.append(_Entry(where, str(file), lm, _spacing_value(item.get("spacing"), where), str(split).strip() if split else None))
+    return entries, list(names or [])
 
 
 def _custom_csv(path: Path):
@@ -295,17 +369,22 @@ def _custom_csv(path: Path):
         coord_cols = [c for c in header[1:] if c.endswith(("_x", "_y")) and not c.startswith("spacing")]
         if len(coord_cols) % 2 or any(not a.endswith("_x") or b != a[:-2] + "_y" for a, b in zip(coord_cols[::2], coord_cols[1::2])):
             raise DatasetFormatError(f"{path}: landmark columns must come in <name>_x,<name>_y pairs")
+        if not coord_cols:
+            raise DatasetFormatError(f"{path}: no landmark columns (<name>_x,<name>_y)")
         names = [c[:-2] for c in coord_cols[::2]]
         entries = []
         for lineno, row in enumerate(reader, start=2):
-            try:
-                lm = np.asarray([float(row[c]) for c in coord_cols], dtype=np.float32).reshape(-1, 2)
-            except (TypeError, ValueError) as err:
-                raise DatasetFormatError(f"{path}:{lineno}: missing or non-numeric coordinate") from err
+            file = (row.get("image") or "").strip()
+            where = f"{path}:{lineno}" + (f" ({file})" if file else "")
+            if None in row:
+                raise DatasetFormatError(f"{where}: more cells than the header has columns")
+            if not file:
+                raise DatasetFormatError(f"{where}: the 'image' cell is empty")
+            lm = np.asarray([[_coordinate(row[f"{n}_x"], where, n, "x"), _coordinate(row[f"{n}_y"], where, n, "y")] for n in names], np.float32)
             spacing = None
-            if row.get("spacing_x"):
-                spacing = (float(row["spacing_x"]), float(row.get("spacing_y") or row["spacing_x"]))
-            entries.append((row["image"], lm, spacing, (row.get("split") or "").strip() or None))
+            if (row.get("spacing_x") or "").strip():
+                spacing = _spacing_value([row["spacing_x"], row.get("spacing_y") or row["spacing_x"]], where)
+            entries.append(_Entry(where, file, lm, spacing, (row.get("split") or "").strip() or None))
     return entries, names
 
 
@@ -313,22 +392,23 @@ READERS = {"ceph": read_ceph, "hand": read_hand, "chest": read_chest, "custom": 
 
 
 def prepare(
-    kind: str, root, out_dir=None, image_size: int = 256, skip_bad: bool = False, allow_empty_splits: bool = False, **reader_kwargs
+    kind: str, root, out_dir=None, image_size: int = 256, skip_bad: bool = False, allow_empty_splits: bool = False,
+    outside_image: str = "error", **reader_kwargs,
 ):
     """Read a benchmark (``ceph``, ``hand``, ``chest``, ``custom``) and build its prepared
     ``DatasetDict``; saved atomically to ``out_dir`` when given. Returns ``(dd, report)``.
 
     A split that comes out empty (e.g. 40 images with the paper's 130 / 20 / rest) is refused
-    with a :class:`DatasetFormatError` unless ``allow_empty_splits`` (then it is omitted)."""
+    with a :class:`DatasetFormatError` unless ``allow_empty_splits`` (then it is omitted).
+    ``outside_image``: what to do with a landmark outside its image: ``error`` (default),
+    ``keep`` or ``clamp`` to the image (both listed in the report)."""
     from .prepared import save_prepared
 
     if kind not in READERS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
     if not Path(root).is_dir():
         raise DatasetFormatError(f"{root}: folder not found (expected the {kind} layout: {DATASETS[kind].layout})")
-    if kind != "custom":
-        reader_kwargs["skip_bad"] = skip_bad
-    records, names, report = READERS[kind](root, **reader_kwargs)
+    records, names, report = READERS[kind](root, skip_bad=skip_bad, **reader_kwargs)
     if not records:
         raise DatasetFormatError(f"{root}: no annotated images found for {kind} (expected {DATASETS[kind].layout})\n{report.summary()}")
     empty = [s for s in SPLITS if not any(r.split == s for r in records)]
@@ -339,7 +419,7 @@ def prepare(
             "annotated images); give --split-counts TRAIN,VAL[,TEST] (e.g. 26,6,8) or --allow-empty-splits"
         )
     dataset_name = "custom" if kind == "custom" else kind
-    dd = build_dataset_dict(records, names, dataset_name, image_size=image_size, report=report, skip_bad=skip_bad)
+    dd = build_dataset_dict(records, names, dataset_name, image_size=image_size, report=report, skip_bad=skip_bad, outside_image=outside_image)
     if out_dir is not None:
         save_prepared(dd, out_dir, report, info={"kind": kind, "image_size": image_size, "landmark_names": names})
     return dd, report

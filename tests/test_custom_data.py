@@ -1,0 +1,105 @@
+"""Your own data, validated at the door: every fault names the file, the row and the landmark,
+exits with code 2 without a traceback, and leaves no output folder."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_landmark.cli import main as cli
+from hf_landmark.data import load_prepared
+
+HEADER = "image,tip_x,tip_y,base_x,base_y,split\n"
+
+
+@pytest.fixture()
+def images(tmp_path):
+    for i in range(6):
+        Image.fromarray(np.full((40, 50), 30 * i, np.uint8)).save(tmp_path / f"im{i}.png")  # W 50, H 40
+    return tmp_path
+
+
+def _rows(split=True, override=None):
+    splits = ["train", "train", "train", "validation", "test", "test"]
+    rows = {i: f"im{i}.png,{10 + i},{5 + i},{20 + i},{30 - i}" + (f",{splits[i]}" if split else "") for i in range(6)}
+    rows.update(override or {})
+    return (HEADER if split else HEADER.replace(",split", "")) + "\n".join(rows.values()) + "\n"
+
+
+def _prepare(folder, annotations, *extra):
+    return cli(["prepare", "custom", "--root", str(folder), "--annotations", str(annotations), "--out", str(folder / "out"),
+                "--image-size", "32", *extra])  # fmt: skip
+
+
+def _refused(capsys, folder, *parts):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and "Map" not in ln]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+    assert not (folder / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "rows, parts",
+    [
+        ({2: "im2.png,12,nan,22,28,train"}, ["lm.csv:4 (im2.png)", "landmark 'tip' y = 'nan' is not a finite number"]),
+        ({2: "im2.png,12,,22,28,train"}, ["lm.csv:4 (im2.png)", "landmark 'tip' has no y coordinate"]),
+        ({3: "im3.png,13,8,abc,27,validation"}, ["lm.csv:5 (im3.png)", "landmark 'base' x = 'abc' is not a number"]),
+        ({4: "im4.png,14,9,24,26,"}, ["lm.csv", "split is given for 5 of 6 images but empty at", "lm.csv:6 (im4.png)"]),
+        ({4: "im4.png,14,9,24,26,val"}, ["lm.csv:6 (im4.png)", "unknown split 'val'"]),
+        ({5: "im0.png,15,10,25,25,test"}, ["lm.csv:7 (im0.png)", "listed twice (first at", "lm.csv:2 (im0.png)"]),
+        ({1: "im1.png,11,6,60,29,train"}, ["im1.png", "landmark 'base' at (60, 29) outside the 50x40 image", "--outside-image"]),
+        ({1: "im1.png,11,6,21,29,train,extra"}, ["lm.csv:3 (im1.png)", "more cells than the header"]),
+    ],
+)
+def test_csv_faults(images, capsys, rows, parts):
+    (images / "lm.csv").write_text(_rows(override=rows))
+    assert _prepare(images, images / "lm.csv") == 2
+    _refused(capsys, images, *parts)
+
+
+def test_csv_default_split_outside_policies_and_permissions(images, capsys):
+    import os
+
+    (images / "lm.csv").write_text(_rows(split=False, override={1: "im1.png,11,6,60,29"}))
+    assert _prepare(images, images / "lm.csv", "--outside-image", "clamp", "--split-counts", "4,1,1") == 0
+    dd = load_prepared(images / "out")
+    assert [len(dd[s]) for s in ("train", "validation", "test")] == [4, 1, 1]
+    assert dd["train"][1]["landmarks"][1] == [49.0, 29.0]  # clamped to the last column
+    report = json.loads((images / "out" / "hf_landmark_dataset.json").read_text())["report"]
+    assert report["outside_image"] == ["im1: 'base' at (60, 29) (clamped)"]
+    mode = (images / "out").stat().st_mode & 0o777
+    assert mode == 0o777 & ~_umask() and os.access(images / "out", os.R_OK)
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize(
+    "items, parts",
+    [
+        ([{"landmarks": [[1, 2], [3, 4]]}], ["lm.json: images[0]", "no 'file' key"]),
+        ([{"file": "im0.png", "landmarks": [[1, 2], [3, None]]}], ["images[0] (im0.png)", "landmark 'base' has no y coordinate"]),
+        ([{"file": "im0.png", "landmarks": [[1, 2], [3, 4]]}, {"file": "im1.png", "landmarks": [[1, 2]]}],
+         ["images[1] (im1.png)", "1 landmarks, but landmark_names lists 2"]),
+        ([{"file": "im0.png", "landmarks": [[1, 2], [3, 4]], "spacing": -1}], ["images[0] (im0.png)", "spacing -1 must be"]),
+    ],
+)
+def test_json_faults(images, capsys, items, parts):
+    (images / "lm.json").write_text(json.dumps({"landmark_names": ["tip", "base"], "images": items}))
+    assert _prepare(images, images / "lm.json") == 2
+    _refused(capsys, images, *parts)
+
+
+def test_json_nan_is_refused(images, capsys):
+    # json.dumps writes NaN for float("nan"); Python's json reads it back.
+    (images / "lm.json").write_text(json.dumps({"images": [{"file": "im0.png", "landmarks": [[1.0, float("nan")]]}]}))
+    assert _prepare(images, images / "lm.json", "--allow-empty-splits") == 2
+    _refused(capsys, images, "images[0] (im0.png)", "landmark 'L0' y = nan is not a finite number")
