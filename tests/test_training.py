@@ -195,3 +195,15 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
         assert np.abs(xy - np.array(metrics["predictions"][image_id])).max() < 1e-3  # original pixels
         errors.append(np.linalg.norm((xy - (senior + junior) / 2) * 0.1, axis=1))
     assert np.mean(errors) == pytest.approx(metrics["mre"], rel=0.005)
+
+
+def test_a_diverging_fine_tuning_stops_and_keeps_no_model(synth_prepared, tmp_path, capsys):
+    # At lr 1 without clipping the first validation is still finite (a "best" model is saved)
+    # and the next is not: the run must stop and take that model back.
+    out = tmp_path / "ft"
+    code = cli(["finetune", "--dataset", str(synth_prepared), "--num-labels", "2", "--init", "scratch", "--preset", "tiny",
+                "--resolution", "32", "--learning-rate", "1", "--max-grad-norm", "0", "--max-steps", "40", "--eval-steps", "1",
+                "--early-stopping-patience", "100", "--report-to", "none", "--output-dir", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "fine-tuning diverged" in err and "no model was kept" in err and "Traceback" not in err
+    assert not (out / "model").exists() and not (out / "training_summary.json").exists()

@@ -31,10 +31,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -217,6 +219,17 @@ def finetune(args: FinetuneArguments) -> dict:
     if accelerator.is_main_process:
         accelerator.init_trackers("finetune", config=tracker_config(args))
 
+    model_dir = os.path.join(args.output_dir, "model")
+    wrote_model = False
+
+    def diverged(what: str):
+        # A diverged run must not leave a "best" model behind: remove the one it wrote.
+        if wrote_model and accelerator.is_main_process:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        accelerator.end_training()
+        raise UserInputError(f"{args.output_dir}: fine-tuning diverged: {what}; no model was kept. Lower --learning-rate "
+                             f"(now {args.learning_rate:g}) or check the labels")  # fmt: skip
+
     unwrapped = accelerator.unwrap_model(model)
     floor = compute_metrics(mean_shape_prediction(train, val), val, unwrapped.config)
     best = {"val_mre": math.inf, "step": 0}
@@ -237,10 +250,7 @@ def finetune(args: FinetuneArguments) -> dict:
                 with accelerator.autocast():
                     loss = model(pixel_values=x, labels=y).loss
                 if not torch.isfinite(loss):
-                    raise UserInputError(
-                        f"{args.dataset}: the training loss became {loss.item()} at step {step + 1}; "
-                        "check the landmarks for missing values, or lower --learning-rate"
-                    )
+                    diverged(f"the training loss became {loss.item()} at step {step + 1}")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -251,6 +261,8 @@ def finetune(args: FinetuneArguments) -> dict:
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if step % eval_steps == 0 or step == max_steps:
             pred, _, val_loss = predict_tensors(unwrapped, processor, val, args.decoder)
+            if not (np.isfinite(pred).all() and np.isfinite(val_loss)):
+                diverged(f"the validation loss is {val_loss} at step {step}")
             metrics = compute_metrics(pred, val, unwrapped.config)
             plateau.step(val_loss)
             lr = optimizer.param_groups[0]["lr"]
@@ -260,7 +272,8 @@ def finetune(args: FinetuneArguments) -> dict:
                 best = {"val_mre": metrics["mre"], "val_mre_std": metrics["mre_std"], "val_sdr": metrics["sdr"], "step": step, "unit": metrics["unit"]}
                 stale = 0
                 if accelerator.is_main_process:
-                    save_model_atomic(unwrapped, processor, os.path.join(args.output_dir, "model"))
+                    save_model_atomic(unwrapped, processor, model_dir)
+                    wrote_model = True
             else:
                 stale += 1
             progress.set_postfix(loss=f"{loss.item():.4f}", val_mre=f"{metrics['mre']:.2f}", best=f"{best['val_mre']:.2f}")

@@ -256,6 +256,14 @@ def pretrain(args: PretrainArguments) -> str:
                 with accelerator.autocast():
                     pred = unet(noisy, t).sample
                 loss = F.mse_loss(pred.float(), noise)
+                if not torch.isfinite(loss):
+                    accelerator.end_training()
+                    last = max((s for s in save_at if s <= global_step), default=None)
+                    raise UserInputError(
+                        f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step {global_step + 1}; "
+                        f"lower --learning-rate (now {args.learning_rate:g})"
+                        + (f"; checkpoint-{last} and earlier are intact" if last else "; no checkpoint was written")
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     if args.clip_grad_value:
