@@ -24,21 +24,25 @@ def _pipeline(model: str):
 
 def predict(image_path: str, model: str, decoder: str = "centroid"):
     """Landmarks on one uploaded x-ray: (overlay image, table rows, JSON file path)."""
-    from .evaluation import draw_overlay
-    from .preprocessing import read_image
+    from .preprocessing import load_image
+    from .visualization import draw_landmarks
 
     if not image_path:
         raise UserInputError("upload an x-ray image first")
     if not model:
         raise UserInputError("choose a model folder or Hub repo")
     preds = _pipeline(model)(image_path, decoder=decoder)
-    overlay = draw_overlay(read_image(image_path), np.asarray([[p["x"], p["y"]] for p in preds]))
-    rows = [[p["label"], round(p["x"], 2), round(p["y"], 2), round(p.get("x_mm", float("nan")), 2),
-             round(p.get("y_mm", float("nan")), 2), round(p["score"], 3)] for p in preds]  # fmt: skip
+    overlay = draw_landmarks(load_image(image_path)[0], np.asarray([[p["x"], p["y"]] for p in preds]))
+    rows = [[i + 1, p["label"], round(p["x"], 1), round(p["y"], 1), _mm(p.get("x_mm")), _mm(p.get("y_mm")), round(p["score"], 3)]
+            for i, p in enumerate(preds)]  # fmt: skip
     fd, path = tempfile.mkstemp(prefix="landmarks-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump({"image": os.path.basename(image_path), "model": model, "landmarks": preds}, fh, indent=2)
     return overlay, rows, path
+
+
+def _mm(value):
+    return "" if value is None else round(value, 2)
 
 
 def build_demo(default_model: str | None = None):
@@ -64,7 +68,8 @@ def build_demo(default_model: str | None = None):
                 run = gr.Button("Detect landmarks", variant="primary")
             with gr.Column():
                 overlay = gr.Image(type="pil", format="png", label="landmarks (red)")
-                table = gr.Dataframe(headers=["landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "score"], label="coordinates")
+                table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "score"],
+                                     label="coordinates (# is the number on the picture)")  # fmt: skip
                 download = gr.File(label="JSON")
         run.click(run_predict, inputs=[image, model, decoder], outputs=[overlay, table, download], api_name="predict")
     return demo

@@ -87,7 +87,7 @@ def _cmd_evaluate(args) -> int:
     plot = save_cumulative_error_plot({os.path.basename(os.path.normpath(args.model)): metrics["errors"]}, metrics["unit"],
                                       os.path.splitext(args.output)[0] + "_ced.png")
     if args.overlay_dir:
-        save_overlays(data, pred, args.overlay_dir)
+        save_overlays(data, pred, args.overlay_dir, image_dir=args.image_dir)
     print(table)
     print(f"MRE {metrics['mre']:.3f} ± {metrics['mre_std']:.3f} {metrics['unit']} over {metrics['num_images']} images; wrote {args.output}, {md}, {plot}")
     return 0
@@ -101,10 +101,10 @@ def _cmd_predict(args) -> int:
     from tqdm.auto import tqdm
     from transformers import pipeline
 
-    from .evaluation import draw_overlay
-    from .fileio import atomic_file, write_json_atomic
+    from .fileio import atomic_file, write_json_atomic, write_text_atomic
     from .pipeline_landmark import load_detector
-    from .preprocessing import IMAGE_EXTENSIONS, ImageReadError, read_image
+    from .preprocessing import IMAGE_EXTENSIONS, ImageReadError, load_image
+    from .visualization import draw_landmarks, legend_lines
 
     files: list[Path] = []
     for item in args.inputs:
@@ -125,9 +125,11 @@ def _cmd_predict(args) -> int:
             print(f"error: {err}", file=sys.stderr)
             continue
         if args.overlay_dir:
-            os.makedirs(args.overlay_dir, exist_ok=True)
-            xy = [[p["x"], p["y"]] for p in results[str(path)]]
-            draw_overlay(read_image(path), np.asarray(xy)).save(os.path.join(args.overlay_dir, path.stem + ".png"))
+            xy = np.asarray([[p["x"], p["y"]] for p in results[str(path)]])
+            with atomic_file(os.path.join(args.overlay_dir, path.stem + ".png")) as tmp:
+                draw_landmarks(load_image(str(path))[0], xy).save(tmp)
+    if args.overlay_dir and results:
+        write_text_atomic("\n".join(legend_lines(processor.landmark_names or [])) + "\n", os.path.join(args.overlay_dir, "legend.txt"))
     write_json_atomic({"model": os.fspath(args.model), "predictions": results, "errors": errors}, args.output)
     if args.csv:
         with atomic_file(args.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -228,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="detector folder or Hub repo")
     p.add_argument("--output", default="predictions.json")
     p.add_argument("--csv", help="also write one row per landmark here")
-    p.add_argument("--overlay-dir")
+    p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
     p.add_argument("--decoder", default=None, choices=DECODERS, help="default: the model's (centroid)")
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
     p.set_defaults(func=_cmd_predict)
@@ -254,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", default=None, choices=DECODERS, help="default: the model's (centroid)")
     p.add_argument("--paper-compatible", action="store_true", help="reproduce the paper code's evaluation")
     p.add_argument("--thresholds", help="SDR thresholds, comma-separated (default: the dataset's)")
-    p.add_argument("--overlay-dir", help="write one overlay PNG per image here")
+    p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
+    p.add_argument("--image-dir", help="the original images, for overlays on them rather than on the prepared copy")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_cmd_evaluate)
     return parser

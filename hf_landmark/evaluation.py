@@ -11,7 +11,7 @@ import torch
 
 from .data.specs import sdr_thresholds
 from .data.tensors import LandmarkTensors
-from .fileio import atomic_file
+from .fileio import atomic_file, write_text_atomic
 from .metrics import paper_compatible_errors, radial_errors, summarize_errors, wrist_spacing
 from .preprocessing import original_to_model, to_pixel_values
 
@@ -113,39 +113,46 @@ def markdown_table(metrics: dict, title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_overlay(image01: np.ndarray, pred_xy: np.ndarray, true_xy: np.ndarray | None = None, names=None, radius: int | None = None):
-    """An RGB PIL overlay: prediction (red), truth (green) and the error as a yellow line.
-    Coordinates in the pixel frame of ``image01``."""
-    from PIL import Image, ImageDraw
+def save_overlays(
+    data: LandmarkTensors, pred: np.ndarray, out_dir: str | os.PathLike, image_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+) -> list[str]:
+    """One overlay PNG per image, named by image id, at the **original** image's size, plus
+    ``legend.txt`` (the numbers' landmark names). ``pred``: ``[M, N, 2]`` original pixels.
 
-    from .preprocessing import to_uint8
+    The picture is the original file found in ``image_dir`` (by image id, any supported
+    extension), else the prepared copy resized back to the original size (right geometry,
+    less detail)."""
+    from .preprocessing import read_image, resize_image
+    from .visualization import draw_landmarks, legend_lines
 
-    img = Image.fromarray(to_uint8(image01), mode="L").convert("RGB")
-    draw = ImageDraw.Draw(img)
-    r = radius or max(2, int(round(max(img.size) / 200)))
-    for i, (x, y) in enumerate(pred_xy):
-        if true_xy is not None:
-            tx, ty = true_xy[i]
-            draw.line([(tx, ty), (x, y)], fill=(255, 220, 0), width=max(1, r // 2))
-            draw.ellipse([tx - r, ty - r, tx + r, ty + r], outline=(0, 220, 0), width=max(1, r // 2))
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 40, 40))
-        if names is not None and r >= 3:
-            draw.text((x + r + 1, y - r), str(i + 1), fill=(255, 120, 120))
-    return img
-
-
-def save_overlays(data: LandmarkTensors, pred: np.ndarray, out_dir: str | os.PathLike, limit: int | None = None) -> list[str]:
-    """One overlay PNG per image (drawn at the model's resolution), named by image id.
-    ``pred``: ``[M, N, 2]`` original pixels."""
     os.makedirs(out_dir, exist_ok=True)
+    originals = _files_by_stem(image_dir) if image_dir else {}
     paths = []
-    pred_model = original_to_model(np.asarray(pred, dtype=np.float64), data.original_sizes[:, None, :].numpy(), data.image_size)
     for i in range(len(data) if limit is None else min(limit, len(data))):
-        img = draw_overlay(data.images[i, 0].numpy(), pred_model[i], data.landmarks[i].numpy())
+        w, h = (int(v) for v in data.original_sizes[i].tolist())
+        source = originals.get(data.image_ids[i])
+        # Upsampling the prepared copy for display: bilinear reads better than area (blocky).
+        image = read_image(source) if source else resize_image(data.images[i, 0].numpy(), (w, h), "bilinear")
+        img = draw_landmarks(image, pred[i], data.original_landmarks[i].numpy())
         path = os.path.join(out_dir, f"{data.image_ids[i]}.png")
-        img.save(path)
+        with atomic_file(path) as tmp:
+            img.save(tmp)
         paths.append(path)
+    write_text_atomic("\n".join(legend_lines(data.landmark_names)) + "\n", os.path.join(out_dir, "legend.txt"))
     return paths
+
+
+def _files_by_stem(folder) -> dict[str, str]:
+    from pathlib import Path
+
+    from .preprocessing import IMAGE_EXTENSIONS
+
+    found: dict[str, str] = {}
+    for p in sorted(Path(folder).rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            found.setdefault(p.stem, str(p))
+    return found
 
 
 def save_cumulative_error_plot(curves: dict[str, np.ndarray], unit: str, path: str | os.PathLike) -> str:

@@ -27,7 +27,7 @@ def test_gradio_round_trip(tmp_path):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         overlay, table, json_path = client.predict(handle_file(str(tmp_path / "x.png")), str(tmp_path / "m"), "centroid", api_name="/predict")
         assert Image.open(overlay).size == (50, 60)
-        assert [row[0] for row in table["data"]] == ["a", "b"]
+        assert [row[:2] for row in table["data"]] == [[1, "a"], [2, "b"]]
         data = json.loads(open(json_path, encoding="utf-8").read())
         assert [p["label"] for p in data["landmarks"]] == ["a", "b"] and "x_mm" in data["landmarks"][0]
     finally:

@@ -75,6 +75,8 @@ def test_predict_cli_formats_and_bad_files(dot_model, tmp_path):
     assert code == 1 and len(data["predictions"]) == 3 and list(data["errors"]) == [str(tmp_path / "broken.png")]
     assert "broken.png: cannot read image" in data["errors"][str(tmp_path / "broken.png")]
     assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 4
+    assert cli(["predict", str(tmp_path / "sixteen.png"), "--model", str(path), "--output", str(out), "--overlay-dir", str(tmp_path / "ov")]) == 0
+    assert Image.open(tmp_path / "ov" / "sixteen.png").size == (48, 64) and (tmp_path / "ov" / "legend.txt").read_text() == "1 tip\n"
     assert cli(["predict", str(tmp_path / "eight.png"), str(tmp_path / "broken.png"), "--model", str(path),
                 "--output", str(out), "--skip-bad"]) == 0  # fmt: skip
 

@@ -131,6 +131,11 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
         assert key in m
     assert m["unit"] == "mm" and m["mode"] == "physical" and m["num_images"] == 5 and set(m["sdr"]) == {"2", "2.5", "3", "4"}
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 5 and (tmp_path / "metrics.md").is_file()
+    from PIL import Image
+
+    # Overlays are drawn at the original image's size (240 x 300), landmarks numbered as in legend.txt.
+    assert Image.open(tmp_path / "overlays" / "020.png").size == (240, 300)
+    assert (tmp_path / "overlays" / "legend.txt").read_text().splitlines()[:2] == ["1 Sella", "2 Nasion"]
     cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
          "--output", str(tmp_path / "paper.json"), "--paper-compatible"])  # fmt: skip
     assert json.loads((tmp_path / "paper.json").read_text())["mode"] == "paper"

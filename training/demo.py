@@ -20,14 +20,14 @@ from hf_landmark import LandmarkDetector
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, prepare, write_synthetic_isbi
 from hf_landmark.evaluation import (
     compute_metrics,
-    draw_overlay,
     mean_shape_prediction,
     predict_tensors,
     save_cumulative_error_plot,
 )
 from hf_landmark.fileio import write_json_atomic, write_text_atomic
 from hf_landmark.image_processing_landmark import processor_for_model
-from hf_landmark.preprocessing import original_to_model
+from hf_landmark.preprocessing import read_image
+from hf_landmark.visualization import draw_landmarks, legend_lines
 
 
 def parse_args(argv=None):
@@ -100,17 +100,18 @@ def main(argv=None) -> dict:
         lines.append(f"| {name} | {m['mre']:.2f} ± {m['mre_std']:.2f} | " + " | ".join(f"{m['sdr'][t]:.1f}%" for t in thr) + " |")
     table = "\n".join(lines)
 
-    pred_model = original_to_model(preds["DDPM pre-trained"][0], test.original_sizes[0].numpy(), args.resolution)
-    overlay = draw_overlay(test.images[0, 0].numpy(), pred_model, test.landmarks[0].numpy())
-    overlay = overlay.resize((overlay.width * 4, overlay.height * 4))
+    # The first test image, its original file, predictions against the truth.
+    original = read_image(os.path.join(raw, "RawImage", "TrainingData", f"{test.image_ids[0]}.bmp"))
+    overlay = draw_landmarks(original, preds["DDPM pre-trained"][0], test.original_landmarks[0].numpy(), min_side=900)
     overlay.save(os.path.join(out, "overlay.png"))
+    write_text_atomic("\n".join(legend_lines(test.landmark_names)) + "\n", os.path.join(out, "overlay_legend.txt"))
     save_cumulative_error_plot(curves, unit, os.path.join(out, "cumulative_error.png"))
     timings["total"] = time.perf_counter() - t0
     write_json_atomic({"table": rows, "timings_s": timings}, os.path.join(out, "results.json"))
     write_text_atomic(table + "\n", os.path.join(out, "results.md"))
     print("\n" + table + "\n")
     print(f"samples: {os.path.join(checkpoint, 'samples.png')}")
-    print(f"overlay: {os.path.join(out, 'overlay.png')} (red: predicted, green: true)")
+    print(f"overlay: {os.path.join(out, 'overlay.png')} (red: predicted, numbered as in overlay_legend.txt; green: true)")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return rows
 
