@@ -197,10 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", allow_abbrev=False, help="write a synthetic x-ray landmark dataset in the ISBI 2015 layout")
-    p.add_argument("--out", required=True)
-    p.add_argument("--num-images", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="bmp", choices=["bmp", "png", "jpg"])
+    p.add_argument("--out", required=True, help="folder to write RawImage/ and AnnotationsByMD/ into")
+    p.add_argument("--num-images", type=int, default=60, help="how many cephalograms (default 60)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same images")
+    p.add_argument("--format", default="bmp", choices=["bmp", "png", "jpg"], help="image file format (the ISBI originals are bmp)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("prepare", allow_abbrev=False, help="convert a benchmark's public layout (or custom data) into a prepared dataset")
@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="side the images are stored at; models whose size divides it see exactly the pipeline's pixels")  # fmt: skip
     p.add_argument("--annotator", default="mean", choices=["mean", "senior", "junior"], help="ceph ground truth")
     p.add_argument("--wrist-indices", default="0,4", help="hand: 0-based wrist landmarks of the 50 mm convention")
-    p.add_argument("--chest-split", default="paper", choices=["paper", "code"])
+    p.add_argument("--chest-split", default="paper", choices=["paper", "code"],
+                   help="chest: the paper's 195/34/rest, or its code's, which first drops 9 listed images")  # fmt: skip
     p.add_argument("--annotations", help="custom: the CSV or JSON landmark file")
     p.add_argument("--split-counts", help="train,validation[,test] image counts over sorted ids (default: the paper's)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed files (listed in the report)")
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outside-image", default="error", choices=["error", "keep", "clamp"],
                    help="a landmark outside its image: refuse (default), keep it, or clamp it to the image (both listed in the report)")  # fmt: skip
     p.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict to the Hub as parquet")
-    p.add_argument("--private", action="store_true")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private dataset repo")
     p.set_defaults(func=_cmd_prepare)
 
     for name, (_, text) in TRAINING.items():
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", allow_abbrev=False, help="predict landmarks on images (PNG/JPEG/BMP/TIFF, DICOM with pydicom)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")
-    p.add_argument("--output", default="predictions.json")
+    p.add_argument("--output", default="predictions.json", help="JSON with every image's landmarks and every failed file")
     p.add_argument("--csv", help="also write one row per landmark here")
     p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
     p.add_argument("--decoder", default=None, choices=DECODERS, help="default: the model's (centroid)")
@@ -236,29 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("card", allow_abbrev=False, help="write MODEL_DIR/README.md, a model card filled from metrics.json")
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", help="the fine-tuned detector folder (OUT/model of hf-landmark finetune)")
     p.add_argument("--metrics", required=True, help="metrics.json from hf-landmark evaluate")
     p.add_argument("--repo-id", help="the Hub name shown in the card")
     p.set_defaults(func=_cmd_card)
 
     p = sub.add_parser("push", allow_abbrev=False, help="upload a detector or DDPM folder to the Hub")
-    p.add_argument("model_dir")
-    p.add_argument("--repo-id", required=True)
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--message", default="Upload with hf-landmark")
+    p.add_argument("model_dir", help="a detector folder (OUT/model) or a pre-training checkpoint-<step> (state/ is never uploaded)")
+    p.add_argument("--repo-id", required=True, help="the Hub repo, org/name")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--message", default="Upload with hf-landmark", help="the commit message")
     p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("evaluate", allow_abbrev=False, help="evaluate a detector on a prepared split")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--output", default="metrics.json")
+    p.add_argument("--dataset", required=True, help="prepared dataset folder (hf-landmark prepare) or Hub dataset id")
+    p.add_argument("--split", default="test", help="split to evaluate: train, validation or test (default test)")
+    p.add_argument("--output", default="metrics.json", help="metrics JSON; a Markdown table and a cumulative-error plot are written beside it")
     p.add_argument("--decoder", default=None, choices=DECODERS, help="default: the model's (centroid)")
     p.add_argument("--paper-compatible", action="store_true", help="reproduce the paper code's evaluation")
     p.add_argument("--thresholds", help="SDR thresholds, comma-separated (default: the dataset's)")
     p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
     p.add_argument("--image-dir", help="the original images, for overlays on them rather than on the prepared copy")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

@@ -57,12 +57,12 @@ class BenchmarkArguments:
     init: list[str] = field(metadata={"help": "NAME=DDPM_CHECKPOINT_OR_REPO, or 'scratch' (repeatable)", "action": "append"})
     labels: str = field(default="1,5,10,25,50", metadata={"help": "label counts, comma-separated"})
     seeds: str = field(default="0,1,2", metadata={"help": "seeds, comma-separated"})
-    subset: Literal["first", "random"] = "first"
+    subset: Literal["first", "random"] = field(default="first", metadata={"help": "labeled images: the first N sorted ids (the paper) or a seeded sample"})
     eval_split: str = field(default="test", metadata={"help": "split to report (the CPU protocol uses validation)"})
-    mode: Literal["physical", "paper"] = "physical"
-    resolution: int | None = None
+    mode: Literal["physical", "paper"] = field(default="physical", metadata={"help": "metrics: physical (original frame) or the paper code's"})
+    resolution: int | None = field(default=None, metadata={"help": "model input size (default: the checkpoint's, else 256)"})
     preset: str = field(default="base", metadata={"help": "U-Net preset of scratch models"})
-    decoder: str = "centroid"
+    decoder: str = field(default="centroid", metadata={"help": "centroid, argmax or soft_argmax"})
     reference: str | None = field(default=None, metadata={"help": "paper dataset name for the reference row (default: the dataset's)"})
 
     @property

@@ -94,23 +94,23 @@ class FinetuneArguments:
         "help": "'scratch', or a pre-trained DDPM: a checkpoint-<step> folder (DDPMPipeline), a Hub repo, or an older unet_ema folder",
     })  # fmt: skip
     subset: Literal["first", "random"] = field(default="first", metadata={"help": "first N sorted ids (the paper) or a seeded sample"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed of the head initialisation, augmentation and batch sampling"})
     preset: str = field(default="base", metadata={"help": f"U-Net preset for --init scratch: {', '.join(sorted(UNET_PRESETS))}"})
     recipe: Literal["default", "paper"] = field(default="default", metadata={"help": "see the description above"})
     loss: str | None = field(default=None, metadata={"help": f"heatmap loss: {', '.join(LOSSES)} (default: the recipe's)"})
     resolution: int | None = field(default=None, metadata={"help": "model input size (default: the checkpoint's, else 256)"})
     sigma: float | None = field(default=None, metadata={"help": "target sigma in model pixels (default: the recipe's sigma at 256 px, scaled)"})
-    learning_rate: float | None = None
-    train_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
+    learning_rate: float | None = field(default=None, metadata={"help": "AdamW learning rate (default: the recipe's)"})
+    train_batch_size: int | None = field(default=None, metadata={"help": "images per step (default: the recipe's; never more than the labels)"})
+    gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "batches per optimiser step (default: the recipe's)"})
     max_steps: int | None = field(default=None, metadata={"help": "optimiser steps"})
     max_epochs: int | None = field(default=None, metadata={"help": "epochs over the labeled images (paper recipe)"})
     eval_steps: int | None = field(default=None, metadata={"help": "validate every N optimiser steps"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
-    plateau_patience: int | None = None
-    plateau_factor: float = 0.5
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
+    plateau_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement before the learning rate drops"})
+    plateau_factor: float = field(default=0.5, metadata={"help": "learning-rate factor at a plateau"})
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clipping (0: none)"})
     decoder: str = field(default="centroid", metadata={"help": f"decoder for validation: {', '.join(DECODERS)}"})
     no_augment: bool = field(default=False, metadata={"help": "disable the ±2° / ±2 %% / ±2 %% augmentation"})
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})

@@ -93,25 +93,25 @@ class PretrainArguments:
     max_steps: int = field(default=10000, metadata={"help": "optimiser steps"})
     save_steps: str = field(default="4000,6000,8000,10000", metadata={"help": "steps to save a checkpoint at (the last step always)"})
     train_batch_size: int = field(default=4, metadata={"help": "per process"})
-    gradient_accumulation_steps: int = 8
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = field(default=8, metadata={"help": "batches per optimiser step"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    lr_scheduler: str = field(default="constant", metadata={"help": "diffusers learning-rate schedule (constant, linear, cosine, ...)"})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "warm-up steps of the schedule"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    adam_weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clipping (0: none)"})
     clip_grad_value: float | None = field(default=None, metadata={"help": "clip by value instead of norm (default: the recipe's)"})
-    ema_decay: float = 0.995
-    num_train_timesteps: int = 500
-    beta_schedule: str = "linear"
+    ema_decay: float = field(default=0.995, metadata={"help": "EMA decay of the saved weights"})
+    num_train_timesteps: int = field(default=500, metadata={"help": "diffusion steps"})
+    beta_schedule: str = field(default="linear", metadata={"help": "noise schedule (diffusers DDPMScheduler)"})
     no_augment: bool = field(default=False, metadata={"help": "disable the ±2° / ±2 %% / ±2 %% augmentation"})
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "random seed"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint-<step> folder"})
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
-    logging_steps: int = 10
+    logging_steps: int = field(default=10, metadata={"help": "log the window-mean loss and speed every N steps"})
     num_samples: int = field(default=16, metadata={"help": "images in each checkpoint's sample grid (0: none)"})
     sample_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for samples (0: the full DDPM chain)"})
     stop_after_steps: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate a kill
