@@ -1,4 +1,11 @@
-"""The Gradio inference demo (``space/app.py`` runs it as a Hugging Face Space)."""
+"""The Gradio web demo: upload a radiograph, get its landmarks, numbered on the picture.
+
+Standalone on purpose (gradio, numpy and transformers only), so that a Hugging Face Space runs
+it without hf_landmark installed: the model repository then brings its own pipeline code
+(``trust_remote_code``), which runs only for the models the Space's owner names in
+``HF_LANDMARK_MODEL`` / ``HF_LANDMARK_TRUSTED_MODELS``. Where hf_landmark is installed it is
+used instead and any local folder or Hub repo can be chosen.
+"""
 
 from __future__ import annotations
 
@@ -7,69 +14,98 @@ import json
 import os
 import tempfile
 
-import numpy as np
+TRUSTED_MODELS_ENV = "HF_LANDMARK_TRUSTED_MODELS"
+DISPLAY_MIN_SIDE = 720
+FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"]
 
-from .errors import UserInputError
+
+def _package_available() -> bool:
+    try:
+        import hf_landmark  # noqa: F401  (registers the task and the Auto classes)
+    except ImportError:
+        return False
+    return True
+
+
+def trusted_models() -> list[str]:
+    names = [os.environ.get("HF_LANDMARK_MODEL", "")] + os.environ.get(TRUSTED_MODELS_ENV, "").split(",")
+    return [n.strip() for n in names if n.strip()]
 
 
 @functools.lru_cache(maxsize=4)
-def _pipeline(model: str):
+def landmark_pipeline(model: str):
+    """The ``landmark-detection`` pipeline of a model folder or Hub repo."""
     from transformers import pipeline
 
-    from .pipeline_landmark import load_detector
+    if _package_available():
+        from hf_landmark.pipeline_landmark import load_detector
 
-    detector, processor = load_detector(model)
-    return pipeline("landmark-detection", model=detector, image_processor=processor)
+        detector, processor = load_detector(model)
+        return pipeline("landmark-detection", model=detector, image_processor=processor)
+    if model not in trusted_models():
+        raise ValueError(
+            f"{model}: this demo runs only its own models ({', '.join(trusted_models()) or 'none set'}), "
+            f"because a model's code executes here; add it to {TRUSTED_MODELS_ENV} to allow it"
+        )
+    return pipeline("landmark-detection", model=model, trust_remote_code=True)
 
 
-def predict(image_path: str, model: str, decoder: str = "centroid"):
-    """Landmarks on one uploaded x-ray: (overlay image, table rows, JSON file path)."""
-    from .preprocessing import load_image
-    from .visualization import draw_landmarks
-
+def predict(image_path: str | None, model: str, decoder: str = "centroid"):
+    """Landmarks on one uploaded x-ray: (overlay image, table rows, note, JSON file path)."""
     if not image_path:
-        raise UserInputError("upload an x-ray image first")
+        raise ValueError("upload an x-ray image first (PNG, JPEG, BMP, TIFF or DICOM)")
     if not model:
-        raise UserInputError("choose a model folder or Hub repo")
-    preds = _pipeline(model)(image_path, decoder=decoder)
-    overlay = draw_landmarks(load_image(image_path)[0], np.asarray([[p["x"], p["y"]] for p in preds]))
+        raise ValueError("choose a model folder or Hub repo")
+    pipe = landmark_pipeline(model)
+    preds = pipe(image_path, decoder=decoder)
+    # Small images are enlarged on screen so that markers and numbers stay readable.
+    overlay = pipe.draw_overlay(image_path, preds, min_side=DISPLAY_MIN_SIDE)
     rows = [[i + 1, p["label"], round(p["x"], 1), round(p["y"], 1), _mm(p.get("x_mm")), _mm(p.get("y_mm")), round(p["score"], 3)]
             for i, p in enumerate(preds)]  # fmt: skip
+    note = ""
+    if any(p.get("spacing_assumed") for p in preds):
+        note = ("The file carries no pixel spacing: the mm columns assume the spacing of the model's training data. "
+                "Check it against your scanner before using them.")  # fmt: skip
+    elif not any("x_mm" in p for p in preds):
+        note = "No pixel spacing is known for this image or model: coordinates are in pixels only."
     fd, path = tempfile.mkstemp(prefix="landmarks-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump({"image": os.path.basename(image_path), "model": model, "landmarks": preds}, fh, indent=2)
-    return overlay, rows, path
+    return overlay, rows, note, path
 
 
 def _mm(value):
     return "" if value is None else round(value, 2)
 
 
-def build_demo(default_model: str | None = None):
+def build_demo(default_model: str | None = None, examples: list[str] | None = None):
     import gradio as gr
 
-    from .heatmaps import DECODERS
-
     def run_predict(image_path, model, decoder):
-        # Gradio shows only gr.Error messages; anything else becomes a bare "Error".
+        # Gradio shows only gr.Error messages to the user; anything else becomes a bare "Error".
         try:
             return predict(image_path, model, decoder)
-        except UserInputError as err:
-            raise gr.Error(str(err)) from err
+        except (ValueError, OSError) as err:
+            # Name the upload as the user knows it, not by the server's temporary path.
+            message = str(err).replace(image_path, os.path.basename(image_path)) if image_path else str(err)
+            raise gr.Error(message) from err
 
     with gr.Blocks(title="hf-landmark: x-ray landmark detection") as demo:
-        gr.Markdown("# X-ray landmark detection\nUpload a radiograph, choose a model (a local folder or a Hub repo) "
-                    "and get its landmarks. Research use only, not a medical device.")  # fmt: skip
+        gr.Markdown("# X-ray landmark detection\nUpload a radiograph (PNG, JPEG, BMP, TIFF or DICOM), choose a model "
+                    "(a local folder or a Hub repo) and get its landmarks, numbered on the picture and listed in the "
+                    "table. Research use only, not a medical device.")  # fmt: skip
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="x-ray", image_mode="L")
+                image = gr.File(label="x-ray", file_types=FILE_TYPES, type="filepath")
                 model = gr.Textbox(value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""), label="model folder or Hub repo")
-                decoder = gr.Dropdown(list(DECODERS), value="centroid", label="decoder")
+                decoder = gr.Dropdown(["centroid", "argmax", "soft_argmax"], value="centroid", label="decoder")
                 run = gr.Button("Detect landmarks", variant="primary")
+                if examples:
+                    gr.Examples(examples=[[e] for e in examples], inputs=[image], label="examples (synthetic cephalograms)")
             with gr.Column():
-                overlay = gr.Image(type="pil", format="png", label="landmarks (red)")
-                table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "score"],
-                                     label="coordinates (# is the number on the picture)")  # fmt: skip
+                overlay = gr.Image(type="pil", format="png", label="landmarks (red, numbered as in the table)")
+                table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "score"], label="coordinates")
+                note = gr.Markdown()
                 download = gr.File(label="JSON")
-        run.click(run_predict, inputs=[image, model, decoder], outputs=[overlay, table, download], api_name="predict")
+        run.click(run_predict, inputs=[image, model, decoder], outputs=[overlay, table, note, download], api_name="predict")
     return demo

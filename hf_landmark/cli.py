@@ -134,10 +134,11 @@ def _cmd_predict(args) -> int:
     if args.csv:
         with atomic_file(args.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["image", "label", "x", "y", "score", "x_mm", "y_mm"])
+            writer.writerow(["image", "number", "label", "x", "y", "score", "x_mm", "y_mm", "spacing_assumed"])
             for image, preds in results.items():
-                for p in preds:
-                    writer.writerow([image, p["label"], p["x"], p["y"], p["score"], p.get("x_mm", ""), p.get("y_mm", "")])
+                for i, p in enumerate(preds):
+                    writer.writerow([image, i + 1, p["label"], p["x"], p["y"], p["score"], p.get("x_mm", ""), p.get("y_mm", ""),
+                                     p.get("spacing_assumed", "")])  # fmt: skip
     print(f"{len(results)} images predicted, {len(errors)} failed; wrote {args.output}")
     return 1 if errors and not args.skip_bad else 0
 

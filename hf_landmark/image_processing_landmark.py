@@ -135,7 +135,8 @@ class LandmarkImageProcessor(BaseImageProcessor):
     def post_process_landmark_detection(self, outputs, target_sizes, spacings=None, decoder: str | None = None) -> list[list[dict]]:
         """Per image a list of ``{"label", "x", "y", "score"}`` in original pixels, plus
         ``"x_mm"``/``"y_mm"`` when a spacing is known: ``spacings[i]`` (e.g. from a DICOM
-        header) if finite, else the processor's ``spacing``.
+        header) if finite, else the processor's ``spacing``, an assumption about the image
+        (its training data's), which ``"spacing_assumed": True`` marks.
 
         Args:
             outputs: the model's output (``LandmarkDetectorOutput``).
@@ -148,25 +149,26 @@ class LandmarkImageProcessor(BaseImageProcessor):
         names = self.landmark_names or [f"L{i}" for i in range(xy.shape[1])]
         results = []
         for i in range(xy.shape[0]):
-            spacing = self._spacing_of(None if spacings is None else spacings[i])
+            spacing, assumed = self._spacing_of(None if spacings is None else spacings[i])
             items = []
             for name, (x, y), s in zip(names, xy[i], scores[i]):
                 item = {"label": name, "x": float(x), "y": float(y), "score": float(s)}
                 if spacing is not None:
-                    item.update(x_mm=float(x * spacing[0]), y_mm=float(y * spacing[1]))
+                    item.update(x_mm=float(x * spacing[0]), y_mm=float(y * spacing[1]), spacing_assumed=assumed)
                 items.append(item)
             results.append(items)
         return results
 
-    def _spacing_of(self, image_spacing) -> tuple[float, float] | None:
+    def _spacing_of(self, image_spacing) -> tuple[tuple[float, float] | None, bool]:
+        """``(spacing, assumed)``: the image's own spacing, else the processor's (assumed)."""
         if image_spacing is not None:
             s = np.asarray(image_spacing, dtype=np.float64).reshape(-1)
             if s.size == 2 and np.all(np.isfinite(s)):
-                return float(s[0]), float(s[1])
+                return (float(s[0]), float(s[1])), False
         if self.spacing is None:
-            return None
+            return None, False
         s = np.asarray(self.spacing, dtype=np.float64).reshape(-1)
-        return (float(s[0]), float(s[0])) if s.size == 1 else (float(s[0]), float(s[1]))
+        return ((float(s[0]), float(s[0])) if s.size == 1 else (float(s[0]), float(s[1]))), True
 
 
 def processor_for_model(model) -> LandmarkImageProcessor:

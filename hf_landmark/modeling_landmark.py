@@ -87,7 +87,11 @@ class LandmarkDetector(PreTrainedModel):
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             del self.config.custom_pipelines
-        shutil.copy(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_landmark.py"), save_directory)
+        from transformers.dynamic_module_utils import get_relative_import_files
+
+        pipeline_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_landmark.py")
+        for file in {pipeline_file, *get_relative_import_files(pipeline_file)}:
+            shutil.copy(file, save_directory)
         if not os.path.isfile(os.path.join(save_directory, PROCESSOR_FILE)):
             LandmarkImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
 

@@ -50,6 +50,18 @@ class LandmarkDetectionPipeline(Pipeline):
             outputs, target_sizes=outputs["original_sizes"], spacings=outputs["spacings"], decoder=decoder
         )[0]
 
+    def draw_overlay(self, image, landmarks: list[dict], truth=None, min_side: int | None = None):
+        """The overlay of one image and its predictions (this pipeline's output for it): the
+        original image at its size (or enlarged to ``min_side``), numbered landmarks (see
+        :func:`hf_landmark.visualization.draw_landmarks`). ``image``: as for the pipeline."""
+        import numpy as np
+
+        from .preprocessing import load_image
+        from .visualization import draw_landmarks
+
+        xy = np.asarray([[p["x"], p["y"]] for p in landmarks], dtype=np.float64)
+        return draw_landmarks(load_image(image)[0], xy, truth, min_side=min_side)
+
 
 def load_detector(path: str):
     """A detector and its image processor from a folder or Hub repo, as the command line and

@@ -1,8 +1,20 @@
+"""The web demo: through its API, as a Space without the package, and in a real browser."""
+
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from hf_landmark import LandmarkConfig, LandmarkDetector
+
+SPACE = Path(__file__).resolve().parents[1] / "space"
 
 
 def _free_port() -> int:
@@ -11,24 +23,100 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_gradio_round_trip(tmp_path):
+@pytest.fixture(scope="module")
+def model_and_image(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app")
+    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["Sella", "Nasion"],
+                                    spacing=[0.1, 0.1])).save_pretrained(tmp / "m")  # fmt: skip
+    Image.fromarray((np.random.default_rng(0).random((60, 50)) * 255).astype(np.uint8)).save(tmp / "x.png")
+    return tmp / "m", tmp / "x.png"
+
+
+def test_gradio_round_trip(model_and_image):
     from gradio_client import Client, handle_file
 
-    from hf_landmark import LandmarkConfig, LandmarkDetector
     from hf_landmark.app import build_demo
 
-    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["a", "b"],
-                                    spacing=[0.1, 0.1])).save_pretrained(tmp_path / "m")  # fmt: skip
-    Image.fromarray((np.random.default_rng(0).random((60, 50)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
-    demo = build_demo(str(tmp_path / "m"))
+    model, image = model_and_image
+    demo = build_demo(str(model))
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        overlay, table, json_path = client.predict(handle_file(str(tmp_path / "x.png")), str(tmp_path / "m"), "centroid", api_name="/predict")
-        assert Image.open(overlay).size == (50, 60)
-        assert [row[:2] for row in table["data"]] == [[1, "a"], [2, "b"]]
+        overlay, table, note, json_path = client.predict(handle_file(str(image)), str(model), "centroid", api_name="/predict")
+        assert Image.open(overlay).size == (600, 720)  # the 50 x 60 upload, enlarged for display
+        assert [row[:2] for row in table["data"]] == [[1, "Sella"], [2, "Nasion"]]
+        assert "assume the spacing of the model's training data" in note  # a PNG has no spacing of its own
         data = json.loads(open(json_path, encoding="utf-8").read())
-        assert [p["label"] for p in data["landmarks"]] == ["a", "b"] and "x_mm" in data["landmarks"][0]
+        assert [p["label"] for p in data["landmarks"]] == ["Sella", "Nasion"] and data["landmarks"][0]["spacing_assumed"] is True
+    finally:
+        demo.close()
+
+
+def test_space_runs_without_the_package(model_and_image, tmp_path):
+    """The Space's app with hf_landmark unimportable: the model folder brings its own code,
+    which runs for the Space's own model only."""
+    model, image = model_and_image
+    code = (
+        "import sys; sys.modules['hf_landmark'] = None\n"
+        f"sys.path.insert(0, {str(SPACE)!r})\n"
+        "import landmark_app\n"
+        f"overlay, rows, note, path = landmark_app.predict({str(image)!r}, {str(model)!r})\n"
+        "print(overlay.size, [r[1] for r in rows], type(landmark_app.landmark_pipeline(" + repr(str(model)) + ")).__module__.split('.')[0])\n"
+        "try:\n"
+        f"    landmark_app.predict({str(image)!r}, 'someone/else')\n"
+        "except ValueError as err:\n"
+        "    print('refused:', err)\n"
+    )
+    env = dict(os.environ, HF_LANDMARK_MODEL=str(model), HF_MODULES_CACHE=str(tmp_path / "modules"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == "(600, 720) ['Sella', 'Nasion'] transformers_modules"
+    assert lines[-1].startswith("refused: someone/else: this demo runs only its own models")
+    assert (SPACE / "landmark_app.py").resolve() == (SPACE.parent / "hf_landmark" / "app.py").resolve()
+    assert "hf-landmark" not in (SPACE / "requirements.txt").read_text()  # public packages only
+
+
+def _browser():
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None, None
+    return chromium, sync_playwright
+
+
+@pytest.mark.skipif(_browser()[0] is None or _browser()[1] is None, reason="needs Debian's chromium and the playwright package (.ci/run installs both)")
+def test_page_in_a_real_browser(model_and_image, tmp_path):
+    from hf_landmark.app import build_demo
+
+    chromium, sync_playwright = _browser()
+    model, image = model_and_image
+    (tmp_path / "notes.png").write_text("not an image")
+    demo = build_demo(str(model), examples=sorted(str(p) for p in (SPACE / "examples").glob("*.png")))
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_role("button", name="Detect landmarks").click()  # nothing uploaded yet
+            page.get_by_text("upload an x-ray image first").first.wait_for(timeout=30000)
+            page.locator("input[type=file]").first.set_input_files(str(tmp_path / "notes.png"))
+            page.get_by_role("button", name="Detect landmarks").click()
+            page.get_by_text("notes.png: cannot read image").first.wait_for(timeout=30000)  # the name the user gave it
+            page.locator("button[aria-label='Clear']").first.click()
+            page.locator("input[type=file]").first.set_input_files(str(image))
+            page.get_by_role("button", name="Detect landmarks").click()
+            page.locator("text=Nasion >> visible=true").first.wait_for(timeout=60000)
+            assert page.get_by_text("assume the spacing of the model's training data").is_visible()
+            page.locator("button[aria-label='Clear']").first.click()
+            page.get_by_text("synthetic_ceph_2.png").first.click()  # an example
+            page.get_by_role("button", name="Detect landmarks").click()
+            page.get_by_text("landmarks-").last.wait_for(timeout=60000)
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            browser.close()
     finally:
         demo.close()

@@ -46,8 +46,10 @@ def test_post_process_maps_to_each_original_frame_and_mm():
     a, b = result[0][0], result[1][0]
     assert a["label"] == "tip" and a["x"] == pytest.approx(21 * 100 / 32 - 0.5, abs=1e-3) and a["y"] == pytest.approx(9.75 * 200 / 32 - 0.5, abs=1e-3)
     assert a["x_mm"] == pytest.approx(a["x"] * 0.5) and a["y_mm"] == pytest.approx(a["y"] * 0.5)  # processor's spacing
+    assert a["spacing_assumed"] is True
     assert b["x"] == pytest.approx(21 * 64 / 32 - 0.5, abs=1e-3) and b["y"] == pytest.approx(9.75 * 32 / 32 - 0.5, abs=1e-3)
     assert b["x_mm"] == pytest.approx(b["x"] * 0.3) and b["y_mm"] == pytest.approx(b["y"] * 0.4)  # the image's own spacing
+    assert b["spacing_assumed"] is False
     assert 0.0 <= a["score"] <= 1.0 and result[0][1]["label"] == "base"
     # Without any spacing there are no mm fields.
     bare = LandmarkImageProcessor(size=32, loss="contour", sigma=1.0)

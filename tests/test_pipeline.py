@@ -156,7 +156,7 @@ def test_pipeline_cli_and_app_agree_on_the_same_file(tmp_path):
     from_pipeline = pipeline("landmark-detection", model=str(tmp_path / "m"))(str(tmp_path / "x.png"))
     assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")]) == 0
     from_cli = json.loads((tmp_path / "p.json").read_text())["predictions"][str(tmp_path / "x.png")]
-    _, _, json_path = app_predict(str(tmp_path / "x.png"), str(tmp_path / "m"))
+    _, _, _, json_path = app_predict(str(tmp_path / "x.png"), str(tmp_path / "m"))
     from_app = json.loads(open(json_path, encoding="utf-8").read())["landmarks"]
     assert from_pipeline == from_cli == from_app
     assert {p["label"] for p in from_pipeline} == {"a", "b", "c"} and all("x_mm" in p for p in from_pipeline)

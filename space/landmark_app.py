@@ -1,0 +1,1 @@
+../hf_landmark/app.py
