@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -37,6 +38,22 @@ def ddpm_card(info: dict, repo_id: str | None = None) -> ModelCard:
     )
 
 
+def _initialisation(training: dict | None, base: str | None) -> str:
+    """One sentence on where the weights started, with no local paths."""
+    init = (training or {}).get("init") or {}
+    if init.get("kind") == "scratch":
+        return f"random (the `{init.get('preset')}` U-Net trained from scratch)"
+    name = base or init.get("repo_id")
+    info = init.get("pretraining") or {}
+    what = ""
+    if info.get("num_images"):
+        what = (f"a DDPM pre-trained without labels on {info['num_images']} {_title(info.get('dataset_name')) or ''} images "
+                f"({info.get('preset')} U-Net, {info.get('resolution')} px, {info.get('step')} steps)")  # fmt: skip
+    if name:
+        return f"[{name}](https://huggingface.co/{name})" + (f": {what}" if what else "")
+    return (what + " (a local checkpoint, not published)") if what else "a DDPM pre-trained with hf-landmark (not published)"
+
+
 def _title(dataset: str | None) -> str | None:
     """The dataset record's title; a custom dataset's own name as it is."""
     from .data.specs import DATASETS
@@ -44,9 +61,10 @@ def _title(dataset: str | None) -> str | None:
     return DATASETS[dataset].title if dataset in DATASETS and dataset != "custom" else dataset
 
 
-def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.0") -> ModelCard:
+def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.0", training: dict | None = None) -> ModelCard:
     """Card of a fine-tuned detector, with a ``model-index`` filled from a real
-    ``metrics.json`` written by ``hf-landmark evaluate``."""
+    ``metrics.json`` written by ``hf-landmark evaluate`` and, when given, the training record
+    fine-tuning saved beside the weights (data, label count, initialisation)."""
     from huggingface_hub import EvalResult
 
     from .evaluation import markdown_table
@@ -59,15 +77,17 @@ def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.
     for t, v in metrics["sdr"].items():
         results.append(EvalResult(metric_type=f"sdr_{t}{unit}", metric_name=f"SDR {t} {unit} (%)", metric_value=round(v, 2), **common))
     base = getattr(config, "base_model", None)
+    if base and (os.path.exists(base) or not re.fullmatch(r"[\w.-]+/[\w.-]+", base)):
+        base = None  # a local folder is no name for a reader of the card; the training record describes it
     data = ModelCardData(
         license=license, library_name="hf-landmark", pipeline_tag="keypoint-detection", model_name=repo_id,
         tags=["hf-landmark", "landmark-detection", "x-ray", "medical-imaging", "ddpm"], eval_results=results,
-        base_model=base if base and not base.startswith(("/", ".")) else None,
+        base_model=base,
     )
     return ModelCard.from_template(
         data, template_str=_template("detector_card.md"), metrics=metrics, config=config, repo_id=repo_id, model_name=repo_id,
         metrics_table=markdown_table(metrics), dataset_title=_title(dataset), base_model=base,
-        citation=PAPER_CITATION,
+        citation=PAPER_CITATION, training=training, initialisation=_initialisation(training, base),
     )
 
 

@@ -159,7 +159,13 @@ def _cmd_card(args) -> int:
             metrics = json.load(fh)
     except (OSError, json.JSONDecodeError) as err:
         raise UserInputError(f"{args.metrics}: cannot read the metrics file ({err}); write one with hf-landmark evaluate") from err
-    path = write_card(detector_card(config, metrics, args.repo_id or os.path.basename(os.path.normpath(args.model_dir))), args.model_dir)
+    record_file = os.path.join(args.model_dir, "hf_landmark_training.json")
+    record = None
+    if os.path.isfile(record_file):
+        with open(record_file, encoding="utf-8") as fh:
+            record = json.load(fh)
+    repo_id = args.repo_id or os.path.basename(os.path.normpath(args.model_dir))
+    path = write_card(detector_card(config, metrics, repo_id, training=record), args.model_dir)
     print(f"wrote {path}")
     return 0
 

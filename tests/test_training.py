@@ -139,6 +139,12 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
          "--output", str(tmp_path / "paper.json"), "--paper-compatible"])  # fmt: skip
     assert json.loads((tmp_path / "paper.json").read_text())["mode"] == "paper"
+    # The card states the real training data, the label count and the initialisation, no local paths.
+    assert cli(["card", str(tmp_path / "ft-ddpm/model"), "--metrics", str(metrics_path), "--repo-id", "org/ceph-2"]) == 0
+    card = (tmp_path / "ft-ddpm/model/README.md").read_text()
+    assert "Fine-tuned on **2 labeled images** of cephalometric (ISBI 2015)" in card and "001, 002" in card
+    assert "a DDPM pre-trained without labels on 19 cephalometric (ISBI 2015) images (tiny U-Net, 32 px, 50 steps)" in card
+    assert str(tmp_path) not in card and "assumed for images that carry no spacing" in card
 
     bench = ["benchmark", "--dataset", str(synth_prepared), "--output-dir", str(tmp_path / "bench"), "--init", f"ddpm={unet}",
              "--labels", "1,2", "--seeds", "0", "--eval-split", "test", "--", "--max-steps", "2", "--eval-steps", "2"]  # fmt: skip

@@ -28,6 +28,7 @@ Both use ``ReduceLROnPlateau`` on the validation loss and the ±2° / ±2 % / ±
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -67,6 +68,9 @@ from hf_landmark.training_utils import (
 )
 
 logger = get_logger(__name__)
+
+#: Written beside a fine-tuned detector: its data, labels and initialisation (for its card).
+TRAINING_RECORD = "hf_landmark_training.json"
 
 RECIPES = {
     "default": {
@@ -170,11 +174,30 @@ def read_pretraining_info_any(path: str) -> dict:
     return read_pretraining_info(path) or read_pretraining_info(path, "unet")
 
 
-def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor, path: str) -> None:
-    """The detector and its image processor, written whole or not at all."""
+def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor, path: str, record: dict) -> None:
+    """The detector, its image processor and its training record (``TRAINING_RECORD``, what
+    the model card states), written whole or not at all."""
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
+        with open(os.path.join(tmp, TRAINING_RECORD), "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=2)
+
+
+def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_count: int) -> dict:
+    """What a card must say about how a detector was trained: data, labels, initialisation."""
+    init = {"kind": "scratch", "preset": args.preset} if args.init == "scratch" else {"kind": "ddpm"}
+    if args.init != "scratch":
+        local = os.path.exists(args.init)
+        info = read_pretraining_info_any(args.init)
+        init.update(repo_id=None if local else args.init, pretraining={k: info.get(k) for k in (
+            "dataset_name", "num_images", "preset", "num_parameters", "resolution", "step", "effective_batch_size")})  # fmt: skip
+    dataset_local = os.path.exists(args.dataset)
+    return {
+        "dataset": dataset_name, "dataset_repo_id": None if dataset_local else args.dataset, "num_labels": len(train_ids),
+        "labeled_image_ids": list(train_ids), "validation_images": val_count, "subset": args.subset, "seed": args.seed,
+        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "init": init,
+    }  # fmt: skip
 
 
 def finetune(args: FinetuneArguments) -> dict:
@@ -230,6 +253,7 @@ def finetune(args: FinetuneArguments) -> dict:
         raise UserInputError(f"{args.output_dir}: fine-tuning diverged: {what}; no model was kept. Lower --learning-rate "
                              f"(now {args.learning_rate:g}) or check the labels")  # fmt: skip
 
+    record = training_record(args, first["dataset"], train.image_ids, len(val))
     unwrapped = accelerator.unwrap_model(model)
     floor = compute_metrics(mean_shape_prediction(train, val), val, unwrapped.config)
     best = {"val_mre": math.inf, "step": 0}
@@ -272,7 +296,7 @@ def finetune(args: FinetuneArguments) -> dict:
                 best = {"val_mre": metrics["mre"], "val_mre_std": metrics["mre_std"], "val_sdr": metrics["sdr"], "step": step, "unit": metrics["unit"]}
                 stale = 0
                 if accelerator.is_main_process:
-                    save_model_atomic(unwrapped, processor, model_dir)
+                    save_model_atomic(unwrapped, processor, model_dir, dict(record, best_step=step, val_mre=metrics["mre"], unit=metrics["unit"]))
                     wrote_model = True
             else:
                 stale += 1
