@@ -135,3 +135,23 @@ def parse_arguments(parser, arguments_class, argv=None):
     code 2); a bad value raises :class:`UserInputError` from the dataclass's checks."""
     namespace = parser.parse_args(argv)
     return arguments_class(**vars(namespace))
+
+
+def describe_cpu_threads(device) -> str | None:
+    """A note on the CPU threads a job uses, or None on an accelerator. torch's default (one
+    thread per physical core, or ``OMP_NUM_THREADS``) is right for a machine of one's own; on a
+    shared one, several jobs at that default slow each other 5-10×."""
+    if getattr(device, "type", str(device)) != "cpu":
+        return None
+    source = "OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "torch's default, one per physical core"
+    return (f"running on the CPU with {torch.get_num_threads()} threads ({source}); when several jobs share this "
+            "machine, give each OMP_NUM_THREADS=1 (or run one at a time)")  # fmt: skip
+
+
+def long_run_warning(seconds_per_step: float, remaining_steps: int, device, what: str) -> str | None:
+    """A warning when a CPU run will take more than an hour, with the estimate."""
+    total = seconds_per_step * remaining_steps
+    if getattr(device, "type", str(device)) != "cpu" or total < 3600:
+        return None
+    return (f"{what} will take about {total / 3600:.1f} h on this CPU ({seconds_per_step:.2f} s per step, {remaining_steps} steps "
+            "to go): a GPU, a smaller --preset or --resolution, or fewer steps shorten it")  # fmt: skip

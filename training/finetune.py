@@ -61,6 +61,8 @@ from hf_landmark.training_utils import (
     MIXED_PRECISION_HELP,
     argument_parser,
     check_choice,
+    describe_cpu_threads,
+    long_run_warning,
     parse_arguments,
     parse_float_pair,
     resolve_mixed_precision,
@@ -262,6 +264,8 @@ def finetune(args: FinetuneArguments) -> dict:
     progress = tqdm(total=max_steps, desc=f"fine-tuning ({args.num_labels} labels)", disable=not accelerator.is_local_main_process)
     start = time.perf_counter()
     model.train()
+    if accelerator.is_main_process and (note := describe_cpu_threads(device)):
+        logger.info(note)
     step = 0
     while step < max_steps:
         for _ in range(args.gradient_accumulation_steps):
@@ -281,6 +285,10 @@ def finetune(args: FinetuneArguments) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         step += 1
+        if step == 2 and accelerator.is_local_main_process:
+            warning = long_run_warning((time.perf_counter() - start) / 2, max_steps - step, device, "fine-tuning")
+            if warning:
+                progress.write("warning: " + warning)
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if step % eval_steps == 0 or step == max_steps:

@@ -58,6 +58,8 @@ from hf_landmark.training_utils import (
     argument_parser,
     check_choice,
     commit_checkpoint,
+    describe_cpu_threads,
+    long_run_warning,
     parse_arguments,
     parse_float_pair,
     parse_int_list,
@@ -240,6 +242,9 @@ def pretrain(args: PretrainArguments) -> str:
     recent_losses = deque(maxlen=100)
     progress = tqdm(total=args.max_steps, initial=global_step, desc="pre-training", disable=not accelerator.is_local_main_process)
     unet.train()
+    if accelerator.is_main_process and (note := describe_cpu_threads(accelerator.device)):
+        logger.info(note)
+    first_step_start = time.perf_counter()
     tick, tick_step, window_loss = time.perf_counter(), global_step, 0.0
     while global_step < args.max_steps:
         step_loss = 0.0
@@ -277,6 +282,11 @@ def pretrain(args: PretrainArguments) -> str:
 
         ema.step(unet.parameters())
         global_step += 1
+        if global_step == (resume[0] if resume else 0) + 2 and accelerator.is_local_main_process:
+            # The first step pays for warm-up; the second gives an honest estimate.
+            warning = long_run_warning((time.perf_counter() - first_step_start) / 2, args.max_steps - global_step, accelerator.device, "pre-training")
+            if warning:
+                progress.write("warning: " + warning)
         recent_losses.append(step_loss)
         window_loss += step_loss
         progress.update(1)

@@ -1,0 +1,32 @@
+import torch
+
+from hf_landmark.training_utils import describe_cpu_threads, long_run_warning, parse_float_pair, parse_int_list
+
+
+def test_long_cpu_runs_are_announced_with_their_estimate():
+    cpu = torch.device("cpu")
+    # 2 s per step x 2,000 steps = 4,000 s = 1.1 h: announced; 500 s: not; never on a GPU.
+    assert "about 1.1 h on this CPU (2.00 s per step, 2000 steps" in long_run_warning(2.0, 2000, cpu, "pre-training")
+    assert long_run_warning(0.5, 1000, cpu, "pre-training") is None
+    assert long_run_warning(2.0, 2000, torch.device("cuda"), "pre-training") is None
+
+
+def test_cpu_thread_note(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    note = describe_cpu_threads(torch.device("cpu"))
+    assert f"{torch.get_num_threads()} threads (torch's default" in note and "OMP_NUM_THREADS=1" in note
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert "threads (OMP_NUM_THREADS)" in describe_cpu_threads(torch.device("cpu"))
+    assert describe_cpu_threads(torch.device("cuda")) is None
+
+
+def test_value_parsers_name_the_argument():
+    import pytest
+
+    from hf_landmark.errors import UserInputError
+
+    assert parse_int_list("1, 5,10") == [1, 5, 10] and parse_float_pair("-1,1") == (-1.0, 1.0)
+    with pytest.raises(UserInputError, match="--labels: expected comma-separated integers, got '1,five'"):
+        parse_int_list("1,five", "--labels")
+    with pytest.raises(UserInputError, match="--pixel-range: expected two comma-separated numbers"):
+        parse_float_pair("0", "--pixel-range")
