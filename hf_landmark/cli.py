@@ -17,7 +17,7 @@ from .errors import UserInputError
 def _cmd_synth(args) -> int:
     from .data.synthetic import write_synthetic_isbi
 
-    out = write_synthetic_isbi(args.out, num_images=args.num_images, seed=args.seed, image_format=args.format)
+    out = write_synthetic_isbi(args.out, num_images=args.num_images, seed=args.seed, image_format=args.format, variability=args.variability)
     print(f"wrote {args.num_images} synthetic cephalograms in the ISBI 2015 layout to {out}")
     return 0
 
@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=60, help="how many cephalograms (default 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same images")
     p.add_argument("--format", default="bmp", choices=["bmp", "png", "jpg"], help="image file format (the ISBI originals are bmp)")
+    p.add_argument("--variability", type=float, default=1.0, help="spread of shape, pose and exposure (1: mild; the demo uses 2.5)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("prepare", allow_abbrev=False, help="convert a benchmark's public layout (or custom data) into a prepared dataset")

@@ -42,31 +42,35 @@ _PROG[[1, 4, 11, 12, 14, 17], 0] = [0.6, 1.0, 1.0, 0.9, 0.9, 1.0]
 _MODES = np.stack([_LOWER_FACE, _JAW, _PROG]) * 0.05
 
 
-def synthetic_landmarks(rng: np.random.Generator, size=SYNTH_SIZE, margin: float = 2.0) -> np.ndarray:
+def synthetic_landmarks(rng: np.random.Generator, size=SYNTH_SIZE, margin: float = 2.0, variability: float = 1.0) -> np.ndarray:
     """Sample one shape: ``[19, 2]`` (x, y) in pixels of a ``size`` = (W, H) image, every
-    landmark at least ``margin`` pixels inside the image (shapes that leave it are redrawn)."""
+    landmark at least ``margin`` pixels inside the image (shapes that leave it are redrawn).
+    ``variability`` scales the spread of shape and pose: 1 gives ±6° rotation, scale
+    0.92–1.06 and ±4 % shift; 2.5 gives ±15°, 0.8–1.15 and ±10 %."""
     w, h = size
     while True:
-        pts = _sample_shape(rng, w, h)
+        pts = _sample_shape(rng, w, h, variability)
         if np.all(pts >= margin) and np.all(pts[:, 0] <= w - 1 - margin) and np.all(pts[:, 1] <= h - 1 - margin):
             return pts
 
 
-def _sample_shape(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    pts = _TEMPLATE + np.tensordot(rng.normal(0.0, 1.0, 3), _MODES, axes=1)
-    pts = pts + rng.normal(0.0, 0.004, pts.shape)
+def _sample_shape(rng: np.random.Generator, w: int, h: int, v: float) -> np.ndarray:
+    pts = _TEMPLATE + np.tensordot(rng.normal(0.0, v, 3), _MODES, axes=1)
+    pts = pts + rng.normal(0.0, 0.004 * v, pts.shape)
     pts = pts * np.array([w, h])
     centre = np.array([w, h]) * 0.5
-    angle = np.deg2rad(rng.uniform(-6.0, 6.0))
-    scale = rng.uniform(0.92, 1.06)
+    angle = np.deg2rad(rng.uniform(-6.0 * v, 6.0 * v))
+    scale = rng.uniform(1.0 - 0.08 * v, 1.0 + 0.06 * v)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    shift = rng.uniform(-0.04, 0.04, 2) * np.array([w, h])
+    shift = rng.uniform(-0.04 * v, 0.04 * v, 2) * np.array([w, h])
     return ((pts - centre) @ rot.T) * scale + centre + shift
 
 
-def render_synthetic(landmarks: np.ndarray, rng: np.random.Generator, size=SYNTH_SIZE) -> np.ndarray:
-    """Render an x-ray-like uint8 ``[H, W]`` image of the anatomy given by ``landmarks``."""
+def render_synthetic(landmarks: np.ndarray, rng: np.random.Generator, size=SYNTH_SIZE, variability: float = 1.0) -> np.ndarray:
+    """Render an x-ray-like uint8 ``[H, W]`` image of the anatomy given by ``landmarks``;
+    ``variability`` scales the spread of exposure, contrast and noise."""
     w, h = size
+    v = variability
     ss = 2  # supersampling for smooth edges
     img = Image.new("L", (w * ss, h * ss), 0)
     draw = ImageDraw.Draw(img)
@@ -112,20 +116,21 @@ def render_synthetic(landmarks: np.ndarray, rng: np.random.Generator, size=SYNTH
     img = img.filter(ImageFilter.GaussianBlur(radius=1.2 * ss)).resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    arr = arr * rng.uniform(0.8, 1.1) + 0.08 * np.sin(xx * rng.uniform(2, 5) + yy * rng.uniform(2, 5))
-    arr = np.clip(arr, 0, 1) ** rng.uniform(0.85, 1.2)
-    arr = arr + rng.normal(0.0, 0.03, arr.shape)
+    arr = arr * rng.uniform(1.0 - 0.2 * v, 1.0 + 0.1 * v) + 0.08 * v * np.sin(xx * rng.uniform(2, 5) + yy * rng.uniform(2, 5))
+    arr = np.clip(arr, 0, 1) ** rng.uniform(1.0 - 0.15 * v, 1.0 + 0.2 * v)
+    arr = arr + rng.normal(0.0, 0.03 * min(v, 2.0), arr.shape)
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def write_synthetic_isbi(
     out_dir: str | os.PathLike, num_images: int = 40, seed: int = 0, size=SYNTH_SIZE, image_format: str = "bmp",
-    annotator_noise_px: float = 1.0,
+    annotator_noise_px: float = 1.0, variability: float = 1.0,
 ) -> Path:
     """Write ``num_images`` synthetic cephalograms in the ISBI 2015 layout:
     ``RawImage/TrainingData/NNN.<fmt>`` and ``AnnotationsByMD/{400_senior,400_junior}/NNN.txt``
     (19 ``x,y`` lines in integer pixels, as the originals). The two annotators differ by
     ``annotator_noise_px`` (std); the true landmark is their mean before rounding.
+    ``variability`` scales the spread of shape, pose and exposure (see :func:`synthetic_landmarks`).
     """
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -134,8 +139,8 @@ def write_synthetic_isbi(
     for d in (img_dir, *ann.values()):
         d.mkdir(parents=True, exist_ok=True)
     for i in range(1, num_images + 1):
-        lm = synthetic_landmarks(rng, size)
-        image = render_synthetic(lm, rng, size)
+        lm = synthetic_landmarks(rng, size, variability=variability)
+        image = render_synthetic(lm, rng, size, variability=variability)
         name = f"{i:03d}"
         Image.fromarray(image, mode="L").save(img_dir / f"{name}.{image_format}")
         noise = rng.normal(0.0, annotator_noise_px / 2, lm.shape)
