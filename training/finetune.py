@@ -261,7 +261,7 @@ def finetune(args: FinetuneArguments) -> dict:
     best = {"val_mre": math.inf, "step": 0}
     history = []
     stale = 0
-    progress = tqdm(total=max_steps, desc=f"fine-tuning ({args.num_labels} labels)", disable=not accelerator.is_local_main_process)
+    progress = tqdm(total=max_steps, desc=f"fine-tuning ({args.num_labels} label{'s' if args.num_labels > 1 else ''})", disable=not accelerator.is_local_main_process)
     start = time.perf_counter()
     model.train()
     if accelerator.is_main_process and (note := describe_cpu_threads(device)):
