@@ -60,14 +60,22 @@ def predict(image_path: str | None, model: str, decoder: str = "centroid"):
     preds = pipe(image_path, decoder=decoder)
     # Small images are enlarged on screen so that markers and numbers stay readable.
     overlay = pipe.draw_overlay(image_path, preds, min_side=DISPLAY_MIN_SIDE)
-    rows = [[i + 1, p["label"], round(p["x"], 1), round(p["y"], 1), _mm(p.get("x_mm")), _mm(p.get("y_mm")), round(p["score"], 3)]
-            for i, p in enumerate(preds)]  # fmt: skip
+    rows = [[i + 1, p["label"], round(p["x"], 1), round(p["y"], 1), _mm(p.get("x_mm")), _mm(p.get("y_mm")), _mm(p.get("radius_mm", p.get("radius"))),
+             round(p["score"], 3)] for i, p in enumerate(preds)]  # fmt: skip
+    notes = []
+    if preds and preds[0].get("flag") == "low_confidence":
+        notes.append("**Low confidence: this image is unlike the model's training images** (another anatomy, a blank or a "
+                     "tiny image?). Do not use these coordinates without checking every one.")  # fmt: skip
+    if preds and "radius" in preds[0]:
+        notes.append("Circles: calibrated error radii; the true landmark lies inside with the stated probability "
+                     "(see the model card). A large circle means: look twice.")  # fmt: skip
     note = ""
     if any(p.get("spacing_assumed") for p in preds):
         note = ("The file carries no pixel spacing: the mm columns assume the spacing of the model's training data. "
                 "Check it against your scanner before using them.")  # fmt: skip
     elif not any("x_mm" in p for p in preds):
         note = "No pixel spacing is known for this image or model: coordinates are in pixels only."
+    note = "\n\n".join(notes + ([note] if note else []))
     fd, path = tempfile.mkstemp(prefix="landmarks-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump({"image": os.path.basename(image_path), "model": model, "landmarks": preds}, fh, indent=2)
@@ -104,7 +112,8 @@ def build_demo(default_model: str | None = None, examples: list[str] | None = No
                     gr.Examples(examples=[[e] for e in examples], inputs=[image], label="examples (synthetic cephalograms)")
             with gr.Column():
                 overlay = gr.Image(type="pil", format="png", label="landmarks (red, numbered as in the table)")
-                table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "score"], label="coordinates")
+                table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "radius (mm, else px)", "score"],
+                                     label="coordinates")  # fmt: skip
                 note = gr.Markdown()
                 download = gr.File(label="JSON")
         run.click(run_predict, inputs=[image, model, decoder], outputs=[overlay, table, note, download], api_name="predict")

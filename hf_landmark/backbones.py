@@ -1,7 +1,9 @@
 """Backbones of the landmark detector, one registry.
 
 A backbone maps preprocessed images ``[B, 1, S, S]`` to heatmap logits ``[B, N, S, S]``, one
-channel per landmark, and knows how to take weights from its kind of pre-trained checkpoint.
+channel per landmark, plus an image embedding ``[B, C]`` (what the out-of-distribution check
+compares with the training images), and knows how to take weights from its kind of
+pre-trained checkpoint.
 The detector (:mod:`modeling_landmark`) holds one, chosen by ``config.backbone``; a new
 backbone is a class here plus its registry entry. Self-contained (torch, diffusers and the
 configuration file) so it travels with a model's remote code.
@@ -33,10 +35,19 @@ class UNet2DBackbone(nn.Module):
         super().__init__()
         self.unet = UNet2DModel(**unet_kwargs(config.backbone_config, config.image_size, config.num_landmarks))
         self.timestep = int(config.timestep)
+        self._embedding = None
+        # The bottleneck (mid block) output, averaged over space, is the image embedding.
+        self.unet.mid_block.register_forward_hook(self._keep_embedding)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _keep_embedding(self, module, inputs, output):
+        self._embedding = output.float().mean(dim=(-2, -1))
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, N, S, S], embedding [B, C])``."""
         timestep = torch.full((pixel_values.shape[0],), self.timestep, device=pixel_values.device)
-        return self.unet(pixel_values, timestep).sample
+        logits = self.unet(pixel_values, timestep).sample
+        embedding, self._embedding = self._embedding, None
+        return logits, embedding
 
     @staticmethod
     def load_ddpm(path_or_repo: str | os.PathLike) -> tuple[UNet2DModel, dict]:

@@ -54,14 +54,18 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    import json
+
     from .data import load_prepared, load_tensors
     from .data.prepared import require_split
     from .evaluation import (
         compute_metrics,
         markdown_table,
-        predict_tensors,
+        predict_split,
         save_cumulative_error_plot,
         save_overlays,
+        save_reliability_plot,
+        uncertainty_metrics,
     )
     from .fileio import write_json_atomic, write_text_atomic
     from .pipeline_landmark import load_detector
@@ -69,7 +73,16 @@ def _cmd_evaluate(args) -> int:
     split = require_split(load_prepared(args.dataset), args.split, args.dataset)
     model, processor = load_detector(args.model)
     data = load_tensors(split, processor.size, processor.resample)
-    pred, scores, _ = predict_tensors(model, processor, data, args.decoder, batch_size=args.batch_size)
+    if args.exclude_training_labels:
+        record = os.path.join(args.model, "hf_landmark_training.json")
+        if not os.path.isfile(record):
+            raise UserInputError(f"{args.model}: --exclude-training-labels needs the training record hf_landmark_training.json")
+        with open(record, encoding="utf-8") as fh:
+            labeled = set(json.load(fh)["labeled_image_ids"])
+        data = data.subset([i for i, image_id in enumerate(data.image_ids) if image_id not in labeled])
+        if len(data) == 0:
+            raise UserInputError(f"{args.dataset}: every {args.split} image was a training label; nothing is left to evaluate")
+    pred = predict_split(model, processor, data, args.decoder, batch_size=args.batch_size)
     thresholds = None
     if args.thresholds:
         try:
@@ -77,19 +90,30 @@ def _cmd_evaluate(args) -> int:
         except ValueError as err:
             raise UserInputError(f"--thresholds: expected comma-separated numbers, got {args.thresholds!r}") from err
     mode = "paper" if args.paper_compatible else "physical"
-    metrics = compute_metrics(pred, data, model.config, mode, thresholds)
+    metrics = compute_metrics(pred["coords"], data, model.config, mode, thresholds)
+    uncertainty = uncertainty_metrics(pred, data, processor, model.config)
     metrics.update(model=os.fspath(args.model), dataset=os.fspath(args.dataset), split=args.split, decoder=args.decoder or processor.decoder,
-                   mean_score=float(scores.mean()), predictions={i: p.tolist() for i, p in zip(data.image_ids, pred)})  # fmt: skip
+                   mean_score=float(pred["scores"].mean()), uncertainty=uncertainty,
+                   predictions={i: p.tolist() for i, p in zip(data.image_ids, pred["coords"])})  # fmt: skip
     write_json_atomic(metrics, args.output)
+    stem = os.path.splitext(args.output)[0]
     table = markdown_table(metrics, f"{args.model} on {args.dataset} ({args.split}, {mode})")
-    md = os.path.splitext(args.output)[0] + ".md"
-    write_text_atomic(table, md)
-    plot = save_cumulative_error_plot({os.path.basename(os.path.normpath(args.model)): metrics["errors"]}, metrics["unit"],
-                                      os.path.splitext(args.output)[0] + "_ced.png")
+    write_text_atomic(table, stem + ".md")
+    written = [args.output, stem + ".md", save_cumulative_error_plot({os.path.basename(os.path.normpath(args.model)): metrics["errors"]},
+                                                                    metrics["unit"], stem + "_ced.png")]  # fmt: skip
+    if "reliability" in uncertainty:
+        written.append(save_reliability_plot(uncertainty["reliability"], stem + "_reliability.png", f"{args.split}, {len(data)} images"))
     if args.overlay_dir:
-        save_overlays(data, pred, args.overlay_dir, image_dir=args.image_dir)
+        save_overlays(data, pred["coords"], args.overlay_dir, image_dir=args.image_dir, radii=processor.radii(pred["spread"]))
     print(table)
-    print(f"MRE {metrics['mre']:.3f} ± {metrics['mre_std']:.3f} {metrics['unit']} over {metrics['num_images']} images; wrote {args.output}, {md}, {plot}")
+    print(f"MRE {metrics['mre']:.3f} ± {metrics['mre_std']:.3f} {metrics['unit']} over {metrics['num_images']} images")
+    if "coverage" in uncertainty:
+        print(f"error radii (alpha {uncertainty['alpha']:g}): coverage {100 * uncertainty['coverage']:.1f} %, mean radius "
+              f"{uncertainty['mean_radius']:.2f} {uncertainty['unit']}; Spearman(score, error) {uncertainty['spearman_score_error']:+.2f}, "
+              f"Spearman(spread, error) {uncertainty['spearman_spread_error']:+.2f}")  # fmt: skip
+    if uncertainty["flagged_images"]:
+        print(f"{uncertainty['flagged_images']} of {len(data)} images flagged low_confidence (unlike the training images)")
+    print("wrote " + ", ".join(written))
     return 0
 
 
@@ -97,14 +121,13 @@ def _cmd_predict(args) -> int:
     import csv
     from pathlib import Path
 
-    import numpy as np
     from tqdm.auto import tqdm
     from transformers import pipeline
 
     from .fileio import atomic_file, write_json_atomic, write_text_atomic
     from .pipeline_landmark import load_detector
-    from .preprocessing import IMAGE_EXTENSIONS, ImageReadError, load_image
-    from .visualization import draw_landmarks, legend_lines
+    from .preprocessing import IMAGE_EXTENSIONS, ImageReadError
+    from .visualization import legend_lines
 
     files: list[Path] = []
     for item in args.inputs:
@@ -125,20 +148,23 @@ def _cmd_predict(args) -> int:
             print(f"error: {err}", file=sys.stderr)
             continue
         if args.overlay_dir:
-            xy = np.asarray([[p["x"], p["y"]] for p in results[str(path)]])
             with atomic_file(os.path.join(args.overlay_dir, path.stem + ".png")) as tmp:
-                draw_landmarks(load_image(str(path))[0], xy).save(tmp)
+                pipe.draw_overlay(str(path), results[str(path)]).save(tmp)
     if args.overlay_dir and results:
         write_text_atomic("\n".join(legend_lines(processor.landmark_names or [])) + "\n", os.path.join(args.overlay_dir, "legend.txt"))
-    write_json_atomic({"model": os.fspath(args.model), "predictions": results, "errors": errors}, args.output)
+    flags = {image: preds[0]["flag"] for image, preds in results.items() if preds}
+    write_json_atomic({"model": os.fspath(args.model), "predictions": results, "flags": flags, "errors": errors}, args.output)
     if args.csv:
         with atomic_file(args.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["image", "number", "label", "x", "y", "score", "x_mm", "y_mm", "spacing_assumed"])
+            columns = ["label", "x", "y", "score", "radius", "x_mm", "y_mm", "radius_mm", "spacing_assumed", "flag"]
+            writer.writerow(["image", "number", *columns])
             for image, preds in results.items():
                 for i, p in enumerate(preds):
-                    writer.writerow([image, i + 1, p["label"], p["x"], p["y"], p["score"], p.get("x_mm", ""), p.get("y_mm", ""),
-                                     p.get("spacing_assumed", "")])  # fmt: skip
+                    writer.writerow([image, i + 1, *(p.get(c, "") for c in columns)])
+    low = sorted(image for image, flag in flags.items() if flag != "ok")
+    if low:
+        print(f"{len(low)} image(s) flagged low_confidence (unlike the training images; check them by hand): " + ", ".join(low[:10]))
     print(f"{len(results)} images predicted, {len(errors)} failed; wrote {args.output}")
     return 1 if errors and not args.skip_bad else 0
 
@@ -267,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", help="SDR thresholds, comma-separated (default: the dataset's)")
     p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
     p.add_argument("--image-dir", help="the original images, for overlays on them rather than on the prepared copy")
+    p.add_argument("--exclude-training-labels", action="store_true",
+                   help="leave out the images the model was fine-tuned on (from its hf_landmark_training.json)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.set_defaults(func=_cmd_evaluate)
     return parser

@@ -19,45 +19,140 @@ PAPER_GRID = 256
 
 
 @torch.no_grad()
-def predict_tensors(model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None):
+def predict_split(model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None) -> dict:
     """Predict every image of ``data`` through the image processor's path: its intensity
     mapping, the model, and its post-processing into each image's **original** frame.
 
-    Returns ``(coordinates [M, N, 2] float64 original pixels, scores [M, N], mean loss)``; the
-    loss is the model's training loss against ``data.landmarks``, averaged over images."""
+    Returns a dict of arrays: ``coords`` ``[M, N, 2]`` original pixels, ``scores`` ``[M, N]``,
+    ``spread`` ``[M, N]`` (heatmap spread, original pixels), ``embeddings`` ``[M, C]``,
+    ``flags`` (per image) and ``loss`` (the training loss against ``data.landmarks``, mean
+    over images)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    coords, scores, losses = [], [], []
+    parts: dict[str, list] = {"coords": [], "scores": [], "spread": [], "embeddings": [], "flags": []}
+    losses = []
     for start in range(0, len(data), batch_size):
         part = slice(start, start + batch_size)
         x = to_pixel_values(data.images[part], processor.pixel_range).to(device)
         out = model(pixel_values=x, labels=data.landmarks[part].to(device))
-        c, s = processor.post_process_coordinates(out, target_sizes=data.original_sizes[part], decoder=decoder)
-        coords.append(c)
-        scores.append(s)
+        sizes = data.original_sizes[part]
+        c, sc = processor.post_process_coordinates(out, target_sizes=sizes, decoder=decoder)
+        parts["coords"].append(c)
+        parts["scores"].append(sc)
+        parts["spread"].append(processor.spread(out, sizes))
+        parts["embeddings"].append(out.embeddings.double().cpu().numpy())
+        parts["flags"] += processor.flags(out, sizes)
         losses.append(out.loss.item() * x.shape[0])
     model.train(was_training)
-    return np.concatenate(coords), np.concatenate(scores), float(sum(losses) / len(data))
+    result = {k: (v if k == "flags" else np.concatenate(v)) for k, v in parts.items()}
+    result["loss"] = float(sum(losses) / len(data))
+    return result
+
+
+def predict_tensors(model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None):
+    """``(coordinates [M, N, 2] original pixels, scores [M, N], mean loss)``; see :func:`predict_split`."""
+    out = predict_split(model, processor, data, decoder, batch_size, device)
+    return out["coords"], out["scores"], out["loss"]
+
+
+def calibrate_processor(model, processor, calibration: LandmarkTensors, reference: LandmarkTensors, decoder: str | None = None) -> dict:
+    """Split conformal calibration of ``processor`` on held-out labeled images (``calibration``,
+    the validation split) and the out-of-distribution reference (``reference``, the training
+    images, labeled or not). Returns what was measured (n, the quantiles at ``alpha``)."""
+    cal = predict_split(model, processor, calibration, decoder)
+    ref = predict_split(model, processor, reference, decoder)
+    errors = radial_errors(cal["coords"], calibration.original_landmarks.double().numpy())
+    processor.calibrate(cal["spread"], errors, calibration.original_sizes.numpy(), ref["embeddings"], cal["embeddings"])
+    radii = processor.radii(cal["spread"])
+    return {"calibration_images": len(calibration), "alpha": processor.alpha, "ood_threshold": processor.ood_threshold,
+            "spread_threshold": processor.spread_threshold, "finite_radii": bool(np.isfinite(radii).all())}  # fmt: skip
+
+
+def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) -> dict:
+    """How good the uncertainty is on an evaluated split: per landmark and overall, the
+    empirical coverage of the calibrated radii and their mean size (in the unit of the model's
+    convention; radii convert with the larger axis spacing, as predictions do); how well the
+    score and the spread rank the errors (Spearman); the MRE of the 80 % most confident
+    landmarks; the images flagged; and coverage at several nominal levels (reliability)."""
+    from scipy.stats import spearmanr
+
+    errors_px = radial_errors(pred["coords"], data.original_landmarks.double().numpy())
+    errors, unit = physical_errors(pred["coords"], data, config)
+    spacing, _ = physical_spacing(data, config)
+    px_to_unit = np.ones((len(data), 1)) if spacing is None else spacing.max(axis=1, keepdims=True)
+    scores = pred["scores"]
+    confident = scores.ravel() >= np.quantile(scores.ravel(), 0.2)
+    out: dict = {
+        "unit": unit, "flagged_images": int(sum(f != "ok" for f in pred["flags"])), "num_images": len(data),
+        "spearman_score_error": float(spearmanr(scores.ravel(), errors.ravel()).statistic),
+        "spearman_spread_error": float(spearmanr(pred["spread"].ravel(), errors.ravel()).statistic),
+        "mre_all": float(errors.mean()), "mre_most_confident_80": float(errors.ravel()[confident].mean()),
+    }  # fmt: skip
+    radii = processor.radii(pred["spread"])
+    if radii is None:
+        return out
+    covered = errors_px <= radii
+    out.update(alpha=processor.alpha, coverage=float(covered.mean()), mean_radius=float(np.mean(radii * px_to_unit)))
+    out["per_landmark"] = [{"name": n, "coverage": float(covered[:, j].mean()), "mean_radius": float(np.mean(radii[:, j] * px_to_unit[:, 0]))}
+                           for j, n in enumerate(data.landmark_names)]  # fmt: skip
+    out["reliability"] = [{"nominal": 1.0 - a, "empirical": float((errors_px <= processor.radii(pred["spread"], a)).mean())}
+                          for a in (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)]  # fmt: skip
+    return out
+
+
+def save_reliability_plot(reliability: list[dict], path: str | os.PathLike, title: str | None = None) -> str:
+    """Nominal vs empirical coverage of the calibrated radii (on the diagonal or above: honest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
+    nominal = [r["nominal"] for r in reliability]
+    ax.plot([0.4, 1], [0.4, 1], color="grey", lw=1, ls="--", label="ideal")
+    ax.plot(nominal, [r["empirical"] for r in reliability], "o-", label="calibrated radii")
+    ax.set_xlabel("nominal coverage (1 − α)")
+    ax.set_ylabel("empirical coverage")
+    ax.set_xlim(0.45, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def physical_spacing(data: LandmarkTensors, config) -> tuple[np.ndarray | None, str]:
+    """The per-image spacing ``[M, 2]`` (mm per original pixel) that the model's
+    ``config.unit_convention`` defines for ``data``, and the unit: ``spacing`` (each image's
+    spacing, else ``config.spacing``; pixels when neither is known), ``wrist``
+    (``config.wrist_distance_mm`` over the distance between ``config.wrist_indices`` of the
+    ground truth) or ``pixels`` (``None``)."""
+    convention = getattr(config, "unit_convention", "spacing")
+    m = len(data)
+    if convention == "wrist":
+        truth = data.original_landmarks.double().numpy()
+        s = wrist_spacing(truth, config.wrist_indices, getattr(config, "wrist_distance_mm", 50.0))
+        return np.repeat(s[:, None], 2, axis=1), "mm"
+    if convention == "pixels":
+        return None, "px"
+    if data.has_spacing:
+        return data.spacing.double().numpy(), "mm"
+    if getattr(config, "spacing", None) is not None:
+        return np.broadcast_to(np.asarray(config.spacing, dtype=np.float64).reshape(-1)[-2:] * np.ones(2), (m, 2)).copy(), "mm"
+    return None, "px"
 
 
 def physical_errors(pred: np.ndarray, data: LandmarkTensors, config) -> tuple[np.ndarray, str]:
-    """Errors in the original frame, in the unit of the model's ``config.unit_convention``:
-    ``spacing`` (each image's spacing, else ``config.spacing``; pixels when neither is known),
-    ``wrist`` (``config.wrist_distance_mm`` over the distance between ``config.wrist_indices``
-    of the ground truth) or ``pixels``. ``pred``: ``[M, N, 2]`` original pixels."""
-    truth = data.original_landmarks.double().numpy()
-    convention = getattr(config, "unit_convention", "spacing")
-    if convention == "wrist":
-        spacing = wrist_spacing(truth, config.wrist_indices, getattr(config, "wrist_distance_mm", 50.0))
-        return radial_errors(pred, truth, spacing[:, None]), "mm"
-    if convention == "pixels":
-        return radial_errors(pred, truth), "px"
-    if data.has_spacing:
-        return radial_errors(pred, truth, data.spacing.numpy()), "mm"
-    if getattr(config, "spacing", None) is not None:
-        return radial_errors(pred, truth, config.spacing), "mm"
-    return radial_errors(pred, truth), "px"
+    """Errors ``[M, N]`` in the original frame, in the unit of the model's unit convention
+    (see :func:`physical_spacing`). ``pred``: ``[M, N, 2]`` original pixels."""
+    spacing, unit = physical_spacing(data, config)
+    return radial_errors(pred, data.original_landmarks.double().numpy(), spacing), unit
 
 
 def paper_errors(pred: np.ndarray, data: LandmarkTensors, wrist_indices=(0, 4)) -> tuple[np.ndarray, str]:
@@ -115,10 +210,11 @@ def markdown_table(metrics: dict, title: str | None = None) -> str:
 
 def save_overlays(
     data: LandmarkTensors, pred: np.ndarray, out_dir: str | os.PathLike, image_dir: str | os.PathLike | None = None,
-    limit: int | None = None,
+    limit: int | None = None, radii: np.ndarray | None = None,
 ) -> list[str]:
     """One overlay PNG per image, named by image id, at the **original** image's size, plus
-    ``legend.txt`` (the numbers' landmark names). ``pred``: ``[M, N, 2]`` original pixels.
+    ``legend.txt`` (the numbers' landmark names). ``pred``: ``[M, N, 2]`` original pixels;
+    ``radii``: ``[M, N]`` calibrated error radii (original pixels) drawn as circles.
 
     The picture is the original file found in ``image_dir`` (by image id, any supported
     extension), else the prepared copy resized back to the original size (right geometry,
@@ -134,7 +230,7 @@ def save_overlays(
         source = originals.get(data.image_ids[i])
         # Upsampling the prepared copy for display: bilinear reads better than area (blocky).
         image = read_image(source) if source else resize_image(data.images[i, 0].numpy(), (w, h), "bilinear")
-        img = draw_landmarks(image, pred[i], data.original_landmarks[i].numpy())
+        img = draw_landmarks(image, pred[i], data.original_landmarks[i].numpy(), radii=None if radii is None else radii[i])
         path = os.path.join(out_dir, f"{data.image_ids[i]}.png")
         with atomic_file(path) as tmp:
             img.save(tmp)

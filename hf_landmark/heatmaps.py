@@ -102,6 +102,20 @@ def spatial_distribution_targets(landmarks: torch.Tensor, size: tuple[int, int],
     return g / g.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
 
 
+def spatial_spread(maps: torch.Tensor) -> torch.Tensor:
+    """Spread of each channel read as a distribution over its pixels (normalised to sum 1):
+    the standard deviations ``(σx, σy)`` about its mean, in heatmap pixels. A sharp, single
+    peak gives a small spread; a flat or multi-modal map a large one.
+    ``[B, N, H, W]`` non-negative scores → ``[B, N, 2]``."""
+    p = maps.detach().float().clamp_min(0)
+    p = p / p.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    xs, ys = _grid(p.shape[-2:], p.device, p.dtype)
+    mx, my = (p * xs).sum(dim=(-2, -1)), (p * ys).sum(dim=(-2, -1))
+    vx = (p * (xs - mx[..., None, None]) ** 2).sum(dim=(-2, -1))
+    vy = (p * (ys - my[..., None, None]) ** 2).sum(dim=(-2, -1))
+    return torch.stack([vx, vy], dim=-1).clamp_min(0).sqrt()
+
+
 def decode_argmax(maps: torch.Tensor) -> torch.Tensor:
     """Position of each channel's maximum: ``[B, N, H, W]`` → ``[B, N, 2]`` (x, y)."""
     w = maps.shape[-1]

@@ -17,11 +17,20 @@ import numpy as np
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
-from .heatmaps import DECODERS, decode
+from .heatmaps import DECODERS, decode, spatial_spread
 from .losses import get_loss
 from .preprocessing import RESAMPLE_METHODS, load_image, model_to_original, resize_image, to_pixel_values
 
 PROCESSOR_FILE = "preprocessor_config.json"
+
+
+def conformal_quantile(scores, alpha: float) -> float:
+    """The split conformal quantile of ``n`` calibration scores: their ⌈(n + 1)(1 − α)⌉-th
+    smallest, so that a new exchangeable score falls at or below it with probability at least
+    1 − α; ``inf`` when ``n`` is too small for that (n < 1/α − 1)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    k = int(np.ceil((s.size + 1) * (1.0 - alpha)))
+    return float(s[k - 1]) if 1 <= k <= s.size else float("inf")
 
 
 class LandmarkImageProcessor(BaseImageProcessor):
@@ -38,6 +47,15 @@ class LandmarkImageProcessor(BaseImageProcessor):
         spacing: mm per original pixel (number or ``[sx, sy]``) used when an image brings no
             spacing of its own; ``None`` when unknown.
         decoder: default decoder, one of ``centroid``, ``argmax``, ``soft_argmax``.
+        alpha: miscoverage of the error radii: the true landmark lies within ``radius`` with
+            probability at least ``1 - alpha`` (split conformal prediction, per landmark).
+        calibration_scores: per landmark, the normalised errors (radial error / heatmap spread)
+            of the calibration images (:meth:`calibrate`); ``None`` before calibration.
+        embedding_mean, embedding_scale, ood_threshold: the training images' embedding
+            statistics and the distance beyond which an image is flagged ``low_confidence``.
+        spread_threshold: the mean relative heatmap spread (spread over the image diagonal)
+            beyond which an image is flagged ``low_confidence``.
+        min_image_side: images with a shorter side (pixels) are flagged too.
     """
 
     model_input_names = ["pixel_values"]
@@ -52,8 +70,17 @@ class LandmarkImageProcessor(BaseImageProcessor):
         sigma: float = 6.0,
         spacing: float | Sequence[float] | None = None,
         decoder: str = "centroid",
+        alpha: float = 0.1,
+        calibration_scores: list[list[float]] | None = None,
+        embedding_mean: list[float] | None = None,
+        embedding_scale: list[float] | None = None,
+        ood_threshold: float | None = None,
+        spread_threshold: float | None = None,
+        min_image_side: int = 16,
         **kwargs,
     ):
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if resample not in RESAMPLE_METHODS:
             raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {resample!r}")
         if decoder not in DECODERS:
@@ -68,6 +95,13 @@ class LandmarkImageProcessor(BaseImageProcessor):
         self.sigma = float(sigma)
         self.spacing = spacing
         self.decoder = decoder
+        self.alpha = float(alpha)
+        self.calibration_scores = calibration_scores
+        self.embedding_mean = embedding_mean
+        self.embedding_scale = embedding_scale
+        self.ood_threshold = ood_threshold
+        self.spread_threshold = spread_threshold
+        self.min_image_side = int(min_image_side)
 
     @classmethod
     def from_model_config(cls, config, resample: str = "area", **kwargs) -> LandmarkImageProcessor:
@@ -116,13 +150,97 @@ class LandmarkImageProcessor(BaseImageProcessor):
         """Model output (``log_probabilities`` or ``heatmaps`` logits, ``[B, N, S, S]``) →
         coordinates ``[B, N, 2]`` in model pixels and scores ``[B, N]`` in [0, 1]."""
         loss = get_loss(self.loss)
-        log_p = outputs.get("log_probabilities") if hasattr(outputs, "get") else None
-        if log_p is None:
-            log_p = loss.log_probabilities(outputs["heatmaps"])
-        log_p = log_p.detach().float()
+        log_p = self._log_probabilities(outputs)
         probs = log_p.exp()
         coords = decode(probs, decoder or self.decoder, log_maps=log_p)
         return coords, loss.scores(probs, coords, self.sigma)
+
+    # --- uncertainty -------------------------------------------------------------------
+
+    def spread(self, outputs, target_sizes) -> np.ndarray:
+        """Each landmark's heatmap spread in original pixels, ``[B, N]``: the standard deviation
+        of its probability map, per axis scaled to the original frame, combined
+        (``sqrt(σx² + σy²)``); at least half a model pixel."""
+        log_p = self._log_probabilities(outputs)
+        sigma = spatial_spread(log_p.exp()).clamp_min(0.5).double().cpu().numpy()  # [B, N, 2] model px
+        scale = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 1, 2) / self.size
+        return np.sqrt(((sigma * scale) ** 2).sum(-1))
+
+    def radii(self, spread: np.ndarray, alpha: float | None = None) -> np.ndarray | None:
+        """Calibrated error radii ``[B, N]`` (original pixels) for spreads ``[B, N]``: the
+        landmark's conformal quantile of normalised errors times the spread; ``None`` before
+        :meth:`calibrate`. ``inf`` where too few calibration images exist for ``1 - alpha``."""
+        if self.calibration_scores is None:
+            return None
+        alpha = self.alpha if alpha is None else alpha
+        q = np.array([conformal_quantile(scores, alpha) for scores in self.calibration_scores])
+        return np.asarray(spread, dtype=np.float64) * q[None, :]
+
+    def ood_distances(self, outputs) -> np.ndarray | None:
+        """How far each image's embedding lies from the training images' (a normalised RMS
+        distance, ``[B]``); ``None`` without reference statistics."""
+        emb = outputs.get("embeddings") if hasattr(outputs, "get") else None
+        if emb is None or self.embedding_mean is None:
+            return None
+        e = emb.detach().double().cpu().numpy()
+        z = (e - np.asarray(self.embedding_mean)) / np.asarray(self.embedding_scale)
+        return np.sqrt((z**2).mean(axis=-1))
+
+    def relative_spread(self, outputs, target_sizes) -> np.ndarray:
+        """Per image, the mean heatmap spread over the image diagonal, ``[B]``: large when the
+        model cannot tell where the landmarks are."""
+        sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
+        return self.spread(outputs, sizes).mean(axis=1) / np.sqrt((sizes**2).sum(axis=1))
+
+    def flags(self, outputs, target_sizes) -> list[str]:
+        """Per image ``"low_confidence"`` or ``"ok"``. Low confidence: smaller than
+        ``min_image_side``, or (once calibrated) an embedding farther from the training images'
+        than any calibration image's, or heatmaps more spread out than any calibration
+        image's. Each calibrated test flags at most 1/(n + 1) of images like the n calibration
+        images (the conformal argument), both together at most 2/(n + 1)."""
+        sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
+        odd = sizes.min(axis=1) < self.min_image_side
+        far = self.ood_distances(outputs)
+        if far is not None and self.ood_threshold is not None:
+            odd |= far > self.ood_threshold
+        if self.spread_threshold is not None:
+            odd |= self.relative_spread(outputs, sizes) > self.spread_threshold
+        return ["low_confidence" if o else "ok" for o in odd]
+
+    def calibrate(
+        self, spread: np.ndarray, errors: np.ndarray, target_sizes=None, reference_embeddings=None, calibration_embeddings=None
+    ) -> None:
+        """Split conformal calibration on held-out labeled images (not used for training).
+
+        Args:
+            spread: ``[M, N]`` heatmap spreads (:meth:`spread`) of the calibration images.
+            errors: ``[M, N]`` their radial errors, original pixels.
+            target_sizes: ``[M, 2]`` their original (W, H): the spread threshold is the largest
+                mean relative spread among them.
+            reference_embeddings: ``[K, C]`` embeddings of the training images (labeled or
+                not): their mean and spread define "like the training data".
+            calibration_embeddings: ``[M, C]`` the calibration images' embeddings: the
+                out-of-distribution threshold is the largest of their distances.
+        """
+        spread = np.asarray(spread, dtype=np.float64)
+        scores = np.asarray(errors, dtype=np.float64) / spread
+        self.calibration_scores = [[float(v) for v in col] for col in scores.T]
+        if target_sizes is not None:
+            sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
+            self.spread_threshold = float((spread.mean(axis=1) / np.sqrt((sizes**2).sum(axis=1))).max())
+        if reference_embeddings is not None:
+            ref = np.asarray(reference_embeddings, dtype=np.float64)
+            self.embedding_mean = ref.mean(axis=0).tolist()
+            self.embedding_scale = np.maximum(ref.std(axis=0), 1e-6).tolist()
+            if calibration_embeddings is not None:
+                z = (np.asarray(calibration_embeddings, dtype=np.float64) - ref.mean(axis=0)) / np.asarray(self.embedding_scale)
+                self.ood_threshold = float(np.sqrt((z**2).mean(axis=-1)).max())
+
+    def _log_probabilities(self, outputs) -> torch.Tensor:
+        log_p = outputs.get("log_probabilities") if hasattr(outputs, "get") else None
+        if log_p is None:
+            log_p = get_loss(self.loss).log_probabilities(outputs["heatmaps"])
+        return log_p.detach().float()
 
     def post_process_coordinates(self, outputs, target_sizes, decoder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates in each image's original frame, as arrays: ``([B, N, 2] float64 (x, y)
@@ -133,7 +251,10 @@ class LandmarkImageProcessor(BaseImageProcessor):
         return xy.numpy(), scores.cpu().numpy().astype(np.float64)
 
     def post_process_landmark_detection(self, outputs, target_sizes, spacings=None, decoder: str | None = None) -> list[list[dict]]:
-        """Per image a list of ``{"label", "x", "y", "score"}`` in original pixels, plus
+        """Per image a list of ``{"label", "x", "y", "score", "flag"}`` in original pixels, plus
+        ``"radius"`` (and ``"radius_mm"``) once calibrated: the true landmark lies within it
+        with probability at least ``1 - alpha``; ``"flag"`` is the image's (the same for each
+        of its landmarks): ``"low_confidence"`` when it is unlike the training images. Plus
         ``"x_mm"``/``"y_mm"`` when a spacing is known: ``spacings[i]`` (e.g. from a DICOM
         header) if finite, else the processor's ``spacing``, an assumption about the image
         (its training data's), which ``"spacing_assumed": True`` marks.
@@ -146,15 +267,22 @@ class LandmarkImageProcessor(BaseImageProcessor):
             decoder: overrides the processor's default decoder.
         """
         xy, scores = self.post_process_coordinates(outputs, target_sizes, decoder)
+        radii = self.radii(self.spread(outputs, target_sizes))
+        flags = self.flags(outputs, target_sizes)
         names = self.landmark_names or [f"L{i}" for i in range(xy.shape[1])]
         results = []
         for i in range(xy.shape[0]):
             spacing, assumed = self._spacing_of(None if spacings is None else spacings[i])
             items = []
-            for name, (x, y), s in zip(names, xy[i], scores[i]):
+            for j, (name, (x, y), s) in enumerate(zip(names, xy[i], scores[i])):
                 item = {"label": name, "x": float(x), "y": float(y), "score": float(s)}
+                if radii is not None:
+                    item["radius"] = float(radii[i, j])
                 if spacing is not None:
                     item.update(x_mm=float(x * spacing[0]), y_mm=float(y * spacing[1]), spacing_assumed=assumed)
+                    if radii is not None:
+                        item["radius_mm"] = float(radii[i, j] * max(spacing))  # the larger spacing: never an under-estimate
+                item["flag"] = flags[i]
                 items.append(item)
             results.append(items)
         return results

@@ -39,11 +39,13 @@ class LandmarkDetectorOutput(ModelOutput):
         heatmaps: ``[B, N, H, W]`` logits, one channel per landmark, in the input pixel frame.
         log_probabilities: ``[B, N, H, W]`` the logits read as the loss reads them (what the
             decoders and scores use).
+        embeddings: ``[B, C]`` the backbone's image embedding (out-of-distribution check).
     """
 
     loss: torch.FloatTensor | None = None
     heatmaps: torch.FloatTensor | None = None
     log_probabilities: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
 
 
 class LandmarkDetector(PreTrainedModel):
@@ -109,14 +111,14 @@ class LandmarkDetector(PreTrainedModel):
             pixel_values: ``[B, 1, H, W]`` preprocessed images (H, W multiples of 8).
             labels: ``[B, N, 2]`` landmark (x, y) in input pixels, for the loss.
         """
-        heatmaps = self.backbone(pixel_values)
+        heatmaps, embeddings = self.backbone(pixel_values)
         loss = None
         if labels is not None:
             loss = self.heatmap_loss(heatmaps, labels, self.config.sigma)
         log_p = self.heatmap_loss.log_probabilities(heatmaps)
         if return_dict is False:
-            return tuple(v for v in (loss, heatmaps, log_p) if v is not None)
-        return LandmarkDetectorOutput(loss=loss, heatmaps=heatmaps, log_probabilities=log_p)
+            return tuple(v for v in (loss, heatmaps, log_p, embeddings) if v is not None)
+        return LandmarkDetectorOutput(loss=loss, heatmaps=heatmaps, log_probabilities=log_p, embeddings=embeddings)
 
     @classmethod
     def from_ddpm(

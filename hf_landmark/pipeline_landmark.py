@@ -43,7 +43,8 @@ class LandmarkDetectionPipeline(Pipeline):
 
     def _forward(self, inputs):
         out = self.model(pixel_values=inputs["pixel_values"].to(self.model.device, self.model.dtype))
-        return {"log_probabilities": out.log_probabilities, "original_sizes": inputs["original_sizes"], "spacings": inputs["spacings"]}
+        return {"log_probabilities": out.log_probabilities, "embeddings": out.embeddings,
+                "original_sizes": inputs["original_sizes"], "spacings": inputs["spacings"]}  # fmt: skip
 
     def postprocess(self, outputs, decoder=None):
         return self.image_processor.post_process_landmark_detection(
@@ -52,7 +53,8 @@ class LandmarkDetectionPipeline(Pipeline):
 
     def draw_overlay(self, image, landmarks: list[dict], truth=None, min_side: int | None = None):
         """The overlay of one image and its predictions (this pipeline's output for it): the
-        original image at its size (or enlarged to ``min_side``), numbered landmarks (see
+        original image at its size (or enlarged to ``min_side``), numbered landmarks with their
+        calibrated error radii when the model has them (see
         :func:`hf_landmark.visualization.draw_landmarks`). ``image``: as for the pipeline."""
         import numpy as np
 
@@ -60,7 +62,8 @@ class LandmarkDetectionPipeline(Pipeline):
         from .visualization import draw_landmarks
 
         xy = np.asarray([[p["x"], p["y"]] for p in landmarks], dtype=np.float64)
-        return draw_landmarks(load_image(image)[0], xy, truth, min_side=min_side)
+        radii = np.asarray([p["radius"] for p in landmarks]) if landmarks and "radius" in landmarks[0] else None
+        return draw_landmarks(load_image(image)[0], xy, truth, radii=radii, min_side=min_side)
 
 
 def load_detector(path: str):

@@ -73,3 +73,35 @@ def test_bad_arguments_are_refused():
         LandmarkImageProcessor(decoder="mean")
     with pytest.raises(ValueError, match="unknown loss"):
         LandmarkImageProcessor(loss="mse")
+
+
+def test_conformal_radii_cover_as_guaranteed():
+    """Errors with a known law (Rayleigh, scale = the spread): split conformal calibration on
+    n = 50 images covers a fresh image with probability ceil(51 x 0.9) / 51 = 46/51 = 0.902."""
+    from hf_landmark.image_processing_landmark import conformal_quantile
+
+    assert conformal_quantile(np.arange(1.0, 21.0), 0.1) == 19.0  # ceil(21 x 0.9) = 19th of 20, by hand
+    assert conformal_quantile(np.arange(1.0, 6.0), 0.1) == float("inf")  # 5 images cannot give 90 %
+    rng = np.random.default_rng(0)
+    coverage = []
+    for _ in range(400):
+        spread = rng.uniform(1.0, 10.0, (51, 2))  # two landmarks, 50 calibration images + 1 test image
+        errors = spread * np.sqrt((rng.normal(size=(51, 2, 2)) ** 2).sum(-1))
+        processor = LandmarkImageProcessor(alpha=0.1)
+        processor.calibrate(spread[:50], errors[:50])
+        coverage.append(errors[50] <= processor.radii(spread[50:])[0])
+    assert np.mean(coverage) == pytest.approx(46 / 51, abs=0.02)
+
+
+def test_radii_scale_with_the_heatmap_spread():
+    """A Gaussian heatmap of std s per axis has spread sqrt(2) s; the radius follows it."""
+    processor = LandmarkImageProcessor(size=64, loss="contour", calibration_scores=[[1.0] * 18 + [2.0, 3.0]], alpha=0.1)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    spreads = []
+    for s in (2.0, 6.0):
+        logits = (-((xs - 31.5) ** 2 + (ys - 31.5) ** 2) / (2 * s * s))[None, None]
+        spreads.append(processor.spread(LandmarkDetectorOutput(heatmaps=logits), [[128, 64]])[0, 0])
+    # Original frame 128 x 64 from 64 px: x doubles, y stays: sqrt((2 s)^2 + s^2) = sqrt(5) s.
+    assert spreads[0] == pytest.approx(np.sqrt(5) * 2.0, rel=0.01) and spreads[1] == pytest.approx(np.sqrt(5) * 6.0, rel=0.02)
+    radii = processor.radii(np.array([spreads]))[0]
+    assert radii[1] / radii[0] == pytest.approx(3.0, rel=0.02) and radii[0] == pytest.approx(spreads[0] * 2.0)  # 19th of 20 is 2.0

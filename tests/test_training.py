@@ -218,3 +218,54 @@ def test_a_diverging_fine_tuning_stops_and_keeps_no_model(synth_prepared, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and "fine-tuning diverged" in err and "no model was kept" in err and "Traceback" not in err
     assert not (out / "model").exists() and not (out / "training_summary.json").exists()
+
+
+def test_fine_tuning_calibrates_radii_and_flags_unfamiliar_images(ddpm, synth_raw, synth_prepared, tmp_path, capsys):
+    """The radii and the out-of-distribution rule are fitted on the validation split at the end
+    of fine-tuning, saved with the model, and reach the pipeline, the CLI and the web app."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    from hf_landmark import LandmarkImageProcessor
+    from hf_landmark.app import predict as app_predict
+
+    out = tmp_path / "ft"
+    assert cli(["finetune", "--dataset", str(synth_prepared), "--num-labels", "3", "--max-steps", "20", "--eval-steps", "10",
+                "--report-to", "none", "--output-dir", str(out), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["calibration"]["calibration_images"] == 5 and summary["calibration"]["alpha"] == 0.1
+    processor = LandmarkImageProcessor.from_pretrained(out / "model")
+    # 5 validation images cannot support 90 % (that needs 9): the radii say so rather than lie.
+    assert len(processor.calibration_scores) == 19 and len(processor.calibration_scores[0]) == 5
+    assert processor.ood_threshold > 0 and processor.spread_threshold > 0 and len(processor.embedding_mean) == 64
+    assert not summary["calibration"]["finite_radii"]
+
+    # At alpha 0.2 (needs 4 images) the radii are finite and appear everywhere.
+    processor.alpha = 0.2
+    processor.save_pretrained(out / "model")
+    pipe = pipeline("landmark-detection", model=str(out / "model"))
+    assert pipe.image_processor.alpha == 0.2  # round trip through preprocessor_config.json
+    image = synth_raw / "RawImage" / "TrainingData" / "020.bmp"  # a test image
+    res = pipe(str(image))
+    assert all(np.isfinite(p["radius"]) and p["radius"] > 0 and p["radius_mm"] == pytest.approx(p["radius"] * 0.1) for p in res)
+    Image.fromarray(np.zeros((300, 240), np.uint8)).save(tmp_path / "blank.png")
+    Image.fromarray(np.full((1, 1), 90, np.uint8)).save(tmp_path / "dot.png")
+    assert pipe(str(tmp_path / "blank.png"))[0]["flag"] == "low_confidence" and pipe(str(tmp_path / "dot.png"))[0]["flag"] == "low_confidence"
+    assert cli(["predict", str(image), str(tmp_path / "blank.png"), "--model", str(out / "model"), "--output", str(tmp_path / "p.json"),
+                "--csv", str(tmp_path / "p.csv")]) == 0  # fmt: skip
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["flags"][str(tmp_path / "blank.png")] == "low_confidence"
+    assert data["predictions"][str(image)][0]["radius"] == pytest.approx(res[0]["radius"])
+    rows = list(csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8")))
+    assert float(rows[0]["radius"]) == pytest.approx(res[0]["radius"]) and rows[-1]["flag"] == "low_confidence"
+    _, table, note, _ = app_predict(str(tmp_path / "blank.png"), str(out / "model"))
+    assert "Low confidence" in note and table[0][6] != ""
+    capsys.readouterr()
+    assert cli(["evaluate", "--model", str(out / "model"), "--dataset", str(synth_prepared), "--split", "test",
+                "--output", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    u = json.loads((tmp_path / "m.json").read_text())["uncertainty"]
+    assert 0.0 <= u["coverage"] <= 1.0 and u["mean_radius"] > 0 and len(u["per_landmark"]) == 19 and len(u["reliability"]) == 6
+    assert (tmp_path / "m_reliability.png").is_file() and "error radii (alpha 0.2): coverage" in capsys.readouterr().out

@@ -186,6 +186,22 @@ def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor
             json.dump(record, fh, indent=2)
 
 
+def calibrate_saved_model(model_dir: str, calibration, reference, decoder: str) -> dict:
+    """Calibrate the saved best model's error radii (split conformal on ``calibration``, the
+    validation split, which the weights never trained on) and its out-of-distribution
+    reference (``reference``, all training images); rewrite its processor config in place."""
+    from hf_landmark.evaluation import calibrate_processor
+    from hf_landmark.fileio import atomic_file
+    from hf_landmark.image_processing_landmark import PROCESSOR_FILE, processor_for_model
+
+    model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = processor_for_model(model)
+    measured = calibrate_processor(model, processor, calibration, reference, decoder)
+    with atomic_file(os.path.join(model_dir, PROCESSOR_FILE)) as tmp:
+        processor.to_json_file(tmp)
+    return measured
+
+
 def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_count: int) -> dict:
     """What a card must say about how a detector was trained: data, labels, initialisation."""
     init = {"kind": "scratch", "preset": args.preset} if args.init == "scratch" else {"kind": "ddpm"}
@@ -314,10 +330,15 @@ def finetune(args: FinetuneArguments) -> dict:
                 break
     progress.close()
     accelerator.end_training()
+    calibration = None
+    if accelerator.is_main_process and wrote_model:
+        calibration = calibrate_saved_model(model_dir, val, train_all, args.decoder)
+        logger.info("calibrated the error radii on %d validation images (alpha %.2f)", len(val), calibration["alpha"])
     summary = {
         "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
         "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step,
         "seconds": time.perf_counter() - start, "best": best, "mean_shape_val_mre": floor["mre"], "history": history,
+        "calibration": calibration,
     }  # fmt: skip
     if accelerator.is_main_process:
         write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
