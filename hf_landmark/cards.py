@@ -61,7 +61,9 @@ def _title(dataset: str | None) -> str | None:
     return DATASETS[dataset].title if dataset in DATASETS and dataset != "custom" else dataset
 
 
-def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.0", training: dict | None = None) -> ModelCard:
+def detector_card(
+    config, metrics: dict, repo_id: str, license: str = "apache-2.0", training: dict | None = None, calibration: dict | None = None
+) -> ModelCard:
     """Card of a fine-tuned detector, with a ``model-index`` filled from a real
     ``metrics.json`` written by ``hf-landmark evaluate`` and, when given, the training record
     fine-tuning saved beside the weights (data, label count, initialisation)."""
@@ -87,7 +89,8 @@ def detector_card(config, metrics: dict, repo_id: str, license: str = "apache-2.
     return ModelCard.from_template(
         data, template_str=_template("detector_card.md"), metrics=metrics, config=config, repo_id=repo_id, model_name=repo_id,
         metrics_table=markdown_table(metrics), dataset_title=_title(dataset), base_model=base,
-        citation=PAPER_CITATION, training=training, initialisation=_initialisation(training, base),
+        citation=PAPER_CITATION, training=training, initialisation=_initialisation(training, base), calibration=calibration,
+        uncertainty=metrics.get("uncertainty"),
     )
 
 

@@ -190,8 +190,16 @@ def _cmd_card(args) -> int:
     if os.path.isfile(record_file):
         with open(record_file, encoding="utf-8") as fh:
             record = json.load(fh)
+    calibration = None
+    if os.path.isfile(os.path.join(args.model_dir, "preprocessor_config.json")):
+        from .image_processing_landmark import LandmarkImageProcessor
+
+        processor = LandmarkImageProcessor.from_pretrained(args.model_dir)
+        if processor.calibration_scores:
+            calibration = {"alpha": processor.alpha, "images": len(processor.calibration_scores[0]),
+                           "flags": processor.ood_threshold is not None}  # fmt: skip
     repo_id = args.repo_id or os.path.basename(os.path.normpath(args.model_dir))
-    path = write_card(detector_card(config, metrics, repo_id, training=record), args.model_dir)
+    path = write_card(detector_card(config, metrics, repo_id, training=record, calibration=calibration), args.model_dir)
     print(f"wrote {path}")
     return 0
 
