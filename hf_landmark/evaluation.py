@@ -40,9 +40,10 @@ def predict_split(model, processor, data: LandmarkTensors, decoder: str | None =
         c, sc = processor.post_process_coordinates(out, target_sizes=sizes, decoder=decoder)
         parts["coords"].append(c)
         parts["scores"].append(sc)
-        parts["spread"].append(processor.spread(out, sizes))
+        spread = processor.spread(out, sizes)
+        parts["spread"].append(spread)
         parts["embeddings"].append(out.embeddings.double().cpu().numpy())
-        parts["flags"] += processor.flags(out, sizes)
+        parts["flags"] += processor.flags(out, sizes, spread)
         losses.append(out.loss.item() * x.shape[0])
     model.train(was_training)
     result = {k: (v if k == "flags" else np.concatenate(v)) for k, v in parts.items()}
@@ -144,7 +145,8 @@ def physical_spacing(data: LandmarkTensors, config) -> tuple[np.ndarray | None, 
     if data.has_spacing:
         return data.spacing.double().numpy(), "mm"
     if getattr(config, "spacing", None) is not None:
-        return np.broadcast_to(np.asarray(config.spacing, dtype=np.float64).reshape(-1)[-2:] * np.ones(2), (m, 2)).copy(), "mm"
+        fixed = np.asarray(config.spacing, dtype=np.float64).reshape(-1)  # a number or (sx, sy)
+        return np.tile([fixed[0], fixed[-1]], (m, 1)), "mm"
     return None, "px"
 
 

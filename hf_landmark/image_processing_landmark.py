@@ -186,25 +186,28 @@ class LandmarkImageProcessor(BaseImageProcessor):
         z = (e - np.asarray(self.embedding_mean)) / np.asarray(self.embedding_scale)
         return np.sqrt((z**2).mean(axis=-1))
 
-    def relative_spread(self, outputs, target_sizes) -> np.ndarray:
-        """Per image, the mean heatmap spread over the image diagonal, ``[B]``: large when the
-        model cannot tell where the landmarks are."""
+    @staticmethod
+    def relative_spread(spread: np.ndarray, target_sizes) -> np.ndarray:
+        """Per image, the mean heatmap spread (``[B, N]``, :meth:`spread`) over the image
+        diagonal, ``[B]``: large when the model cannot tell where the landmarks are."""
         sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
-        return self.spread(outputs, sizes).mean(axis=1) / np.sqrt((sizes**2).sum(axis=1))
+        return np.asarray(spread).mean(axis=1) / np.sqrt((sizes**2).sum(axis=1))
 
-    def flags(self, outputs, target_sizes) -> list[str]:
+    def flags(self, outputs, target_sizes, spread: np.ndarray | None = None) -> list[str]:
         """Per image ``"low_confidence"`` or ``"ok"``. Low confidence: smaller than
         ``min_image_side``, or (once calibrated) an embedding farther from the training images'
         than any calibration image's, or heatmaps more spread out than any calibration
         image's. Each calibrated test flags at most 1/(n + 1) of images like the n calibration
-        images (the conformal argument), both together at most 2/(n + 1)."""
+        images (the conformal argument), both together at most 2/(n + 1). ``spread``: the
+        :meth:`spread` of ``outputs``, when already computed."""
         sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
         odd = sizes.min(axis=1) < self.min_image_side
         far = self.ood_distances(outputs)
         if far is not None and self.ood_threshold is not None:
             odd |= far > self.ood_threshold
         if self.spread_threshold is not None:
-            odd |= self.relative_spread(outputs, sizes) > self.spread_threshold
+            spread = self.spread(outputs, sizes) if spread is None else spread
+            odd |= self.relative_spread(spread, sizes) > self.spread_threshold
         return ["low_confidence" if o else "ok" for o in odd]
 
     def calibrate(
@@ -226,8 +229,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
         scores = np.asarray(errors, dtype=np.float64) / spread
         self.calibration_scores = [[float(v) for v in col] for col in scores.T]
         if target_sizes is not None:
-            sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
-            self.spread_threshold = float((spread.mean(axis=1) / np.sqrt((sizes**2).sum(axis=1))).max())
+            self.spread_threshold = float(self.relative_spread(spread, target_sizes).max())
         if reference_embeddings is not None:
             ref = np.asarray(reference_embeddings, dtype=np.float64)
             self.embedding_mean = ref.mean(axis=0).tolist()
@@ -267,8 +269,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
             decoder: overrides the processor's default decoder.
         """
         xy, scores = self.post_process_coordinates(outputs, target_sizes, decoder)
-        radii = self.radii(self.spread(outputs, target_sizes))
-        flags = self.flags(outputs, target_sizes)
+        spread = self.spread(outputs, target_sizes)
+        radii = self.radii(spread)
+        flags = self.flags(outputs, target_sizes, spread)
         names = self.landmark_names or [f"L{i}" for i in range(xy.shape[1])]
         results = []
         for i in range(xy.shape[0]):

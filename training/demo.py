@@ -22,7 +22,7 @@ import torch
 
 from hf_landmark import LandmarkDetector
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, prepare, write_synthetic_isbi
-from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors, save_cumulative_error_plot
+from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_split, save_cumulative_error_plot
 from hf_landmark.fileio import write_json_atomic, write_text_atomic
 from hf_landmark.image_processing_landmark import processor_for_model
 from hf_landmark.preprocessing import read_image
@@ -98,12 +98,15 @@ def main(argv=None) -> dict:
                     learning_rate=1e-3, report_to="none",
                 ))  # fmt: skip
                 model = LandmarkDetector.from_pretrained(os.path.join(run_dir, "model"), dtype=torch.float32).eval()
-                pred, _, _ = predict_tensors(model, processor_for_model(model), test)
+                processor = processor_for_model(model)
+                result = predict_split(model, processor, test)
+                pred = result["coords"]
                 metrics = compute_metrics(pred, test, model.config)
                 runs.setdefault((name, labels), []).append(metrics)
                 curves.setdefault(f"{name}, {labels} label{'s' if labels > 1 else ''}", []).append(metrics.pop("errors"))
                 if init != "scratch":
-                    example = (pred[0], labels, seed)
+                    radii = processor.radii(result["spread"])
+                    example = (pred[0], None if radii is None else radii[0])
             labeled = train.subset(few_shot_indices(train.image_ids, labels))
             floor = compute_metrics(mean_shape_prediction(labeled, test), test, model.config)
             runs.setdefault(("mean shape (no model)", labels), []).append(floor)
@@ -112,7 +115,7 @@ def main(argv=None) -> dict:
     table, gaps = results_table(runs, len(test))
     # The first test image's original file, the last DDPM model's predictions against the truth.
     original = read_image(os.path.join(raw, "RawImage", "TrainingData", f"{test.image_ids[0]}.bmp"))
-    draw_landmarks(original, example[0], test.original_landmarks[0].numpy(), min_side=900).save(os.path.join(out, "overlay.png"))
+    draw_landmarks(original, example[0], test.original_landmarks[0].numpy(), radii=example[1], min_side=900).save(os.path.join(out, "overlay.png"))
     write_text_atomic("\n".join(legend_lines(test.landmark_names)) + "\n", os.path.join(out, "overlay_legend.txt"))
     unit = next(iter(runs.values()))[0]["unit"]
     save_cumulative_error_plot({k: np.concatenate(v) for k, v in curves.items()}, unit, os.path.join(out, "cumulative_error.png"))
@@ -122,7 +125,8 @@ def main(argv=None) -> dict:
     write_text_atomic(table + "\n", os.path.join(out, "results.md"))
     print("\n" + table + "\n")
     print(f"samples: {os.path.join(checkpoint, 'samples.png')}")
-    print(f"overlay: {os.path.join(out, 'overlay.png')} (red: predicted, numbered as in overlay_legend.txt; green: true)")
+    print(f"overlay: {os.path.join(out, 'overlay.png')} (red: predicted, numbered as in overlay_legend.txt, circles: "
+          "90 % error radii; green: true)")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return {"runs": runs, "ddpm_gain_percent": gaps}
 
