@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 from importlib import resources
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .errors import is_repo_id
 from .fileio import atomic_file
 
 PAPER_CITATION = """@article{divia2024selfsupervised,
@@ -79,7 +79,7 @@ def detector_card(
     for t, v in metrics["sdr"].items():
         results.append(EvalResult(metric_type=f"sdr_{t}{unit}", metric_name=f"SDR {t} {unit} (%)", metric_value=round(v, 2), **common))
     base = getattr(config, "base_model", None)
-    if base and (os.path.exists(base) or not re.fullmatch(r"[\w.-]+/[\w.-]+", base)):
+    if base and (os.path.exists(base) or not is_repo_id(base)):
         base = None  # a local folder is no name for a reader of the card; the training record describes it
     data = ModelCardData(
         license=license, library_name="hf-landmark", pipeline_tag="keypoint-detection", model_name=repo_id,

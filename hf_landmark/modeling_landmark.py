@@ -16,13 +16,13 @@ import torch
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import PRETRAINING_INFO_FILE, UNet2DBackbone, build_backbone, read_pretraining_info
+from .backbones import UNet2DBackbone, build_backbone
 from .configuration_landmark import LandmarkConfig
 from .errors import UserInputError
 from .image_processing_landmark import PROCESSOR_FILE, LandmarkImageProcessor
 from .losses import get_loss
 
-__all__ = ["PRETRAINING_INFO_FILE", "LandmarkDetector", "LandmarkDetectorOutput", "read_pretraining_info"]
+__all__ = ["LandmarkDetector", "LandmarkDetectorOutput"]
 
 #: How a saved config names its pipeline for transformers' custom-pipeline route.
 _PIPELINE_ENTRY = {"impl": "pipeline_landmark.LandmarkDetectionPipeline", "pt": ["AutoModel"], "tf": [], "type": "image"}

@@ -10,7 +10,7 @@ import os
 
 from transformers import Pipeline
 
-from .errors import UserInputError
+from .errors import UserInputError, require_folder_or_repo
 
 
 class LandmarkDetectionPipeline(Pipeline):
@@ -76,8 +76,7 @@ def load_detector(path: str):
     from .modeling_landmark import LandmarkDetector
 
     path = os.fspath(path)
-    if not os.path.isdir(path) and (os.path.exists(path) or path.startswith((".", "/")) or path.count("/") != 1):
-        raise UserInputError(f"{path}: no such model folder (nor a Hub repo id 'org/name')")
+    require_folder_or_repo(path, "model")
     hf_logging.disable_progress_bar()  # a bar per weight file is noise for an interactive user
     try:
         model = LandmarkDetector.from_pretrained(path, dtype=torch.float32).eval()

@@ -50,7 +50,7 @@ from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine
 from hf_landmark.data.prepared import require_split
 from hf_landmark.data.specs import get_spec, unit_config
-from hf_landmark.errors import UserInputError
+from hf_landmark.errors import UserInputError, require_folder_or_repo
 from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors
 from hf_landmark.fileio import atomic_directory, write_json_atomic
 from hf_landmark.heatmaps import DECODERS
@@ -169,10 +169,7 @@ def build_model(args: FinetuneArguments, num_landmarks: int, landmark_names, dat
 
 def read_pretraining_info_any(path: str) -> dict:
     """The pre-training record of a DDPM checkpoint in either layout (root or ``unet/``)."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserInputError(f"{path}: --init expects a folder (checkpoint-<step>), a Hub repo or 'scratch'")
-    if not os.path.exists(path) and (path.startswith((".", "/")) or path.count("/") != 1):
-        raise UserInputError(f"{path}: no such pre-trained DDPM folder; give a checkpoint-<step> folder, a Hub repo id or 'scratch'")
+    require_folder_or_repo(path, "pre-trained DDPM", "--init takes a checkpoint-<step> folder, a Hub repo or 'scratch'")
     return read_pretraining_info(path) or read_pretraining_info(path, "unet")
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..errors import UserInputError
+from ..errors import UserInputError, require_folder_or_repo
 from ..fileio import atomic_directory
 from ..preprocessing import ImageReadError, read_image, resize_image, to_uint16
 
@@ -187,12 +187,11 @@ def load_prepared(path: str | os.PathLike):
     from datasets import load_dataset, load_from_disk
 
     path = os.fspath(path)
+    require_folder_or_repo(path, "prepared dataset")
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "dataset_dict.json")):
             raise DatasetFormatError(f"{path}: not a prepared dataset (no dataset_dict.json); create one with hf-landmark prepare")
         return load_from_disk(path)
-    if os.path.exists(path) or path.startswith((".", "/")) or path.count("/") != 1:
-        raise DatasetFormatError(f"{path}: no such prepared dataset folder (nor a Hub dataset id 'org/name')")
     try:
         return load_dataset(path)
     except Exception as err:  # offline, unknown repo, no access: all mean "not found" here
