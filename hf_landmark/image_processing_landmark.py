@@ -279,12 +279,14 @@ class LandmarkImageProcessor(BaseImageProcessor):
             items = []
             for j, (name, (x, y), s) in enumerate(zip(names, xy[i], scores[i])):
                 item = {"label": name, "x": float(x), "y": float(y), "score": float(s)}
+                # Too few calibration images for 1 - alpha give no radius (None), never a small one.
+                radius = float(radii[i, j]) if radii is not None and np.isfinite(radii[i, j]) else None
                 if radii is not None:
-                    item["radius"] = float(radii[i, j])
+                    item["radius"] = radius
                 if spacing is not None:
                     item.update(x_mm=float(x * spacing[0]), y_mm=float(y * spacing[1]), spacing_assumed=assumed)
                     if radii is not None:
-                        item["radius_mm"] = float(radii[i, j] * max(spacing))  # the larger spacing: never an under-estimate
+                        item["radius_mm"] = None if radius is None else radius * max(spacing)  # the larger spacing: never an under-estimate
                 item["flag"] = flags[i]
                 items.append(item)
             results.append(items)

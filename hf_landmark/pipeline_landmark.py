@@ -62,7 +62,9 @@ class LandmarkDetectionPipeline(Pipeline):
         from .visualization import draw_landmarks
 
         xy = np.asarray([[p["x"], p["y"]] for p in landmarks], dtype=np.float64)
-        radii = np.asarray([p["radius"] for p in landmarks]) if landmarks and "radius" in landmarks[0] else None
+        radii = None
+        if landmarks and "radius" in landmarks[0]:
+            radii = np.asarray([np.nan if p["radius"] is None else p["radius"] for p in landmarks], dtype=np.float64)
         return draw_landmarks(load_image(image)[0], xy, truth, radii=radii, min_side=min_side)
 
 

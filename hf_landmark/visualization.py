@@ -44,7 +44,7 @@ def draw_landmarks(
     """An RGB overlay of ``image01`` (``[H, W]`` in [0, 1]) at its own size (downscaled only
     past ``max_side``; upscaled to ``min_side`` when given, for small images). ``pred_xy`` /
     ``true_xy``: ``[N, 2]`` (x, y) in ``image01``'s pixels; ``radii``: optional ``[N]``
-    circles (pixels) drawn around the predictions."""
+    circles (pixels) drawn around the predictions (none where not finite)."""
     h, w = image01.shape
     scale = min(1.0, max_side / max(w, h))
     if min_side and max(w, h) < min_side:
@@ -65,7 +65,8 @@ def draw_landmarks(
             draw.ellipse([tx - r, ty - r, tx + r, ty + r], outline=_TRUE, width=line)
     if radii is not None:
         for (px, py), rad in zip(pred, np.asarray(radii, dtype=np.float64) * scale):
-            draw.ellipse([px - rad, py - rad, px + rad, py + rad], outline=_PRED, width=max(1, line // 2))
+            if np.isfinite(rad):  # no radius (too few calibration images): no circle
+                draw.ellipse([px - rad, py - rad, px + rad, py + rad], outline=_PRED, width=max(1, line // 2))
     for i, (px, py) in enumerate(pred):
         draw.ellipse([px - r, py - r, px + r, py + r], fill=_PRED, outline=(0, 0, 0))
         if numbered:

@@ -242,13 +242,14 @@ def test_fine_tuning_calibrates_radii_and_flags_unfamiliar_images(ddpm, synth_ra
     assert len(processor.calibration_scores) == 19 and len(processor.calibration_scores[0]) == 5
     assert processor.ood_threshold > 0 and processor.spread_threshold > 0 and len(processor.embedding_mean) == 64
     assert not summary["calibration"]["finite_radii"]
+    image = synth_raw / "RawImage" / "TrainingData" / "020.bmp"  # a test image
+    assert pipeline("landmark-detection", model=str(out / "model"))(str(image))[0]["radius"] is None
 
     # At alpha 0.2 (needs 4 images) the radii are finite and appear everywhere.
     processor.alpha = 0.2
     processor.save_pretrained(out / "model")
     pipe = pipeline("landmark-detection", model=str(out / "model"))
     assert pipe.image_processor.alpha == 0.2  # round trip through preprocessor_config.json
-    image = synth_raw / "RawImage" / "TrainingData" / "020.bmp"  # a test image
     res = pipe(str(image))
     assert all(np.isfinite(p["radius"]) and p["radius"] > 0 and p["radius_mm"] == pytest.approx(p["radius"] * 0.1) for p in res)
     Image.fromarray(np.zeros((300, 240), np.uint8)).save(tmp_path / "blank.png")
