@@ -30,3 +30,17 @@ def test_value_parsers_name_the_argument():
         parse_int_list("1,five", "--labels")
     with pytest.raises(UserInputError, match="--pixel-range: expected two comma-separated numbers"):
         parse_float_pair("0", "--pixel-range")
+
+
+def test_training_steps_are_importable_functions():
+    import dataclasses
+
+    import hf_landmark
+    from hf_landmark.training import fewshot_benchmark, finetune, pretrain
+
+    assert hf_landmark.pretrain is pretrain.pretrain and hf_landmark.finetune is finetune.finetune
+    assert hf_landmark.benchmark is fewshot_benchmark.benchmark
+    # Their arguments are dataclasses whose defaults follow the recipes.
+    args = finetune.FinetuneArguments(dataset="d", output_dir="o", num_labels=3, init="scratch", recipe="paper")
+    assert dataclasses.is_dataclass(args) and (args.loss, args.learning_rate, args.max_epochs) == ("paper", 1e-4, 200)
+    assert pretrain.PretrainArguments(dataset="d", output_dir="o", max_steps=50, save_steps="20").save_at == [20, 50]
