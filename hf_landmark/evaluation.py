@@ -13,7 +13,7 @@ from .data.specs import sdr_thresholds
 from .data.tensors import LandmarkTensors
 from .fileio import atomic_file, write_text_atomic
 from .metrics import paper_compatible_errors, radial_errors, summarize_errors, wrist_spacing
-from .preprocessing import original_to_model, to_pixel_values
+from .preprocessing import original_to_model, spacing_pair
 
 PAPER_GRID = 256
 
@@ -32,9 +32,10 @@ def predict_split(model, processor, data: LandmarkTensors, decoder: str | None =
     model.eval()
     parts: dict[str, list] = {"coords": [], "scores": [], "spread": [], "embeddings": [], "flags": []}
     losses = []
+    pixel_values = data.pixel_values(processor.pixel_range)
     for start in range(0, len(data), batch_size):
         part = slice(start, start + batch_size)
-        x = to_pixel_values(data.images[part], processor.pixel_range).to(device)
+        x = pixel_values[part].to(device)
         out = model(pixel_values=x, labels=data.landmarks[part].to(device))
         sizes = data.original_sizes[part]
         c, sc = processor.post_process_coordinates(out, target_sizes=sizes, decoder=decoder)
@@ -78,9 +79,9 @@ def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) ->
     landmarks; the images flagged; and coverage at several nominal levels (reliability)."""
     from scipy.stats import spearmanr
 
-    errors_px = radial_errors(pred["coords"], data.original_landmarks.double().numpy())
-    errors, unit = physical_errors(pred["coords"], data, config)
-    spacing, _ = physical_spacing(data, config)
+    truth = data.original_landmarks.double().numpy()
+    spacing, unit = physical_spacing(data, config)
+    errors_px, errors = radial_errors(pred["coords"], truth), radial_errors(pred["coords"], truth, spacing)
     px_to_unit = np.ones((len(data), 1)) if spacing is None else spacing.max(axis=1, keepdims=True)
     scores = pred["scores"]
     confident = scores.ravel() >= np.quantile(scores.ravel(), 0.2)
@@ -145,8 +146,7 @@ def physical_spacing(data: LandmarkTensors, config) -> tuple[np.ndarray | None, 
     if data.has_spacing:
         return data.spacing.double().numpy(), "mm"
     if getattr(config, "spacing", None) is not None:
-        fixed = np.asarray(config.spacing, dtype=np.float64).reshape(-1)  # a number or (sx, sy)
-        return np.tile([fixed[0], fixed[-1]], (m, 1)), "mm"
+        return np.tile(spacing_pair(config.spacing), (m, 1)), "mm"
     return None, "px"
 
 

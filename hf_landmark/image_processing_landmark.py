@@ -19,7 +19,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .heatmaps import DECODERS, decode, spatial_spread
 from .losses import get_loss
-from .preprocessing import RESAMPLE_METHODS, load_image, model_to_original, resize_image, to_pixel_values
+from .preprocessing import RESAMPLE_METHODS, load_image, model_to_original, resize_image, spacing_pair, to_pixel_values
 
 PROCESSOR_FILE = "preprocessor_config.json"
 
@@ -182,8 +182,10 @@ class LandmarkImageProcessor(BaseImageProcessor):
         emb = outputs.get("embeddings") if hasattr(outputs, "get") else None
         if emb is None or self.embedding_mean is None:
             return None
-        e = emb.detach().double().cpu().numpy()
-        z = (e - np.asarray(self.embedding_mean)) / np.asarray(self.embedding_scale)
+        return self._embedding_distance(emb.detach().double().cpu().numpy())
+
+    def _embedding_distance(self, embeddings: np.ndarray) -> np.ndarray:
+        z = (np.asarray(embeddings, dtype=np.float64) - np.asarray(self.embedding_mean)) / np.asarray(self.embedding_scale)
         return np.sqrt((z**2).mean(axis=-1))
 
     @staticmethod
@@ -235,8 +237,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
             self.embedding_mean = ref.mean(axis=0).tolist()
             self.embedding_scale = np.maximum(ref.std(axis=0), 1e-6).tolist()
             if calibration_embeddings is not None:
-                z = (np.asarray(calibration_embeddings, dtype=np.float64) - ref.mean(axis=0)) / np.asarray(self.embedding_scale)
-                self.ood_threshold = float(np.sqrt((z**2).mean(axis=-1)).max())
+                self.ood_threshold = float(self._embedding_distance(calibration_embeddings).max())
 
     def _log_probabilities(self, outputs) -> torch.Tensor:
         log_p = outputs.get("log_probabilities") if hasattr(outputs, "get") else None
@@ -300,8 +301,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
                 return (float(s[0]), float(s[1])), False
         if self.spacing is None:
             return None, False
-        s = np.asarray(self.spacing, dtype=np.float64).reshape(-1)
-        return ((float(s[0]), float(s[0])) if s.size == 1 else (float(s[0]), float(s[1]))), True
+        return spacing_pair(self.spacing), True
 
 
 def processor_for_model(model) -> LandmarkImageProcessor:

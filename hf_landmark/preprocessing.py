@@ -236,6 +236,12 @@ def _as_like(value, ref):
     return np.asarray(value, dtype=np.float64)
 
 
+def spacing_pair(spacing) -> tuple[float, float]:
+    """A spacing given as one number (isotropic) or ``(sx, sy)`` → ``(sx, sy)`` in mm per pixel."""
+    s = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    return float(s[0]), float(s[-1])
+
+
 def to_pixel_values(images01, pixel_range: Sequence[float] = (-1.0, 1.0)):
     """Map intensities in [0, 1] linearly to the model's range ``[lo, hi]``."""
     lo, hi = float(pixel_range[0]), float(pixel_range[1])
