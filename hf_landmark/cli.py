@@ -1,4 +1,4 @@
-"""The ``hf-landmark`` command line.
+"""The work of each ``hf-landmark`` command (its parser is :mod:`hf_landmark_cli`).
 
 A user's mistake (a bad file, a missing folder, a wrong value) is printed as one line,
 ``error: <file or argument>: <what is wrong and what to do>``, with exit code 2;
@@ -7,7 +7,6 @@ A user's mistake (a bad file, a missing folder, a wrong value) is printed as one
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -218,119 +217,11 @@ def _cmd_push(args) -> int:
     return 0
 
 
-#: Subcommands whose flags are a training function's arguments dataclass.
-TRAINING = {
-    "pretrain": ("pretrain", "DDPM self-supervised pre-training (training/pretrain.py)"),
-    "finetune": ("finetune", "few-shot fine-tuning (training/finetune.py)"),
-    "benchmark": ("fewshot_benchmark", "the paper's few-shot experiments (training/fewshot_benchmark.py)"),
-    "demo": ("demo", "the whole method end to end on synthetic data (training/demo.py)"),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .data.specs import DATASETS
-    from .heatmaps import DECODERS
-
-    parser = argparse.ArgumentParser(
-        prog="hf-landmark", description="Few-shot x-ray landmark detection with DDPM pre-training. "
-        "--debug (first) or HF_LANDMARK_DEBUG=1 shows tracebacks of user errors.", allow_abbrev=False,
-    )  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("synth", allow_abbrev=False, help="write a synthetic x-ray landmark dataset in the ISBI 2015 layout")
-    p.add_argument("--out", required=True, help="folder to write RawImage/ and AnnotationsByMD/ into")
-    p.add_argument("--num-images", type=int, default=60, help="how many cephalograms (default 60)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same images")
-    p.add_argument("--format", default="bmp", choices=["bmp", "png", "jpg"], help="image file format (the ISBI originals are bmp)")
-    p.add_argument("--variability", type=float, default=1.0, help="spread of shape, pose and exposure (1: mild; the demo uses 2.5)")
-    p.set_defaults(func=_cmd_synth)
-
-    p = sub.add_parser("prepare", allow_abbrev=False, help="convert a benchmark's public layout (or custom data) into a prepared dataset")
-    p.add_argument("kind", choices=list(DATASETS), help="; ".join(f"{k}: {v.layout}" for k, v in DATASETS.items()))
-    p.add_argument("--root", required=True, help="the folder holding the dataset in its public layout (or your images)")
-    p.add_argument("--out", required=True, help="the prepared dataset folder to write (replaced atomically)")
-    p.add_argument("--image-size", type=int, default=256,
-                   help="side the images are stored at; models whose size divides it see exactly the pipeline's pixels")  # fmt: skip
-    p.add_argument("--annotator", default="mean", choices=["mean", "senior", "junior"], help="ceph ground truth")
-    p.add_argument("--wrist-indices", default="0,4", help="hand: 0-based wrist landmarks of the 50 mm convention")
-    p.add_argument("--chest-split", default="paper", choices=["paper", "code"],
-                   help="chest: the paper's 195/34/rest, or its code's, which first drops 9 listed images")  # fmt: skip
-    p.add_argument("--annotations", help="custom: the CSV or JSON landmark file")
-    p.add_argument("--split-counts", help="train,validation[,test] image counts over sorted ids (default: the paper's)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed files (listed in the report)")
-    p.add_argument("--allow-empty-splits", action="store_true", help="keep going when a split comes out empty (it is omitted)")
-    p.add_argument("--outside-image", default="error", choices=["error", "keep", "clamp"],
-                   help="a landmark outside its image: refuse (default), keep it, or clamp it to the image (both listed in the report)")  # fmt: skip
-    p.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict to the Hub as parquet")
-    p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private dataset repo")
-    p.set_defaults(func=_cmd_prepare)
-
-    for name, (_, text) in TRAINING.items():
-        sub.add_parser(name, help=text + "; see hf-landmark " + name + " --help", add_help=False)
-
-    p = sub.add_parser("predict", allow_abbrev=False, help="predict landmarks on images (PNG/JPEG/BMP/TIFF, DICOM with pydicom)")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--model", required=True, help="detector folder or Hub repo")
-    p.add_argument("--output", default="predictions.json", help="JSON with every image's landmarks and every failed file")
-    p.add_argument("--csv", help="also write one row per landmark here")
-    p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
-    p.add_argument("--decoder", default=None, choices=DECODERS, help="default: the model's (centroid)")
-    p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser("card", allow_abbrev=False, help="write MODEL_DIR/README.md, a model card filled from metrics.json")
-    p.add_argument("model_dir", help="the fine-tuned detector folder (OUT/model of hf-landmark finetune)")
-    p.add_argument("--metrics", required=True, help="metrics.json from hf-landmark evaluate")
-    p.add_argument("--repo-id", help="the Hub name shown in the card")
-    p.set_defaults(func=_cmd_card)
-
-    p = sub.add_parser("push", allow_abbrev=False, help="upload a detector or DDPM folder to the Hub")
-    p.add_argument("model_dir", help="a detector folder (OUT/model) or a pre-training checkpoint-<step> (state/ is never uploaded)")
-    p.add_argument("--repo-id", required=True, help="the Hub repo, org/name")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument("--message", default="Upload with hf-landmark", help="the commit message")
-    p.set_defaults(func=_cmd_push)
-
-    p = sub.add_parser("evaluate", allow_abbrev=False, help="evaluate a detector on a prepared split")
-    p.add_argument("--model", required=True, help="detector folder or Hub repo")
-    p.add_argument("--dataset", required=True, help="prepared dataset folder (hf-landmark prepare) or Hub dataset id")
-    p.add_argument("--split", default="test", help="split to evaluate: train, validation or test (default test)")
-    p.add_argument("--output", default="metrics.json", help="metrics JSON; a Markdown table and a cumulative-error plot are written beside it")
-    p.add_argument("--decoder", default=None, choices=DECODERS, help="default: the model's (centroid)")
-    p.add_argument("--paper-compatible", action="store_true", help="reproduce the paper code's evaluation")
-    p.add_argument("--thresholds", help="SDR thresholds, comma-separated (default: the dataset's)")
-    p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
-    p.add_argument("--image-dir", help="the original images, for overlays on them rather than on the prepared copy")
-    p.add_argument("--exclude-training-labels", action="store_true",
-                   help="leave out the images the model was fine-tuned on (from its hf_landmark_training.json)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.set_defaults(func=_cmd_evaluate)
-    return parser
-
-
-def _run(argv: list[str]) -> int:
-    if argv and argv[0] in TRAINING:
-        import importlib
-
-        # Each training file's main() parses its own flags and calls its library function.
-        importlib.import_module(f"hf_landmark.training.{TRAINING[argv[0]][0]}").main(argv[1:])
-        return 0
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
-
-
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("HF_LANDMARK_DEBUG", "") not in ("", "0")
-    if argv and argv[0] == "--debug":
-        debug, argv = True, argv[1:]
-    try:
-        return _run(argv)
-    except UserInputError as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """``hf-landmark ARGS``: the parser and the error handling are in :mod:`hf_landmark_cli`."""
+    import hf_landmark_cli
+
+    return hf_landmark_cli.main(argv)
 
 
 if __name__ == "__main__":

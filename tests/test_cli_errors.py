@@ -98,3 +98,27 @@ def test_real_exit_code_and_debug_traceback(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().startswith("error: ") and "Traceback" not in res.stderr
     res = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True)
     assert res.returncode == 1 and "Traceback" in res.stderr and "DatasetFormatError" in res.stderr
+
+
+def test_help_imports_neither_torch_nor_the_package():
+    # `hf-landmark --help` (and a non-training subcommand's) answers without loading torch,
+    # transformers or hf_landmark; the command's work is imported after parsing.
+    code = (
+        "import sys, hf_landmark_cli\n"
+        "for argv in (['--help'], ['predict', '--help'], ['prepare', '--help']):\n"
+        "    try:\n        hf_landmark_cli.main(argv)\n    except SystemExit as e:\n        assert e.code == 0\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'hf_landmark') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+    assert "{ceph,hand,chest,custom}" in res.stdout and "--overlay-dir" in res.stdout
+
+
+def test_cli_choices_match_the_library():
+    import hf_landmark_cli
+    from hf_landmark.data.specs import DATASETS
+    from hf_landmark.heatmaps import DECODERS
+
+    assert hf_landmark_cli.DATASET_KINDS == tuple(DATASETS)
+    assert hf_landmark_cli.DECODER_NAMES == tuple(DECODERS)
