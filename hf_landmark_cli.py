@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
     p.add_argument("--decoder", default=None, choices=DECODER_NAMES, help="default: the model's (centroid)")
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
+    p.add_argument("--no-refine", action="store_true", help="the first stage only, for a detector with a refinement stage")
 
     p = sub.add_parser("card", allow_abbrev=False, help="write MODEL_DIR/README.md, a model card filled from metrics.json")
     p.add_argument("model_dir", help="the fine-tuned detector folder (OUT/model of hf-landmark finetune)")
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-training-labels", action="store_true",
                    help="leave out the images the model was fine-tuned on (from its hf_landmark_training.json)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--no-refine", action="store_true",
+                   help="evaluate the first stage only (by default a two-stage detector reports both stages)")  # fmt: skip
     return parser
 
 

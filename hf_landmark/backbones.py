@@ -31,9 +31,11 @@ class UNet2DBackbone(nn.Module):
 
     head_prefix = "unet.conv_out."
 
-    def __init__(self, config: LandmarkConfig):
+    def __init__(self, config: LandmarkConfig, refiner: bool = False):
         super().__init__()
-        self.unet = UNet2DModel(**unet_kwargs(config.backbone_config, config.image_size, config.num_landmarks))
+        # The refiner sees crops of refine_crop px; its head has a channel per landmark too.
+        unet_config, size = (config.refine_backbone_config, config.refine_crop) if refiner else (config.backbone_config, config.image_size)
+        self.unet = UNet2DModel(**unet_kwargs(unet_config, size, config.num_landmarks))
         self.timestep = int(config.timestep)
         self._embedding = None
         # The bottleneck (mid block) output, averaged over space, is the image embedding.
@@ -80,7 +82,11 @@ class UNet2DBackbone(nn.Module):
 BACKBONES: dict[str, type[nn.Module]] = {"unet2d": UNet2DBackbone}
 
 
-def build_backbone(config: LandmarkConfig) -> nn.Module:
+def build_backbone(config: LandmarkConfig, refiner: bool = False) -> nn.Module:
+    """The first stage's backbone (``config.backbone``), or with ``refiner`` the refinement
+    stage's U-Net (DDPM-pre-trainable on crops, see ``hf-landmark pretrain --crop-from``)."""
+    if refiner:
+        return UNet2DBackbone(config, refiner=True)
     if config.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[config.backbone](config)

@@ -71,7 +71,7 @@ def _cmd_evaluate(args) -> int:
 
     split = require_split(load_prepared(args.dataset), args.split, args.dataset)
     model, processor = load_detector(args.model)
-    data = load_tensors(split, processor.size, processor.resample)
+    data = load_tensors(split, processor.size, processor.resample, 0 if args.no_refine else processor.refine_size)
     if args.exclude_training_labels:
         record = os.path.join(args.model, "hf_landmark_training.json")
         if not os.path.isfile(record):
@@ -81,7 +81,7 @@ def _cmd_evaluate(args) -> int:
         data = data.subset([i for i, image_id in enumerate(data.image_ids) if image_id not in labeled])
         if len(data) == 0:
             raise UserInputError(f"{args.dataset}: every {args.split} image was a training label; nothing is left to evaluate")
-    pred = predict_split(model, processor, data, args.decoder, batch_size=args.batch_size)
+    pred = predict_split(model, processor, data, args.decoder, batch_size=args.batch_size, refine=False if args.no_refine else None)
     thresholds = None
     if args.thresholds:
         try:
@@ -90,6 +90,9 @@ def _cmd_evaluate(args) -> int:
             raise UserInputError(f"--thresholds: expected comma-separated numbers, got {args.thresholds!r}") from err
     mode = "paper" if args.paper_compatible else "physical"
     metrics = compute_metrics(pred["coords"], data, model.config, mode, thresholds)
+    if data.fine_images is not None:
+        metrics["first_stage"] = compute_metrics(pred["first_stage_coords"], data, model.config, mode, thresholds)
+        metrics["first_stage"].pop("errors")
     uncertainty = uncertainty_metrics(pred, data, processor, model.config)
     metrics.update(model=os.fspath(args.model), dataset=os.fspath(args.dataset), split=args.split, decoder=args.decoder or processor.decoder,
                    mean_score=float(pred["scores"].mean()), uncertainty=uncertainty,
@@ -105,6 +108,8 @@ def _cmd_evaluate(args) -> int:
     if args.overlay_dir:
         save_overlays(data, pred["coords"], args.overlay_dir, image_dir=args.image_dir, radii=processor.radii(pred["spread"]))
     print(table)
+    if "first_stage" in metrics:
+        print(f"first stage: MRE {metrics['first_stage']['mre']:.3f} ± {metrics['first_stage']['mre_std']:.3f} {metrics['unit']}")
     print(f"MRE {metrics['mre']:.3f} ± {metrics['mre_std']:.3f} {metrics['unit']} over {metrics['num_images']} images")
     if "coverage" in uncertainty:
         print(f"error radii (alpha {uncertainty['alpha']:g}): coverage {100 * uncertainty['coverage']:.1f} %, mean radius "
@@ -141,7 +146,7 @@ def _cmd_predict(args) -> int:
     results, errors = {}, {}
     for path in tqdm(files, desc="predicting", disable=len(files) < 2):
         try:
-            results[str(path)] = pipe(str(path), decoder=args.decoder)
+            results[str(path)] = pipe(str(path), decoder=args.decoder, refine=False if args.no_refine else None)
         except ImageReadError as err:  # one bad file never loses the others' results
             errors[str(path)] = str(err)
             print(f"error: {err}", file=sys.stderr)

@@ -93,6 +93,15 @@ class LandmarkConfig(PreTrainedConfig):
             between the two ``wrist_indices`` landmarks of the ground truth) or ``"pixels"``.
         wrist_indices: the two 0-based landmark indices of the wrist convention.
         wrist_distance_mm: the physical distance the wrist convention assumes (50 mm).
+        refine_size: side F of the fine copy of each image that the refinement stage crops
+            (the same square resize as ``image_size``, at F px); 0: no refinement stage.
+        refine_crop: side of the square crop (fine pixels) centred on each first-stage
+            estimate; the refiner re-locates the landmark within it.
+        refine_backbone_config: the refiner U-Net's ``UNet2DModel`` arguments (or a preset
+            name); its head has one channel per landmark and each crop is read on its own
+            landmark's channel. Default: the first stage's.
+        refine_loss: the refiner's per-channel loss, ``"contour"`` or ``"bce"``.
+        refine_sigma: the refiner's target sigma in fine pixels (default ``sigma``).
     """
 
     model_type = "ddpm-landmark"
@@ -113,6 +122,11 @@ class LandmarkConfig(PreTrainedConfig):
         wrist_indices: tuple[int, int] | list[int] = (0, 4),
         wrist_distance_mm: float = 50.0,
         dataset_name: str | None = None,
+        refine_size: int = 0,
+        refine_crop: int = 64,
+        refine_backbone_config: dict | str | None = None,
+        refine_loss: str = "contour",
+        refine_sigma: float | None = None,
         **kwargs: Any,
     ):
         # Saved configs name the repository's own pipeline file for `pipeline(...,
@@ -149,4 +163,20 @@ class LandmarkConfig(PreTrainedConfig):
         self.wrist_indices = [int(i) for i in wrist_indices]
         self.wrist_distance_mm = float(wrist_distance_mm)
         self.dataset_name = dataset_name
+        self.set_refinement(refine_size, refine_crop, refine_backbone_config, refine_loss, refine_sigma)
         super().__init__(**kwargs)
+
+    def set_refinement(self, refine_size: int, refine_crop: int = 64, backbone_config: dict | str | None = None,
+                       loss: str = "contour", sigma: float | None = None) -> None:  # fmt: skip
+        """Set (and check) the refinement stage's fields; ``refine_size`` 0 means none."""
+        if refine_size and (refine_size % 8 or refine_crop % 8 or not 8 <= refine_crop <= refine_size):
+            raise ValueError(f"refine_size ({refine_size}) and refine_crop ({refine_crop}) must be multiples of 8 with crop <= size")
+        if loss not in ("contour", "bce"):
+            raise ValueError(f"refine_loss must be 'contour' or 'bce' (a per-channel loss), got {loss!r}")
+        if isinstance(backbone_config, str):
+            backbone_config = unet_preset(backbone_config)
+        self.refine_size = int(refine_size)
+        self.refine_crop = int(refine_crop)
+        self.refine_backbone_config = dict(backbone_config) if backbone_config else dict(self.backbone_config)
+        self.refine_loss = loss
+        self.refine_sigma = float(self.sigma if sigma is None else sigma)

@@ -19,32 +19,44 @@ PAPER_GRID = 256
 
 
 @torch.no_grad()
-def predict_split(model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None) -> dict:
+def predict_split(
+    model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None, refine: bool | None = None
+) -> dict:
     """Predict every image of ``data`` through the image processor's path: its intensity
-    mapping, the model, and its post-processing into each image's **original** frame.
+    mapping, the model (both stages when it has a refinement stage and ``data`` its fine
+    images, unless ``refine`` is False), and its post-processing into each image's
+    **original** frame.
 
-    Returns a dict of arrays: ``coords`` ``[M, N, 2]`` original pixels, ``scores`` ``[M, N]``,
-    ``spread`` ``[M, N]`` (heatmap spread, original pixels), ``embeddings`` ``[M, C]``,
-    ``flags`` (per image) and ``loss`` (the training loss against ``data.landmarks``, mean
-    over images)."""
+    Returns a dict of arrays: ``coords`` ``[M, N, 2]`` original pixels (final stage),
+    ``first_stage_coords`` (the same array when there is one stage), ``scores`` ``[M, N]``,
+    ``spread`` ``[M, N]`` (final heatmap spread, original pixels) and ``first_stage_spread``,
+    ``embeddings`` ``[M, C]``, ``flags`` (per image) and ``loss`` (the first stage's training
+    loss against ``data.landmarks``, mean over images)."""
     device = device or next(model.parameters()).device
+    decoder = decoder or processor.decoder
     was_training = model.training
     model.eval()
-    parts: dict[str, list] = {"coords": [], "scores": [], "spread": [], "embeddings": [], "flags": []}
+    keys = ("coords", "first_stage_coords", "scores", "spread", "first_stage_spread", "embeddings")
+    parts: dict[str, list] = {k: [] for k in keys}
+    parts["flags"] = []
     losses = []
     pixel_values = data.pixel_values(processor.pixel_range)
+    fine = data.fine_pixel_values(processor.pixel_range) if refine is not False else None
     for start in range(0, len(data), batch_size):
         part = slice(start, start + batch_size)
         x = pixel_values[part].to(device)
-        out = model(pixel_values=x, labels=data.landmarks[part].to(device))
+        out = model(pixel_values=x, fine_pixel_values=None if fine is None else fine[part].to(device),
+                    labels=data.landmarks[part].to(device), refine=refine, decoder=decoder)  # fmt: skip
         sizes = data.original_sizes[part]
         c, sc = processor.post_process_coordinates(out, target_sizes=sizes, decoder=decoder)
         parts["coords"].append(c)
         parts["scores"].append(sc)
-        spread = processor.spread(out, sizes)
-        parts["spread"].append(spread)
+        parts["first_stage_coords"].append(processor.post_process_coordinates(out, sizes, decoder, stage="first")[0])
+        parts["spread"].append(processor.spread(out, sizes))
+        first_spread = processor.spread(out, sizes, stage="first")
+        parts["first_stage_spread"].append(first_spread)
         parts["embeddings"].append(out.embeddings.double().cpu().numpy())
-        parts["flags"] += processor.flags(out, sizes, spread)
+        parts["flags"] += processor.flags(out, sizes, first_spread)
         losses.append(out.loss.item() * x.shape[0])
     model.train(was_training)
     result = {k: (v if k == "flags" else np.concatenate(v)) for k, v in parts.items()}
@@ -63,9 +75,10 @@ def calibrate_processor(model, processor, calibration: LandmarkTensors, referenc
     the validation split) and the out-of-distribution reference (``reference``, the training
     images, labeled or not). Returns what was measured (n, the quantiles at ``alpha``)."""
     cal = predict_split(model, processor, calibration, decoder)
-    ref = predict_split(model, processor, reference, decoder)
+    ref = predict_split(model, processor, reference, decoder, refine=False)  # only its embeddings are used
     errors = radial_errors(cal["coords"], calibration.original_landmarks.double().numpy())
-    processor.calibrate(cal["spread"], errors, calibration.original_sizes.numpy(), ref["embeddings"], cal["embeddings"])
+    processor.calibrate(cal["spread"], errors, calibration.original_sizes.numpy(), ref["embeddings"], cal["embeddings"],
+                        first_stage_spread=cal["first_stage_spread"])  # fmt: skip
     radii = processor.radii(cal["spread"])
     return {"calibration_images": len(calibration), "alpha": processor.alpha, "ood_threshold": processor.ood_threshold,
             "spread_threshold": processor.spread_threshold, "finite_radii": bool(np.isfinite(radii).all())}  # fmt: skip
@@ -199,14 +212,26 @@ def mean_shape_prediction(labeled: LandmarkTensors, target: LandmarkTensors) -> 
 
 
 def markdown_table(metrics: dict, title: str | None = None) -> str:
+    """Per-landmark MRE and SDR; with a two-stage detector's ``first_stage`` metrics, the first
+    stage's MRE and SDR at the smallest threshold beside the final ones."""
     unit = metrics["unit"]
     thr = list(metrics["sdr"])
+    first = metrics.get("first_stage")
     lines = [f"### {title}", ""] if title else []
-    lines.append("| landmark | MRE (" + unit + ") | " + " | ".join(f"SDR {t} {unit}" for t in thr) + " |")
-    lines.append("|---|---|" + "---|" * len(thr))
-    for row in metrics["per_landmark"]:
-        lines.append(f"| {row['name']} | {row['mre']:.2f} ± {row['mre_std']:.2f} | " + " | ".join(f"{row['sdr'][t]:.1f}" for t in thr) + " |")
-    lines.append(f"| **all** | **{metrics['mre']:.2f} ± {metrics['mre_std']:.2f}** | " + " | ".join(f"**{metrics['sdr'][t]:.1f}**" for t in thr) + " |")
+    head = f"| landmark | first-stage MRE ({unit}) | first-stage SDR {thr[0]} {unit} " if first else "| landmark "
+    lines.append(head + "| MRE (" + unit + ") | " + " | ".join(f"SDR {t} {unit}" for t in thr) + " |")
+    lines.append("|---|" + ("---|---|" if first else "") + "---|" + "---|" * len(thr))
+
+    def cells(row, bold=""):
+        lead = f"{bold}{row['mre']:.2f} ± {row['mre_std']:.2f}{bold} | " + " | ".join(f"{bold}{row['sdr'][t]:.1f}{bold}" for t in thr)
+        return lead
+
+    def first_cells(row, bold=""):
+        return f"{bold}{row['mre']:.2f} ± {row['mre_std']:.2f}{bold} | {bold}{row['sdr'][thr[0]]:.1f}{bold} | "
+
+    for j, row in enumerate(metrics["per_landmark"]):
+        lines.append(f"| {row['name']} | " + (first_cells(first["per_landmark"][j]) if first else "") + cells(row) + " |")
+    lines.append("| **all** | " + (first_cells(first, "**") if first else "") + cells(metrics, "**") + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         spread_threshold: the mean relative heatmap spread (spread over the image diagonal)
             beyond which an image is flagged ``low_confidence``.
         min_image_side: images with a shorter side (pixels) are flagged too.
+        refine_size: side of the fine copy the refinement stage crops (``fine_pixel_values``);
+            0 when the model has no refinement stage.
+        refine_loss, refine_sigma: how the refiner's maps read as probabilities and scores.
     """
 
     model_input_names = ["pixel_values"]
@@ -77,6 +80,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         ood_threshold: float | None = None,
         spread_threshold: float | None = None,
         min_image_side: int = 16,
+        refine_size: int = 0,
+        refine_loss: str = "contour",
+        refine_sigma: float = 6.0,
         **kwargs,
     ):
         if not 0.0 < alpha < 1.0:
@@ -102,12 +108,17 @@ class LandmarkImageProcessor(BaseImageProcessor):
         self.ood_threshold = ood_threshold
         self.spread_threshold = spread_threshold
         self.min_image_side = int(min_image_side)
+        self.refine_size = int(refine_size)
+        self.refine_loss = refine_loss
+        self.refine_sigma = float(refine_sigma)
 
     @classmethod
     def from_model_config(cls, config, resample: str = "area", **kwargs) -> LandmarkImageProcessor:
         """The processor of a detector with ``config`` (:class:`LandmarkConfig`)."""
+        refine = {"refine_size": getattr(config, "refine_size", 0), "refine_loss": getattr(config, "refine_loss", "contour"),
+                  "refine_sigma": getattr(config, "refine_sigma", config.sigma)}  # fmt: skip
         return cls(size=config.image_size, pixel_range=config.pixel_range, resample=resample, landmark_names=config.landmark_names,
-                   loss=config.loss, sigma=config.sigma, spacing=config.spacing, **kwargs)  # fmt: skip
+                   loss=config.loss, sigma=config.sigma, spacing=config.spacing, **refine, **kwargs)  # fmt: skip
 
     # --- pixels -> model ---------------------------------------------------------------
 
@@ -122,33 +133,48 @@ class LandmarkImageProcessor(BaseImageProcessor):
             images: one image or a list: file paths, PIL images, numpy arrays or tensors
                 (``[H, W]`` or ``[H, W, C]``; 8/16-bit, float, RGB(A)).
         Returns:
-            ``pixel_values`` ``[B, 1, S, S]`` float32; ``original_sizes`` ``[B, 2]`` (W, H) of
-            each input; ``spacings`` ``[B, 2]`` mm per pixel from the file (DICOM), NaN where
+            ``pixel_values`` ``[B, 1, S, S]`` float32; with a refinement stage
+            ``fine_pixel_values`` ``[B, 1, F, F]`` (the same resize at ``refine_size``);
+            ``original_sizes`` ``[B, 2]`` (W, H) of each input; ``spacings`` ``[B, 2]`` mm per pixel from the file (DICOM), NaN where
             the file has none; ``sources``: the file names (or ``"image"``).
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         if not isinstance(images, (list, tuple)):
             images = [images]
-        pixels, sizes, spacings, sources = [], [], [], []
+        pixels, fine, sizes, spacings, sources = [], [], [], [], []
         for image in images:
             image01, spacing, source = load_image(image)
             pixels.append(self.resize(image01))
+            if self.refine_size:
+                fine.append(resize_image(image01, self.refine_size, self.resample))
             sizes.append((image01.shape[1], image01.shape[0]))
             spacings.append(spacing if spacing is not None else (float("nan"), float("nan")))
             sources.append(source)
         pixel_values = to_pixel_values(torch.from_numpy(np.stack(pixels))[:, None], self.pixel_range)
         data = {"pixel_values": pixel_values, "original_sizes": torch.tensor(sizes, dtype=torch.float64),
                 "spacings": torch.tensor(spacings, dtype=torch.float64)}  # fmt: skip
+        if fine:
+            data["fine_pixel_values"] = to_pixel_values(torch.from_numpy(np.stack(fine))[:, None], self.pixel_range)
         out = BatchFeature(data=data, tensor_type=return_tensors)
         out["sources"] = sources
         return out
 
     # --- model -> coordinates ----------------------------------------------------------
 
-    def decode(self, outputs, decoder: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model output (``log_probabilities`` or ``heatmaps`` logits, ``[B, N, S, S]``) →
-        coordinates ``[B, N, 2]`` in model pixels and scores ``[B, N]`` in [0, 1]."""
+    def decode(self, outputs, decoder: str | None = None, stage: str = "final") -> tuple[torch.Tensor, torch.Tensor]:
+        """Model output → coordinates ``[B, N, 2]`` in model pixels and scores ``[B, N]`` in
+        [0, 1]. With a refinement stage's output (``coordinates``, ``refined_log_probabilities``)
+        these are the refined landmarks and the refiner's scores, unless ``stage="first"``; else
+        the first stage's heatmaps (``log_probabilities`` or ``heatmaps`` logits) decoded with
+        ``decoder``. (The refined landmarks were decoded in the model, with the decoder it
+        was given.)"""
+        refined = _get(outputs, "refined_log_probabilities")
+        if refined is not None and stage == "final":
+            log_p = refined.detach().float()
+            local = decode(log_p.exp(), decoder or self.decoder, log_maps=log_p)
+            scores = get_loss(self.refine_loss).scores(log_p.exp(), local, self.refine_sigma)
+            return _get(outputs, "coordinates").detach().float(), scores
         loss = get_loss(self.loss)
         log_p = self._log_probabilities(outputs)
         probs = log_p.exp()
@@ -157,13 +183,18 @@ class LandmarkImageProcessor(BaseImageProcessor):
 
     # --- uncertainty -------------------------------------------------------------------
 
-    def spread(self, outputs, target_sizes) -> np.ndarray:
+    def spread(self, outputs, target_sizes, stage: str = "final") -> np.ndarray:
         """Each landmark's heatmap spread in original pixels, ``[B, N]``: the standard deviation
         of its probability map, per axis scaled to the original frame, combined
-        (``sqrt(σx² + σy²)``); at least half a model pixel."""
-        log_p = self._log_probabilities(outputs)
-        sigma = spatial_spread(log_p.exp()).clamp_min(0.5).double().cpu().numpy()  # [B, N, 2] model px
-        scale = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 1, 2) / self.size
+        (``sqrt(σx² + σy²)``); at least half a map pixel. The refiner's maps when the output
+        has them (unless ``stage="first"``), else the first stage's."""
+        refined = _get(outputs, "refined_log_probabilities")
+        if refined is not None and stage == "final":
+            log_p, side = refined.detach().float(), self.refine_size
+        else:
+            log_p, side = self._log_probabilities(outputs), self.size
+        sigma = spatial_spread(log_p.exp()).clamp_min(0.5).double().cpu().numpy()  # [B, N, 2] map px
+        scale = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 1, 2) / side
         return np.sqrt(((sigma * scale) ** 2).sum(-1))
 
     def radii(self, spread: np.ndarray, alpha: float | None = None) -> np.ndarray | None:
@@ -201,19 +232,21 @@ class LandmarkImageProcessor(BaseImageProcessor):
         than any calibration image's, or heatmaps more spread out than any calibration
         image's. Each calibrated test flags at most 1/(n + 1) of images like the n calibration
         images (the conformal argument), both together at most 2/(n + 1). ``spread``: the
-        :meth:`spread` of ``outputs``, when already computed."""
+        :meth:`spread` of ``outputs`` (the first stage's: how sure the model is of where
+        to look), when already computed."""
         sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
         odd = sizes.min(axis=1) < self.min_image_side
         far = self.ood_distances(outputs)
         if far is not None and self.ood_threshold is not None:
             odd |= far > self.ood_threshold
         if self.spread_threshold is not None:
-            spread = self.spread(outputs, sizes) if spread is None else spread
+            spread = self.spread(outputs, sizes, stage="first") if spread is None else spread
             odd |= self.relative_spread(spread, sizes) > self.spread_threshold
         return ["low_confidence" if o else "ok" for o in odd]
 
     def calibrate(
-        self, spread: np.ndarray, errors: np.ndarray, target_sizes=None, reference_embeddings=None, calibration_embeddings=None
+        self, spread: np.ndarray, errors: np.ndarray, target_sizes=None, reference_embeddings=None, calibration_embeddings=None,
+        first_stage_spread: np.ndarray | None = None,
     ) -> None:
         """Split conformal calibration on held-out labeled images (not used for training).
 
@@ -221,7 +254,8 @@ class LandmarkImageProcessor(BaseImageProcessor):
             spread: ``[M, N]`` heatmap spreads (:meth:`spread`) of the calibration images.
             errors: ``[M, N]`` their radial errors, original pixels.
             target_sizes: ``[M, 2]`` their original (W, H): the spread threshold is the largest
-                mean relative spread among them.
+                mean relative spread among them (of ``first_stage_spread`` when given: the
+                flag reads the first stage's maps).
             reference_embeddings: ``[K, C]`` embeddings of the training images (labeled or
                 not): their mean and spread define "like the training data".
             calibration_embeddings: ``[M, C]`` the calibration images' embeddings: the
@@ -231,7 +265,8 @@ class LandmarkImageProcessor(BaseImageProcessor):
         scores = np.asarray(errors, dtype=np.float64) / spread
         self.calibration_scores = [[float(v) for v in col] for col in scores.T]
         if target_sizes is not None:
-            self.spread_threshold = float(self.relative_spread(spread, target_sizes).max())
+            first = spread if first_stage_spread is None else np.asarray(first_stage_spread, dtype=np.float64)
+            self.spread_threshold = float(self.relative_spread(first, target_sizes).max())
         if reference_embeddings is not None:
             ref = np.asarray(reference_embeddings, dtype=np.float64)
             self.embedding_mean = ref.mean(axis=0).tolist()
@@ -240,15 +275,18 @@ class LandmarkImageProcessor(BaseImageProcessor):
                 self.ood_threshold = float(self._embedding_distance(calibration_embeddings).max())
 
     def _log_probabilities(self, outputs) -> torch.Tensor:
-        log_p = outputs.get("log_probabilities") if hasattr(outputs, "get") else None
+        log_p = _get(outputs, "log_probabilities")
         if log_p is None:
             log_p = get_loss(self.loss).log_probabilities(outputs["heatmaps"])
         return log_p.detach().float()
 
-    def post_process_coordinates(self, outputs, target_sizes, decoder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def post_process_coordinates(
+        self, outputs, target_sizes, decoder: str | None = None, stage: str = "final"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates in each image's original frame, as arrays: ``([B, N, 2] float64 (x, y)
-        original pixels, [B, N] scores)``. ``target_sizes``: ``[B, 2]`` original (W, H)."""
-        coords, scores = self.decode(outputs, decoder)
+        original pixels, [B, N] scores)``. ``target_sizes``: ``[B, 2]`` original (W, H).
+        ``stage="first"``: the first stage's landmarks even when the output was refined."""
+        coords, scores = self.decode(outputs, decoder, stage)
         sizes = torch.as_tensor(np.asarray(target_sizes, dtype=np.float64)).reshape(-1, 1, 2)
         xy = model_to_original(coords.double().cpu(), sizes, self.size)
         return xy.numpy(), scores.cpu().numpy().astype(np.float64)
@@ -270,9 +308,8 @@ class LandmarkImageProcessor(BaseImageProcessor):
             decoder: overrides the processor's default decoder.
         """
         xy, scores = self.post_process_coordinates(outputs, target_sizes, decoder)
-        spread = self.spread(outputs, target_sizes)
-        radii = self.radii(spread)
-        flags = self.flags(outputs, target_sizes, spread)
+        radii = self.radii(self.spread(outputs, target_sizes))
+        flags = self.flags(outputs, target_sizes)
         names = self.landmark_names or [f"L{i}" for i in range(xy.shape[1])]
         results = []
         for i in range(xy.shape[0]):
@@ -302,6 +339,10 @@ class LandmarkImageProcessor(BaseImageProcessor):
         if self.spacing is None:
             return None, False
         return spacing_pair(self.spacing), True
+
+
+def _get(outputs, key):
+    return outputs.get(key) if hasattr(outputs, "get") else None
 
 
 def processor_for_model(model) -> LandmarkImageProcessor:

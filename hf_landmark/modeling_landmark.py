@@ -1,6 +1,7 @@
 """The landmark detector: a backbone that outputs one heatmap per landmark (by default a
 diffusers ``UNet2DModel`` whose last convolution has one channel per landmark) and a loss
-from one registry, wrapped as a transformers ``PreTrainedModel``.
+from one registry, wrapped as a transformers ``PreTrainedModel``; optionally a second,
+refinement stage that re-locates each landmark on a crop of a finer copy of the image.
 
 Self-contained (torch, transformers, diffusers and the sibling files it imports) so it can be
 saved next to the weights and loaded with ``trust_remote_code=True``.
@@ -19,8 +20,10 @@ from transformers.utils import ModelOutput
 from .backbones import UNet2DBackbone, build_backbone
 from .configuration_landmark import LandmarkConfig
 from .errors import UserInputError
+from .heatmaps import decode
 from .image_processing_landmark import PROCESSOR_FILE, LandmarkImageProcessor
 from .losses import get_loss
+from .preprocessing import crop_patches, original_to_model
 
 __all__ = ["LandmarkDetector", "LandmarkDetectorOutput"]
 
@@ -40,19 +43,35 @@ class LandmarkDetectorOutput(ModelOutput):
         log_probabilities: ``[B, N, H, W]`` the logits read as the loss reads them (what the
             decoders and scores use).
         embeddings: ``[B, C]`` the backbone's image embedding (out-of-distribution check).
+        coarse_coordinates: ``[B, N, 2]`` the first stage's decoded landmarks (model pixels),
+            when the refinement stage ran.
+        coordinates: ``[B, N, 2]`` the refined landmarks (model pixels, sub-pixel).
+        refined_log_probabilities: ``[B, N, C, C]`` each landmark's refiner map on its crop.
+        crop_origins: ``[B, N, 2]`` the crops' top-left pixels in the fine image.
     """
 
     loss: torch.FloatTensor | None = None
     heatmaps: torch.FloatTensor | None = None
     log_probabilities: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
+    coarse_coordinates: torch.FloatTensor | None = None
+    coordinates: torch.FloatTensor | None = None
+    refined_log_probabilities: torch.FloatTensor | None = None
+    crop_origins: torch.LongTensor | None = None
 
 
 class LandmarkDetector(PreTrainedModel):
     """Heatmap landmark detector: ``config.backbone`` (default the DDPM-pre-trainable
     diffusers U-Net at a constant timestep) and ``config.loss``. The detector never takes a
     timestep. Post-processing (decoding, original-frame coordinates) lives in
-    :class:`~hf_landmark.image_processing_landmark.LandmarkImageProcessor`."""
+    :class:`~hf_landmark.image_processing_landmark.LandmarkImageProcessor`.
+
+    With ``config.refine_size`` the detector has a second stage, ``refiner``: a U-Net shared
+    by all landmarks that sees, for each landmark, a ``refine_crop``-px crop of the image at
+    ``refine_size`` px centred on the first stage's estimate and outputs one channel per
+    landmark; a crop is read on its own landmark's channel (trained only there), so the
+    network knows which landmark it looks for without extra inputs and its weights load from
+    a DDPM pre-trained on crops like any U-Net's."""
 
     config_class = LandmarkConfig
     base_model_prefix = "backbone"
@@ -62,6 +81,7 @@ class LandmarkDetector(PreTrainedModel):
         super().__init__(config)
         self.heatmap_loss = get_loss(config.loss)
         self.backbone = build_backbone(config)
+        self.refiner = build_backbone(config, refiner=True) if config.refine_size else None
         self.post_init()
 
     @classmethod
@@ -104,21 +124,77 @@ class LandmarkDetector(PreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
+        fine_pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        refine: bool | None = None,
+        decoder: str = "centroid",
         return_dict: bool | None = None,
     ) -> LandmarkDetectorOutput:
         """Args:
             pixel_values: ``[B, 1, H, W]`` preprocessed images (H, W multiples of 8).
-            labels: ``[B, N, 2]`` landmark (x, y) in input pixels, for the loss.
+            fine_pixel_values: ``[B, 1, F, F]`` the same images at ``config.refine_size``
+                (the image processor's ``fine_pixel_values``); with them a detector that has a
+                refinement stage runs it.
+            labels: ``[B, N, 2]`` landmark (x, y) in input pixels, for the (first-stage) loss.
+            refine: ``False`` runs the first stage only.
+            decoder: how the first stage's heatmaps are read to place the crops (and the
+                refined maps to place the landmarks).
         """
         heatmaps, embeddings = self.backbone(pixel_values)
         loss = None
         if labels is not None:
             loss = self.heatmap_loss(heatmaps, labels, self.config.sigma)
         log_p = self.heatmap_loss.log_probabilities(heatmaps)
+        out = LandmarkDetectorOutput(loss=loss, heatmaps=heatmaps, log_probabilities=log_p, embeddings=embeddings)
+        if self.refiner is not None and fine_pixel_values is not None and refine is not False:
+            coarse = decode(log_p.detach().exp(), decoder, log_maps=log_p.detach())
+            for key, value in self.refine(fine_pixel_values, coarse, decoder).items():
+                out[key] = value
         if return_dict is False:
-            return tuple(v for v in (loss, heatmaps, log_p, embeddings) if v is not None)
-        return LandmarkDetectorOutput(loss=loss, heatmaps=heatmaps, log_probabilities=log_p, embeddings=embeddings)
+            return out.to_tuple()
+        return out
+
+    def refine(self, fine_pixel_values: torch.Tensor, coarse: torch.Tensor, decoder: str = "centroid") -> dict:
+        """The refinement stage for first-stage estimates ``coarse`` ``[B, N, 2]`` (model pixels):
+        ``coarse_coordinates``, ``coordinates``, ``refined_log_probabilities``, ``crop_origins``."""
+        cfg = self.config
+        fine_size, crop = fine_pixel_values.shape[-1], cfg.refine_crop
+        origins = crop_origins(coarse, cfg.image_size, fine_size, crop)
+        crops = crop_patches(fine_pixel_values, origins, crop, fill=cfg.pixel_range[0])  # [B, N, 1, C, C]
+        b, n = coarse.shape[:2]
+        idx = torch.arange(n, device=coarse.device).repeat(b)
+        logits = own_channel(self.refiner(crops.flatten(0, 1))[0], idx)  # [B*N, 1, C, C]
+        log_p = get_loss(cfg.refine_loss).log_probabilities(logits).view(b, n, crop, crop)
+        local = decode(log_p.exp(), decoder, log_maps=log_p)
+        refined = original_to_model(local + origins.to(local.dtype), (fine_size, fine_size), cfg.image_size)
+        return {"coarse_coordinates": coarse, "coordinates": refined, "refined_log_probabilities": log_p, "crop_origins": origins}
+
+    def add_refiner(
+        self,
+        refine_size: int,
+        refine_crop: int = 64,
+        backbone_config: dict | str | None = None,
+        refine_sigma: float | None = None,
+        ddpm: str | os.PathLike | None = None,
+    ) -> None:
+        """Give the detector a (new) refinement stage: from scratch with ``backbone_config``
+        (default the first stage's), or from a DDPM pre-trained on crops (``hf-landmark
+        pretrain --crop-from``), whose architecture and crop size it takes; every U-Net weight
+        but the head is copied."""
+        unet = None
+        if ddpm is not None:
+            unet, info = UNet2DBackbone.load_ddpm(ddpm)
+            backbone_config = UNet2DBackbone.config_from_ddpm(unet)
+            refine_crop = int(info.get("resolution") or unet.config.sample_size)
+            if "pixel_range" in info and [float(v) for v in info["pixel_range"]] != self.config.pixel_range:
+                raise UserInputError(f"{ddpm}: pre-trained with pixel range {info['pixel_range']}, the detector uses {self.config.pixel_range}")
+        cfg = self.config
+        cfg.set_refinement(refine_size, refine_crop, backbone_config, cfg.refine_loss, refine_sigma)
+        self.refiner = build_backbone(cfg, refiner=True).to(self.device)
+        cfg.refine_base_model = None
+        if unet is not None:
+            self.refiner.load_ddpm_weights(unet, os.fspath(ddpm))
+            cfg.refine_base_model = os.fspath(ddpm)
 
     @classmethod
     def from_ddpm(
@@ -145,6 +221,18 @@ class LandmarkDetector(PreTrainedModel):
         model.backbone.load_ddpm_weights(unet, os.fspath(ddpm_path_or_repo))
         model.config.base_model = os.fspath(ddpm_path_or_repo)
         return model
+
+
+def crop_origins(coarse: torch.Tensor, image_size: int, fine_size: int, crop: int) -> torch.Tensor:
+    """Top-left fine pixels ``[B, N, 2]`` (integer) of crops whose centre pixel
+    (``crop // 2``) is the fine pixel nearest each estimate ``coarse`` (model pixels)."""
+    centre = original_to_model(coarse.detach().float(), (image_size, image_size), fine_size)
+    return torch.round(centre).long() - crop // 2
+
+
+def own_channel(logits: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:
+    """``[K, N, C, C]`` refiner logits of K crops → ``[K, 1, C, C]``, each crop's own landmark's."""
+    return logits[torch.arange(logits.shape[0], device=logits.device), landmark][:, None]
 
 
 def check_model_folder(path: str) -> None:

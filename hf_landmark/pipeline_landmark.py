@@ -17,7 +17,8 @@ class LandmarkDetectionPipeline(Pipeline):
     """Input: a path (PNG, JPEG, BMP, TIFF, 8/16-bit; DICOM with ``pydicom``), a PIL image, a
     numpy array, or a list of them. Output per image: a list of ``{"label", "x", "y",
     "score"}`` in **original** pixels, plus ``x_mm``/``y_mm`` when a spacing is known (from
-    the DICOM header, else the processor's). ``decoder=`` picks the decoder."""
+    the DICOM header, else the processor's). ``decoder=`` picks the decoder; a detector with a
+    refinement stage runs both stages (``refine=False``: the first only)."""
 
     _load_processor = False
     # The processor is found beside the model's weights (`processor_for_model`), which also
@@ -34,17 +35,24 @@ class LandmarkDetectionPipeline(Pipeline):
 
             self.image_processor = processor_for_model(self.model)
 
-    def _sanitize_parameters(self, decoder=None, **kwargs):
-        return {}, {}, ({"decoder": decoder} if decoder else {})
+    def _sanitize_parameters(self, decoder=None, refine=None, **kwargs):
+        forward = {"decoder": decoder} if decoder else {}
+        if refine is not None:
+            forward["refine"] = bool(refine)
+        return {}, forward, ({"decoder": decoder} if decoder else {})
 
     def preprocess(self, image):
         inputs = self.image_processor(image)
-        return {k: inputs[k] for k in ("pixel_values", "original_sizes", "spacings")}
+        return {k: inputs[k] for k in ("pixel_values", "fine_pixel_values", "original_sizes", "spacings") if k in inputs}
 
-    def _forward(self, inputs):
-        out = self.model(pixel_values=inputs["pixel_values"].to(self.model.device, self.model.dtype))
-        return {"log_probabilities": out.log_probabilities, "embeddings": out.embeddings,
-                "original_sizes": inputs["original_sizes"], "spacings": inputs["spacings"]}  # fmt: skip
+    def _forward(self, inputs, decoder=None, refine=None):
+        decoder = decoder or self.image_processor.decoder
+        device, dtype = self.model.device, self.model.dtype
+        fine = inputs.get("fine_pixel_values")
+        out = self.model(pixel_values=inputs["pixel_values"].to(device, dtype), fine_pixel_values=None if fine is None else fine.to(device, dtype),
+                         refine=refine, decoder=decoder)  # fmt: skip
+        keep = {k: out[k] for k in ("log_probabilities", "embeddings", "coordinates", "refined_log_probabilities") if out.get(k) is not None}
+        return dict(keep, original_sizes=inputs["original_sizes"], spacings=inputs["spacings"])
 
     def postprocess(self, outputs, decoder=None):
         return self.image_processor.post_process_landmark_detection(

@@ -246,3 +246,21 @@ def to_pixel_values(images01, pixel_range: Sequence[float] = (-1.0, 1.0)):
     """Map intensities in [0, 1] linearly to the model's range ``[lo, hi]``."""
     lo, hi = float(pixel_range[0]), float(pixel_range[1])
     return images01 * (hi - lo) + lo
+
+
+def crop_patches(images: torch.Tensor, origins: torch.Tensor, size: int, fill: float) -> torch.Tensor:
+    """Square crops without interpolation: ``images`` ``[B, C, H, W]``, ``origins`` ``[B, K, 2]``
+    integer (x, y) of each crop's top-left pixel (anywhere, also outside the image) →
+    ``[B, K, C, size, size]`` where crop pixel ``(i, j)`` is image pixel ``(x + j, y + i)``;
+    pixels beyond the image are ``fill``."""
+    b, c, h, w = images.shape
+    origins = origins.long()
+    # Pad by the farthest any crop reaches outside, then gather rows and columns.
+    pad = int(max(0, -origins.min().item(), (origins[..., 0] + size - w).max().item(), (origins[..., 1] + size - h).max().item()))
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), value=fill) if pad else images
+    offs = torch.arange(size, device=images.device)
+    cols = (origins[..., 0, None] + pad + offs)[:, :, None, None, :]  # [B, K, 1, 1, size]
+    rows = (origins[..., 1, None] + pad + offs)[:, :, None, :, None]  # [B, K, 1, size, 1]
+    batch = torch.arange(b, device=images.device)[:, None, None, None, None]
+    chan = torch.arange(c, device=images.device)[None, None, :, None, None]
+    return padded[batch, chan, rows, cols]

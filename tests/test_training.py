@@ -179,33 +179,61 @@ def test_model_card_from_real_metrics(tmp_path):
 
 def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw, tmp_path):
     """The number `hf-landmark evaluate` reports on a prepared split is the number a user gets
-    from `hf-landmark predict` on the original files of that split."""
+    from `hf-landmark predict` on the original files of that split, for both stages of a
+    two-stage detector; fine-tuning trains the refinement stage by default (here on a
+    DDPM pre-trained on crops) and never keeps one that is worse on validation."""
     import numpy as np
 
     from hf_landmark.data import prepare
 
-    # Prepared at 64 px for a 32-px model: the evaluation path goes through the 64-px images.
-    prepared = tmp_path / "prep64"
-    prepare("ceph", synth_raw, prepared, image_size=64, split_counts=(14, 5, None))
-    model_dir = tmp_path / "ft" / "model"
+    # Prepared at 128 px for a 32-px model: the first stage sees the 128-px images area-averaged
+    # to 32 px; the refinement stage crops the 128-px images themselves.
+    prepared = tmp_path / "prep128"
+    prepare("ceph", synth_raw, prepared, image_size=128, split_counts=(14, 5, None))
+    crops = tmp_path / "ddpm_crops"
+    subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(prepared, crops, steps=4, save="4"), "--crop-from", "128"],
+                   check=True, env=_env(), capture_output=True)  # fmt: skip
+    assert json.loads((crops / "checkpoint-4" / "hf_landmark_pretraining.json").read_text())["crop_from"] == 128
+    out = tmp_path / "ft"
     assert cli(["finetune", "--dataset", str(prepared), "--num-labels", "3", "--max-steps", "8", "--eval-steps", "4",
-                "--report-to", "none", "--output-dir", str(tmp_path / "ft"), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
+                "--refine-max-steps", "8", "--refine-batch-size", "8", "--refine-init", str(crops / "checkpoint-4"),
+                "--report-to", "none", "--output-dir", str(out), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["refine"]["refine_size"] == 128 and summary["refine"]["crop"] == 32  # the crop DDPM's resolution
+    assert summary["best"]["val_mre"] <= summary["first_stage"]["val_mre"]
+    trained = LandmarkDetector.from_pretrained(out / "model")
+    assert (trained.refiner is not None) == summary["best"]["refined"]
+    # Whatever validation chose, check the two-stage path on the model with its refiner.
+    if trained.refiner is None:
+        from hf_landmark import LandmarkImageProcessor
+
+        trained.add_refiner(128, ddpm=str(crops / "checkpoint-4"))
+        trained.save_pretrained(out / "model")
+        LandmarkImageProcessor.from_model_config(trained.config).save_pretrained(out / "model")
+    model_dir = out / "model"
     assert cli(["evaluate", "--model", str(model_dir), "--dataset", str(prepared), "--split", "test",
                 "--output", str(tmp_path / "m.json")]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "m.json").read_text())
+    assert "first_stage" in metrics and len(metrics["first_stage"]["per_landmark"]) == 19
+    assert "first-stage MRE" in (tmp_path / "m.md").read_text()
     ids = sorted(metrics["predictions"])
     assert ids == ["020", "021", "022", "023", "024"]
     files = [str(synth_raw / "RawImage" / "TrainingData" / f"{i}.bmp") for i in ids]
     assert cli(["predict", *files, "--model", str(model_dir), "--output", str(tmp_path / "p.json")]) == 0
+    assert cli(["predict", *files, "--model", str(model_dir), "--output", str(tmp_path / "q.json"), "--no-refine"]) == 0
     predicted = json.loads((tmp_path / "p.json").read_text())["predictions"]
-    errors = []
+    first_stage = json.loads((tmp_path / "q.json").read_text())["predictions"]
+    errors, first_errors = [], []
     for image_id, file in zip(ids, files):
         senior = np.loadtxt(synth_raw / f"AnnotationsByMD/400_senior/{image_id}.txt", delimiter=",")
         junior = np.loadtxt(synth_raw / f"AnnotationsByMD/400_junior/{image_id}.txt", delimiter=",")
         xy = np.array([[p["x"], p["y"]] for p in predicted[file]])
         assert np.abs(xy - np.array(metrics["predictions"][image_id])).max() < 1e-3  # original pixels
         errors.append(np.linalg.norm((xy - (senior + junior) / 2) * 0.1, axis=1))
+        first_xy = np.array([[p["x"], p["y"]] for p in first_stage[file]])
+        first_errors.append(np.linalg.norm((first_xy - (senior + junior) / 2) * 0.1, axis=1))
     assert np.mean(errors) == pytest.approx(metrics["mre"], rel=0.005)
+    assert np.mean(first_errors) == pytest.approx(metrics["first_stage"]["mre"], rel=0.005)
 
 
 def test_a_diverging_fine_tuning_stops_and_keeps_no_model(synth_prepared, tmp_path, capsys):

@@ -12,6 +12,12 @@ and ``OUT/results.png`` (bar chart). Every table carries a **mean-shape** row: t
 landmark positions of the labeled images, in normalised coordinates, predicted for every
 test image with no model at all. A model that does not clearly beat it has learned nothing.
 
+Detectors have a refinement stage by default (see ``hf-landmark finetune --help``): the
+tables report each initialisation's final landmarks and, beside them, its first stage's
+(``NAME (first stage)``). ``--refine-init NAME=CROP_CHECKPOINT`` gives the ``--init NAME``
+cells a refiner pre-trained on crops (``hf-landmark pretrain --crop-from``); the others
+train theirs from scratch.
+
 Other experiments are the same commands with other arguments: the pre-training sweep
 (paper Fig. 2) is several ``--init`` entries, one per saved step; cross-dataset transfer
 (paper Table 5) is ``--init`` pointing at a checkpoint pre-trained on another dataset.
@@ -38,7 +44,7 @@ from hf_landmark.data import few_shot_indices, load_prepared, load_tensors
 from hf_landmark.data.prepared import require_split
 from hf_landmark.data.specs import get_spec, unit_config
 from hf_landmark.errors import UserInputError
-from hf_landmark.evaluation import compute_metrics, format_mean_std, mean_shape_prediction, predict_tensors
+from hf_landmark.evaluation import compute_metrics, format_mean_std, mean_shape_prediction, predict_split
 from hf_landmark.fileio import atomic_file, write_json_atomic, write_text_atomic
 from hf_landmark.image_processing_landmark import processor_for_model
 from hf_landmark.training.finetune import FinetuneArguments, finetune
@@ -55,6 +61,8 @@ class BenchmarkArguments:
     dataset: str = field(metadata={"help": "prepared dataset folder or Hub dataset id"})
     output_dir: str = field(metadata={"help": "cells/, results.md, results.csv and results.png go here"})
     init: list[str] = field(metadata={"help": "NAME=DDPM_CHECKPOINT_OR_REPO, or 'scratch' (repeatable)", "action": "append"})
+    refine_init: list[str] | None = field(default=None, metadata={
+        "help": "NAME=CROP_DDPM_CHECKPOINT: the refiner of the --init NAME cells (repeatable; default: scratch)", "action": "append"})  # fmt: skip
     labels: str = field(default="1,5,10,25,50", metadata={"help": "label counts, comma-separated"})
     seeds: str = field(default="0,1,2", metadata={"help": "seeds, comma-separated"})
     subset: Literal["first", "random"] = field(default="first", metadata={"help": "labeled images: the first N sorted ids (the paper) or a seeded sample"})
@@ -85,6 +93,17 @@ class BenchmarkArguments:
             out.append((name, path or "scratch"))
         return out
 
+    @property
+    def refine_inits(self) -> dict[str, str]:
+        """``{init name: refiner checkpoint}`` (names not listed: a scratch refiner)."""
+        out = {}
+        for item in [i for x in (self.refine_init or []) for i in (x if isinstance(x, list) else [x])]:
+            name, _, path = item.partition("=")
+            if name not in dict(self.inits) or not path:
+                raise UserInputError(f"--refine-init: expected NAME=CHECKPOINT with NAME one of the --init names, got {item!r}")
+            out[name] = path
+        return out
+
 
 def parser():
     return argument_parser(BenchmarkArguments, "hf-landmark benchmark", __doc__)
@@ -95,7 +114,7 @@ def finetune_overrides(argv: list[str]) -> dict:
     fixed = ["--dataset", "-", "--output-dir", "-", "--num-labels", "1", "--init", "scratch"]
     ft = finetune_parser()
     given, defaults = vars(ft.parse_args(fixed + list(argv))), vars(ft.parse_args(fixed))
-    owned = {"dataset", "output_dir", "num_labels", "init", "seed", "subset", "decoder", "preset", "resolution"}
+    owned = {"dataset", "output_dir", "num_labels", "init", "seed", "subset", "decoder", "preset", "resolution", "refine_init"}
     clash = sorted(k for k in owned if given[k] != defaults[k])
     if clash:
         raise UserInputError(f"after --: {', '.join('--' + k.replace('_', '-') for k in clash)} are set by the benchmark itself")
@@ -113,18 +132,25 @@ def paper_reference(dataset: str) -> dict[int, dict[str, float]]:
 
 
 def evaluate_model(model_dir: str, eval_data, mode: str, decoder: str) -> dict:
-    """Metrics of a saved detector on the evaluation split, through its image processor."""
+    """Metrics of a saved detector on the evaluation split, through its image processor; with
+    a refinement stage, the first stage's metrics too (``first_stage``)."""
     model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).eval()
     processor = processor_for_model(model)
-    data = eval_data(model.config.image_size, processor.resample)
-    pred, _, _ = predict_tensors(model, processor, data, decoder)
-    return compute_metrics(pred, data, model.config, mode)
+    data = eval_data(model.config.image_size, processor.resample, processor.refine_size)
+    pred = predict_split(model, processor, data, decoder)
+    metrics = compute_metrics(pred["coords"], data, model.config, mode)
+    if processor.refine_size:
+        first = compute_metrics(pred["first_stage_coords"], data, model.config, mode)
+        first.pop("errors")
+        metrics["first_stage"] = first
+    return metrics
 
 
 def run_cell(args: BenchmarkArguments, overrides: dict, name, init, labels, seed, cell_dir, eval_data) -> dict:
     ft = FinetuneArguments(
         dataset=args.dataset, output_dir=cell_dir, num_labels=labels, seed=seed, init=init, subset=args.subset,
-        decoder=args.decoder, preset=args.preset, resolution=args.resolution, **{"report_to": "none", **overrides},
+        decoder=args.decoder, preset=args.preset, resolution=args.resolution,
+        refine_init=args.refine_inits.get(name, "scratch"), **{"report_to": "none", **overrides},
     )  # fmt: skip
     summary = finetune(ft)
     metrics = evaluate_model(os.path.join(cell_dir, "model"), eval_data, args.mode, args.decoder)
@@ -143,10 +169,10 @@ def benchmark(args: BenchmarkArguments, finetune_overrides: dict | None = None) 
     inits = args.inits
     cache: dict[tuple[int, str], object] = {}
 
-    def eval_data(size, resample="area"):
-        if (size, resample) not in cache:
-            cache[size, resample] = load_tensors(eval_split, size, resample)
-        return cache[size, resample]
+    def eval_data(size, resample="area", fine_size=0):
+        if (size, resample, fine_size) not in cache:
+            cache[size, resample, fine_size] = load_tensors(eval_split, size, resample, fine_size)
+        return cache[size, resample, fine_size]
 
     # Only landmarks and sizes are used for the floor; a small size decodes fast.
     train = load_tensors(require_split(dataset, "train", args.dataset), 8)
@@ -194,6 +220,10 @@ def write_tables(args, results, dataset_name):
     for labels in args.label_counts:
         for name in names:
             cell = results.get((name, labels), [])
+            if cell and all("first_stage" in m for m in cell):
+                first = [m["first_stage"] for m in cell]
+                rows.append([f"{name} (first stage)", labels, len(first), format_mean_std([m["mre"] for m in first])]
+                            + [format_mean_std([m["sdr"][t] for m in first]) for t in thresholds])  # fmt: skip
             mre = [m["mre"] for m in cell]
             rows.append([name, labels, len(cell), format_mean_std(mre)] + [format_mean_std([m["sdr"][t] for m in cell]) for t in thresholds])
         if labels in reference:

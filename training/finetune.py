@@ -55,7 +55,7 @@ from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predi
 from hf_landmark.fileio import atomic_directory, write_json_atomic
 from hf_landmark.heatmaps import DECODERS
 from hf_landmark.losses import LOSSES
-from hf_landmark.preprocessing import to_pixel_values
+from hf_landmark.preprocessing import crop_patches, to_pixel_values
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
     MIXED_PRECISION_HELP,
@@ -122,6 +122,20 @@ class FinetuneArguments:
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
     pixel_range: str | None = field(default=None, metadata={"help": "'lo,hi' model intensity range for --init scratch (default -1,1)"})
+    no_refine: bool = field(default=False, metadata={"help": "train the first stage only (no refinement stage)"})
+    refine_init: str = field(default="scratch", metadata={
+        "help": "the refinement stage's U-Net: 'scratch', or a DDPM pre-trained on crops (hf-landmark pretrain --crop-from)",
+    })  # fmt: skip
+    refine_size: int | None = field(default=None, metadata={
+        "help": "side of the fine image the refiner crops (default: the prepared images' side divided down to at most 8x "
+        "the model's; none when that is below 4x; prepare ISBI at 512 for ~0.4 mm pixels with a 64-px model)",
+    })  # fmt: skip
+    refine_crop: int | None = field(default=None, metadata={"help": "crop side in fine pixels (default 64, or the crop DDPM's)"})
+    refine_preset: str | None = field(default=None, metadata={"help": "U-Net preset of a scratch refiner (default: --preset)"})
+    refine_sigma: float | None = field(default=None, metadata={"help": "refiner target sigma in fine pixels (default 2)"})
+    refine_max_steps: int = field(default=600, metadata={"help": "refiner optimiser steps"})
+    refine_batch_size: int = field(default=16, metadata={"help": "crops per refiner step"})
+    refine_learning_rate: float = field(default=3e-4, metadata={"help": "refiner AdamW peak learning rate (cosine decay to 0)"})
 
     def __post_init__(self):
         check_choice("--preset", self.preset, UNET_PRESETS)
@@ -142,6 +156,8 @@ class FinetuneArguments:
             raise UserInputError(f"--num-labels: must be at least 1, got {self.num_labels}")
         if self.resolution is not None and self.resolution % 8:
             raise UserInputError(f"--resolution: must be a multiple of 8, got {self.resolution}")
+        if self.refine_preset is not None:
+            check_choice("--refine-preset", self.refine_preset, UNET_PRESETS)
 
     @property
     def sigma_256(self) -> float:
@@ -235,12 +251,14 @@ def finetune(args: FinetuneArguments) -> dict:
     model = build_model(args, len(first["landmark_names"]), first["landmark_names"], first["dataset"], spacing)
     processor = LandmarkImageProcessor.from_model_config(model.config)
     size = model.config.image_size
+    fine_size = refine_size_for(args, first["image"].size[0], size)
     train_all = load_tensors(train_split, size, processor.resample)
     if args.num_labels > len(train_all):
         raise UserInputError(f"--num-labels: {args.num_labels} labels asked, but {args.dataset} has {len(train_all)} training images")
     labeled_idx = few_shot_indices(train_all.image_ids, args.num_labels, args.subset, args.seed)
-    train = train_all.subset(labeled_idx)
-    val = load_tensors(val_split, size, processor.resample)
+    # Only the labeled images (and the validation split) are also decoded at the fine size.
+    train = load_tensors(train_split.select(labeled_idx), size, processor.resample, fine_size) if fine_size else train_all.subset(labeled_idx)
+    val = load_tensors(val_split, size, processor.resample, fine_size)
     logger.info("labeled images: %s", ", ".join(train.image_ids))
 
     max_steps, eval_steps = args.max_steps, args.eval_steps
@@ -326,6 +344,10 @@ def finetune(args: FinetuneArguments) -> dict:
                 logger.info("early stopping at step %d (best %.3f %s at step %d)", step, best["val_mre"], best["unit"], best["step"])
                 break
     progress.close()
+    first_stage = dict(best)
+    refine_summary = None
+    if fine_size and wrote_model:
+        refine_summary, best = train_refiner(args, accelerator, model_dir, train, val, fine_size, record, best)
     accelerator.end_training()
     calibration = None
     if accelerator.is_main_process and wrote_model:
@@ -334,12 +356,166 @@ def finetune(args: FinetuneArguments) -> dict:
     summary = {
         "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
         "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step,
-        "seconds": time.perf_counter() - start, "best": best, "mean_shape_val_mre": floor["mre"], "history": history,
-        "calibration": calibration,
+        "seconds": time.perf_counter() - start, "best": best, "first_stage": first_stage, "refine": refine_summary,
+        "mean_shape_val_mre": floor["mre"], "history": history, "calibration": calibration,
     }  # fmt: skip
     if accelerator.is_main_process:
         write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
     return summary
+
+
+def refine_size_for(args: FinetuneArguments, prepared: int, size: int) -> int:
+    """The refinement stage's fine size: ``--refine-size``, else the prepared images' side
+    divided down to at most 8x the model's (an exact area resize); 0 when refinement is off
+    or the prepared images are not at least 4x the model's side (then it says so)."""
+    if args.no_refine:
+        return 0
+    if args.refine_size:
+        if args.refine_size % 8 or args.refine_size <= size:
+            raise UserInputError(f"--refine-size: must be a multiple of 8 above the model's {size} px, got {args.refine_size}")
+        return args.refine_size
+    divisor = next((k for k in range(1, prepared + 1) if prepared % k == 0 and prepared // k <= 8 * size), prepared)
+    fine = prepared // divisor
+    if fine < 4 * size or fine % 8:
+        logger.warning("no refinement stage: the dataset was prepared at %d px, less than 4x the model's %d px; "
+                       "prepare it at e.g. --image-size %d for one (or pass --no-refine)", prepared, size, 8 * size)  # fmt: skip
+        return 0
+    return fine
+
+
+def first_stage_offsets(model, processor, val, fine_size: int, decoder: str) -> np.ndarray:
+    """The first stage's validation errors ``[M, N, 2]`` in fine pixels (estimate − truth):
+    the offsets the refiner is trained to undo."""
+    from hf_landmark.evaluation import predict_split
+    from hf_landmark.preprocessing import original_to_model
+
+    pred = predict_split(model, processor, val, decoder, refine=False)
+    sizes = val.original_sizes.double().numpy()[:, None, :]
+    first = original_to_model(pred["first_stage_coords"], sizes, fine_size)
+    truth = original_to_model(val.original_landmarks.double().numpy(), sizes, fine_size)
+    return first - truth
+
+
+def sample_offsets(errors: torch.Tensor, landmark: torch.Tensor, crop: int, generator=None) -> torch.Tensor:
+    """``[K, 2]`` crop-centre offsets (fine pixels) for crops of ``landmark`` ``[K]``: a
+    validation error of the same landmark (``errors`` ``[M, N, 2]``) with random signs and a
+    1-px jitter; one crop in ten uniform over the crop instead (so far-off estimates are seen
+    too); all kept 2 px inside the crop so the truth is in it."""
+    k = landmark.shape[0]
+    pick = torch.randint(0, errors.shape[0], (k,), generator=generator)
+    off = errors[pick, landmark] * (torch.randint(0, 2, (k, 2), generator=generator) * 2 - 1) + torch.randn(k, 2, generator=generator)
+    half = crop / 2 - 2
+    wide = torch.rand(k, generator=generator) < 0.1
+    off[wide] = (torch.rand(int(wide.sum()), 2, generator=generator) * 2 - 1) * half
+    return off.clamp(-half, half)
+
+
+def refiner_batch(images01: torch.Tensor, truth: torch.Tensor, offsets: torch.Tensor, config, count: int, generator=None):
+    """``count`` training crops for the refiner from fine images ``[B, 1, F, F]`` in [0, 1] and
+    their landmarks ``truth`` ``[B, N, 2]`` (fine pixels): for a random image and landmark
+    each, the crop centred at the truth plus an offset (:func:`sample_offsets` of the first
+    stage's errors ``offsets`` ``[M, N, 2]``), exactly as inference places it. Returns
+    ``(crops [K, 1, C, C] pixel values, landmark [K], local truth [K, 1, 2] crop pixels)``."""
+    device, crop = images01.device, config.refine_crop
+    which = torch.randint(0, images01.shape[0], (count,), generator=generator).to(device)
+    landmark = torch.randint(0, truth.shape[1], (count,), generator=generator)
+    target = truth[which, landmark.to(device)]
+    origins = torch.round(target + sample_offsets(offsets, landmark, crop, generator).to(device)).long() - crop // 2
+    pixels = to_pixel_values(images01, config.pixel_range)[which]
+    crops = crop_patches(pixels, origins[:, None], crop, fill=config.pixel_range[0])[:, 0]
+    return crops, landmark.to(device), (target - origins)[:, None].float()
+
+
+def train_refiner(args: FinetuneArguments, accelerator, model_dir: str, train, val, fine_size: int, record: dict, first_best: dict):
+    """Stage 2: a refiner for the saved best first stage, trained on crops of the same labeled
+    images (centred at the truth plus offsets drawn from the first stage's validation errors,
+    with the paper's augmentation on the fine images), selected on the validation split's
+    final MRE. The two-stage detector replaces the first-stage one only if it is better on
+    validation. Returns ``(summary, best)``."""
+    from hf_landmark.evaluation import predict_split
+    from hf_landmark.losses import get_loss
+    from hf_landmark.modeling_landmark import own_channel
+    from hf_landmark.preprocessing import original_to_model
+
+    device = accelerator.device
+    detector = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32)
+    processor = LandmarkImageProcessor.from_model_config(detector.config)
+    errors = first_stage_offsets(detector, processor, val, fine_size, args.decoder)
+    radial = np.sqrt((errors**2).sum(-1))
+    init = None if args.refine_init == "scratch" else args.refine_init
+    if init is not None:
+        require_folder_or_repo(init, "pre-trained DDPM", "--refine-init takes a checkpoint-<step> folder from pretrain --crop-from, or 'scratch'")
+    preset = args.refine_preset or (args.preset if args.init == "scratch" else None)
+    detector.add_refiner(fine_size, args.refine_crop or 64, preset, args.refine_sigma if args.refine_sigma is not None else 2.0, ddpm=init)
+    detector.to(device)
+    cfg = detector.config
+    crop = cfg.refine_crop
+    covered = float((np.abs(errors) < crop / 2 - 2).all(-1).mean())
+    logger.info("first-stage validation errors (fine px): median %.1f, 95%% %.1f, max %.1f; %.1f%% inside the %d-px crops",
+                np.median(radial), np.quantile(radial, 0.95), radial.max(), 100 * covered, crop)  # fmt: skip
+    processor = LandmarkImageProcessor.from_model_config(cfg)
+    loss_fn = get_loss(cfg.refine_loss)
+    optimizer = torch.optim.AdamW(detector.refiner.parameters(), lr=args.refine_learning_rate, weight_decay=args.weight_decay)
+    # Cosine decay to zero over the run: the refiner settles instead of hopping between minima.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.refine_max_steps)
+    refiner, optimizer, schedule = accelerator.prepare(detector.refiner, optimizer, schedule)
+    fine_images = train.fine_images.to(device)
+    fine_truth = original_to_model(train.original_landmarks.float(), train.original_sizes[:, None, :].float(), fine_size).to(device)
+    offsets = torch.as_tensor(errors, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(args.seed)
+    best = {"val_mre": first_best["val_mre"], "step": 0, "refined": False}
+    summary = {"init": args.refine_init, "refine_size": fine_size, "crop": crop, "sigma": cfg.refine_sigma,
+               "first_stage_val_errors_fine_px": {"median": float(np.median(radial)), "p95": float(np.quantile(radial, 0.95)),
+                                                   "max": float(radial.max()), "inside_crop": covered},
+               "history": []}  # fmt: skip
+    stale, own_best = 0, math.inf
+    progress = tqdm(total=args.refine_max_steps, desc="refinement stage", disable=not accelerator.is_local_main_process)
+    refiner.train()
+    for step in range(1, args.refine_max_steps + 1):
+        idx = torch.randint(0, len(train), (min(args.train_batch_size, len(train)),), generator=generator).to(device)
+        x, y = fine_images[idx], fine_truth[idx]
+        if not args.no_augment:
+            x, y = random_affine(x, y, generator=generator)
+        crops, landmark, local = refiner_batch(x, y, offsets, cfg, args.refine_batch_size, generator)
+        with accelerator.autocast():
+            logits = own_channel(refiner(crops)[0], landmark)
+        loss = loss_fn(logits, local, cfg.refine_sigma)
+        if not torch.isfinite(loss):
+            raise UserInputError(f"{args.output_dir}: the refinement stage diverged (loss {loss.item()} at step {step}); "
+                                 f"lower --refine-learning-rate (now {args.refine_learning_rate:g}); the first-stage model is kept")  # fmt: skip
+        accelerator.backward(loss)
+        if args.max_grad_norm:
+            accelerator.clip_grad_norm_(refiner.parameters(), args.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.update(1)
+        if step % args.eval_steps == 0 or step == args.refine_max_steps:
+            pred = predict_split(detector, processor, val, args.decoder)
+            metrics = compute_metrics(pred["coords"], val, cfg)
+            summary["history"].append({"step": step, "train_loss": loss.item(), "val_mre": metrics["mre"]})
+            accelerator.log({"refine/train_loss": loss.item(), "refine/val_mre": metrics["mre"]}, step=step)
+            # Patience counts against the refiner's own best; the saved model changes only when
+            # the two stages beat everything before them, the first stage alone included.
+            stale = 0 if metrics["mre"] < own_best else stale + 1
+            own_best = min(own_best, metrics["mre"])
+            if metrics["mre"] < best["val_mre"]:
+                best = {"val_mre": metrics["mre"], "val_mre_std": metrics["mre_std"], "val_sdr": metrics["sdr"], "step": step,
+                        "unit": metrics["unit"], "refined": True}  # fmt: skip
+                if accelerator.is_main_process:
+                    save_model_atomic(detector, processor, model_dir, dict(record, refine=summary | {"best_step": step}, val_mre=metrics["mre"],
+                                                                           first_stage_val_mre=first_best["val_mre"], unit=metrics["unit"]))  # fmt: skip
+            progress.set_postfix(loss=f"{loss.item():.3f}", val_mre=f"{metrics['mre']:.2f}", best=f"{best['val_mre']:.2f}")
+            if stale >= args.early_stopping_patience:
+                break
+            refiner.train()
+    progress.close()
+    if not best["refined"]:
+        logger.warning("the refinement stage did not beat the first stage on validation (%.3f); the first-stage model is kept",
+                       first_best["val_mre"])  # fmt: skip
+        return summary, dict(first_best, refined=False)
+    logger.info("refinement: validation MRE %.3f -> %.3f %s", first_best["val_mre"], best["val_mre"], best["unit"])
+    return summary, best
 
 
 def main(argv=None) -> dict:

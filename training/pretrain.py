@@ -51,7 +51,7 @@ from hf_landmark.cards import ddpm_card, write_card
 from hf_landmark.configuration_landmark import UNET_PRESETS, unet_kwargs
 from hf_landmark.data import dataset_info, load_prepared, load_tensors, random_affine
 from hf_landmark.errors import UserInputError
-from hf_landmark.preprocessing import to_pixel_values, to_uint8
+from hf_landmark.preprocessing import crop_patches, to_pixel_values, to_uint8
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
     MIXED_PRECISION_HELP,
@@ -88,7 +88,9 @@ class PretrainArguments:
     output_dir: str = field(metadata={"help": "where checkpoint-<step>/ folders and logs go"})
     splits: str = field(default="train,validation", metadata={"help": "splits to pre-train on (never test)"})
     preset: str = field(default="base", metadata={"help": f"U-Net preset: {', '.join(sorted(UNET_PRESETS))}"})
-    resolution: int = field(default=256, metadata={"help": "image side in pixels (a multiple of 8)"})
+    resolution: int = field(default=256, metadata={"help": "image side in pixels (a multiple of 8); with --crop-from the crop side"})
+    crop_from: int = field(default=0, metadata={"help": "pre-train a refinement stage: random --resolution-px crops of the images "
+                           "resized to this side (the detector's refine size, e.g. 512); 0: whole images"})  # fmt: skip
     recipe: Literal["default", "paper"] = field(default="default", metadata={"help": "see the description above"})
     pixel_range: str | None = field(default=None, metadata={"help": "model intensity range 'lo,hi' (default: the recipe's)"})
     min_timestep: int | None = field(default=None, metadata={"help": "smallest training timestep (default: the recipe's)"})
@@ -127,6 +129,8 @@ class PretrainArguments:
         self.clip_grad_value = recipe["clip_grad_value"] if self.clip_grad_value is None else self.clip_grad_value
         if self.resolution % 8:
             raise UserInputError(f"--resolution: must be a multiple of 8, got {self.resolution}")
+        if self.crop_from and self.crop_from < self.resolution:
+            raise UserInputError(f"--crop-from: the crops ({self.resolution} px) must fit in the images ({self.crop_from} px)")
         if "test" in self.splits.split(","):
             raise UserInputError("--splits: pre-training must not see the test split")
 
@@ -185,10 +189,11 @@ def pretrain(args: PretrainArguments) -> str:
         os.makedirs(args.output_dir, exist_ok=True)
         remove_partial_checkpoints(args.output_dir)
 
-    # Data: the train (+ validation) images, decoded once at the model resolution.
+    # Data: the train (+ validation) images, decoded once at the model resolution (or at
+    # --crop-from, which the crops are cut from).
     dataset = load_prepared(args.dataset)
     splits = [s for s in args.splits.split(",") if s]
-    parts = [load_tensors(dataset[s], args.resolution) for s in splits if s in dataset and len(dataset[s])]
+    parts = [load_tensors(dataset[s], args.crop_from or args.resolution) for s in splits if s in dataset and len(dataset[s])]
     if not parts:
         raise UserInputError(f"{args.dataset}: none of the splits {splits} exist (it has {', '.join(dataset)})")
     images = torch.cat([p.images for p in parts])
@@ -234,6 +239,7 @@ def pretrain(args: PretrainArguments) -> str:
     record = {
         "dataset": str(args.dataset), "dataset_name": dataset_info(args.dataset).get("kind"), "splits": args.splits,
         "num_images": num_images, "preset": args.preset, "num_parameters": num_parameters, "resolution": args.resolution,
+        "crop_from": args.crop_from,
         "pixel_range": list(args.pixel_range), "num_train_timesteps": args.num_train_timesteps,
         "beta_schedule": args.beta_schedule, "prediction_type": "epsilon", "effective_batch_size": effective_batch,
         "learning_rate": args.learning_rate, "ema_decay": args.ema_decay, "recipe": args.recipe, "seed": args.seed,
@@ -254,6 +260,9 @@ def pretrain(args: PretrainArguments) -> str:
                 clean = images[idx.to(images.device)]
                 if not args.no_augment:
                     clean, _ = random_affine(clean, clean.new_zeros(clean.shape[0], 0, 2))
+                if args.crop_from:
+                    origins = torch.randint(0, args.crop_from - args.resolution + 1, (clean.shape[0], 1, 2), device=clean.device)
+                    clean = crop_patches(clean, origins, args.resolution, fill=0.0)[:, 0]
                 clean = to_pixel_values(clean, args.pixel_range)
                 noise = torch.randn_like(clean)
                 t = torch.randint(args.min_timestep, args.num_train_timesteps, (clean.shape[0],), device=clean.device)

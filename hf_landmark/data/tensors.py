@@ -31,6 +31,8 @@ class LandmarkTensors:
         original_landmarks: ``[M, N, 2]`` (x, y) in original pixels.
         original_sizes: ``[M, 2]`` original (W, H).
         spacing: ``[M, 2]`` mm per original pixel (sx, sy); NaN where unknown.
+        fine_images: ``[M, 1, F, F]`` the same images at a refinement stage's ``refine_size``
+            (what the processor's ``fine_pixel_values`` hold), or ``None``.
     """
 
     images: torch.Tensor
@@ -42,6 +44,7 @@ class LandmarkTensors:
     landmark_names: list[str]
     dataset: str
     image_size: int
+    fine_images: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -56,6 +59,7 @@ class LandmarkTensors:
             original_sizes=self.original_sizes[idx],
             spacing=self.spacing[idx],
             image_ids=[self.image_ids[i] for i in idx.tolist()],
+            fine_images=None if self.fine_images is None else self.fine_images[idx],
         )
 
     @property
@@ -65,10 +69,14 @@ class LandmarkTensors:
     def pixel_values(self, pixel_range: Sequence[float]) -> torch.Tensor:
         return to_pixel_values(self.images, pixel_range)
 
+    def fine_pixel_values(self, pixel_range: Sequence[float]) -> torch.Tensor | None:
+        return None if self.fine_images is None else to_pixel_values(self.fine_images, pixel_range)
 
-def load_tensors(split, image_size: int, resample: str = "area") -> LandmarkTensors:
+
+def load_tensors(split, image_size: int, resample: str = "area", fine_size: int = 0) -> LandmarkTensors:
     """Decode a prepared split (a ``datasets.Dataset``) at ``image_size`` × ``image_size``,
-    resized as the image processor resizes (``resample``).
+    resized as the image processor resizes (``resample``), and at ``fine_size`` too for a
+    refinement stage (``fine_images``; 0: not).
 
     With ``area`` and a prepared size that is a multiple of ``image_size``, the images are
     those the processor computes from the original files (see :mod:`hf_landmark.preprocessing`).
@@ -77,20 +85,24 @@ def load_tensors(split, image_size: int, resample: str = "area") -> LandmarkTens
     if len(split) == 0:
         raise DatasetFormatError("the split is empty")
     prepared = split[0]["image"].size[0]
-    if prepared < image_size:
-        raise DatasetFormatError(
-            f"the dataset was prepared at {prepared} px, below the model's {image_size} px; "
-            f"prepare it again with --image-size {image_size} (or a multiple)"
-        )
-    if prepared % image_size or resample != "area":
-        warnings.warn(
-            f"prepared images ({prepared} px) reach the model's {image_size} px by {resample} resizing that does not compose "
-            "exactly; evaluation can differ slightly from predictions on the original files",
-            stacklevel=2,
-        )
-    images, lms, sizes, spacing, ids = [], [], [], [], []
+    for size, what in ((image_size, "model's"), (fine_size, "refinement stage's")):
+        if size and prepared < size:
+            raise DatasetFormatError(
+                f"the dataset was prepared at {prepared} px, below the {what} {size} px; "
+                f"prepare it again with --image-size {size} (or a multiple)"
+            )
+        if size and (prepared % size or resample != "area"):
+            warnings.warn(
+                f"prepared images ({prepared} px) reach the {what} {size} px by {resample} resizing that does not compose "
+                "exactly; evaluation can differ slightly from predictions on the original files",
+                stacklevel=2,
+            )
+    images, fine, lms, sizes, spacing, ids = [], [], [], [], [], []
     for row in split:
-        images.append(resize_image(to_grayscale01(row["image"], source=row["image_id"]), image_size, resample))
+        image01 = to_grayscale01(row["image"], source=row["image_id"])
+        images.append(resize_image(image01, image_size, resample))
+        if fine_size:
+            fine.append(resize_image(image01, fine_size, resample))
         lms.append(np.asarray(row["landmarks"], dtype=np.float32))
         sizes.append(row["original_size"])
         spacing.append(row["spacing"] if row["spacing"] is not None else [math.nan, math.nan])
@@ -107,6 +119,7 @@ def load_tensors(split, image_size: int, resample: str = "area") -> LandmarkTens
         landmark_names=list(split[0]["landmark_names"]),
         dataset=split[0]["dataset"],
         image_size=image_size,
+        fine_images=torch.from_numpy(np.stack(fine))[:, None] if fine_size else None,
     )
 
 

@@ -1,0 +1,135 @@
+"""The refinement stage: crops, the two-stage model, its training batch and its learning."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
+from hf_landmark.cli import main as cli
+from hf_landmark.losses import get_loss
+from hf_landmark.modeling_landmark import crop_origins, own_channel
+from hf_landmark.preprocessing import crop_patches, original_to_model
+
+
+def two_stage(seed=0, **kw):
+    torch.manual_seed(seed)
+    config = LandmarkConfig(backbone_config="tiny", num_landmarks=3, image_size=32, landmark_names=["a", "b", "c"],
+                            spacing=[0.1, 0.1], refine_size=128, refine_crop=32, refine_sigma=1.5, **kw)  # fmt: skip
+    return LandmarkDetector(config).eval()
+
+
+def test_crops_are_exact_pixels_and_padded_beyond_the_border():
+    image = torch.arange(30, dtype=torch.float32).view(1, 1, 6, 5)  # pixel (x, y) holds 5 y + x
+    crops = crop_patches(image, torch.tensor([[[-2, -1], [3, 4]]]), 4, fill=-9.0)
+    assert crops.shape == (1, 2, 1, 4, 4)
+    top_left = crops[0, 0, 0]
+    assert top_left[0].tolist() == [-9, -9, -9, -9]  # row y = -1
+    assert top_left[1].tolist() == [-9, -9, 0, 1]  # row y = 0, x = -2..1
+    assert top_left[3].tolist() == [-9, -9, 10, 11]
+    bottom_right = crops[0, 1, 0]
+    assert bottom_right[0].tolist() == [23, 24, -9, -9]  # row y = 4, x = 3..6
+    assert bottom_right[1].tolist() == [28, 29, -9, -9]
+    assert bottom_right[2:].eq(-9).all()
+    # A crop centred on an estimate: its centre pixel (crop // 2) is the fine pixel nearest it.
+    coarse = torch.tensor([[[10.0, 3.2]]])  # model pixels of a 32-px model; fine 128 px: x 41.5 -> 42, y 14.3 -> 14
+    assert crop_origins(coarse, 32, 128, 16).tolist() == [[[42 - 8, 14 - 8]]]
+
+
+def test_two_stage_model_saves_loads_exactly_and_runs_both_stages(tmp_path):
+    model = two_stage()
+    processor = LandmarkImageProcessor.from_model_config(model.config)
+    image = (np.random.default_rng(1).random((150, 120)) * 255).astype(np.uint8)
+    inputs = processor(image)
+    assert inputs["pixel_values"].shape == (1, 1, 32, 32) and inputs["fine_pixel_values"].shape == (1, 1, 128, 128)
+    out = model(pixel_values=inputs["pixel_values"], fine_pixel_values=inputs["fine_pixel_values"])
+    assert out.coordinates.shape == (1, 3, 2) and out.refined_log_probabilities.shape == (1, 3, 32, 32)
+    # The refined landmark lies in its crop, mapped back to model pixels.
+    fine_xy = original_to_model(out.coordinates, (32, 32), 128)
+    assert ((fine_xy >= out.crop_origins) & (fine_xy <= out.crop_origins + 31)).all()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = LandmarkDetector.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert loaded.refiner is not None and loaded.config.refine_size == 128
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    again = loaded(pixel_values=inputs["pixel_values"], fine_pixel_values=inputs["fine_pixel_values"])
+    assert torch.equal(out.coordinates, again.coordinates)
+    # The pipeline runs both stages without extra arguments; refine=False gives the first stage.
+    pipe = pipeline("landmark-detection", model=str(tmp_path))
+    both, first = pipe(image), pipe(image, refine=False)
+    xy, scores = processor.post_process_coordinates(out, inputs["original_sizes"])
+    first_xy, _ = processor.post_process_coordinates(out, inputs["original_sizes"], stage="first")
+    assert np.allclose([[p["x"], p["y"]] for p in both], xy[0], atol=1e-4)
+    assert np.allclose([[p["x"], p["y"]] for p in first], first_xy[0], atol=1e-4)
+    assert np.allclose([p["score"] for p in both], scores[0], atol=1e-6)
+    assert not np.allclose(xy, first_xy, atol=1e-3)
+
+
+def test_pipeline_cli_and_app_agree_for_a_two_stage_model(tmp_path):
+    from hf_landmark.app import predict as app_predict
+
+    two_stage(seed=4).save_pretrained(tmp_path / "m")
+    Image.fromarray((np.random.default_rng(5).random((300, 240)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    from_pipeline = pipeline("landmark-detection", model=str(tmp_path / "m"))(str(tmp_path / "x.png"))
+    assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")]) == 0
+    from_cli = json.loads((tmp_path / "p.json").read_text())["predictions"][str(tmp_path / "x.png")]
+    _, _, _, json_path = app_predict(str(tmp_path / "x.png"), str(tmp_path / "m"))
+    from_app = json.loads(open(json_path, encoding="utf-8").read())["landmarks"]
+    assert from_pipeline == from_cli == from_app
+    assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "q.json"), "--no-refine"]) == 0
+    first = json.loads((tmp_path / "q.json").read_text())["predictions"][str(tmp_path / "x.png")]
+    assert [p["x"] for p in first] != [p["x"] for p in from_cli]
+
+
+def _dots(count, size, generator):
+    """Fine images with 3 landmarks drawn as distinct bright marks on a dim textured field."""
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    truth = torch.rand(count, 3, 2, generator=generator) * (size - 40) + 20
+    images = 0.2 + 0.1 * torch.rand(count, 1, size, size, generator=generator)
+    for j, radius in enumerate((1.5, 2.5, 3.5)):
+        d2 = (xx - truth[:, j, 0, None, None]) ** 2 + (yy - truth[:, j, 1, None, None]) ** 2
+        images[:, 0] += 0.7 * torch.exp(-d2 / (2 * radius**2))
+    return images.clamp(0, 1), truth
+
+
+def test_the_refiner_learns_to_undo_a_first_stage_offset():
+    """A first stage off by 6 fine pixels in a random direction; the refiner, trained with the
+    training code's batches on 8 images, must bring new images' landmarks within 1.5 px."""
+    from hf_landmark.training.finetune import refiner_batch
+
+    g = torch.Generator().manual_seed(0)
+    model = two_stage(refine_loss="contour")
+    cfg = model.config
+    images, truth = _dots(8, 128, g)
+    angle = torch.rand(20, 3, generator=g) * 2 * np.pi
+    errors = torch.stack([6 * torch.cos(angle), 6 * torch.sin(angle)], -1)  # the "validation errors"
+    optimizer = torch.optim.AdamW(model.refiner.parameters(), lr=2e-3)
+    model.refiner.train()
+    loss_fn = get_loss(cfg.refine_loss)
+    for _ in range(150):
+        crops, landmark, local = refiner_batch(images, truth, errors, cfg, 24, g)
+        loss = loss_fn(own_channel(model.refiner(crops)[0], landmark), local, cfg.refine_sigma)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    test_images, test_truth = _dots(6, 128, g)
+    angle = torch.rand(6, 3, generator=g) * 2 * np.pi
+    start = test_truth + torch.stack([6 * torch.cos(angle), 6 * torch.sin(angle)], -1)
+    coarse = original_to_model(start, (128, 128), 32)  # the offset first stage, in model pixels
+    with torch.no_grad():
+        refined = model.refine(test_images * 2 - 1, coarse)["coordinates"]
+    after = (original_to_model(refined, (32, 32), 128) - test_truth).norm(dim=-1)
+    assert after.mean() < 1.5, after
+    assert after.max() < 4.0, after
+
+
+@pytest.mark.parametrize("bad", [{"refine_crop": 20}, {"refine_size": 100}, {"refine_crop": 256}, {"refine_loss": "paper"}])
+def test_bad_refinement_settings_are_refused(bad):
+    kwargs = {"refine_size": 128, "refine_crop": 32, **bad}
+    with pytest.raises(ValueError):
+        LandmarkConfig(backbone_config="tiny", num_landmarks=3, image_size=32, **kwargs)
