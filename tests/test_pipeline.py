@@ -145,14 +145,16 @@ def test_every_command_prints_its_help(command, capsys):
     assert "usage: " in capsys.readouterr().out
 
 
-def test_pipeline_cli_and_app_agree_on_the_same_file(tmp_path):
-    """Folder → pipeline, `hf-landmark predict` and the web demo: the same coordinates."""
+@pytest.mark.parametrize("refine", [{}, {"refine_size": 128, "refine_crop": 32}], ids=["one stage", "two stages"])
+def test_pipeline_cli_and_app_agree_on_the_same_file(tmp_path, refine):
+    """Folder → pipeline, `hf-landmark predict` and the web demo: the same coordinates (for a
+    two-stage detector, both stages run in each)."""
     from hf_landmark.app import predict as app_predict
 
     torch.manual_seed(3)
     LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=3, image_size=32, landmark_names=["a", "b", "c"],
-                                    spacing=[0.1, 0.1])).save_pretrained(tmp_path / "m")  # fmt: skip
-    Image.fromarray((np.random.default_rng(5).random((90, 70)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
+                                    spacing=[0.1, 0.1], **refine)).save_pretrained(tmp_path / "m")  # fmt: skip
+    Image.fromarray((np.random.default_rng(5).random((300, 240)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
     from_pipeline = pipeline("landmark-detection", model=str(tmp_path / "m"))(str(tmp_path / "x.png"))
     assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")]) == 0
     from_cli = json.loads((tmp_path / "p.json").read_text())["predictions"][str(tmp_path / "x.png")]
@@ -160,3 +162,7 @@ def test_pipeline_cli_and_app_agree_on_the_same_file(tmp_path):
     from_app = json.loads(open(json_path, encoding="utf-8").read())["landmarks"]
     assert from_pipeline == from_cli == from_app
     assert {p["label"] for p in from_pipeline} == {"a", "b", "c"} and all("x_mm" in p for p in from_pipeline)
+    if refine:  # --no-refine gives the first stage alone, which differs
+        assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "q.json"), "--no-refine"]) == 0
+        first = json.loads((tmp_path / "q.json").read_text())["predictions"][str(tmp_path / "x.png")]
+        assert [p["x"] for p in first] != [p["x"] for p in from_cli]

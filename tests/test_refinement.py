@@ -1,15 +1,12 @@
 """The refinement stage: crops, the two-stage model, its training batch and its learning."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import pipeline
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
-from hf_landmark.cli import main as cli
 from hf_landmark.losses import get_loss
 from hf_landmark.modeling_landmark import crop_origins, own_channel
 from hf_landmark.preprocessing import crop_patches, original_to_model
@@ -69,22 +66,6 @@ def test_two_stage_model_saves_loads_exactly_and_runs_both_stages(tmp_path):
     assert not np.allclose(xy, first_xy, atol=1e-3)
 
 
-def test_pipeline_cli_and_app_agree_for_a_two_stage_model(tmp_path):
-    from hf_landmark.app import predict as app_predict
-
-    two_stage(seed=4).save_pretrained(tmp_path / "m")
-    Image.fromarray((np.random.default_rng(5).random((300, 240)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
-    from_pipeline = pipeline("landmark-detection", model=str(tmp_path / "m"))(str(tmp_path / "x.png"))
-    assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")]) == 0
-    from_cli = json.loads((tmp_path / "p.json").read_text())["predictions"][str(tmp_path / "x.png")]
-    _, _, _, json_path = app_predict(str(tmp_path / "x.png"), str(tmp_path / "m"))
-    from_app = json.loads(open(json_path, encoding="utf-8").read())["landmarks"]
-    assert from_pipeline == from_cli == from_app
-    assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "q.json"), "--no-refine"]) == 0
-    first = json.loads((tmp_path / "q.json").read_text())["predictions"][str(tmp_path / "x.png")]
-    assert [p["x"] for p in first] != [p["x"] for p in from_cli]
-
-
 def _dots(count, size, generator):
     """Fine images with 3 landmarks drawn as distinct bright marks on a dim textured field."""
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
@@ -133,3 +114,21 @@ def test_bad_refinement_settings_are_refused(bad):
     kwargs = {"refine_size": 128, "refine_crop": 32, **bad}
     with pytest.raises(ValueError):
         LandmarkConfig(backbone_config="tiny", num_landmarks=3, image_size=32, **kwargs)
+
+
+def test_the_card_describes_the_refinement_stage():
+    from hf_landmark.cards import detector_card
+
+    model = two_stage()
+    metrics = {"unit": "mm", "mode": "physical", "mre": 1.5, "mre_std": 1.0, "sdr": {"2": 70.0}, "split": "test",
+               "dataset": "d", "num_images": 5, "decoder": "centroid",
+               "per_landmark": [{"name": n, "mre": 1.5, "mre_std": 1.0, "sdr": {"2": 70.0}} for n in "abc"],
+               "first_stage": {"mre": 2.9, "mre_std": 1.7, "sdr": {"2": 34.0},
+                               "per_landmark": [{"name": n, "mre": 2.9, "mre_std": 1.7, "sdr": {"2": 34.0}} for n in "abc"]}}  # fmt: skip
+    training = {"num_labels": 3, "labeled_image_ids": ["1", "2", "3"], "subset": "first", "validation_images": 5, "best_step": 4,
+                "val_mre": 1.4, "unit": "mm", "recipe": "default", "loss": "contour", "learning_rate": 1e-4, "seed": 0,
+                "init": {"kind": "scratch", "preset": "tiny"}, "refine": {"init": "runs/crops/checkpoint-3000"}}  # fmt: skip
+    card = str(detector_card(model.config, metrics, "org/m", training=training))
+    assert "32 × 32 crop of the image resized to 128 × 128" in card and "DDPM-pre-trained on crops" in card
+    assert "first stage alone: MRE 2.90 mm" in card
+    assert "| a | 2.90 ± 1.70 | 34.0 | 1.50 ± 1.00 | 70.0 |" in card  # first stage beside the final, per landmark

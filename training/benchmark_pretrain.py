@@ -3,6 +3,13 @@
 per preset, resolution and precision on the current device. Prints a Markdown table.
 
     python training/benchmark_pretrain.py --presets tiny,small,base --resolutions 64,128,256 --batch-size 4
+    python training/benchmark_pretrain.py --refiner --presets tiny,small --resolutions 64 --fine-size 512 --batch-size 16
+
+``--refiner`` times a refinement-stage training step instead: crops of ``--fine-size`` images
+(``refiner_batch``, as fine-tuning cuts them), the refiner's forward on each crop's own
+channel, the contour loss, backward and AdamW; ``--resolutions`` are then crop sizes and
+``--batch-size`` crops. (Pre-training the refiner as a DDPM on crops costs a DDPM step at
+the crop size: the rows without ``--refiner``.)
 
 Each configuration runs in a fresh process, so "peak memory" is that configuration's own:
 peak resident memory of the process on CPU (libraries included), peak allocated memory on CUDA.
@@ -27,10 +34,22 @@ from hf_landmark.training_utils import parse_int_list
 def step_time(preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str) -> tuple[float, float, int]:
     torch.manual_seed(0)
     unet = build_unet(preset, size).to(device)
-    params = sum(p.numel() for p in unet.parameters())
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     sched = DDPMScheduler(num_train_timesteps=500, beta_schedule="linear")
     x = torch.rand(batch, 1, size, size, device=device) * 2 - 1
+
+    def loss_of_one_step():
+        noise = torch.randn_like(x)
+        t = torch.randint(0, 500, (batch,), device=device)
+        return F.mse_loss(unet(sched.add_noise(x, noise, t), t).sample.float(), noise)
+
+    return measure(unet, loss_of_one_step, precision, batch, warmup, steps, device)
+
+
+def measure(module, loss_of_one_step, precision: str, batch: int, warmup: int, steps: int, device: str) -> tuple[float, float, int]:
+    """``(items/s, peak memory MiB, parameters)`` of AdamW steps on ``loss_of_one_step()``
+    (its forward runs under the precision's autocast)."""
+    params = sum(p.numel() for p in module.parameters())
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
     if device == "cuda":
@@ -40,11 +59,8 @@ def step_time(preset: str, size: int, precision: str, batch: int, warmup: int, s
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        noise = torch.randn_like(x)
-        t = torch.randint(0, 500, (batch,), device=device)
         with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            pred = unet(sched.add_noise(x, noise, t), t).sample
-        loss = F.mse_loss(pred.float(), noise)
+            loss = loss_of_one_step()
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -58,6 +74,28 @@ def step_time(preset: str, size: int, precision: str, batch: int, warmup: int, s
     return batch / elapsed, peak, params
 
 
+def refiner_step_time(preset: str, crop: int, fine: int, precision: str, batch: int, warmup: int, steps: int, device: str):
+    from hf_landmark import LandmarkConfig, LandmarkDetector
+    from hf_landmark.losses import get_loss
+    from hf_landmark.modeling_landmark import own_channel
+    from hf_landmark.training.finetune import refiner_batch
+
+    torch.manual_seed(0)
+    config = LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=64, refine_size=fine, refine_crop=crop,
+                            refine_backbone_config=preset, refine_sigma=2.0)  # fmt: skip
+    refiner = LandmarkDetector(config).refiner.to(device)
+    images = torch.rand(4, 1, fine, fine, device=device)
+    truth = torch.rand(4, 19, 2, device=device) * (fine - 1)
+    offsets = torch.randn(20, 19, 2) * 6
+    loss_fn = get_loss(config.refine_loss)
+
+    def loss_of_one_step():
+        crops, landmark, local = refiner_batch(images, truth, offsets, config, batch)
+        return loss_fn(own_channel(refiner(crops)[0], landmark), local, config.refine_sigma)
+
+    return measure(refiner, loss_of_one_step, precision, batch, warmup, steps, device)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="tiny,small,base,large")
@@ -66,21 +104,28 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--refiner", action="store_true", help="time a refinement-stage training step (see above)")
+    p.add_argument("--fine-size", type=int, default=512, help="with --refiner: the fine image side the crops come from")
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precisions = (args.precisions or ("fp32,fp16" if device == "cuda" else "fp32,bf16")).split(",")
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; batch {args.batch_size}; torch {torch.__version__}")
-    print("| preset | parameters | resolution | precision | images/s | s/step | peak memory (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+    what = f"refiner crops from {args.fine_size} px" if args.refiner else "DDPM"
+    print(f"| preset | parameters | {'crop' if args.refiner else 'resolution'} | precision | {'crops' if args.refiner else 'images'}/s | s/step | peak memory (MiB) | step |")
+    print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets.split(","):
         for size in parse_int_list(args.resolutions):
             for precision in precisions:
                 # A fresh process per configuration: its peak memory is its own.
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    job = pool.submit(step_time, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                    if args.refiner:
+                        job = pool.submit(refiner_step_time, preset, size, args.fine_size, precision, args.batch_size, args.warmup, args.steps, device)
+                    else:
+                        job = pool.submit(step_time, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
                     ips, peak, params = job.result()
-                print(f"| {preset} | {params / 1e6:.2f} M | {size} | {precision} | {ips:.2f} | {args.batch_size / ips:.3f} | {peak:.0f} |", flush=True)
+                print(f"| {preset} | {params / 1e6:.2f} M | {size} | {precision} | {ips:.2f} | {args.batch_size / ips:.3f} | {peak:.0f} | {what} |",
+                      flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
                 finetune(FinetuneArguments(
                     dataset=prepared, output_dir=run_dir, num_labels=labels, seed=seed, init=init, preset=args.preset,
                     resolution=args.resolution, max_steps=args.finetune_steps, eval_steps=25, early_stopping_patience=100,
-                    learning_rate=1e-3, report_to="none",
+                    learning_rate=1e-3, report_to="none", no_refine=True,
                 ))  # fmt: skip
                 model = LandmarkDetector.from_pretrained(os.path.join(run_dir, "model"), dtype=torch.float32).eval()
                 processor = processor_for_model(model)
