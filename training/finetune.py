@@ -24,6 +24,15 @@ Recipes (every value can be overridden by its flag):
   validation every epoch, early stopping after 20 epochs without improvement.
 
 Both use ``ReduceLROnPlateau`` on the validation loss and the ±2° / ±2 % / ±2 % augmentation.
+
+Then, by default, the refinement stage: a U-Net shared by all landmarks re-locates each one
+on a crop (``--refine-crop`` px, default 64) of the image resized to ``--refine-size``
+(default: the prepared images' side, down to at most 8x the model's; skipped below 4x), centred
+on the first stage's estimate. It trains on the same labeled images, on crops centred at the
+truth plus offsets drawn from the best first stage's validation errors, from scratch or from a
+DDPM pre-trained on crops (``--refine-init``, ``hf-landmark pretrain --crop-from``), and
+replaces the first-stage model only if the two stages are better on validation.
+``--no-refine`` trains the first stage alone.
 """
 
 from __future__ import annotations

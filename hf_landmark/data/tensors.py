@@ -90,6 +90,7 @@ def load_tensors(split, image_size: int, resample: str = "area", fine_size: int 
             raise DatasetFormatError(
                 f"the dataset was prepared at {prepared} px, below the {what} {size} px; "
                 f"prepare it again with --image-size {size} (or a multiple)"
+                + (" or use the first stage alone (--no-refine)" if size == fine_size else "")
             )
         if size and (prepared % size or resample != "area"):
             warnings.warn(
