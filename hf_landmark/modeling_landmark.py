@@ -159,6 +159,9 @@ class LandmarkDetector(PreTrainedModel):
         ``coarse_coordinates``, ``coordinates``, ``refined_log_probabilities``, ``crop_origins``."""
         cfg = self.config
         fine_size, crop = fine_pixel_values.shape[-1], cfg.refine_crop
+        if tuple(fine_pixel_values.shape[-2:]) != (cfg.refine_size, cfg.refine_size):
+            raise ValueError(f"fine_pixel_values must be {cfg.refine_size} x {cfg.refine_size} (config.refine_size), "
+                             f"got {tuple(fine_pixel_values.shape[-2:])}")  # fmt: skip
         origins = crop_origins(coarse, cfg.image_size, fine_size, crop)
         crops = crop_patches(fine_pixel_values, origins, crop, fill=cfg.pixel_range[0])  # [B, N, 1, C, C]
         b, n = coarse.shape[:2]
