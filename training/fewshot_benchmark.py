@@ -220,8 +220,9 @@ def write_tables(args, results, dataset_name):
     for labels in args.label_counts:
         for name in names:
             cell = results.get((name, labels), [])
-            if cell and all("first_stage" in m for m in cell):
-                first = [m["first_stage"] for m in cell]
+            if any("first_stage" in m for m in cell):
+                # A cell whose refiner did not beat its first stage on validation kept the first stage alone.
+                first = [m.get("first_stage", m) for m in cell]
                 rows.append([f"{name} (first stage)", labels, len(first), format_mean_std([m["mre"] for m in first])]
                             + [format_mean_std([m["sdr"][t] for m in first]) for t in thresholds])  # fmt: skip
             mre = [m["mre"] for m in cell]
