@@ -19,7 +19,15 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .heatmaps import DECODERS, decode, spatial_spread
 from .losses import get_loss
-from .preprocessing import RESAMPLE_METHODS, load_image, model_to_original, resize_image, spacing_pair, to_pixel_values
+from .preprocessing import (
+    RESAMPLE_METHODS,
+    load_image,
+    model_to_original,
+    original_to_model,
+    resize_image,
+    spacing_pair,
+    to_pixel_values,
+)
 
 PROCESSOR_FILE = "preprocessor_config.json"
 
@@ -164,22 +172,24 @@ class LandmarkImageProcessor(BaseImageProcessor):
 
     def decode(self, outputs, decoder: str | None = None, stage: str = "final") -> tuple[torch.Tensor, torch.Tensor]:
         """Model output → coordinates ``[B, N, 2]`` in model pixels and scores ``[B, N]`` in
-        [0, 1]. With a refinement stage's output (``coordinates``, ``refined_log_probabilities``)
-        these are the refined landmarks and the refiner's scores, unless ``stage="first"``; else
-        the first stage's heatmaps (``log_probabilities`` or ``heatmaps`` logits) decoded with
-        ``decoder``. (The refined landmarks were decoded in the model, with the decoder it
-        was given.)"""
+        [0, 1]. With a refinement stage's output these are the refined landmarks the model
+        decoded (``coordinates``) and the refiner's scores, unless ``stage="first"``: then the
+        first stage's estimates the crops were placed at (``coarse_coordinates``). Otherwise the
+        first stage's heatmaps (``log_probabilities`` or ``heatmaps`` logits) are decoded with
+        ``decoder``. (A two-stage model decodes with the decoder its forward was given.)"""
         refined = _get(outputs, "refined_log_probabilities")
         if refined is not None and stage == "final":
             log_p = refined.detach().float()
-            local = decode(log_p.exp(), decoder or self.decoder, log_maps=log_p)
-            scores = get_loss(self.refine_loss).scores(log_p.exp(), local, self.refine_sigma)
-            return _get(outputs, "coordinates").detach().float(), scores
+            coords = _get(outputs, "coordinates").detach().float()
+            local = original_to_model(coords, (self.size, self.size), self.refine_size) - _get(outputs, "crop_origins").to(coords)
+            return coords, get_loss(self.refine_loss).scores(log_p.exp(), local, self.refine_sigma)
         loss = get_loss(self.loss)
         log_p = self._log_probabilities(outputs)
         probs = log_p.exp()
-        coords = decode(probs, decoder or self.decoder, log_maps=log_p)
-        return coords, loss.scores(probs, coords, self.sigma)
+        coords = _get(outputs, "coarse_coordinates")
+        if coords is None:
+            coords = decode(probs, decoder or self.decoder, log_maps=log_p)
+        return coords.detach().float(), loss.scores(probs, coords, self.sigma)
 
     # --- uncertainty -------------------------------------------------------------------
 

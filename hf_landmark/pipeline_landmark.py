@@ -51,7 +51,7 @@ class LandmarkDetectionPipeline(Pipeline):
         fine = inputs.get("fine_pixel_values")
         out = self.model(pixel_values=inputs["pixel_values"].to(device, dtype), fine_pixel_values=None if fine is None else fine.to(device, dtype),
                          refine=refine, decoder=decoder)  # fmt: skip
-        keep = {k: out[k] for k in ("log_probabilities", "embeddings", "coordinates", "refined_log_probabilities") if out.get(k) is not None}
+        keep = {k: v for k, v in out.items() if k not in ("loss", "heatmaps") and v is not None}
         return dict(keep, original_sizes=inputs["original_sizes"], spacings=inputs["spacings"])
 
     def postprocess(self, outputs, decoder=None):
