@@ -41,7 +41,9 @@ def predict_split(
     parts["flags"] = []
     losses = []
     pixel_values = data.pixel_values(processor.pixel_range)
-    fine = data.fine_pixel_values(processor.pixel_range) if refine is not False else None
+    # Fine images only for a model that has a refinement stage to run on them.
+    refines = refine is not False and getattr(model, "refiner", None) is not None
+    fine = data.fine_pixel_values(processor.pixel_range) if refines else None
     for start in range(0, len(data), batch_size):
         part = slice(start, start + batch_size)
         x = pixel_values[part].to(device)

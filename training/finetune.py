@@ -448,9 +448,6 @@ def train_refiner(args: FinetuneArguments, accelerator, model_dir: str, train, v
 
     device = accelerator.device
     detector = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32)
-    processor = LandmarkImageProcessor.from_model_config(detector.config)
-    errors = first_stage_offsets(detector, processor, val, fine_size, args.decoder)
-    radial = np.sqrt((errors**2).sum(-1))
     init = None if args.refine_init == "scratch" else args.refine_init
     if init is not None:
         require_folder_or_repo(init, "pre-trained DDPM", "--refine-init takes a checkpoint-<step> folder from pretrain --crop-from, or 'scratch'")
@@ -458,11 +455,13 @@ def train_refiner(args: FinetuneArguments, accelerator, model_dir: str, train, v
     detector.add_refiner(fine_size, args.refine_crop or 64, preset, args.refine_sigma if args.refine_sigma is not None else 2.0, ddpm=init)
     detector.to(device)
     cfg = detector.config
+    processor = LandmarkImageProcessor.from_model_config(cfg)
+    errors = first_stage_offsets(detector, processor, val, fine_size, args.decoder)  # the first stage alone
+    radial = np.sqrt((errors**2).sum(-1))
     crop = cfg.refine_crop
     covered = float((np.abs(errors) < crop / 2 - 2).all(-1).mean())
     logger.info("first-stage validation errors (fine px): median %.1f, 95%% %.1f, max %.1f; %.1f%% inside the %d-px crops",
                 np.median(radial), np.quantile(radial, 0.95), radial.max(), 100 * covered, crop)  # fmt: skip
-    processor = LandmarkImageProcessor.from_model_config(cfg)
     loss_fn = get_loss(cfg.refine_loss)
     optimizer = torch.optim.AdamW(detector.refiner.parameters(), lr=args.refine_learning_rate, weight_decay=args.weight_decay)
     # Cosine decay to zero over the run: the refiner settles instead of hopping between minima.
