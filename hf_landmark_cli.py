@@ -23,6 +23,7 @@ DECODER_NAMES = ("centroid", "argmax", "soft_argmax")
 #: Subcommands whose flags are a training function's arguments dataclass.
 TRAINING = {
     "pretrain": ("pretrain", "DDPM self-supervised pre-training (training/pretrain.py)"),
+    "pretrain-ssl": ("pretrain_ssl", "the baselines' MoCo v3 / SimCLR v2 / DINO encoder pre-training (training/pretrain_ssl.py; hf-landmark[baselines])"),
     "finetune": ("finetune", "few-shot fine-tuning (training/finetune.py)"),
     "benchmark": ("fewshot_benchmark", "the paper's few-shot experiments (training/fewshot_benchmark.py)"),
     "demo": ("demo", "the whole method end to end on synthetic data (training/demo.py)"),

@@ -21,7 +21,7 @@ LandmarkDetector.register_for_auto_class("AutoModel")
 LandmarkImageProcessor.register_for_auto_class("AutoImageProcessor")
 register_pipeline()
 
-_TRAINING = {"pretrain": "pretrain", "finetune": "finetune", "benchmark": "fewshot_benchmark"}
+_TRAINING = {"pretrain": "pretrain", "pretrain_ssl": "pretrain_ssl", "finetune": "finetune", "benchmark": "fewshot_benchmark"}
 
 
 def __getattr__(name):
@@ -44,6 +44,7 @@ __all__ = [
     "benchmark",
     "finetune",
     "pretrain",
+    "pretrain_ssl",
     "unet_preset",
     "__version__",
 ]

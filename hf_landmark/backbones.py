@@ -5,14 +5,16 @@ channel per landmark, plus an image embedding ``[B, C]`` (what the out-of-distri
 compares with the training images), and knows how to take weights from its kind of
 pre-trained checkpoint.
 The detector (:mod:`modeling_landmark`) holds one, chosen by ``config.backbone``; a new
-backbone is a class here plus its registry entry. Self-contained (torch, diffusers and the
-configuration file) so it travels with a model's remote code.
+backbone is a class here plus its registry entry. Self-contained (torch, diffusers,
+safetensors and the configuration file; ``smp_unet`` also segmentation_models_pytorch) so it
+travels with a model's remote code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import torch
 from diffusers import UNet2DModel
@@ -79,7 +81,132 @@ class UNet2DBackbone(nn.Module):
             raise ValueError(f"{source}: U-Net weights do not match (missing {missing}, unexpected {unexpected})")
 
 
-BACKBONES: dict[str, type[nn.Module]] = {"unet2d": UNet2DBackbone}
+#: The self-supervised objectives of ``hf-landmark pretrain-ssl`` (the paper's baselines).
+SSL_METHODS = ("mocov3", "simclrv2", "dino")
+BASELINES_HINT = "install the baselines extra: pip install 'hf-landmark[baselines]' (it needs torchvision)"
+
+
+def import_smp():
+    """segmentation_models_pytorch, or an ImportError that says how to install it."""
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as err:  # torchvision missing or mismatched counts too
+        raise ImportError(f"the smp_unet backbone needs segmentation_models_pytorch ({err}); {BASELINES_HINT}") from err
+    return smp
+
+
+class SmpUNetBackbone(nn.Module):
+    """The paper's baselines' network: segmentation_models_pytorch's ``Unet`` (by default a
+    DenseNet161 encoder and smp's default decoder), one input channel, one output channel per
+    landmark. Its encoder takes ImageNet or self-supervised weights (:meth:`load_encoder_weights`).
+
+    One input channel: a 3-channel (RGB) first convolution is summed over its input channels,
+    what smp does for ``in_channels=1`` and exactly what the 3-channel network computes on a
+    grayscale image repeated three times (the authors' SSL rows fed such images)."""
+
+    def __init__(self, config: LandmarkConfig, refiner: bool = False):
+        super().__init__()
+        if refiner:
+            raise ValueError("the refinement stage is a unet2d")
+        smp = import_smp()
+        c = config.backbone_config
+        self.net = smp.Unet(
+            encoder_name=c["encoder_name"], encoder_depth=int(c["encoder_depth"]), encoder_weights=None,
+            decoder_channels=tuple(c["decoder_channels"]), in_channels=int(c["in_channels"]), classes=config.num_landmarks,
+        )  # fmt: skip
+        self._embedding = None
+        self.net.encoder.register_forward_hook(self._keep_embedding)
+
+    def _keep_embedding(self, module, inputs, features):
+        # The deepest feature map, through a ReLU (torchvision's DenseNet classifier input) and
+        # averaged over space: the embedding the SSL objectives trained.
+        self._embedding = encoder_embedding(features)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, N, S, S], embedding [B, C])``."""
+        logits = self.net(pixel_values)
+        embedding, self._embedding = self._embedding, None
+        return logits, embedding
+
+    def load_encoder_weights(self, state: dict[str, torch.Tensor], source: str) -> int:
+        """Copy an encoder's weights (torchvision/timm DenseNet layout, as smp-hub, timm's
+        ``*.tv_in1k`` repositories and ``hf-landmark pretrain-ssl`` store them) into the
+        encoder; every encoder tensor must be present with its shape. Returns the number of
+        tensors copied."""
+        encoder = self.net.encoder
+        state = encoder_state_dict(state, encoder, source)
+        nn.Module.load_state_dict(encoder, state, strict=True)
+        return len(state)
+
+
+def encoder_embedding(features) -> torch.Tensor:
+    """``[B, C]``: an smp encoder's deepest feature map through a ReLU, averaged over space."""
+    return torch.relu(features[-1].float()).mean(dim=(-2, -1))
+
+
+#: torchvision's pre-1.0 DenseNet names (``norm.1``), which smp's own loader also accepts.
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def encoder_state_dict(state: dict[str, torch.Tensor], encoder: nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """``state`` in ``encoder``'s own key layout and input channels: an ``encoder.`` prefix and
+    a classifier are dropped, old DenseNet names renamed, a 3-channel first convolution summed
+    to the encoder's channel count 1. Raises ``ValueError`` naming what does not match."""
+    own = encoder.state_dict()
+    if state and all(k.startswith("encoder.") for k in state):
+        state = {k.removeprefix("encoder."): v for k, v in state.items()}
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("classifier.", "fc.", "head.")):
+            continue
+        match = _OLD_DENSENET_KEY.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    missing = sorted(set(own) - set(out))
+    unexpected = sorted(set(out) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{source}: encoder weights do not match the {type(encoder).__name__} "
+                         f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''} of {len(missing)}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} of {len(unexpected)})")  # fmt: skip
+    for key, value in out.items():
+        target = own[key].shape
+        if value.ndim == 4 and value.shape[1] == 3 and target[1] == 1 and value.shape[0] == target[0]:
+            out[key] = value.sum(dim=1, keepdim=True)
+        elif value.shape != target:
+            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the encoder expects {tuple(target)}")
+    return {k: v.to(own[k].dtype) for k, v in out.items()}
+
+
+#: The ImageNet weights of an encoder: safetensors repositories in the torchvision layout
+#: (the files segmentation_models_pytorch itself downloads).
+IMAGENET_WEIGHTS = {"densenet161": "smp-hub/densenet161.imagenet"}
+ENCODER_WEIGHTS_FILE = "model.safetensors"
+_PICKLES = ("pytorch_model.bin", "model.pth", "model.pt", "model.bin")
+
+
+def read_encoder_weights(path_or_repo: str | os.PathLike, what: str = "encoder weights") -> dict[str, torch.Tensor]:
+    """The tensors of an encoder folder or Hub repo's ``model.safetensors`` (ImageNet weights,
+    or an ``hf-landmark pretrain-ssl`` checkpoint). Pickled weights are refused, never loaded."""
+    from safetensors.torch import load_file
+
+    path = os.fspath(path_or_repo)
+    if os.path.isdir(path):
+        file = os.path.join(path, ENCODER_WEIGHTS_FILE)
+        if not os.path.isfile(file):
+            pickles = [p for p in _PICKLES if os.path.isfile(os.path.join(path, p))]
+            why = f"it holds only pickled weights ({', '.join(pickles)}), which hf_landmark never loads" if pickles else "no such file"
+            raise FileNotFoundError(f"{path}: {what} must be a {ENCODER_WEIGHTS_FILE}; {why}")
+    elif os.path.isfile(path):
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"{path}: {what} must be a safetensors file; pickled weights are never loaded")
+        file = path
+    else:
+        from huggingface_hub import hf_hub_download
+
+        file = hf_hub_download(path, ENCODER_WEIGHTS_FILE)
+    return load_file(file)
+
+
+BACKBONES: dict[str, type[nn.Module]] = {"unet2d": UNet2DBackbone, "smp_unet": SmpUNetBackbone}
 
 
 def build_backbone(config: LandmarkConfig, refiner: bool = False) -> nn.Module:

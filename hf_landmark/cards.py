@@ -38,15 +38,36 @@ def ddpm_card(info: dict, repo_id: str | None = None) -> ModelCard:
     )
 
 
+SSL_TITLES = {"mocov3": "MoCo v3", "simclrv2": "SimCLR v2", "dino": "DINO"}
+
+
+def ssl_card(info: dict, repo_id: str | None = None) -> ModelCard:
+    """Card of a self-supervised encoder checkpoint (``hf-landmark pretrain-ssl``); ``info``
+    is its pre-training record."""
+    data = ModelCardData(
+        license="apache-2.0", library_name="hf-landmark", tags=["hf-landmark", info["method"], "x-ray", "medical-imaging", "self-supervised"],
+        model_name=repo_id or f"{info['method']}-{info['encoder_name']}",
+    )  # fmt: skip
+    return ModelCard.from_template(
+        data, template_str=_template("ssl_card.md"), info=info, citation=PAPER_CITATION, model_name=data.model_name,
+        dataset_title=_title(info.get("dataset_name")), method_title=SSL_TITLES.get(info["method"], info["method"]),
+    )
+
+
 def _initialisation(training: dict | None, base: str | None) -> str:
     """One sentence on where the weights started, with no local paths."""
     init = (training or {}).get("init") or {}
     if init.get("kind") == "scratch":
-        return f"random (the `{init.get('preset')}` U-Net trained from scratch)"
+        return f"random (the `{init.get('preset')}` {'encoder U-Net' if init.get('backbone') == 'smp_unet' else 'U-Net'} trained from scratch)"
     name = base or init.get("repo_id")
     info = init.get("pretraining") or {}
     what = ""
-    if info.get("num_images"):
+    if init.get("kind") == "imagenet":
+        what = "the encoder's ImageNet weights (decoder and head from scratch)"
+    elif init.get("kind") == "ssl" and info.get("num_images"):
+        what = (f"an encoder pre-trained with {SSL_TITLES.get(info.get('method'), info.get('method'))} without labels on "
+                f"{info['num_images']} {_title(info.get('dataset_name')) or ''} images ({info.get('resolution')} px, {info.get('step')} steps)")  # fmt: skip
+    elif info.get("num_images"):
         what = (f"a DDPM pre-trained without labels on {info['num_images']} {_title(info.get('dataset_name')) or ''} images "
                 f"({info.get('preset')} U-Net, {info.get('resolution')} px, {info.get('step')} steps)")  # fmt: skip
     if name:

@@ -44,6 +44,20 @@ UNET_PRESETS: dict[str, dict] = {
 
 UNIT_CONVENTIONS = ("spacing", "wrist", "pixels")
 
+#: The paper's baselines' architecture (``backbone="smp_unet"``): segmentation_models_pytorch's
+#: ``Unet`` with a DenseNet161 encoder, its default decoder, one input channel.
+SMP_UNET_DEFAULTS: dict = {"encoder_name": "densenet161", "encoder_depth": 5, "decoder_channels": [256, 128, 64, 32, 16], "in_channels": 1}
+
+
+def smp_unet_config(value: dict | str | None = None) -> dict:
+    """``smp_unet`` backbone arguments: the defaults, updated by a dict or an encoder name."""
+    config = dict(SMP_UNET_DEFAULTS, decoder_channels=list(SMP_UNET_DEFAULTS["decoder_channels"]))
+    if isinstance(value, str):
+        config["encoder_name"] = value
+    elif value:
+        config.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in value.items()})
+    return config
+
 
 def unet_preset(name: str) -> dict:
     """Return a copy of the ``UNet2DModel`` keyword arguments of a named preset."""
@@ -69,10 +83,14 @@ class LandmarkConfig(PreTrainedConfig):
     Args:
         backbone: the network that maps ``[B, 1, S, S]`` images to ``[B, N, S, S]`` logits,
             by registry name (:data:`hf_landmark.backbones.BACKBONES`): ``"unet2d"``, the
-            diffusers ``UNet2DModel`` run at the constant ``timestep``.
+            diffusers ``UNet2DModel`` run at the constant ``timestep``, or ``"smp_unet"``, the
+            paper's baselines' segmentation_models_pytorch U-Net (DenseNet161 encoder; needs
+            ``hf-landmark[baselines]``).
         backbone_config: the backbone's own arguments; for ``unet2d`` the ``UNet2DModel``
             keyword arguments (a preset name is also accepted; ``out_channels`` is always
-            ``num_landmarks``). ``unet=`` is accepted as its older name.
+            ``num_landmarks``), ``unet=`` being its older name; for ``smp_unet``
+            ``encoder_name``, ``encoder_depth``, ``decoder_channels``, ``in_channels`` (an
+            encoder name is also accepted; see :data:`SMP_UNET_DEFAULTS`).
         num_landmarks: number of landmarks N; the head outputs one heatmap per landmark.
         landmark_names: N names, in channel order.
         image_size: side of the square model input in pixels (any multiple of 8 works).
@@ -99,7 +117,8 @@ class LandmarkConfig(PreTrainedConfig):
             estimate; the refiner re-locates the landmark within it.
         refine_backbone_config: the refiner U-Net's ``UNet2DModel`` arguments (or a preset
             name); its head has one channel per landmark and each crop is read on its own
-            landmark's channel. Default: the first stage's.
+            landmark's channel. Default: the first stage's when that is a ``unet2d``, else
+            the ``base`` preset.
         refine_loss: the refiner's per-channel loss, ``"contour"`` or ``"bce"``.
         refine_sigma: the refiner's target sigma in fine pixels (default ``sigma``).
     """
@@ -137,6 +156,13 @@ class LandmarkConfig(PreTrainedConfig):
             kwargs.pop("custom_pipelines", None)
         # Models saved before the backbone seam existed call the U-Net arguments `unet`.
         legacy_unet = kwargs.pop("unet", None)
+        if backbone == "smp_unet":
+            backbone_config = smp_unet_config(backbone_config)
+            factor = 2 ** int(backbone_config["encoder_depth"])
+            if image_size % factor or image_size < 2 * factor:
+                # At one bottleneck pixel, batch norm cannot train on a batch of one image.
+                raise ValueError(f"image_size must be a multiple of {factor} and at least {2 * factor} for an smp_unet of "
+                                 f"depth {backbone_config['encoder_depth']}, got {image_size}")  # fmt: skip
         if backbone_config is None:
             backbone_config = legacy_unet if legacy_unet is not None else "base"
         if isinstance(backbone_config, str):
@@ -177,6 +203,8 @@ class LandmarkConfig(PreTrainedConfig):
             backbone_config = unet_preset(backbone_config)
         self.refine_size = int(refine_size)
         self.refine_crop = int(refine_crop)
-        self.refine_backbone_config = dict(backbone_config) if backbone_config else dict(self.backbone_config)
+        if not backbone_config:
+            backbone_config = dict(self.backbone_config) if self.backbone == "unet2d" else unet_preset("base")
+        self.refine_backbone_config = dict(backbone_config)
         self.refine_loss = loss
         self.refine_sigma = float(self.sigma if sigma is None else sigma)

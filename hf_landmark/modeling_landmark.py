@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import UNet2DBackbone, build_backbone
+from .backbones import IMAGENET_WEIGHTS, UNet2DBackbone, build_backbone, read_encoder_weights, read_pretraining_info
 from .configuration_landmark import LandmarkConfig
 from .errors import UserInputError
 from .heatmaps import decode
@@ -223,6 +223,48 @@ class LandmarkDetector(PreTrainedModel):
         model = cls(config)
         model.backbone.load_ddpm_weights(unet, os.fspath(ddpm_path_or_repo))
         model.config.base_model = os.fspath(ddpm_path_or_repo)
+        return model
+
+
+    @classmethod
+    def from_encoder(
+        cls,
+        weights: str | os.PathLike,
+        num_landmarks: int,
+        image_size: int | None = None,
+        encoder_name: str | None = None,
+        **config_kwargs,
+    ) -> LandmarkDetector:
+        """Build an ``smp_unet`` detector (the paper's baselines) whose encoder comes from a
+        folder or Hub repo with a ``model.safetensors`` in the torchvision layout: ImageNet
+        weights (``"imagenet"`` means :data:`~hf_landmark.backbones.IMAGENET_WEIGHTS` of the
+        encoder) or an ``hf-landmark pretrain-ssl`` checkpoint, whose record supplies the
+        encoder name, ``pixel_range`` and resolution. Every encoder tensor is copied (checked);
+        the decoder and head start from scratch."""
+        source = os.fspath(weights)
+        info = {} if source == "imagenet" or os.path.isfile(source) else read_pretraining_info(source)
+        name = encoder_name or info.get("encoder_name") or "densenet161"
+        if source == "imagenet":
+            if name not in IMAGENET_WEIGHTS:
+                raise UserInputError(f"no ImageNet weights are known for encoder {name!r}; pass a folder or repo (imagenet=PATH)")
+            source = IMAGENET_WEIGHTS[name]
+        if "pixel_range" in info:
+            config_kwargs.setdefault("pixel_range", info["pixel_range"])
+        size = int(image_size or info.get("resolution") or 256)
+        config = LandmarkConfig(backbone="smp_unet", backbone_config={"encoder_name": name}, num_landmarks=num_landmarks,
+                                image_size=size, **config_kwargs)  # fmt: skip
+        try:
+            state = read_encoder_weights(source)
+        except (OSError, ValueError) as err:  # a missing file, a pickle, an unreachable or unknown repo
+            hint = "" if os.path.isdir(source) else ("; without the Hub, download the repo's model.safetensors (torchvision layout) "
+                                                     "into a folder and pass that folder")  # fmt: skip
+            raise UserInputError(f"{source}: cannot read the encoder weights: {err}{hint}") from err
+        model = cls(config)
+        try:
+            model.backbone.load_encoder_weights(state, source)
+        except ValueError as err:
+            raise UserInputError(str(err)) from err
+        model.config.base_model = source
         return model
 
 

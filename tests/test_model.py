@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import pytest
 import torch
 from diffusers import UNet2DModel
 from transformers import AutoConfig, AutoModel
@@ -157,3 +158,15 @@ def test_pickled_weights_are_refused(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="pytorch_model.bin.*never loads"):
         LandmarkDetector.from_pretrained(tmp_path)
+
+
+def test_the_baselines_backbone_without_its_extra_says_how_to_install_it(monkeypatch):
+    """``smp_unet`` configs load anywhere; building the network without
+    segmentation_models_pytorch is an ImportError naming the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)
+    config = LandmarkConfig(backbone="smp_unet", num_landmarks=3, image_size=64)
+    assert config.backbone_config["encoder_name"] == "densenet161" and config.refine_backbone_config["block_out_channels"] == [64, 128, 256, 512]
+    with pytest.raises(ImportError, match=r"hf-landmark\[baselines\]"):
+        LandmarkDetector(config)

@@ -18,6 +18,12 @@ tables report each initialisation's final landmarks and, beside them, its first 
 cells a refiner pre-trained on crops (``hf-landmark pretrain --crop-from``); the others
 train theirs from scratch.
 
+The paper's baselines (``pip install 'hf-landmark[baselines]'``) are more ``--init`` entries:
+``--init imagenet`` (or ``imagenet=FOLDER_OR_REPO``), ``--init mocov3=SSL_CHECKPOINT`` (likewise
+``simclrv2=``, ``dino=``; ``hf-landmark pretrain-ssl``), and a DenseNet U-Net from scratch as
+``--init densenet-scratch=scratch --backbone densenet-scratch=smp_unet``. Any ``NAME=INIT``
+passes INIT to ``hf-landmark finetune --init``.
+
 Other experiments are the same commands with other arguments: the pre-training sweep
 (paper Fig. 2) is several ``--init`` entries, one per saved step; cross-dataset transfer
 (paper Table 5) is ``--init`` pointing at a checkpoint pre-trained on another dataset.
@@ -40,6 +46,7 @@ import numpy as np
 import torch
 
 from hf_landmark import LandmarkDetector
+from hf_landmark.backbones import SSL_METHODS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors
 from hf_landmark.data.prepared import require_split
 from hf_landmark.data.specs import get_spec, unit_config
@@ -49,7 +56,7 @@ from hf_landmark.fileio import atomic_file, write_json_atomic, write_text_atomic
 from hf_landmark.image_processing_landmark import processor_for_model
 from hf_landmark.training.finetune import FinetuneArguments, finetune
 from hf_landmark.training.finetune import parser as finetune_parser
-from hf_landmark.training_utils import argument_parser, parse_arguments, parse_int_list
+from hf_landmark.training_utils import argument_parser, check_choice, parse_arguments, parse_int_list
 
 PAPER_METHOD = "DDPM (paper)"
 
@@ -60,7 +67,11 @@ class BenchmarkArguments:
 
     dataset: str = field(metadata={"help": "prepared dataset folder or Hub dataset id"})
     output_dir: str = field(metadata={"help": "cells/, results.md, results.csv and results.png go here"})
-    init: list[str] = field(metadata={"help": "NAME=DDPM_CHECKPOINT_OR_REPO, or 'scratch' (repeatable)", "action": "append"})
+    init: list[str] = field(metadata={"help": "NAME=INIT (INIT: what hf-landmark finetune --init takes), 'scratch' or 'imagenet'; "
+                                "imagenet=, mocov3=, simclrv2=, dino= name a baseline (repeatable)", "action": "append"})  # fmt: skip
+    backbone: list[str] | None = field(default=None, metadata={
+        "help": "NAME=unet2d|smp_unet: the network of the --init NAME scratch cells (repeatable; default unet2d)", "action": "append"})  # fmt: skip
+    encoder: str = field(default="densenet161", metadata={"help": "smp_unet encoder of scratch and imagenet cells"})
     refine_init: list[str] | None = field(default=None, metadata={
         "help": "NAME=CROP_DDPM_CHECKPOINT: the refiner of the --init NAME cells (repeatable; default: scratch)", "action": "append"})  # fmt: skip
     labels: str = field(default="1,5,10,25,50", metadata={"help": "label counts, comma-separated"})
@@ -83,26 +94,42 @@ class BenchmarkArguments:
 
     @property
     def inits(self) -> list[tuple[str, str]]:
-        """``(name, "scratch" or checkpoint)`` pairs."""
+        """``(name, finetune --init)`` pairs."""
         out = []
-        # Repeated flags arrive as lists of lists; a Python caller may pass plain strings.
-        for item in [i for x in self.init for i in (x if isinstance(x, list) else [x])]:
+        for item in _flat(self.init):
             name, _, path = item.partition("=")
-            if not name or (name != "scratch" and not path):
-                raise UserInputError(f"--init: expected NAME=CHECKPOINT or 'scratch', got {item!r}")
-            out.append((name, path or "scratch"))
+            if not name or (name not in ("scratch", "imagenet") and not path):
+                raise UserInputError(f"--init: expected NAME=INIT, 'scratch' or 'imagenet', got {item!r}")
+            # A baseline's name says what its path is; any other name passes INIT on as it is.
+            out.append((name, f"{name}={path}" if path and name in ("imagenet", *SSL_METHODS) else path or name))
         return out
 
     @property
     def refine_inits(self) -> dict[str, str]:
         """``{init name: refiner checkpoint}`` (names not listed: a scratch refiner)."""
-        out = {}
-        for item in [i for x in (self.refine_init or []) for i in (x if isinstance(x, list) else [x])]:
-            name, _, path = item.partition("=")
-            if name not in dict(self.inits) or not path:
-                raise UserInputError(f"--refine-init: expected NAME=CHECKPOINT with NAME one of the --init names, got {item!r}")
-            out[name] = path
+        return self._per_init(self.refine_init, "--refine-init", "CHECKPOINT")
+
+    @property
+    def backbones(self) -> dict[str, str]:
+        """``{init name: backbone}`` of scratch cells (names not listed: unet2d)."""
+        out = self._per_init(self.backbone, "--backbone", "BACKBONE")
+        for value in out.values():
+            check_choice("--backbone", value, ("unet2d", "smp_unet"))
         return out
+
+    def _per_init(self, items, flag: str, what: str) -> dict[str, str]:
+        out = {}
+        for item in _flat(items):
+            name, _, value = item.partition("=")
+            if name not in dict(self.inits) or not value:
+                raise UserInputError(f"{flag}: expected NAME={what} with NAME one of the --init names, got {item!r}")
+            out[name] = value
+        return out
+
+
+def _flat(items) -> list[str]:
+    # Repeated flags arrive as lists of lists; a Python caller may pass plain strings.
+    return [i for x in (items or []) for i in (x if isinstance(x, list) else [x])]
 
 
 def parser():
@@ -149,8 +176,8 @@ def evaluate_model(model_dir: str, eval_data, mode: str, decoder: str) -> dict:
 def run_cell(args: BenchmarkArguments, overrides: dict, name, init, labels, seed, cell_dir, eval_data) -> dict:
     ft = FinetuneArguments(
         dataset=args.dataset, output_dir=cell_dir, num_labels=labels, seed=seed, init=init, subset=args.subset,
-        decoder=args.decoder, preset=args.preset, resolution=args.resolution,
-        refine_init=args.refine_inits.get(name, "scratch"), **{"report_to": "none", **overrides},
+        decoder=args.decoder, preset=args.preset, resolution=args.resolution, backbone=args.backbones.get(name, "unet2d"),
+        encoder=args.encoder, refine_init=args.refine_inits.get(name, "scratch"), **{"report_to": "none", **overrides},
     )  # fmt: skip
     summary = finetune(ft)
     metrics = evaluate_model(os.path.join(cell_dir, "model"), eval_data, args.mode, args.decoder)

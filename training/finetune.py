@@ -6,7 +6,13 @@
 
 (or ``hf-landmark finetune ...``, or ``hf_landmark.finetune(FinetuneArguments(...))`` from
 Python). ``--init`` takes a pre-trained DDPM (a ``checkpoint-<step>`` folder, which is a
-diffusers ``DDPMPipeline``, a Hub repo, or an older ``unet_ema`` folder) or ``scratch``.
+diffusers ``DDPMPipeline``, a Hub repo, or an older ``unet_ema`` folder) or ``scratch``
+(``--backbone``: the diffusers U-Net of ``--preset``, or ``smp_unet``, the baselines'
+DenseNet161 U-Net). The paper's baselines, an ``smp_unet`` whose encoder starts from other
+weights (``pip install 'hf-landmark[baselines]'``): ``imagenet`` (the encoder's ImageNet
+weights in safetensors from the Hub; ``imagenet=FOLDER_OR_REPO`` for another copy) or an
+``hf-landmark pretrain-ssl`` checkpoint (``mocov3=PATH``, ``simclrv2=PATH``, ``dino=PATH``, or
+the bare PATH: its record names the method). ``ddpm=PATH`` is the same as ``PATH``.
 The first ``--num-labels`` sorted training images are labeled (``--subset random`` for a
 seeded sample); the whole validation split drives the learning-rate plateau schedule, early
 stopping and the choice of the best checkpoint (lowest validation mean radial error, in the
@@ -54,7 +60,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
-from hf_landmark.backbones import read_pretraining_info
+from hf_landmark.backbones import SSL_METHODS, read_pretraining_info
 from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine
 from hf_landmark.data.prepared import require_split
@@ -106,8 +112,13 @@ class FinetuneArguments:
     num_labels: int = field(metadata={"help": "labeled training images (the first N sorted ids)"})
     init: str = field(metadata={
         "aliases": ["--pretrained"],
-        "help": "'scratch', or a pre-trained DDPM: a checkpoint-<step> folder (DDPMPipeline), a Hub repo, or an older unet_ema folder",
+        "help": "'scratch'; a pre-trained DDPM: a checkpoint-<step> folder (DDPMPipeline), a Hub repo, or an older unet_ema folder; "
+        "or a baseline encoder: 'imagenet[=FOLDER_OR_REPO]', 'mocov3=PATH', 'simclrv2=PATH', 'dino=PATH' (hf-landmark pretrain-ssl)",
     })  # fmt: skip
+    backbone: Literal["unet2d", "smp_unet"] = field(default="unet2d", metadata={
+        "help": "network for --init scratch: unet2d (the DDPM's diffusers U-Net, --preset) or smp_unet (the baselines' encoder U-Net, --encoder)",
+    })  # fmt: skip
+    encoder: str = field(default="densenet161", metadata={"help": "smp_unet encoder (scratch and imagenet; an SSL checkpoint names its own)"})
     subset: Literal["first", "random"] = field(default="first", metadata={"help": "first N sorted ids (the paper) or a seeded sample"})
     seed: int = field(default=0, metadata={"help": "seed of the head initialisation, augmentation and batch sampling"})
     preset: str = field(default="base", metadata={"help": f"U-Net preset for --init scratch: {', '.join(sorted(UNET_PRESETS))}"})
@@ -155,6 +166,7 @@ class FinetuneArguments:
             if getattr(self, key) is None:
                 setattr(self, key, recipe[key])
         check_choice("--loss", self.loss, LOSSES)
+        self.init_kind, self.init_source = parse_init(self.init)
         if self.learning_rate is None:
             self.learning_rate = recipe["scratch_learning_rate"] if self.init == "scratch" else recipe["learning_rate"]
         if self.eval_steps is None:
@@ -177,18 +189,50 @@ def parser():
     return argument_parser(FinetuneArguments, "hf-landmark finetune", __doc__)
 
 
+def parse_init(init: str) -> tuple[str, str | None]:
+    """``--init`` → ``(kind, source)``: ``("scratch", None)``, ``("imagenet", None or
+    FOLDER_OR_REPO)``, ``(method, PATH)`` for an SSL checkpoint, ``("ddpm", PATH)``. A bare
+    PATH is an SSL checkpoint when its record names a method, else a DDPM (checked later)."""
+    if init == "scratch":
+        return "scratch", None
+    if init == "imagenet":
+        return "imagenet", None
+    kind, sep, source = init.partition("=")
+    if sep and kind in ("imagenet", "ddpm", *SSL_METHODS):
+        if not source:
+            raise UserInputError(f"--init: {kind}= needs a folder or Hub repo, got {init!r}")
+        return kind, source
+    method = read_pretraining_info(init).get("method") if os.path.isdir(init) else None
+    return (method, init) if method in SSL_METHODS else ("ddpm", init)
+
+
 def build_model(args: FinetuneArguments, num_landmarks: int, landmark_names, dataset_name: str, spacing) -> LandmarkDetector:
     """A detector initialised from ``args.init``, its config carrying the dataset's facts."""
     common = {"landmark_names": landmark_names, "loss": args.loss, "dataset_name": dataset_name, **unit_config(dataset_name, spacing)}
-    if args.init != "scratch":
-        size = args.resolution or read_pretraining_info_any(args.init).get("resolution") or 256
-        sigma = args.sigma if args.sigma is not None else args.sigma_256 * size / 256
-        return LandmarkDetector.from_ddpm(args.init, num_landmarks, image_size=size, sigma=sigma, **common)
+    kind, source = args.init_kind, args.init_source
+
+    def sigma(size: int) -> float:
+        return args.sigma if args.sigma is not None else args.sigma_256 * size / 256
+
+    pixel_range = parse_float_pair(args.pixel_range, "--pixel-range") if args.pixel_range else None
+    if kind == "ddpm":
+        size = args.resolution or read_pretraining_info_any(source).get("resolution") or 256
+        return LandmarkDetector.from_ddpm(source, num_landmarks, image_size=size, sigma=sigma(size), **common)
+    if kind == "imagenet":
+        size = args.resolution or 256
+        return LandmarkDetector.from_encoder(source or "imagenet", num_landmarks, image_size=size, encoder_name=args.encoder,
+                                             sigma=sigma(size), pixel_range=pixel_range or (-1.0, 1.0), **common)  # fmt: skip
+    if kind in SSL_METHODS:
+        info = read_ssl_info(source, kind)
+        size = args.resolution or info.get("resolution") or 256
+        return LandmarkDetector.from_encoder(source, num_landmarks, image_size=size, sigma=sigma(size), **common)
     size = args.resolution or 256
-    sigma = args.sigma if args.sigma is not None else args.sigma_256 * size / 256
-    pixel_range = parse_float_pair(args.pixel_range, "--pixel-range") if args.pixel_range else (-1.0, 1.0)
-    config = LandmarkConfig(backbone_config=args.preset, num_landmarks=num_landmarks, image_size=size, sigma=sigma,
-                            pixel_range=pixel_range, **common)  # fmt: skip
+    backbone_config = args.preset if args.backbone == "unet2d" else {"encoder_name": args.encoder}
+    try:
+        config = LandmarkConfig(backbone=args.backbone, backbone_config=backbone_config, num_landmarks=num_landmarks, image_size=size,
+                                sigma=sigma(size), pixel_range=pixel_range or (-1.0, 1.0), **common)  # fmt: skip
+    except ValueError as err:
+        raise UserInputError(f"--resolution: {err}") from err
     return LandmarkDetector(config)
 
 
@@ -196,6 +240,16 @@ def read_pretraining_info_any(path: str) -> dict:
     """The pre-training record of a DDPM checkpoint in either layout (root or ``unet/``)."""
     require_folder_or_repo(path, "pre-trained DDPM", "--init takes a checkpoint-<step> folder, a Hub repo or 'scratch'")
     return read_pretraining_info(path) or read_pretraining_info(path, "unet")
+
+
+def read_ssl_info(path: str, method: str) -> dict:
+    """The record of an ``hf-landmark pretrain-ssl`` checkpoint, checked to be ``method``'s."""
+    require_folder_or_repo(path, f"{method} checkpoint", f"--init {method}=PATH takes a checkpoint-<step> folder of hf-landmark pretrain-ssl")
+    info = read_pretraining_info(path)
+    if info.get("method") != method:
+        found = f"a {info['method']} checkpoint" if info.get("method") else "not an hf-landmark pretrain-ssl checkpoint (no method in its record)"
+        raise UserInputError(f"{path}: --init {method}= expects a {method} checkpoint; this is {found}")
+    return info
 
 
 def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor, path: str, record: dict) -> None:
@@ -226,12 +280,19 @@ def calibrate_saved_model(model_dir: str, calibration, reference, decoder: str) 
 
 def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_count: int) -> dict:
     """What a card must say about how a detector was trained: data, labels, initialisation."""
-    init = {"kind": "scratch", "preset": args.preset} if args.init == "scratch" else {"kind": "ddpm"}
-    if args.init != "scratch":
-        local = os.path.exists(args.init)
-        info = read_pretraining_info_any(args.init)
-        init.update(repo_id=None if local else args.init, pretraining={k: info.get(k) for k in (
-            "dataset_name", "num_images", "preset", "num_parameters", "resolution", "step", "effective_batch_size")})  # fmt: skip
+    kind, source = args.init_kind, args.init_source
+    if kind == "scratch":
+        init = {"kind": "scratch", "backbone": args.backbone, "preset": args.preset if args.backbone == "unet2d" else args.encoder}
+    elif kind == "imagenet":
+        from hf_landmark.backbones import IMAGENET_WEIGHTS
+
+        source = source or IMAGENET_WEIGHTS.get(args.encoder)
+        init = {"kind": "imagenet", "encoder": args.encoder, "repo_id": None if os.path.exists(source) else source}
+    else:
+        info = read_ssl_info(source, kind) if kind in SSL_METHODS else read_pretraining_info_any(source)
+        init = {"kind": "ssl" if kind in SSL_METHODS else "ddpm", "repo_id": None if os.path.exists(source) else source,
+                "pretraining": {k: info.get(k) for k in ("dataset_name", "num_images", "preset", "num_parameters", "resolution",
+                                                          "step", "effective_batch_size", "method", "encoder_name")}}  # fmt: skip
     dataset_local = os.path.exists(args.dataset)
     return {
         "dataset": dataset_name, "dataset_repo_id": None if dataset_local else args.dataset, "num_labels": len(train_ids),
