@@ -94,6 +94,9 @@ def test_chest_reader_fractions_and_code_split(tmp_path):
     assert records[0].landmarks[0].tolist() == [50.0, 50.0]
     records, _, report = read_chest(tmp_path, split="code")
     assert [r.image_id for r in records] == ["CHNCXR_0001_0"] and report.excluded == ["CHNCXR_0059_0"]
+    # Other split counts over the sorted ids (a handful of images: one to train, one to validate).
+    records, _, _ = read_chest(tmp_path, split_counts=(1, 1, 0))
+    assert [(r.image_id, r.split) for r in records] == [("CHNCXR_0001_0", "train"), ("CHNCXR_0059_0", "validation")]
 
 
 def test_custom_csv_and_json(tmp_path):

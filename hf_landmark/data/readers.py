@@ -180,10 +180,11 @@ def read_chest_annotation(path: Path, width: int, height: int) -> np.ndarray:
     return pts * np.asarray([width, height], dtype=np.float32)
 
 
-def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = False):
+def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = False, split_counts=CHEST.split_counts):
     """Shenzhen chest x-rays with 6 landmarks: ``pngs/CHNCXR_NNNN_0.png`` and
     ``labels/CHNCXR_NNNN_0.txt``. ``split``: ``"paper"`` (195 / 34 / rest) or ``"code"`` (the
-    paper's code: the same after dropping 9 listed images). No spacing: pixels."""
+    paper's code: the same after dropping 9 listed images); ``split_counts`` other counts over
+    the sorted ids. No spacing: pixels."""
     from PIL import Image
 
     if split not in ("paper", "code"):
@@ -218,7 +219,7 @@ def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = F
             report.wrong_coordinate_counts.append(str(err))
             continue
         records.append(Record(str(images[image_id]), image_id, lm, "train", None))
-    return _assign(records, CHEST.split_counts, report), list(CHEST.landmark_names), report
+    return _assign(records, split_counts, report), list(CHEST.landmark_names), report
 
 
 # --- Custom ------------------------------------------------------------------------------
