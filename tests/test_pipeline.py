@@ -137,7 +137,7 @@ def test_zero_size_and_decompression_bomb_are_refused_by_name(dot_model, tmp_pat
     assert list(data["predictions"]) == [str(tmp_path / "ok.png")] and "too large" in data["errors"][str(tmp_path / "bomb.png")]
 
 
-@pytest.mark.parametrize("command", ["synth", "prepare", "pretrain", "finetune", "benchmark", "demo", "predict", "evaluate", "card", "push"])
+@pytest.mark.parametrize("command", ["synth", "prepare", "pretrain", "pretrain-ssl", "finetune", "benchmark", "demo", "predict", "evaluate", "card", "push"])
 def test_every_command_prints_its_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli([command, "--help"])

@@ -11,6 +11,17 @@ channel, the contour loss, backward and AdamW; ``--resolutions`` are then crop s
 ``--batch-size`` crops. (Pre-training the refiner as a DDPM on crops costs a DDPM step at
 the crop size: the rows without ``--refiner``.)
 
+The paper's baselines (``hf-landmark[baselines]``):
+
+    python training/benchmark_pretrain.py --backbone smp_unet --presets densenet161 --resolutions 64,128,256
+    python training/benchmark_pretrain.py --ssl mocov3,simclrv2,dino --presets densenet161 --resolutions 64
+
+``--backbone smp_unet`` times a detector fine-tuning step of the DenseNet U-Net (forward, the
+contour loss on 19 landmarks, backward, AdamW; ``--presets`` are encoder names);
+``--backbone unet2d`` the same step for a U-Net preset, to compare like with like. ``--ssl``
+times a self-supervised pre-training step of the encoder (the views, the method's heads and
+momentum networks, its loss, backward, AdamW).
+
 Each configuration runs in a fresh process, so "peak memory" is that configuration's own:
 peak resident memory of the process on CPU (libraries included), peak allocated memory on CUDA.
 """
@@ -45,11 +56,11 @@ def step_time(preset: str, size: int, precision: str, batch: int, warmup: int, s
     return measure(unet, loss_of_one_step, precision, batch, warmup, steps, device)
 
 
-def measure(module, loss_of_one_step, precision: str, batch: int, warmup: int, steps: int, device: str) -> tuple[float, float, int]:
+def measure(module, loss_of_one_step, precision: str, batch: int, warmup: int, steps: int, device: str, trainable=None) -> tuple[float, float, int]:
     """``(items/s, peak memory MiB, parameters)`` of AdamW steps on ``loss_of_one_step()``
-    (its forward runs under the precision's autocast)."""
+    (its forward runs under the precision's autocast) over ``trainable`` (default: all)."""
     params = sum(p.numel() for p in module.parameters())
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(module.parameters() if trainable is None else trainable, lr=1e-4)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
     if device == "cuda":
@@ -96,6 +107,29 @@ def refiner_step_time(preset: str, crop: int, fine: int, precision: str, batch: 
     return measure(refiner, loss_of_one_step, precision, batch, warmup, steps, device)
 
 
+def detector_step_time(backbone: str, preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str):
+    from hf_landmark import LandmarkConfig, LandmarkDetector
+
+    torch.manual_seed(0)
+    config = LandmarkConfig(backbone=backbone, backbone_config=preset if backbone == "unet2d" else {"encoder_name": preset},
+                            num_landmarks=19, image_size=size, sigma=6.0 * size / 256)  # fmt: skip
+    model = LandmarkDetector(config).to(device).train()
+    x = torch.rand(batch, 1, size, size, device=device) * 2 - 1
+    labels = torch.rand(batch, 19, 2, device=device) * (size - 1)
+    return measure(model, lambda: model(x, labels=labels).loss, precision, batch, warmup, steps, device)
+
+
+def ssl_step_time(method: str, encoder: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str):
+    from hf_landmark.training.pretrain_ssl import SSLModel
+
+    torch.manual_seed(0)
+    model = SSLModel(method, encoder, size, (-1.0, 1.0), {"mocov3": 0.2, "simclrv2": 0.5}.get(method)).to(device).train()
+    images = torch.rand(batch, 1, size, size, device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ips, peak, _ = measure(model, lambda: model(images, 0.5), precision, batch, warmup, steps, device, params)
+    return ips, peak, sum(p.numel() for p in model.encoder.parameters())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="tiny,small,base,large")
@@ -106,20 +140,28 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--refiner", action="store_true", help="time a refinement-stage training step (see above)")
     p.add_argument("--fine-size", type=int, default=512, help="with --refiner: the fine image side the crops come from")
+    p.add_argument("--backbone", choices=["unet2d", "smp_unet"], help="time a detector fine-tuning step of this backbone (see above)")
+    p.add_argument("--ssl", help="time self-supervised pre-training steps of these methods, comma-separated (see above)")
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precisions = (args.precisions or ("fp32,fp16" if device == "cuda" else "fp32,bf16")).split(",")
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; batch {args.batch_size}; torch {torch.__version__}")
-    what = f"refiner crops from {args.fine_size} px" if args.refiner else "DDPM"
+    what = f"refiner crops from {args.fine_size} px" if args.refiner else f"fine-tuning {args.backbone}" if args.backbone else "DDPM"
     print(f"| preset | parameters | {'crop' if args.refiner else 'resolution'} | precision | {'crops' if args.refiner else 'images'}/s | s/step | peak memory (MiB) | step |")
     print("|---|---|---|---|---|---|---|---|")
-    for preset in args.presets.split(","):
+    methods = args.ssl.split(",") if args.ssl else [None]
+    for preset, method in [(p, m) for p in args.presets.split(",") for m in methods]:
         for size in parse_int_list(args.resolutions):
             for precision in precisions:
                 # A fresh process per configuration: its peak memory is its own.
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    if args.refiner:
+                    if method:
+                        job = pool.submit(ssl_step_time, method, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                        what = f"{method} pre-training"
+                    elif args.backbone:
+                        job = pool.submit(detector_step_time, args.backbone, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                    elif args.refiner:
                         job = pool.submit(refiner_step_time, preset, size, args.fine_size, precision, args.batch_size, args.warmup, args.steps, device)
                     else:
                         job = pool.submit(step_time, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
