@@ -176,6 +176,14 @@ def test_densenet_detector_saves_loads_and_runs_through_the_pipeline(tmp_path):
     assert np.allclose([[p["x"], p["y"]] for p in found], np.asarray(coords), atol=1e-4)
     assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")]) == 0
     assert json.loads((tmp_path / "p.json").read_text())["predictions"][str(tmp_path / "x.png")] == found
+    # The refinement stage works behind it as behind the DDPM U-Net (its refiner is a unet2d).
+    two = LandmarkDetector(LandmarkConfig(backbone="smp_unet", num_landmarks=3, image_size=64, refine_size=256, refine_crop=32,
+                                          refine_backbone_config="tiny")).eval()  # fmt: skip
+    assert two.config.refine_backbone_config["block_out_channels"] == [16, 32, 32, 64]
+    two.save_pretrained(tmp_path / "two")
+    two_stage = pipeline("landmark-detection", model=str(tmp_path / "two"))
+    refined, first = two_stage(str(tmp_path / "x.png")), two_stage(str(tmp_path / "x.png"), refine=False)
+    assert len(refined) == 3 and [p["x"] for p in refined] != [p["x"] for p in first]
     # A size the five poolings cannot divide, or that leaves one pixel at the bottleneck (batch
     # norm cannot train on one value per channel, and one label means batches of one), is refused.
     with pytest.raises(ValueError, match="multiple of 32"):
