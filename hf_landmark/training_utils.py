@@ -79,6 +79,28 @@ def commit_checkpoint(tmp: Path, output_dir: str | os.PathLike, step: int) -> Pa
     return final
 
 
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, write_files) -> Path | None:
+    """Write ``checkpoint-<step>`` atomically: every process saves its Accelerate state
+    (optimizer, RNG: what an exact resume needs) into the staged folder's ``state/``, then the
+    main process calls ``write_files(staged_folder)`` (weights, record, card) and renames the
+    folder into place. Returns the final folder on the main process."""
+    accelerator.wait_for_everyone()
+    tmp_path = staging_dir(output_dir, step)
+    if accelerator.is_main_process and tmp_path.exists():
+        shutil.rmtree(tmp_path)
+    accelerator.wait_for_everyone()
+    os.makedirs(tmp_path / "state", exist_ok=True)
+    accelerator.save_state(str(tmp_path / "state"))
+    # All processes must have finished before the main process renames the folder.
+    accelerator.wait_for_everyone()
+    final = None
+    if accelerator.is_main_process:
+        write_files(tmp_path)
+        final = commit_checkpoint(tmp_path, output_dir, step)
+    accelerator.wait_for_everyone()
+    return final
+
+
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
     """Delete staged checkpoints, and replaced ones set aside, left by a run killed while saving."""
     out = Path(output_dir)

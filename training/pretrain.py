@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -57,7 +56,6 @@ from hf_landmark.training_utils import (
     MIXED_PRECISION_HELP,
     argument_parser,
     check_choice,
-    commit_checkpoint,
     describe_cpu_threads,
     long_run_warning,
     parse_arguments,
@@ -66,9 +64,9 @@ from hf_landmark.training_utils import (
     remove_partial_checkpoints,
     resolve_mixed_precision,
     resolve_resume,
-    staging_dir,
     tracker_config,
 )
+from hf_landmark.training_utils import save_checkpoint as save_staged_checkpoint
 
 logger = get_logger(__name__)
 
@@ -328,25 +326,16 @@ def main(argv=None) -> str:
 
 def save_checkpoint(accelerator, unet, ema, args, info: dict):
     """Write checkpoint-<step> under a temporary name, then rename it into place."""
-    step = info["step"]
-    accelerator.wait_for_everyone()
-    tmp_path = staging_dir(args.output_dir, step)
-    if accelerator.is_main_process and tmp_path.exists():
-        shutil.rmtree(tmp_path)
-    accelerator.wait_for_everyone()
-    # Every process saves its own RNG state into the shared folder; all must have finished
-    # before the main process renames it into place.
-    os.makedirs(tmp_path / "state", exist_ok=True)
-    accelerator.save_state(str(tmp_path / "state"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+
+    def write_files(tmp_path):
         # Building the EMA copy draws random initial weights; keep the training RNG untouched
         # so that a resumed run continues exactly like an uninterrupted one.
         with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
             write_weights_and_samples(accelerator, unet, ema, args, str(tmp_path), info)
-        final = commit_checkpoint(tmp_path, args.output_dir, step)
+
+    final = save_staged_checkpoint(accelerator, args.output_dir, info["step"], write_files)
+    if final is not None:
         logger.info("saved %s", final)
-    accelerator.wait_for_everyone()
 
 
 def write_weights_and_samples(accelerator, unet, ema, args, tmp_path, info: dict):

@@ -47,7 +47,6 @@ import copy
 import json
 import logging
 import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -72,7 +71,6 @@ from hf_landmark.training_utils import (
     MIXED_PRECISION_HELP,
     argument_parser,
     check_choice,
-    commit_checkpoint,
     describe_cpu_threads,
     long_run_warning,
     parse_arguments,
@@ -81,9 +79,9 @@ from hf_landmark.training_utils import (
     remove_partial_checkpoints,
     resolve_mixed_precision,
     resolve_resume,
-    staging_dir,
     tracker_config,
 )
+from hf_landmark.training_utils import save_checkpoint as save_staged_checkpoint
 
 logger = get_logger(__name__)
 
@@ -351,16 +349,7 @@ def save_checkpoint(accelerator, model, args, info: dict) -> None:
     """Write checkpoint-<step> under a temporary name, then rename it into place."""
     from safetensors.torch import save_file
 
-    step = info["step"]
-    accelerator.wait_for_everyone()
-    tmp_path = staging_dir(args.output_dir, step)
-    if accelerator.is_main_process and tmp_path.exists():
-        shutil.rmtree(tmp_path)
-    accelerator.wait_for_everyone()
-    os.makedirs(tmp_path / "state", exist_ok=True)
-    accelerator.save_state(str(tmp_path / "state"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    def write_files(tmp_path):
         encoder = accelerator.unwrap_model(model).export_encoder()
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
         save_file(state, str(tmp_path / ENCODER_WEIGHTS_FILE), metadata={"format": "pt"})
@@ -369,9 +358,10 @@ def save_checkpoint(accelerator, model, args, info: dict) -> None:
         with open(tmp_path / PRETRAINING_INFO_FILE, "w", encoding="utf-8") as fh:
             json.dump(info, fh, indent=2)
         write_card(ssl_card(info), str(tmp_path))
-        final = commit_checkpoint(tmp_path, args.output_dir, step)
+
+    final = save_staged_checkpoint(accelerator, args.output_dir, info["step"], write_files)
+    if final is not None:
         logger.info("saved %s", final)
-    accelerator.wait_for_everyone()
 
 
 def main(argv=None) -> str:
