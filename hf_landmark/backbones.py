@@ -179,6 +179,9 @@ def encoder_state_dict(state: dict[str, torch.Tensor], encoder: nn.Module, sourc
 #: The ImageNet weights of an encoder: safetensors repositories in the torchvision layout
 #: (the files segmentation_models_pytorch itself downloads).
 IMAGENET_WEIGHTS = {"densenet161": "smp-hub/densenet161.imagenet"}
+#: The detector's intensity range for ImageNet weights: [0, 1] normalised as ImageNet's
+#: channels are, with the mean of their means and standard deviations (a gray image).
+IMAGENET_PIXEL_RANGE = (round((0 - 0.449) / 0.226, 4), round((1 - 0.449) / 0.226, 4))
 ENCODER_WEIGHTS_FILE = "model.safetensors"
 _PICKLES = ("pytorch_model.bin", "model.pth", "model.pt", "model.bin")
 

@@ -17,7 +17,14 @@ import torch
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import IMAGENET_WEIGHTS, UNet2DBackbone, build_backbone, read_encoder_weights, read_pretraining_info
+from .backbones import (
+    IMAGENET_PIXEL_RANGE,
+    IMAGENET_WEIGHTS,
+    UNet2DBackbone,
+    build_backbone,
+    read_encoder_weights,
+    read_pretraining_info,
+)
 from .configuration_landmark import LandmarkConfig
 from .errors import UserInputError
 from .heatmaps import decode
@@ -239,8 +246,9 @@ class LandmarkDetector(PreTrainedModel):
         folder or Hub repo with a ``model.safetensors`` in the torchvision layout: ImageNet
         weights (``"imagenet"`` means :data:`~hf_landmark.backbones.IMAGENET_WEIGHTS` of the
         encoder) or an ``hf-landmark pretrain-ssl`` checkpoint, whose record supplies the
-        encoder name, ``pixel_range`` and resolution. Every encoder tensor is copied (checked);
-        the decoder and head start from scratch."""
+        encoder name, ``pixel_range`` and resolution (ImageNet weights: ``pixel_range``
+        defaults to ImageNet's normalisation, :data:`~hf_landmark.backbones.IMAGENET_PIXEL_RANGE`).
+        Every encoder tensor is copied (checked); the decoder and head start from scratch."""
         source = os.fspath(weights)
         info = {} if source == "imagenet" or os.path.isfile(source) else read_pretraining_info(source)
         name = encoder_name or info.get("encoder_name") or "densenet161"
@@ -248,8 +256,7 @@ class LandmarkDetector(PreTrainedModel):
             if name not in IMAGENET_WEIGHTS:
                 raise UserInputError(f"no ImageNet weights are known for encoder {name!r}; pass a folder or repo (imagenet=PATH)")
             source = IMAGENET_WEIGHTS[name]
-        if "pixel_range" in info:
-            config_kwargs.setdefault("pixel_range", info["pixel_range"])
+        config_kwargs.setdefault("pixel_range", info.get("pixel_range", IMAGENET_PIXEL_RANGE))
         size = int(image_size or info.get("resolution") or 256)
         config = LandmarkConfig(backbone="smp_unet", backbone_config={"encoder_name": name}, num_landmarks=num_landmarks,
                                 image_size=size, **config_kwargs)  # fmt: skip

@@ -114,6 +114,8 @@ def _torchvision_imagenet_folder(path):
 def test_imagenet_weights_load_from_a_local_safetensors_folder_and_pickles_are_refused(tmp_path, monkeypatch):
     net = _torchvision_imagenet_folder(tmp_path / "imagenet")
     model = LandmarkDetector.from_encoder(str(tmp_path / "imagenet"), num_landmarks=2, image_size=64).eval()
+    # ImageNet's normalisation for a gray image: (0 - 0.449) / 0.226 and (1 - 0.449) / 0.226.
+    assert model.config.pixel_range == [-1.9867, 2.4381]
     encoder = model.backbone.net.encoder
     source = net.state_dict()
     copied = encoder.state_dict()

@@ -60,7 +60,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
-from hf_landmark.backbones import SSL_METHODS, read_pretraining_info
+from hf_landmark.backbones import IMAGENET_PIXEL_RANGE, SSL_METHODS, read_pretraining_info
 from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine
 from hf_landmark.data.prepared import require_split
@@ -141,7 +141,8 @@ class FinetuneArguments:
     no_augment: bool = field(default=False, metadata={"help": "disable the ±2° / ±2 %% / ±2 %% augmentation"})
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
-    pixel_range: str | None = field(default=None, metadata={"help": "'lo,hi' model intensity range for --init scratch (default -1,1)"})
+    pixel_range: str | None = field(default=None, metadata={
+        "help": "'lo,hi' model intensity range for --init scratch (default -1,1) and imagenet (default: ImageNet's normalisation)"})  # fmt: skip
     no_refine: bool = field(default=False, metadata={"help": "train the first stage only (no refinement stage)"})
     refine_init: str = field(default="scratch", metadata={
         "help": "the refinement stage's U-Net: 'scratch', or a DDPM pre-trained on crops (hf-landmark pretrain --crop-from)",
@@ -221,7 +222,7 @@ def build_model(args: FinetuneArguments, num_landmarks: int, landmark_names, dat
     if kind == "imagenet":
         size = args.resolution or 256
         return LandmarkDetector.from_encoder(source or "imagenet", num_landmarks, image_size=size, encoder_name=args.encoder,
-                                             sigma=sigma(size), pixel_range=pixel_range or (-1.0, 1.0), **common)  # fmt: skip
+                                             sigma=sigma(size), pixel_range=pixel_range or IMAGENET_PIXEL_RANGE, **common)  # fmt: skip
     if kind in SSL_METHODS:
         info = read_ssl_info(source, kind)
         size = args.resolution or info.get("resolution") or 256
