@@ -21,6 +21,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from .configuration_landmark import LandmarkConfig, unet_kwargs
+from .errors import MissingExtraError
 
 #: Written next to a pre-trained DDPM: how its inputs were preprocessed (range, resolution).
 PRETRAINING_INFO_FILE = "hf_landmark_pretraining.json"
@@ -91,7 +92,7 @@ def import_smp():
     try:
         import segmentation_models_pytorch as smp
     except ImportError as err:  # torchvision missing or mismatched counts too
-        raise ImportError(f"the smp_unet backbone needs segmentation_models_pytorch ({err}); {BASELINES_HINT}") from err
+        raise MissingExtraError(f"the smp_unet backbone needs segmentation_models_pytorch ({err}); {BASELINES_HINT}") from err
     return smp
 
 

@@ -10,6 +10,10 @@ class UserInputError(ValueError):
     """A problem with the user's input; the message names the file or argument and the fix."""
 
 
+class MissingExtraError(UserInputError, ImportError):
+    """An optional dependency is missing; the message names the extra that installs it."""
+
+
 def is_repo_id(text: str) -> bool:
     """Whether ``text`` has the shape of a Hugging Face Hub id, ``org/name``."""
     import re

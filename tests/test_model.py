@@ -6,7 +6,7 @@ import torch
 from diffusers import UNet2DModel
 from transformers import AutoConfig, AutoModel
 
-from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor, unet_preset
+from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor, UserInputError, unet_preset
 from hf_landmark.data.synthetic import render_synthetic, synthetic_landmarks
 from hf_landmark.preprocessing import original_to_model
 
@@ -168,5 +168,6 @@ def test_the_baselines_backbone_without_its_extra_says_how_to_install_it(monkeyp
     monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)
     config = LandmarkConfig(backbone="smp_unet", num_landmarks=3, image_size=64)
     assert config.backbone_config["encoder_name"] == "densenet161" and config.refine_backbone_config["block_out_channels"] == [64, 128, 256, 512]
-    with pytest.raises(ImportError, match=r"hf-landmark\[baselines\]"):
+    with pytest.raises(ImportError, match=r"hf-landmark\[baselines\]") as info:
         LandmarkDetector(config)
+    assert isinstance(info.value, UserInputError)  # the command line prints it as one line

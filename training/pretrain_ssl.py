@@ -61,10 +61,17 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_landmark.backbones import ENCODER_WEIGHTS_FILE, PRETRAINING_INFO_FILE, SSL_METHODS, encoder_embedding, import_smp
+from hf_landmark.backbones import (
+    BASELINES_HINT,
+    ENCODER_WEIGHTS_FILE,
+    PRETRAINING_INFO_FILE,
+    SSL_METHODS,
+    encoder_embedding,
+    import_smp,
+)
 from hf_landmark.cards import ssl_card, write_card
 from hf_landmark.data import dataset_info, load_prepared, load_tensors
-from hf_landmark.errors import UserInputError
+from hf_landmark.errors import MissingExtraError, UserInputError
 from hf_landmark.preprocessing import to_pixel_values
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
@@ -185,12 +192,20 @@ class SSLModel(nn.Module):
 
     def __init__(self, method: str, encoder_name: str, resolution: int, pixel_range, temperature: float | None):
         super().__init__()
-        from lightly.loss import DINOLoss, NTXentLoss
-        from lightly.models.modules.heads import BYOLPredictionHead, DINOProjectionHead, MoCoProjectionHead, SimCLRProjectionHead
-        from lightly.models.utils import deactivate_requires_grad
+        self.encoder = build_encoder(encoder_name)  # first: a missing extra is named here
+        try:
+            from lightly.loss import DINOLoss, NTXentLoss
+            from lightly.models.modules.heads import (
+                BYOLPredictionHead,
+                DINOProjectionHead,
+                MoCoProjectionHead,
+                SimCLRProjectionHead,
+            )
+            from lightly.models.utils import deactivate_requires_grad
+        except ImportError as err:
+            raise MissingExtraError(f"self-supervised pre-training needs lightly ({err}); {BASELINES_HINT}") from err
 
         self.method, self.pixel_range, self.temperature = method, tuple(pixel_range), temperature
-        self.encoder = build_encoder(encoder_name)
         dim = self.encoder.out_channels[-1]
         self.views = [RadiographViews(resolution), RadiographViews(resolution, solarize=0.2)]
         if method == "simclrv2":
