@@ -29,7 +29,8 @@ lightly's ``NTXentLoss`` also takes the same view's samples as negatives (SimCLR
 Augmentations for grayscale radiographs (no hue, saturation or grayscale conversion; one
 channel throughout): random resized crop (scale 0.25–1 of the image, 0.05–0.25 for DINO's
 local views, aspect 3/4–4/3), rotation ±10°, horizontal flip (p 0.5, as the authors' code),
-brightness and contrast jitter 0.4 (p 0.8), Gaussian blur σ 0.1–2 (p 0.5), and on the second
+brightness and contrast jitter 0.4 (p 0.8), Gaussian blur (p 0.5; σ 0.1–2 px at 224 px as in
+SimCLR, scaled with the view size: 0.03–0.57 px at 64, 0.11–2.3 at 256), and on the second
 view solarisation (p 0.2). Then the [0, 1] intensities are mapped to the detector's
 ``--pixel-range``.
 
@@ -46,6 +47,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -151,13 +153,15 @@ class RadiographViews:
     def __init__(self, size: int, scale=(0.25, 1.0), solarize: float = 0.0):
         from torchvision.transforms import v2
 
-        blur = max(3, size // 20 * 2 + 1)
+        # SimCLR's blur: σ 0.1-2 px on 224-px views, so scaled with the view size.
+        sigma = (0.1 * size / 224, 2.0 * size / 224)
+        kernel = 2 * math.ceil(3 * sigma[1]) + 1
         steps = [
             v2.RandomResizedCrop(size, scale=scale, ratio=(3 / 4, 4 / 3), antialias=True),
             v2.RandomApply([v2.RandomRotation(10.0)], p=0.5),
             v2.RandomHorizontalFlip(p=0.5),
             v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
-            v2.RandomApply([v2.GaussianBlur(blur, sigma=(0.1, 2.0))], p=0.5),
+            v2.RandomApply([v2.GaussianBlur(kernel, sigma=sigma)], p=0.5),
         ]
         if solarize:
             steps.append(v2.RandomSolarize(0.5, p=solarize))
