@@ -232,7 +232,6 @@ class LandmarkDetector(PreTrainedModel):
         model.config.base_model = os.fspath(ddpm_path_or_repo)
         return model
 
-
     @classmethod
     def from_encoder(
         cls,
