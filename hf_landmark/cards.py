@@ -104,7 +104,9 @@ def detector_card(
         base = None  # a local folder is no name for a reader of the card; the training record describes it
     data = ModelCardData(
         license=license, library_name="hf-landmark", pipeline_tag="keypoint-detection", model_name=repo_id,
-        tags=["hf-landmark", "landmark-detection", "x-ray", "medical-imaging", "ddpm"], eval_results=results,
+        tags=["hf-landmark", "landmark-detection", "x-ray", "medical-imaging"]
+        + ([config.backbone_config.get("encoder_name", "smp_unet")] if getattr(config, "backbone", "unet2d") == "smp_unet" else ["ddpm"]),
+        eval_results=results,
         base_model=base,
     )
     return ModelCard.from_template(

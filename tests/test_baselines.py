@@ -220,6 +220,7 @@ def test_benchmark_runs_the_baselines_beside_each_other(synth_prepared, ssl_chec
     assert cli(["card", str(ssl_cell), "--metrics", str(tmp_path / "eval.json"), "--repo-id", "me/densenet"]) == 0
     card = (ssl_cell / "README.md").read_text()
     assert "MoCo v3" in card and "densenet161" in card and "hf-landmark[baselines]" in card
+    assert "- densenet161\n" in card and "- ddpm\n" not in card  # the card's tags
     # A method named at --init that does not match the checkpoint's record is refused.
     with pytest.raises(UserInputError, match="expects a dino checkpoint; this is a mocov3"):
         from hf_landmark.training.finetune import FinetuneArguments, finetune
