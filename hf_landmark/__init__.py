@@ -8,7 +8,7 @@ from .image_processing_landmark import LandmarkImageProcessor
 from .modeling_landmark import LandmarkDetector, LandmarkDetectorOutput
 from .pipeline_landmark import LandmarkDetectionPipeline, register_pipeline
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 AutoConfig.register(LandmarkConfig.model_type, LandmarkConfig)
 AutoModel.register(LandmarkConfig, LandmarkDetector)
