@@ -239,3 +239,14 @@ def test_replacing_a_folder_keeps_only_the_new_one(tmp_path):
     replace_directory(tmp_path / ".staged", tmp_path / "checkpoint-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-8"]  # no staging or set-aside folder left
     assert [p.name for p in (tmp_path / "checkpoint-8").iterdir()] == ["new.txt"]
+
+
+def test_pretraining_reads_the_named_splits_and_names_a_dataset_without_them(synth_prepared):
+    from hf_landmark.data import load_prepared, load_unlabeled_images
+    from hf_landmark.errors import UserInputError
+
+    dataset = load_prepared(synth_prepared)
+    images = load_unlabeled_images(dataset, "train,validation,nosuch", 32, "my-data")
+    assert images.shape == (14 + 5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1  # 14 train + 5 validation
+    with pytest.raises(UserInputError, match=r"my-data: none of the splits \['nosuch'\] exist \(it has train, validation, test\)"):
+        load_unlabeled_images(dataset, "nosuch", 32, "my-data")

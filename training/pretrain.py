@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from hf_landmark.backbones import PRETRAINING_INFO_FILE
 from hf_landmark.cards import ddpm_card, write_card
 from hf_landmark.configuration_landmark import UNET_PRESETS, unet_kwargs
-from hf_landmark.data import dataset_info, load_prepared, load_tensors, random_affine
+from hf_landmark.data import dataset_info, load_prepared, load_unlabeled_images, random_affine
 from hf_landmark.errors import UserInputError
 from hf_landmark.preprocessing import crop_patches, to_pixel_values, to_uint8
 from hf_landmark.training_utils import (
@@ -189,12 +189,7 @@ def pretrain(args: PretrainArguments) -> str:
 
     # Data: the train (+ validation) images, decoded once at the model resolution (or at
     # --crop-from, which the crops are cut from).
-    dataset = load_prepared(args.dataset)
-    splits = [s for s in args.splits.split(",") if s]
-    parts = [load_tensors(dataset[s], args.crop_from or args.resolution) for s in splits if s in dataset and len(dataset[s])]
-    if not parts:
-        raise UserInputError(f"{args.dataset}: none of the splits {splits} exist (it has {', '.join(dataset)})")
-    images = torch.cat([p.images for p in parts])
+    images = load_unlabeled_images(load_prepared(args.dataset), args.splits, args.crop_from or args.resolution, args.dataset)
     num_images = images.shape[0]
     images = images.to(accelerator.device)
 

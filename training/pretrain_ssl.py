@@ -72,7 +72,7 @@ from hf_landmark.backbones import (
     import_smp,
 )
 from hf_landmark.cards import ssl_card, write_card
-from hf_landmark.data import dataset_info, load_prepared, load_tensors
+from hf_landmark.data import dataset_info, load_prepared, load_unlabeled_images
 from hf_landmark.errors import MissingExtraError, UserInputError
 from hf_landmark.preprocessing import to_pixel_values
 from hf_landmark.training_utils import (
@@ -277,12 +277,7 @@ def pretrain_ssl(args: SSLArguments) -> str:
         os.makedirs(args.output_dir, exist_ok=True)
         remove_partial_checkpoints(args.output_dir)
 
-    dataset = load_prepared(args.dataset)
-    splits = [s for s in args.splits.split(",") if s]
-    parts = [load_tensors(dataset[s], args.resolution) for s in splits if s in dataset and len(dataset[s])]
-    if not parts:
-        raise UserInputError(f"{args.dataset}: none of the splits {splits} exist (it has {', '.join(dataset)})")
-    images = torch.cat([p.images for p in parts])
+    images = load_unlabeled_images(load_prepared(args.dataset), args.splits, args.resolution, args.dataset)
     num_images = images.shape[0]
     if num_images < 2 and args.method != "dino":
         raise UserInputError(f"{args.dataset}: {args.method} contrasts images with each other; it needs at least 2, found {num_images}")

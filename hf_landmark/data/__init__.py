@@ -14,7 +14,7 @@ from .prepared import (
 )
 from .readers import CEPH_LANDMARKS, READERS, prepare, read_ceph, read_chest, read_custom, read_hand
 from .synthetic import write_synthetic_isbi
-from .tensors import LandmarkTensors, few_shot_indices, load_tensors, random_affine
+from .tensors import LandmarkTensors, few_shot_indices, load_tensors, load_unlabeled_images, random_affine
 
 __all__ = [
     "CEPH_LANDMARKS",
@@ -30,6 +30,7 @@ __all__ = [
     "few_shot_indices",
     "load_prepared",
     "load_tensors",
+    "load_unlabeled_images",
     "prepare",
     "random_affine",
     "read_ceph",

@@ -172,3 +172,16 @@ def random_affine(
     u = (2.0 * landmarks + 1.0) / w - 1.0
     u2 = s[:, None, None] * (u @ rot.transpose(1, 2)) + t[:, None, :]
     return out, ((u2 + 1.0) * w - 1.0) / 2.0
+
+
+def load_unlabeled_images(dataset, splits: str, size: int, name: str) -> torch.Tensor:
+    """``[M, 1, size, size]`` images in [0, 1] of the comma-separated ``splits`` of a prepared
+    ``DatasetDict`` (the splits it lacks or has empty are left out): what pre-training sees.
+    ``name`` (the dataset's path or id) names it in the error when none of them exist."""
+    from ..errors import UserInputError
+
+    wanted = [s for s in splits.split(",") if s]
+    parts = [load_tensors(dataset[s], size) for s in wanted if s in dataset and len(dataset[s])]
+    if not parts:
+        raise UserInputError(f"{name}: none of the splits {wanted} exist (it has {', '.join(dataset)})")
+    return torch.cat([p.images for p in parts])
