@@ -126,7 +126,12 @@ def ssl_step_time(method: str, encoder: str, size: int, precision: str, batch: i
     model = SSLModel(method, encoder, size, (-1.0, 1.0), {"mocov3": 0.2, "simclrv2": 0.5}.get(method)).to(device).train()
     images = torch.rand(batch, 1, size, size, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
-    ips, peak, _ = measure(model, lambda: model(images, 0.5), precision, batch, warmup, steps, device, params)
+
+    def loss_of_one_step():
+        model.update_momentum_networks(0.5)
+        return model(images)
+
+    ips, peak, _ = measure(model, loss_of_one_step, precision, batch, warmup, steps, device, params)
     return ips, peak, sum(p.numel() for p in model.encoder.parameters())
 
 

@@ -190,9 +190,9 @@ def mocov3_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> t
 
 
 class SSLModel(nn.Module):
-    """The encoder with a method's heads (and momentum copies); ``forward(images01, progress)``
-    returns the loss for a batch of unaugmented images in [0, 1]; ``progress`` (0 → 1 over
-    training) drives the momentum schedules; :meth:`export_encoder` is what fine-tuning loads."""
+    """The encoder with a method's heads (and momentum copies); ``forward(images01)`` returns
+    the loss for a batch of unaugmented images in [0, 1]; :meth:`update_momentum_networks`
+    runs once per optimiser step; :meth:`export_encoder` is what fine-tuning loads."""
 
     def __init__(self, method: str, encoder_name: str, resolution: int, pixel_range, temperature: float | None):
         super().__init__()
@@ -238,17 +238,23 @@ class SSLModel(nn.Module):
     def _pixels(self, views01: torch.Tensor) -> torch.Tensor:
         return to_pixel_values(views01, self.pixel_range)
 
-    def forward(self, images01: torch.Tensor, progress: float) -> torch.Tensor:
+    @torch.no_grad()
+    def update_momentum_networks(self, progress: float) -> None:
+        """Move the momentum encoder and head towards the online ones, once per optimiser step
+        (momentum 0.99 → 1 for MoCo v3, 0.996 → 1 for DINO, on a cosine over ``progress``)."""
+        if self.method == "simclrv2":
+            return
         from lightly.models.utils import update_momentum
         from lightly.utils.scheduler import cosine_schedule
 
+        momentum = cosine_schedule(int(progress * 1000), 1000, 0.99 if self.method == "mocov3" else 0.996, 1.0)
+        update_momentum(self.encoder, self.momentum_encoder, momentum)
+        update_momentum(self.head, self.momentum_head, momentum)
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
         views = [self._pixels(v(images01.cpu()).to(images01.device)) for v in self.views]
         if self.method == "simclrv2":
             return self.criterion(*(self.head(embed(self.encoder, v)) for v in views))
-        start = 0.99 if self.method == "mocov3" else 0.996
-        momentum = cosine_schedule(int(progress * 1000), 1000, start, 1.0)
-        update_momentum(self.encoder, self.momentum_encoder, momentum)
-        update_momentum(self.head, self.momentum_head, momentum)
         with torch.no_grad():
             keys = [self.momentum_head(embed(self.momentum_encoder, v)) for v in views]
         if self.method == "mocov3":
@@ -320,11 +326,13 @@ def pretrain_ssl(args: SSLArguments) -> str:
     tick, tick_step, window_loss = time.perf_counter(), global_step, 0.0
     while global_step < args.max_steps:
         step_loss = 0.0
+        # Once per optimiser step, not per accumulated batch (that would compound the momentum).
+        accelerator.unwrap_model(model).update_momentum_networks(global_step / args.max_steps)
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(model):
                 idx = torch.randint(0, num_images, (args.train_batch_size,))
                 with accelerator.autocast():
-                    loss = model(images[idx.to(images.device)], global_step / args.max_steps).float()
+                    loss = model(images[idx.to(images.device)]).float()
                 if not torch.isfinite(loss):
                     accelerator.end_training()
                     raise UserInputError(f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step "
