@@ -116,5 +116,10 @@ def build_demo(default_model: str | None = None, examples: list[str] | None = No
                                      label="coordinates")  # fmt: skip
                 note = gr.Markdown()
                 download = gr.File(label="JSON")
-        run.click(run_predict, inputs=[image, model, decoder], outputs=[overlay, table, note, download], api_name="predict")
+        outputs = [overlay, table, note, download]
+        # The previous result (its picture, its notes) is cleared first, so that a failed
+        # prediction never shows the last image's warnings beside the error.
+        run.click(lambda: (None, None, "", None), outputs=outputs, queue=False, api_visibility="private").then(
+            run_predict, inputs=[image, model, decoder], outputs=outputs, api_name="predict"
+        )
     return demo

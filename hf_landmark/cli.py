@@ -16,6 +16,10 @@ from .errors import UserInputError
 def _cmd_synth(args) -> int:
     from .data.synthetic import write_synthetic_isbi
 
+    if args.num_images < 1:
+        raise UserInputError(f"--num-images: must be at least 1, got {args.num_images}")
+    if not args.variability >= 0:
+        raise UserInputError(f"--variability: must be a number >= 0, got {args.variability}")
     out = write_synthetic_isbi(args.out, num_images=args.num_images, seed=args.seed, image_format=args.format, variability=args.variability)
     print(f"wrote {args.num_images} synthetic cephalograms in the ISBI 2015 layout to {out}")
     return 0

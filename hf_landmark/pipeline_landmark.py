@@ -10,7 +10,7 @@ import os
 
 from transformers import Pipeline
 
-from .errors import UserInputError, require_folder_or_repo
+from .errors import UserInputError, hub_load_error, resolve_folder_or_repo
 
 
 class LandmarkDetectionPipeline(Pipeline):
@@ -85,12 +85,13 @@ def load_detector(path: str):
     from .image_processing_landmark import processor_for_model
     from .modeling_landmark import LandmarkDetector
 
-    path = os.fspath(path)
-    require_folder_or_repo(path, "model")
+    path = resolve_folder_or_repo(path, "--model", "model")
     hf_logging.disable_progress_bar()  # a bar per weight file is noise for an interactive user
     try:
         model = LandmarkDetector.from_pretrained(path, dtype=torch.float32).eval()
     except OSError as err:
+        if not os.path.isdir(path):
+            raise hub_load_error(path, "--model", "model", err) from err
         raise UserInputError(f"{path}: cannot load a detector ({err})") from err
     return model, processor_for_model(model)
 

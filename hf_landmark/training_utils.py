@@ -18,6 +18,11 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 MIXED_PRECISION_HELP = "auto: fp16 on CUDA, bf16 on CPUs with AMX, fp32 on other CPUs (where bf16 is slower); or no, fp16, bf16"
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (oneDNN's fast bf16 path); the one probe ``auto`` uses."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def default_mixed_precision() -> str:
     """The mixed precision that speeds training up on this device.
 
@@ -30,8 +35,7 @@ def default_mixed_precision() -> str:
     """
     if torch.cuda.is_available():
         return "fp16"
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16" if has_amx else "no"
+    return "bf16" if cpu_has_amx() else "no"
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -40,6 +44,46 @@ def resolve_mixed_precision(choice: str) -> str:
     if choice == "fp16" and not torch.cuda.is_available():
         raise UserInputError("--mixed-precision: fp16 has no effect on CPU (Accelerate ignores it); use bf16 or no")
     return choice
+
+
+def make_accelerator(mixed_precision: str, **kwargs):
+    """``(accelerator, autocast, precision)`` for one training run at ``mixed_precision``
+    (a choice of :data:`MIXED_PRECISION_CHOICES`, resolved by :func:`resolve_mixed_precision`).
+
+    Accelerate keeps one precision per process: the first ``Accelerator`` fixes it, and a later
+    one asking for another raises. So that ``finetune()``, ``pretrain()`` or ``benchmark()``
+    can run one after another in a notebook or a test session whatever precision each
+    resolves to, a run whose precision differs from the process's keeps the process's
+    ``Accelerator`` with Accelerate's autocast switched off (``AutocastKwargs(enabled=False)``)
+    and applies its own precision with ``autocast()``: ``torch.autocast`` in bf16, or nothing
+    for fp32. fp16 needs Accelerate's loss scaler, so a process fixed at fp16 trains later runs
+    in fp16 or fp32 only, and fp16 after another precision is refused. Wrap every training
+    forward pass in ``autocast()``.
+    """
+    import contextlib
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, is_initialized
+    from accelerate.utils import AutocastKwargs
+
+    precision = resolve_mixed_precision(mixed_precision)
+    fixed = AcceleratorState().mixed_precision if is_initialized() else None
+    if fixed is None or fixed == precision:
+        accelerator = Accelerator(mixed_precision=precision, **kwargs)
+        return accelerator, accelerator.autocast, precision
+    if precision == "fp16" or (fixed == "fp16" and precision == "bf16"):
+        raise UserInputError(f"--mixed-precision: this process already trained in {fixed} and Accelerate fixes one precision per "
+                             f"process; {precision} needs a new process (or pass --mixed-precision {fixed} or no)")  # fmt: skip
+    handlers = [*kwargs.pop("kwargs_handlers", []), AutocastKwargs(enabled=False)]
+    accelerator = Accelerator(mixed_precision=fixed, kwargs_handlers=handlers, **kwargs)
+    device_type = accelerator.device.type
+
+    def autocast():
+        if precision == "bf16":
+            return torch.autocast(device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    return accelerator, autocast, precision
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -60,8 +104,10 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> tuple[i
     if resume == "latest":
         ckpts = list_checkpoints(output_dir)
         return ckpts[-1] if ckpts else None
-    path = Path(resume)
+    path = Path(resume).expanduser()
     m = _CHECKPOINT.match(path.name)
+    if not path.exists():
+        raise UserInputError(f"--resume-from-checkpoint: {resume}: no such folder (give a checkpoint-<step> folder or 'latest')")
     if not path.is_dir() or not m:
         raise UserInputError(f"{path}: --resume-from-checkpoint: not a checkpoint folder (expected .../checkpoint-<step> or 'latest')")
     return int(m.group(1)), path

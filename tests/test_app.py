@@ -112,6 +112,13 @@ def test_page_in_a_real_browser(model_and_image, tmp_path):
             page.get_by_role("button", name="Detect landmarks").click()
             page.locator("text=Nasion >> visible=true").first.wait_for(timeout=60000)
             assert page.get_by_text("assume the spacing of the model's training data").is_visible()
+            # A failing upload after a good one: its error stands alone, without the last result's notes.
+            page.locator("button[aria-label='Clear']").first.click()
+            page.locator("input[type=file]").first.set_input_files(str(tmp_path / "notes.png"))
+            page.get_by_role("button", name="Detect landmarks").click()
+            page.get_by_text("notes.png: cannot read image").first.wait_for(timeout=30000)
+            page.get_by_text("assume the spacing of the model's training data").wait_for(state="hidden", timeout=10000)
+            assert not page.locator("text=Nasion >> visible=true").count()
             page.locator("button[aria-label='Clear']").first.click()
             page.get_by_text("synthetic_ceph_2.png").first.click()  # an example
             page.get_by_role("button", name="Detect landmarks").click()

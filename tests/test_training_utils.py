@@ -32,7 +32,7 @@ def test_value_parsers_name_the_argument():
         parse_float_pair("0", "--pixel-range")
 
 
-def test_training_steps_are_importable_functions():
+def test_training_steps_are_importable_functions(tmp_path):
     import dataclasses
 
     import hf_landmark
@@ -41,6 +41,46 @@ def test_training_steps_are_importable_functions():
     assert hf_landmark.pretrain is pretrain.pretrain and hf_landmark.finetune is finetune.finetune
     assert hf_landmark.benchmark is fewshot_benchmark.benchmark
     # Their arguments are dataclasses whose defaults follow the recipes.
-    args = finetune.FinetuneArguments(dataset="d", output_dir="o", num_labels=3, init="scratch", recipe="paper")
+    args = finetune.FinetuneArguments(dataset=str(tmp_path), output_dir="o", num_labels=3, init="scratch", recipe="paper")
     assert dataclasses.is_dataclass(args) and (args.loss, args.learning_rate, args.max_epochs) == ("paper", 1e-4, 200)
-    assert pretrain.PretrainArguments(dataset="d", output_dir="o", max_steps=50, save_steps="20").save_at == [20, 50]
+    assert pretrain.PretrainArguments(dataset="org/dataset", output_dir="o", max_steps=50, save_steps="20").save_at == [20, 50]
+
+
+def test_training_runs_one_after_another_at_different_precisions(synth_prepared, tmp_path, monkeypatch):
+    """Accelerate fixes one precision per process; `auto` resolves to bf16 on a CPU with AMX and
+    to fp32 without. Forcing both answers of the probe, in either order, the runs must all
+    train, each at its own precision (a second run at another precision used to raise)."""
+    import hf_landmark.training_utils as tu
+    from hf_landmark.training import finetune as ft
+
+    seen = []
+    for amx in (False, True, False):
+        monkeypatch.setattr(tu, "cpu_has_amx", lambda amx=amx: amx)
+        args = ft.FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path / f"run{len(seen)}"), num_labels=2,
+                                    init="scratch", preset="tiny", resolution=32, max_steps=2, eval_steps=2, no_refine=True,
+                                    report_to="none", mixed_precision="auto")  # fmt: skip
+        seen.append(ft.finetune(args)["mixed_precision"])
+        assert (tmp_path / f"run{len(seen) - 1}" / "model" / "model.safetensors").is_file()
+    assert seen == ["no", "bf16", "no"]
+
+
+def test_a_run_at_another_precision_autocasts_its_own_forward_passes():
+    """Whatever precision the process's Accelerate state holds, each run's forward passes run
+    at the run's own precision: bf16 where it asked for bf16, fp32 where it asked for fp32."""
+    from accelerate.state import AcceleratorState, is_initialized
+
+    from hf_landmark.training_utils import make_accelerator
+
+    first, _, _ = make_accelerator("no")
+    fixed = AcceleratorState().mixed_precision
+    assert is_initialized() and fixed in ("no", "bf16")  # whatever the first run of this process asked for
+    for precision, dtype in (("bf16", torch.bfloat16), ("no", torch.float32), ("bf16", torch.bfloat16)):
+        accelerator, autocast, resolved = make_accelerator(precision)
+        assert resolved == precision
+        model = accelerator.prepare(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+        hidden = []  # the layer's own output, inside the forward pass (Accelerate returns fp32 outputs)
+        handle = model[0].register_forward_hook(lambda m, i, o: hidden.append(o.dtype))
+        with autocast():
+            model(torch.randn(2, 4))
+        handle.remove()
+        assert hidden == [dtype], (precision, fixed, hidden)

@@ -50,7 +50,7 @@ from hf_landmark.backbones import SSL_METHODS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors
 from hf_landmark.data.prepared import require_split
 from hf_landmark.data.specs import get_spec, unit_config
-from hf_landmark.errors import UserInputError
+from hf_landmark.errors import UserInputError, resolve_folder_or_repo
 from hf_landmark.evaluation import compute_metrics, format_mean_std, mean_shape_prediction, predict_split
 from hf_landmark.fileio import atomic_file, write_json_atomic, write_text_atomic
 from hf_landmark.image_processing_landmark import processor_for_model
@@ -83,6 +83,9 @@ class BenchmarkArguments:
     preset: str = field(default="base", metadata={"help": "U-Net preset of scratch models"})
     decoder: str = field(default="centroid", metadata={"help": "centroid, argmax or soft_argmax"})
     reference: str | None = field(default=None, metadata={"help": "paper dataset name for the reference row (default: the dataset's)"})
+
+    def __post_init__(self):
+        self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
 
     @property
     def label_counts(self) -> list[int]:

@@ -54,7 +54,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
@@ -65,7 +64,7 @@ from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine
 from hf_landmark.data.prepared import require_split
 from hf_landmark.data.specs import get_spec, unit_config
-from hf_landmark.errors import UserInputError, require_folder_or_repo
+from hf_landmark.errors import UserInputError, hub_load_error, require_folder_or_repo, resolve_folder_or_repo
 from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors
 from hf_landmark.fileio import atomic_directory, write_json_atomic
 from hf_landmark.heatmaps import DECODERS
@@ -80,7 +79,7 @@ from hf_landmark.training_utils import (
     long_run_warning,
     parse_arguments,
     parse_float_pair,
-    resolve_mixed_precision,
+    make_accelerator,
     tracker_config,
 )
 
@@ -167,7 +166,10 @@ class FinetuneArguments:
             if getattr(self, key) is None:
                 setattr(self, key, recipe[key])
         check_choice("--loss", self.loss, LOSSES)
+        self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
         self.init_kind, self.init_source = parse_init(self.init)
+        if self.refine_init != "scratch":
+            self.refine_init = resolve_folder_or_repo(self.refine_init, "--refine-init", "pre-trained DDPM", REFINE_INIT_HINT)
         if self.learning_rate is None:
             self.learning_rate = recipe["scratch_learning_rate"] if self.init == "scratch" else recipe["learning_rate"]
         if self.eval_steps is None:
@@ -190,6 +192,10 @@ def parser():
     return argument_parser(FinetuneArguments, "hf-landmark finetune", __doc__)
 
 
+INIT_HINT = "--init takes 'scratch', a checkpoint-<step> folder of hf-landmark pretrain (or pretrain-ssl), a Hub repo, or imagenet"
+REFINE_INIT_HINT = "--refine-init takes 'scratch' or a checkpoint-<step> folder of hf-landmark pretrain --crop-from"
+
+
 def parse_init(init: str) -> tuple[str, str | None]:
     """``--init`` → ``(kind, source)``: ``("scratch", None)``, ``("imagenet", None or
     FOLDER_OR_REPO)``, ``(method, PATH)`` for an SSL checkpoint, ``("ddpm", PATH)``. A bare
@@ -202,13 +208,26 @@ def parse_init(init: str) -> tuple[str, str | None]:
     if sep and kind in ("imagenet", "ddpm", *SSL_METHODS):
         if not source:
             raise UserInputError(f"--init: {kind}= needs a folder or Hub repo, got {init!r}")
-        return kind, source
+        what = {"imagenet": "ImageNet weights", "ddpm": "pre-trained DDPM"}.get(kind, f"{kind} checkpoint")
+        return kind, resolve_folder_or_repo(source, "--init", what, INIT_HINT)
+    init = resolve_folder_or_repo(init, "--init", "pre-trained DDPM", INIT_HINT)
     method = read_pretraining_info(init).get("method") if os.path.isdir(init) else None
     return (method, init) if method in SSL_METHODS else ("ddpm", init)
 
 
 def build_model(args: FinetuneArguments, num_landmarks: int, landmark_names, dataset_name: str, spacing) -> LandmarkDetector:
-    """A detector initialised from ``args.init``, its config carrying the dataset's facts."""
+    """A detector initialised from ``args.init``, its config carrying the dataset's facts. A
+    Hub id that cannot be downloaded (offline, unknown) is one error naming ``--init``."""
+    try:
+        return _build_model(args, num_landmarks, landmark_names, dataset_name, spacing)
+    except OSError as err:
+        source = args.init_source or "imagenet"
+        if args.init_kind == "scratch" or os.path.isdir(source):
+            raise
+        raise hub_load_error(source, "--init", "pre-trained weights", err) from err
+
+
+def _build_model(args: FinetuneArguments, num_landmarks: int, landmark_names, dataset_name: str, spacing) -> LandmarkDetector:
     common = {"landmark_names": landmark_names, "loss": args.loss, "dataset_name": dataset_name, **unit_config(dataset_name, spacing)}
     kind, source = args.init_kind, args.init_source
 
@@ -239,13 +258,13 @@ def build_model(args: FinetuneArguments, num_landmarks: int, landmark_names, dat
 
 def read_pretraining_info_any(path: str) -> dict:
     """The pre-training record of a DDPM checkpoint in either layout (root or ``unet/``)."""
-    require_folder_or_repo(path, "pre-trained DDPM", "--init takes a checkpoint-<step> folder, a Hub repo or 'scratch'")
+    require_folder_or_repo(path, "pre-trained DDPM", INIT_HINT, arg="--init")
     return read_pretraining_info(path) or read_pretraining_info(path, "unet")
 
 
 def read_ssl_info(path: str, method: str) -> dict:
     """The record of an ``hf-landmark pretrain-ssl`` checkpoint, checked to be ``method``'s."""
-    require_folder_or_repo(path, f"{method} checkpoint", f"--init {method}=PATH takes a checkpoint-<step> folder of hf-landmark pretrain-ssl")
+    require_folder_or_repo(path, f"{method} checkpoint", f"--init {method}=PATH takes a checkpoint-<step> folder of hf-landmark pretrain-ssl", arg="--init")
     info = read_pretraining_info(path)
     if info.get("method") != method:
         found = f"a {info['method']} checkpoint" if info.get("method") else "not an hf-landmark pretrain-ssl checkpoint (no method in its record)"
@@ -304,8 +323,8 @@ def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_c
 
 def finetune(args: FinetuneArguments) -> dict:
     """Fine-tune one detector; returns the training summary (also ``OUT/training_summary.json``)."""
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(args.mixed_precision),
+    accelerator, autocast, mixed_precision = make_accelerator(
+        args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
@@ -377,7 +396,7 @@ def finetune(args: FinetuneArguments) -> dict:
                 if not args.no_augment:
                     x, y = random_affine(x, y)
                 x = to_pixel_values(x, processor.pixel_range)
-                with accelerator.autocast():
+                with autocast():
                     loss = model(pixel_values=x, labels=y).loss
                 if not torch.isfinite(loss):
                     diverged(f"the training loss became {loss.item()} at step {step + 1}")
@@ -418,7 +437,7 @@ def finetune(args: FinetuneArguments) -> dict:
     first_stage = dict(best)
     refine_summary = None
     if fine_size and wrote_model:
-        refine_summary, best = train_refiner(args, accelerator, model_dir, train, val, fine_size, record, best)
+        refine_summary, best = train_refiner(args, accelerator, autocast, model_dir, train, val, fine_size, record, best)
     accelerator.end_training()
     calibration = None
     if accelerator.is_main_process and wrote_model:
@@ -426,7 +445,7 @@ def finetune(args: FinetuneArguments) -> dict:
         logger.info("calibrated the error radii on %d validation images (alpha %.2f)", len(val), calibration["alpha"])
     summary = {
         "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
-        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step,
+        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step, "mixed_precision": mixed_precision,
         "seconds": time.perf_counter() - start, "best": best, "first_stage": first_stage, "refine": refine_summary,
         "mean_shape_val_mre": floor["mre"], "history": history, "calibration": calibration,
     }  # fmt: skip
@@ -497,7 +516,7 @@ def refiner_batch(images01: torch.Tensor, truth: torch.Tensor, offsets: torch.Te
     return crops, landmark.to(device), (target - origins)[:, None].float()
 
 
-def train_refiner(args: FinetuneArguments, accelerator, model_dir: str, train, val, fine_size: int, record: dict, first_best: dict):
+def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str, train, val, fine_size: int, record: dict, first_best: dict):
     """Stage 2: a refiner for the saved best first stage, trained on crops of the same labeled
     images (centred at the truth plus offsets drawn from the first stage's validation errors,
     with the paper's augmentation on the fine images), selected on the validation split's
@@ -511,8 +530,6 @@ def train_refiner(args: FinetuneArguments, accelerator, model_dir: str, train, v
     device = accelerator.device
     detector = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32)
     init = None if args.refine_init == "scratch" else args.refine_init
-    if init is not None:
-        require_folder_or_repo(init, "pre-trained DDPM", "--refine-init takes a checkpoint-<step> folder from pretrain --crop-from, or 'scratch'")
     preset = args.refine_preset or (args.preset if args.init == "scratch" else None)
     detector.add_refiner(fine_size, args.refine_crop or 64, preset, args.refine_sigma if args.refine_sigma is not None else 2.0, ddpm=init)
     detector.to(device)
@@ -547,8 +564,8 @@ def train_refiner(args: FinetuneArguments, accelerator, model_dir: str, train, v
         if not args.no_augment:
             x, y = random_affine(x, y, generator=generator)
         crops, landmark, local = refiner_batch(x, y, offsets, cfg, args.refine_batch_size, generator)
-        with accelerator.autocast():
-            logits = own_channel(refiner(crops)[0], landmark)
+        with autocast():
+            logits = own_channel(refiner(crops)[0], landmark).float()
         loss = loss_fn(logits, local, cfg.refine_sigma)
         if not torch.isfinite(loss):
             raise UserInputError(f"{args.output_dir}: the refinement stage diverged (loss {loss.item()} at step {step}); "

@@ -36,7 +36,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -49,7 +48,7 @@ from hf_landmark.backbones import PRETRAINING_INFO_FILE
 from hf_landmark.cards import ddpm_card, write_card
 from hf_landmark.configuration_landmark import UNET_PRESETS, unet_kwargs
 from hf_landmark.data import dataset_info, load_prepared, load_unlabeled_images, random_affine
-from hf_landmark.errors import UserInputError
+from hf_landmark.errors import UserInputError, resolve_folder_or_repo
 from hf_landmark.preprocessing import crop_patches, to_pixel_values, to_uint8
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
@@ -62,7 +61,7 @@ from hf_landmark.training_utils import (
     parse_float_pair,
     parse_int_list,
     remove_partial_checkpoints,
-    resolve_mixed_precision,
+    make_accelerator,
     resolve_resume,
     tracker_config,
 )
@@ -119,6 +118,8 @@ class PretrainArguments:
     stop_after_steps: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate a kill
 
     def __post_init__(self):
+        self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
+        resolve_resume(self.output_dir, self.resume_from_checkpoint)  # a mistyped checkpoint fails here, before any work
         check_choice("--preset", self.preset, UNET_PRESETS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         recipe = RECIPES[self.recipe]
@@ -173,10 +174,9 @@ def sample_grid(unet: UNet2DModel, args, num: int, seed: int) -> Image.Image:
 
 def pretrain(args: PretrainArguments) -> str:
     """Pre-train a DDPM; returns the folder of its last checkpoint (a ``DDPMPipeline``)."""
-    mixed_precision = resolve_mixed_precision(args.mixed_precision)
     save_at = args.save_at
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision,
+    accelerator, autocast, mixed_precision = make_accelerator(
+        args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
@@ -260,7 +260,7 @@ def pretrain(args: PretrainArguments) -> str:
                 noise = torch.randn_like(clean)
                 t = torch.randint(args.min_timestep, args.num_train_timesteps, (clean.shape[0],), device=clean.device)
                 noisy = noise_scheduler.add_noise(clean, noise, t)
-                with accelerator.autocast():
+                with autocast():
                     pred = unet(noisy, t).sample
                 loss = F.mse_loss(pred.float(), noise)
                 if not torch.isfinite(loss):

@@ -57,7 +57,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
@@ -73,7 +72,7 @@ from hf_landmark.backbones import (
 )
 from hf_landmark.cards import ssl_card, write_card
 from hf_landmark.data import dataset_info, load_prepared, load_unlabeled_images
-from hf_landmark.errors import MissingExtraError, UserInputError
+from hf_landmark.errors import MissingExtraError, UserInputError, resolve_folder_or_repo
 from hf_landmark.preprocessing import to_pixel_values
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
@@ -86,7 +85,7 @@ from hf_landmark.training_utils import (
     parse_float_pair,
     parse_int_list,
     remove_partial_checkpoints,
-    resolve_mixed_precision,
+    make_accelerator,
     resolve_resume,
     tracker_config,
 )
@@ -122,6 +121,8 @@ class SSLArguments:
     stop_after_steps: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate a kill
 
     def __post_init__(self):
+        self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
+        resolve_resume(self.output_dir, self.resume_from_checkpoint)  # a mistyped checkpoint fails here, before any work
         check_choice("--method", self.method, SSL_METHODS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         self.pixel_range = parse_float_pair(self.pixel_range, "--pixel-range")
@@ -271,9 +272,8 @@ class SSLModel(nn.Module):
 
 def pretrain_ssl(args: SSLArguments) -> str:
     """Pre-train an encoder; returns the folder of its last checkpoint."""
-    mixed_precision = resolve_mixed_precision(args.mixed_precision)
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision,
+    accelerator, autocast, mixed_precision = make_accelerator(
+        args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
@@ -331,7 +331,7 @@ def pretrain_ssl(args: SSLArguments) -> str:
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(model):
                 idx = torch.randint(0, num_images, (args.train_batch_size,))
-                with accelerator.autocast():
+                with autocast():
                     loss = model(images[idx.to(images.device)]).float()
                 if not torch.isfinite(loss):
                     accelerator.end_training()

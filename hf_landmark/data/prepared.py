@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..errors import UserInputError, require_folder_or_repo
+from ..errors import UserInputError, hub_load_error, resolve_folder_or_repo
 from ..fileio import atomic_directory
 from ..preprocessing import ImageReadError, read_image, resize_image, to_uint16
 
@@ -186,8 +186,7 @@ def load_prepared(path: str | os.PathLike):
     """Load a prepared dataset (``DatasetDict``) from disk, or from the Hub by repo id."""
     from datasets import load_dataset, load_from_disk
 
-    path = os.fspath(path)
-    require_folder_or_repo(path, "prepared dataset")
+    path = resolve_folder_or_repo(path, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "dataset_dict.json")):
             raise DatasetFormatError(f"{path}: not a prepared dataset (no dataset_dict.json); create one with hf-landmark prepare")
@@ -195,7 +194,7 @@ def load_prepared(path: str | os.PathLike):
     try:
         return load_dataset(path)
     except Exception as err:  # offline, unknown repo, no access: all mean "not found" here
-        raise DatasetFormatError(f"{path}: not a local folder, and loading it from the Hub failed ({type(err).__name__}: {err})") from err
+        raise hub_load_error(path, "--dataset", "prepared dataset", err) from err
 
 
 def require_split(dataset_dict, split: str, where: str):

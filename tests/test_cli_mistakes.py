@@ -1,0 +1,70 @@
+"""Mistaken command lines, as a new user types them: each is one line naming the argument or
+file, exit code 2, no traceback, before any work is done."""
+
+import pytest
+from PIL import Image
+
+from hf_landmark import LandmarkConfig, LandmarkDetector
+from hf_landmark.cli import main as cli
+
+
+@pytest.fixture(scope="module")
+def places(synth_prepared, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mistakes")
+    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(tmp / "model")
+    Image.new("L", (20, 20)).save(tmp / "x.png")
+    (tmp / "metrics.json").write_text("{not json")
+    return {"DATA": str(synth_prepared), "MODEL": str(tmp / "model"), "IMG": str(tmp / "x.png"), "TMP": str(tmp)}
+
+
+FT = "finetune --dataset DATA --output-dir TMP/ft --num-labels 2 --report-to none"
+MISTAKES = [
+    # (command line, words the one error line must contain)
+    (FT + " --init runs/nope/checkpoint-10", ["--init", "runs/nope/checkpoint-10", "no such"]),
+    (FT + " --init ./typo-folder", ["--init", "./typo-folder", "no such"]),
+    (FT + " --init ~/no-such-ddpm-folder", ["--init", "~/no-such-ddpm-folder", "no such"]),
+    (FT + " --init typo-folder", ["--init", "typo-folder", "no such"]),
+    (FT + " --init mocov3=./nope", ["--init", "./nope", "no such mocov3 checkpoint folder"]),
+    (FT + " --init mocov3=", ["--init", "mocov3= needs a folder"]),
+    (FT + " --init scratch --refine-init ./nope", ["--refine-init", "./nope", "no such"]),
+    ("finetune --dataset ./nope --output-dir TMP/ft --num-labels 2 --init scratch", ["--dataset", "./nope", "no such prepared dataset"]),
+    (FT + " --init scratch --num-labels 0", ["--num-labels", "at least 1"]),
+    (FT + " --init scratch --resolution 30", ["--resolution", "multiple of 8"]),
+    (FT + " --init scratch --preset huge", ["--preset", "'huge'"]),
+    (FT + " --init scratch --loss nope", ["--loss", "'nope'"]),
+    (FT + " --init scratch --pixel-range 1 --preset tiny --resolution 32", ["--pixel-range", "two comma-separated numbers"]),
+    (FT + " --init scratch --num-labels 99 --preset tiny --resolution 32", ["--num-labels", "99 labels asked"]),
+    ("pretrain --dataset DATA --output-dir TMP/pt --splits train,test", ["--splits", "test split"]),
+    ("pretrain --dataset DATA --output-dir TMP/pt --resolution 30", ["--resolution", "multiple of 8"]),
+    ("pretrain --dataset DATA --output-dir TMP/pt --resume-from-checkpoint ./runs/checkpoint-3", ["--resume-from-checkpoint", "./runs/checkpoint-3", "no such folder"]),
+    ("pretrain --dataset ./nope --output-dir TMP/pt", ["--dataset", "./nope"]),
+    ("benchmark --dataset DATA --output-dir TMP/b --init bogus=runs/nope", ["runs/nope", "no such"]),
+    ("benchmark --dataset DATA --output-dir TMP/b --init scratch --labels 1,x", ["--labels", "'1,x'"]),
+    ("evaluate --model ./nope --dataset DATA", ["--model", "./nope", "no such model folder"]),
+    ("evaluate --model MODEL --dataset ./nope", ["--dataset", "./nope"]),
+    ("evaluate --model MODEL --dataset DATA --split tset", ["DATA", "no 'tset' split"]),
+    ("evaluate --model MODEL --dataset DATA --thresholds a,b", ["--thresholds", "'a,b'"]),
+    ("predict IMG --model ./nope", ["--model", "./nope", "no such model folder"]),
+    ("predict TMP/missing.png --model MODEL", ["missing.png", "no such file"]),
+    ("synth --out TMP/s --num-images -3", ["--num-images", "at least 1", "-3"]),
+    ("prepare custom --root TMP --out TMP/p", ["--annotations"]),
+    ("prepare hand --root TMP/nope --out TMP/p", ["TMP/nope", "folder not found"]),
+    ("prepare ceph --root TMP --out TMP/p --split-counts a,b", ["--split-counts", "'a,b'"]),
+    ("card MODEL --metrics TMP/metrics.json", ["metrics.json", "cannot read the metrics file"]),
+]
+
+
+@pytest.mark.parametrize("line, words", MISTAKES, ids=[m[0].split(" --init ")[-1][:40] if "--init" in m[0] else m[0][:40] for m in MISTAKES])
+def test_a_mistaken_command_line_is_one_error_line(places, line, words, capsys):
+    def fill(text):
+        for key, value in places.items():
+            text = text.replace(key, value)
+        return text
+
+    capsys.readouterr()
+    assert cli([fill(a) for a in line.split()]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert fill(word) in lines[0], (word, lines[0])
