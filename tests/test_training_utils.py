@@ -79,7 +79,7 @@ def test_a_run_at_another_precision_autocasts_its_own_forward_passes():
         assert resolved == precision
         model = accelerator.prepare(torch.nn.Sequential(torch.nn.Linear(4, 4)))
         hidden = []  # the layer's own output, inside the forward pass (Accelerate returns fp32 outputs)
-        handle = model[0].register_forward_hook(lambda m, i, o: hidden.append(o.dtype))
+        handle = model[0].register_forward_hook(lambda m, i, o, seen=hidden: seen.append(o.dtype))
         with autocast():
             model(torch.randn(2, 4))
         handle.remove()

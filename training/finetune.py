@@ -77,9 +77,9 @@ from hf_landmark.training_utils import (
     check_choice,
     describe_cpu_threads,
     long_run_warning,
+    make_accelerator,
     parse_arguments,
     parse_float_pair,
-    make_accelerator,
     tracker_config,
 )
 

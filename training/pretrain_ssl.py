@@ -81,11 +81,11 @@ from hf_landmark.training_utils import (
     check_choice,
     describe_cpu_threads,
     long_run_warning,
+    make_accelerator,
     parse_arguments,
     parse_float_pair,
     parse_int_list,
     remove_partial_checkpoints,
-    make_accelerator,
     resolve_resume,
     tracker_config,
 )
