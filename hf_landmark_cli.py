@@ -17,7 +17,9 @@ import os
 import sys
 
 #: ``hf_landmark.data.specs.DATASETS`` and ``hf_landmark.heatmaps.DECODERS`` (a test keeps them equal).
-DATASET_KINDS = ("ceph", "hand", "chest", "custom")
+DATASET_KINDS = ("ceph", "hand", "chest", "custom", "images")
+#: ``hf_landmark.data.formats.FORMATS`` (a test keeps them equal).
+ANNOTATION_FORMATS = ("csv", "json", "cvat", "coco", "labelstudio", "labelme")
 DECODER_NAMES = ("centroid", "argmax", "soft_argmax")
 
 #: Subcommands whose flags are a training function's arguments dataclass.
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variability", type=float, default=1.0, help="spread of shape, pose and exposure (1: mild; the demo uses 2.5)")
 
     p = sub.add_parser("prepare", allow_abbrev=False, help="convert a benchmark's public layout (or custom data) into a prepared dataset")
-    p.add_argument("kind", choices=DATASET_KINDS, help="the benchmark whose public layout --root holds, or custom (README: Datasets)")
+    p.add_argument("kind", choices=DATASET_KINDS, help="the benchmark whose public layout --root holds; custom (your images and an "
+                   "annotation file; images without annotations form the unlabeled split); or images (a folder, all unlabeled)")  # fmt: skip
     p.add_argument("--root", required=True, help="the folder holding the dataset in its public layout (or your images)")
     p.add_argument("--out", required=True, help="the prepared dataset folder to write (replaced atomically)")
     p.add_argument("--image-size", type=int, default=256,
@@ -54,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wrist-indices", default="0,4", help="hand: 0-based wrist landmarks of the 50 mm convention")
     p.add_argument("--chest-split", default="paper", choices=["paper", "code"],
                    help="chest: the paper's 195/34/rest, or its code's, which first drops 9 listed images")  # fmt: skip
-    p.add_argument("--annotations", help="custom: the CSV or JSON landmark file")
+    p.add_argument("--annotations", help="custom: the landmark file: our CSV or JSON, or a CVAT XML, Label Studio JSON, COCO "
+                   "Keypoints JSON export, or a labelme folder (detected by content)")
+    p.add_argument("--landmarks", help="custom: landmark names, in order (comma-separated, or a text file with one per line); "
+                   "default: the annotation file's")
+    p.add_argument("--coco-origin", choices=["corner", "center"], help="custom, COCO files: where pixel (0, 0) is (tools differ)")
+    p.add_argument("--drop-incomplete", action="store_true",
+                   help="custom: a partly annotated image joins the unlabeled pool (listed) instead of being an error")  # fmt: skip
     p.add_argument("--split-counts", help="train,validation[,test] image counts over sorted ids (default: the paper's)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed files (listed in the report)")
     p.add_argument("--allow-empty-splits", action="store_true", help="keep going when a split comes out empty (it is omitted)")
@@ -71,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="detector folder or Hub repo")
     p.add_argument("--output", default="predictions.json", help="JSON with every image's landmarks and every failed file")
     p.add_argument("--csv", help="also write one row per landmark here")
+    p.add_argument("--format", choices=ANNOTATION_FORMATS, help="also write the predictions for an annotation tool, to correct them "
+                   "there and read them back with prepare custom: csv/json (ours), cvat (XML), coco, labelstudio (pre-annotations), "
+                   "labelme (a folder of JSON)")
+    p.add_argument("--format-output", help="where --format writes (default: predictions.<ext>, or predictions_labelme/)")
+    p.add_argument("--image-root", help="with --format: the folder image names are relative to (default: the common folder of the inputs)")
+    p.add_argument("--coco-origin", choices=["corner", "center"], help="with --format coco: where pixel (0, 0) is")
     p.add_argument("--overlay-dir", help="write one overlay PNG per image here (original size; numbers in legend.txt)")
     p.add_argument("--decoder", default=None, choices=DECODER_NAMES, help="default: the model's (centroid)")
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")

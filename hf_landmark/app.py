@@ -78,7 +78,8 @@ def predict(image_path: str | None, model: str, decoder: str = "centroid"):
     note = "\n\n".join(notes + ([note] if note else []))
     fd, path = tempfile.mkstemp(prefix="landmarks-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"image": os.path.basename(image_path), "model": model, "landmarks": preds}, fh, indent=2)
+        # Strict JSON: a radius that does not exist is null, never Infinity.
+        json.dump({"image": os.path.basename(image_path), "model": model, "landmarks": preds}, fh, indent=2, allow_nan=False)
     return overlay, rows, note, path
 
 

@@ -7,6 +7,7 @@ A user's mistake (a bad file, a missing folder, a wrong value) is printed as one
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -25,6 +26,18 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def read_landmark_names(text: str) -> list[str]:
+    """``--landmarks``: a text file with one name per line, or comma-separated names."""
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as fh:
+            names = [ln.strip() for ln in fh if ln.strip()]
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise UserInputError(f"--landmarks: expected distinct names (comma-separated or one per line in a file), got {text!r}")
+    return names
+
+
 def _cmd_prepare(args) -> int:
     from .data import prepare
     from .training_utils import parse_int_list
@@ -38,8 +51,14 @@ def _cmd_prepare(args) -> int:
         kwargs["split"] = args.chest_split
     if args.kind == "custom":
         if not args.annotations:
-            raise UserInputError("--annotations: prepare custom needs the landmark file (FILE.csv or FILE.json)")
-        kwargs["annotations"] = args.annotations
+            raise UserInputError("--annotations: prepare custom needs the landmark file (CSV, JSON, a tool's export); "
+                                 "for a folder without annotations use prepare images")  # fmt: skip
+        kwargs.update(annotations=args.annotations, drop_incomplete=args.drop_incomplete, coco_origin=args.coco_origin,
+                      landmarks=read_landmark_names(args.landmarks) if args.landmarks else None)  # fmt: skip
+    elif args.annotations or args.landmarks or args.drop_incomplete or args.coco_origin:
+        raise UserInputError(f"--annotations, --landmarks, --drop-incomplete and --coco-origin are for prepare custom, not {args.kind}")
+    if args.split_counts and args.kind == "images":
+        raise UserInputError("--split-counts: prepare images makes only an unlabeled split")
     if args.split_counts:
         try:
             counts = [int(v) if v.strip() not in ("", "rest") else None for v in args.split_counts.split(",")]
@@ -107,7 +126,7 @@ def _cmd_evaluate(args) -> int:
     write_text_atomic(table, stem + ".md")
     written = [args.output, stem + ".md", save_cumulative_error_plot({os.path.basename(os.path.normpath(args.model)): metrics["errors"]},
                                                                     metrics["unit"], stem + "_ced.png")]  # fmt: skip
-    if "reliability" in uncertainty:
+    if uncertainty.get("reliability"):
         written.append(save_reliability_plot(uncertainty["reliability"], stem + "_reliability.png", f"{args.split}, {len(data)} images"))
     if args.overlay_dir:
         save_overlays(data, pred["coords"], args.overlay_dir, image_dir=args.image_dir, radii=processor.radii(pred["spread"]))
@@ -115,14 +134,37 @@ def _cmd_evaluate(args) -> int:
     if "first_stage" in metrics:
         print(f"first stage: MRE {metrics['first_stage']['mre']:.3f} ± {metrics['first_stage']['mre_std']:.3f} {metrics['unit']}")
     print(f"MRE {metrics['mre']:.3f} ± {metrics['mre_std']:.3f} {metrics['unit']} over {metrics['num_images']} images")
-    if "coverage" in uncertainty:
-        print(f"error radii (alpha {uncertainty['alpha']:g}): coverage {100 * uncertainty['coverage']:.1f} %, mean radius "
-              f"{uncertainty['mean_radius']:.2f} {uncertainty['unit']}; Spearman(score, error) {uncertainty['spearman_score_error']:+.2f}, "
-              f"Spearman(spread, error) {uncertainty['spearman_spread_error']:+.2f}")  # fmt: skip
-    if uncertainty["flagged_images"]:
+    if "radius_alpha" in uncertainty:
+        print(describe_radii(uncertainty, len(model.config.landmark_names or []) or pred["coords"].shape[1]))
+    if "flag_calibration_images" in uncertainty:
+        print(f"low-confidence flag: {uncertainty['flagged_images']} of {len(data)} images flagged; calibrated on "
+              f"{uncertainty['flag_calibration_images']} images for an expected false-alarm rate of at most "
+              f"{100 * uncertainty['flag_false_alarm_rate']:.1f} % on images like them")  # fmt: skip
+    elif uncertainty["flagged_images"]:
         print(f"{uncertainty['flagged_images']} of {len(data)} images flagged low_confidence (unlike the training images)")
     print("wrote " + ", ".join(written))
     return 0
+
+
+def describe_radii(uncertainty: dict, num_landmarks: int) -> str:
+    """One line on the calibrated radii: the level they hold at (and why, when the calibration
+    images were too few for the requested one), their coverage and size where they exist."""
+    n, level = uncertainty["calibration_images"], 100 * uncertainty["radius_coverage"]
+    asked = 100 * (1 - uncertainty["alpha"])
+    text = f"error radii at {level:.1f} % ({n} calibration images"
+    if uncertainty["radius_alpha"] > uncertainty["alpha"] + 1e-12:
+        needed = math.ceil(1 / uncertainty["alpha"] - 1 - 1e-9)
+        text += f"; {asked:.0f} % needs at least {needed}"
+    text += ")"
+    k = uncertainty["landmarks_with_radius"]
+    if not k:
+        return text + ": no landmark has a finite radius"
+    text += (f": coverage {100 * uncertainty['coverage']:.1f} %, mean radius {uncertainty['mean_radius']:.2f} {uncertainty['unit']} "
+             f"over {k} of {num_landmarks} landmarks")  # fmt: skip
+    if k < num_landmarks:
+        text += f" ({num_landmarks - k} have no radius: too few calibration images)"
+    return text + (f"; Spearman(score, error) {uncertainty['spearman_score_error']:+.2f}, "
+                   f"Spearman(spread, error) {uncertainty['spearman_spread_error']:+.2f}")  # fmt: skip
 
 
 def _cmd_predict(args) -> int:
@@ -170,11 +212,42 @@ def _cmd_predict(args) -> int:
             for image, preds in results.items():
                 for i, p in enumerate(preds):
                     writer.writerow([image, i + 1, *(p.get(c, "") for c in columns)])
+    if args.format:
+        written = write_predictions_for_tool(args, results)
+        print(f"wrote the predictions as {args.format} to {written}; correct them in the tool, then prepare custom --annotations {written}")
     low = sorted(image for image, flag in flags.items() if flag != "ok")
     if low:
         print(f"{len(low)} image(s) flagged low_confidence (unlike the training images; check them by hand): " + ", ".join(low[:10]))
     print(f"{len(results)} images predicted, {len(errors)} failed; wrote {args.output}")
     return 1 if errors and not args.skip_bad else 0
+
+
+def write_predictions_for_tool(args, results: dict) -> str:
+    """``predict --format``: the predictions as an annotation file of that tool (or ours),
+    image names relative to ``--image-root``; returns where it was written."""
+    from pathlib import Path
+
+    from .data.formats import write_annotations
+    from .preprocessing import read_image
+
+    if args.format == "coco" and not args.coco_origin:
+        raise UserInputError("--coco-origin: COCO does not say where pixel (0, 0) is; pass corner or center")
+    paths = [Path(p).resolve() for p in results]
+    root = Path(args.image_root).resolve() if args.image_root else Path(os.path.commonpath([p.parent for p in paths])) if paths else Path(".")
+    ext = {"csv": ".csv", "cvat": ".xml", "labelme": ""}.get(args.format, ".json")
+    out = args.format_output or (os.path.splitext(args.output)[0] + ("_labelme" if args.format == "labelme" else "") + ext)
+    items = []
+    for path, preds in zip(paths, results.values()):
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError as err:
+            raise UserInputError(f"--image-root: {path} is not under {root}") from err
+        h, w = read_image(path).shape
+        items.append({"file": name, "width": int(w), "height": int(h), "landmarks": [(p["x"], p["y"]) for p in preds],
+                      "score": float(sum(p["score"] for p in preds) / max(len(preds), 1))})  # fmt: skip
+    names = [p["label"] for p in next(iter(results.values()), [])]
+    write_annotations(args.format, items, names, out, image_root=root, coco_origin=args.coco_origin)
+    return out
 
 
 def _cmd_card(args) -> int:

@@ -83,7 +83,8 @@ def calibrate_processor(model, processor, calibration: LandmarkTensors, referenc
                         first_stage_spread=cal["first_stage_spread"])  # fmt: skip
     radii = processor.radii(cal["spread"])
     return {"calibration_images": len(calibration), "alpha": processor.alpha, "ood_threshold": processor.ood_threshold,
-            "spread_threshold": processor.spread_threshold, "finite_radii": bool(np.isfinite(radii).all())}  # fmt: skip
+            "spread_threshold": processor.spread_threshold, "finite_radii": bool(np.isfinite(radii).all()),
+            "radius_coverage": 1.0 - processor.radius_alpha}  # fmt: skip
 
 
 def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) -> dict:
@@ -109,12 +110,21 @@ def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) ->
     radii = processor.radii(pred["spread"])
     if radii is None:
         return out
+    # Only landmarks with a finite radius count towards coverage and size: an infinite
+    # radius "covers" everything and would report a false 100 %.
+    has = np.isfinite(radii).all(axis=0)
     covered = errors_px <= radii
-    out.update(alpha=processor.alpha, coverage=float(covered.mean()), mean_radius=float(np.mean(radii * px_to_unit)))
-    out["per_landmark"] = [{"name": n, "coverage": float(covered[:, j].mean()), "mean_radius": float(np.mean(radii[:, j] * px_to_unit[:, 0]))}
+    n_cal = processor.calibration_size
+    out.update(alpha=processor.alpha, radius_alpha=processor.radius_alpha, radius_coverage=1.0 - processor.radius_alpha,
+               calibration_images=n_cal, landmarks_with_radius=int(has.sum()),
+               coverage=float(covered[:, has].mean()) if has.any() else None,
+               mean_radius=float(np.mean((radii * px_to_unit)[:, has])) if has.any() else None)  # fmt: skip
+    out["per_landmark"] = [{"name": n, "coverage": float(covered[:, j].mean()) if has[j] else None,
+                            "mean_radius": float(np.mean(radii[:, j] * px_to_unit[:, 0])) if has[j] else None}
                            for j, n in enumerate(data.landmark_names)]  # fmt: skip
+    # Levels the calibration images cannot reach (1 - a > n / (n + 1)) have no radii: left out.
     out["reliability"] = [{"nominal": 1.0 - a, "empirical": float((errors_px <= processor.radii(pred["spread"], a)).mean())}
-                          for a in (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)]  # fmt: skip
+                          for a in (0.5, 0.4, 0.3, 0.2, 0.1, 0.05) if a >= 1.0 / (n_cal + 1)]  # fmt: skip
     return out
 
 

@@ -73,5 +73,31 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
         fh.write(text)
 
 
+def strict_json_value(obj):
+    """``obj`` with every non-finite float (NaN, ±Infinity, which JSON does not have) as
+    ``None``, numpy scalars and arrays as Python values, tuples as lists."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: strict_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json_value(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj, **kwargs) -> str:
+    """Strict JSON (what a browser's ``JSON.parse`` or ``jq`` reads): non-finite numbers
+    become ``null``, and anything else non-standard raises."""
+    return json.dumps(strict_json_value(obj), indent=2, allow_nan=False, **kwargs) + "\n"
+
+
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
+    write_text_atomic(json_text(obj), path)

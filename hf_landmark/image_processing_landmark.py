@@ -120,6 +120,22 @@ class LandmarkImageProcessor(BaseImageProcessor):
         self.refine_loss = refine_loss
         self.refine_sigma = float(refine_sigma)
 
+    def to_json_string(self) -> str:
+        """The config as strict JSON (``allow_nan=False``): a non-finite number is ``null``."""
+        import json
+        import math
+
+        def strict(v):
+            if isinstance(v, dict):
+                return {k: strict(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple, np.ndarray)):
+                return [strict(x) for x in v]
+            if isinstance(v, np.generic):
+                v = v.item()
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        return json.dumps(strict(self.to_dict()), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
     @classmethod
     def from_model_config(cls, config, resample: str = "area", **kwargs) -> LandmarkImageProcessor:
         """The processor of a detector with ``config`` (:class:`LandmarkConfig`)."""
@@ -207,13 +223,27 @@ class LandmarkImageProcessor(BaseImageProcessor):
         scale = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 1, 2) / side
         return np.sqrt(((sigma * scale) ** 2).sum(-1))
 
+    @property
+    def calibration_size(self) -> int:
+        """How many labeled images calibrated the radii (0 before :meth:`calibrate`)."""
+        return min((len(s) for s in self.calibration_scores), default=0) if self.calibration_scores else 0
+
+    @property
+    def radius_alpha(self) -> float | None:
+        """The miscoverage the radii are given at: ``alpha`` where the calibration images
+        suffice, else the smallest their number ``n`` allows, ``1 / (n + 1)`` (coverage
+        ``n / (n + 1)``: 85.7 % with 6 images where 90 % needs 9). ``None`` before calibration."""
+        n = self.calibration_size
+        return max(self.alpha, 1.0 / (n + 1)) if n else None
+
     def radii(self, spread: np.ndarray, alpha: float | None = None) -> np.ndarray | None:
         """Calibrated error radii ``[B, N]`` (original pixels) for spreads ``[B, N]``: the
         landmark's conformal quantile of normalised errors times the spread; ``None`` before
-        :meth:`calibrate`. ``inf`` where too few calibration images exist for ``1 - alpha``."""
+        :meth:`calibrate`. At :attr:`radius_alpha` by default (always finite); at an explicit
+        ``alpha``, ``inf`` where too few calibration images exist for ``1 - alpha``."""
         if self.calibration_scores is None:
             return None
-        alpha = self.alpha if alpha is None else alpha
+        alpha = self.radius_alpha if alpha is None else alpha
         q = np.array([conformal_quantile(scores, alpha) for scores in self.calibration_scores])
         return np.asarray(spread, dtype=np.float64) * q[None, :]
 
@@ -331,6 +361,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
                 radius = float(radii[i, j]) if radii is not None and np.isfinite(radii[i, j]) else None
                 if radii is not None:
                     item["radius"] = radius
+                    item["radius_coverage"] = 1.0 - self.radius_alpha  # the level the radius holds at
                 if spacing is not None:
                     item.update(x_mm=float(x * spacing[0]), y_mm=float(y * spacing[1]), spacing_assumed=assumed)
                     if radii is not None:

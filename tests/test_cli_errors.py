@@ -112,7 +112,7 @@ def test_help_imports_neither_torch_nor_the_package():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
-    assert "{ceph,hand,chest,custom}" in res.stdout and "--overlay-dir" in res.stdout
+    assert "{ceph,hand,chest,custom,images}" in res.stdout and "--overlay-dir" in res.stdout
 
 
 def test_cli_choices_match_the_library():
@@ -120,5 +120,8 @@ def test_cli_choices_match_the_library():
     from hf_landmark.data.specs import DATASETS
     from hf_landmark.heatmaps import DECODERS
 
-    assert hf_landmark_cli.DATASET_KINDS == tuple(DATASETS)
+    from hf_landmark.data.formats import FORMATS
+
+    assert hf_landmark_cli.DATASET_KINDS == (*DATASETS, "images")  # images: a bare folder, no benchmark spec
+    assert hf_landmark_cli.ANNOTATION_FORMATS == FORMATS
     assert hf_landmark_cli.DECODER_NAMES == tuple(DECODERS)

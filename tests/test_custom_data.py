@@ -47,7 +47,7 @@ def _refused(capsys, folder, *parts):
         ({2: "im2.png,12,nan,22,28,train"}, ["lm.csv:4 (im2.png)", "landmark 'tip' y = 'nan' is not a finite number"]),
         ({2: "im2.png,12,,22,28,train"}, ["lm.csv:4 (im2.png)", "landmark 'tip' has no y coordinate"]),
         ({3: "im3.png,13,8,abc,27,validation"}, ["lm.csv:5 (im3.png)", "landmark 'base' x = 'abc' is not a number"]),
-        ({4: "im4.png,14,9,24,26,"}, ["lm.csv", "split is given for 5 of 6 images but empty at", "lm.csv:6 (im4.png)"]),
+        ({4: "im4.png,14,9,24,26,"}, ["lm.csv", "split is given for 5 of 6 annotated images but empty at", "lm.csv:6 (im4.png)"]),
         ({4: "im4.png,14,9,24,26,val"}, ["lm.csv:6 (im4.png)", "unknown split 'val'"]),
         ({5: "im0.png,15,10,25,25,test"}, ["lm.csv:7 (im0.png)", "listed twice (first at", "lm.csv:2 (im0.png)"]),
         ({1: "im1.png,11,6,60,29,train"}, ["im1.png", "landmark 'base' at (60, 29) outside the 50x40 image", "--outside-image"]),

@@ -246,7 +246,8 @@ def test_pretraining_reads_the_named_splits_and_names_a_dataset_without_them(syn
     from hf_landmark.errors import UserInputError
 
     dataset = load_prepared(synth_prepared)
-    images = load_unlabeled_images(dataset, "train,validation,nosuch", 32, "my-data")
+    images, counts = load_unlabeled_images(dataset, "train,validation,nosuch", 32, "my-data")
     assert images.shape == (14 + 5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1  # 14 train + 5 validation
+    assert counts == {"train": 14, "validation": 5}
     with pytest.raises(UserInputError, match=r"my-data: none of the splits \['nosuch'\] exist \(it has train, validation, test\)"):
         load_unlabeled_images(dataset, "nosuch", 32, "my-data")

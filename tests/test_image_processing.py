@@ -105,3 +105,26 @@ def test_radii_scale_with_the_heatmap_spread():
     assert spreads[0] == pytest.approx(np.sqrt(5) * 2.0, rel=0.01) and spreads[1] == pytest.approx(np.sqrt(5) * 6.0, rel=0.02)
     radii = processor.radii(np.array([spreads]))[0]
     assert radii[1] / radii[0] == pytest.approx(3.0, rel=0.02) and radii[0] == pytest.approx(spreads[0] * 2.0)  # 19th of 20 is 2.0
+
+
+def test_three_calibration_images_give_radii_at_75_percent_and_strict_json(tmp_path):
+    """3 calibration images cannot support 90 % (that needs 9): the radii hold at the best
+    level they allow, 3/4 (the largest of the 3 normalised errors), are finite, say their level,
+    and everything saved is strict JSON."""
+    import json
+
+    processor = LandmarkImageProcessor(size=32, alpha=0.1)
+    processor.calibrate(np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]), np.array([[1.0, 2.0], [3.0, 1.0], [2.0, 4.0]]))
+    assert processor.calibration_size == 3 and processor.radius_alpha == pytest.approx(0.25)
+    # Normalised errors: landmark 0: 1, 3, 2 -> max 3; landmark 1: 1, 0.5, 2 -> max 2; times the spread.
+    assert processor.radii(np.array([[2.0, 10.0]]))[0].tolist() == pytest.approx([6.0, 20.0])
+    assert np.isinf(processor.radii(np.array([[2.0, 10.0]]), alpha=0.1)).all()  # an explicit 90 % still has none
+    logits = torch.zeros(1, 2, 32, 32)
+    logits[0, 0, 10, 12] = logits[0, 1, 20, 5] = 8.0
+    items = processor.post_process_landmark_detection(LandmarkDetectorOutput(heatmaps=logits), [[64, 64]])[0]
+    assert all(np.isfinite(p["radius"]) and p["radius_coverage"] == pytest.approx(0.75) for p in items)
+    processor.ood_threshold = float("inf")  # a non-finite number saved by mistake is null, never Infinity
+    processor.save_pretrained(tmp_path)
+    text = (tmp_path / "preprocessor_config.json").read_text()
+    config = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}"))
+    assert config["ood_threshold"] is None and len(config["calibration_scores"][0]) == 3

@@ -43,7 +43,6 @@ replaces the first-stage model only if the two stages are better on validation.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -66,7 +65,7 @@ from hf_landmark.data.prepared import require_split
 from hf_landmark.data.specs import get_spec, unit_config
 from hf_landmark.errors import UserInputError, hub_load_error, require_folder_or_repo, resolve_folder_or_repo
 from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors
-from hf_landmark.fileio import atomic_directory, write_json_atomic
+from hf_landmark.fileio import atomic_directory, json_text, write_json_atomic
 from hf_landmark.heatmaps import DECODERS
 from hf_landmark.losses import LOSSES
 from hf_landmark.preprocessing import crop_patches, to_pixel_values
@@ -279,7 +278,7 @@ def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         with open(os.path.join(tmp, TRAINING_RECORD), "w", encoding="utf-8") as fh:
-            json.dump(record, fh, indent=2)
+            fh.write(json_text(record))
 
 
 def calibrate_saved_model(model_dir: str, calibration, reference, decoder: str) -> dict:

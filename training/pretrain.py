@@ -24,7 +24,6 @@ Multi-process: ``accelerate launch --multi_gpu --num_processes K ...`` on GPUs; 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -47,8 +46,9 @@ from tqdm.auto import tqdm
 from hf_landmark.backbones import PRETRAINING_INFO_FILE
 from hf_landmark.cards import ddpm_card, write_card
 from hf_landmark.configuration_landmark import UNET_PRESETS, unet_kwargs
-from hf_landmark.data import dataset_info, load_prepared, load_unlabeled_images, random_affine
+from hf_landmark.data import dataset_info, describe_split_counts, load_prepared, load_unlabeled_images, random_affine
 from hf_landmark.errors import UserInputError, resolve_folder_or_repo
+from hf_landmark.fileio import json_text
 from hf_landmark.preprocessing import crop_patches, to_pixel_values, to_uint8
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
@@ -83,7 +83,7 @@ class PretrainArguments:
 
     dataset: str = field(metadata={"help": "prepared dataset folder (hf-landmark prepare) or Hub dataset id"})
     output_dir: str = field(metadata={"help": "where checkpoint-<step>/ folders and logs go"})
-    splits: str = field(default="train,validation", metadata={"help": "splits to pre-train on (never test)"})
+    splits: str = field(default="unlabeled,train,validation", metadata={"help": "splits to pre-train on (never test; those the dataset lacks are skipped)"})
     preset: str = field(default="base", metadata={"help": f"U-Net preset: {', '.join(sorted(UNET_PRESETS))}"})
     resolution: int = field(default=256, metadata={"help": "image side in pixels (a multiple of 8); with --crop-from the crop side"})
     crop_from: int = field(default=0, metadata={"help": "pre-train a refinement stage: random --resolution-px crops of the images "
@@ -181,7 +181,6 @@ def pretrain(args: PretrainArguments) -> str:
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
     )
-    logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -189,8 +188,10 @@ def pretrain(args: PretrainArguments) -> str:
 
     # Data: the train (+ validation) images, decoded once at the model resolution (or at
     # --crop-from, which the crops are cut from).
-    images = load_unlabeled_images(load_prepared(args.dataset), args.splits, args.crop_from or args.resolution, args.dataset)
+    images, split_counts = load_unlabeled_images(load_prepared(args.dataset), args.splits, args.crop_from or args.resolution, args.dataset)
     num_images = images.shape[0]
+    logger.info("pre-training on %s from %s", describe_split_counts(split_counts), args.dataset)
+    logger.info(accelerator.state, main_process_only=False)
     images = images.to(accelerator.device)
 
     unet = build_unet(args.preset, args.resolution)
@@ -230,7 +231,7 @@ def pretrain(args: PretrainArguments) -> str:
 
     # What each checkpoint records about its training (hf_landmark_pretraining.json and the card).
     record = {
-        "dataset": str(args.dataset), "dataset_name": dataset_info(args.dataset).get("kind"), "splits": args.splits,
+        "dataset": str(args.dataset), "dataset_name": dataset_info(args.dataset).get("kind"), "splits": args.splits, "split_counts": split_counts,
         "num_images": num_images, "preset": args.preset, "num_parameters": num_parameters, "resolution": args.resolution,
         "crop_from": args.crop_from,
         "pixel_range": list(args.pixel_range), "num_train_timesteps": args.num_train_timesteps,
@@ -341,7 +342,7 @@ def write_weights_and_samples(accelerator, unet, ema, args, tmp_path, info: dict
     scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
     DDPMPipeline(unet=ema_unet, scheduler=scheduler).save_pretrained(tmp_path, safe_serialization=True)
     with open(os.path.join(tmp_path, PRETRAINING_INFO_FILE), "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=2)
+        fh.write(json_text(info))
     write_card(ddpm_card(info), tmp_path)
     if args.num_samples > 0:
         grid = sample_grid(ema_unet.to(accelerator.device), args, args.num_samples, seed=args.seed)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import os
@@ -71,8 +70,9 @@ from hf_landmark.backbones import (
     import_smp,
 )
 from hf_landmark.cards import ssl_card, write_card
-from hf_landmark.data import dataset_info, load_prepared, load_unlabeled_images
+from hf_landmark.data import dataset_info, describe_split_counts, load_prepared, load_unlabeled_images
 from hf_landmark.errors import MissingExtraError, UserInputError, resolve_folder_or_repo
+from hf_landmark.fileio import json_text
 from hf_landmark.preprocessing import to_pixel_values
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
@@ -102,7 +102,7 @@ class SSLArguments:
     output_dir: str = field(metadata={"help": "where checkpoint-<step>/ folders and logs go"})
     method: Literal["mocov3", "simclrv2", "dino"] = field(metadata={"help": "the self-supervised objective"})
     encoder: str = field(default="densenet161", metadata={"help": "segmentation_models_pytorch encoder name"})
-    splits: str = field(default="train,validation", metadata={"help": "splits to pre-train on (never test)"})
+    splits: str = field(default="unlabeled,train,validation", metadata={"help": "splits to pre-train on (never test; those the dataset lacks are skipped)"})
     resolution: int = field(default=256, metadata={"help": "view side in pixels (a multiple of 32); the detector's input size"})
     pixel_range: str = field(default="-1,1", metadata={"help": "model intensity range 'lo,hi' (the detector's)"})
     max_steps: int = field(default=10000, metadata={"help": "optimiser steps"})
@@ -283,8 +283,9 @@ def pretrain_ssl(args: SSLArguments) -> str:
         os.makedirs(args.output_dir, exist_ok=True)
         remove_partial_checkpoints(args.output_dir)
 
-    images = load_unlabeled_images(load_prepared(args.dataset), args.splits, args.resolution, args.dataset)
+    images, split_counts = load_unlabeled_images(load_prepared(args.dataset), args.splits, args.resolution, args.dataset)
     num_images = images.shape[0]
+    logger.info("pre-training on %s from %s", describe_split_counts(split_counts), args.dataset)
     if num_images < 2 and args.method != "dino":
         raise UserInputError(f"{args.dataset}: {args.method} contrasts images with each other; it needs at least 2, found {num_images}")
     images = images.to(accelerator.device)
@@ -312,7 +313,7 @@ def pretrain_ssl(args: SSLArguments) -> str:
     )  # fmt: skip
     record = {
         "method": args.method, "encoder_name": args.encoder, "in_channels": 1, "dataset": str(args.dataset),
-        "dataset_name": dataset_info(args.dataset).get("kind"), "splits": args.splits, "num_images": num_images,
+        "dataset_name": dataset_info(args.dataset).get("kind"), "splits": args.splits, "split_counts": split_counts, "num_images": num_images,
         "num_parameters": num_parameters, "resolution": args.resolution, "pixel_range": list(args.pixel_range),
         "temperature": args.temperature, "effective_batch_size": effective_batch, "learning_rate": args.learning_rate,
         "seed": args.seed, "mixed_precision": mixed_precision,
@@ -376,9 +377,9 @@ def save_checkpoint(accelerator, model, args, info: dict) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
         save_file(state, str(tmp_path / ENCODER_WEIGHTS_FILE), metadata={"format": "pt"})
         with open(tmp_path / "config.json", "w", encoding="utf-8") as fh:
-            json.dump({"encoder_name": info["encoder_name"], "in_channels": 1, "layout": "torchvision"}, fh, indent=2)
+            fh.write(json_text({"encoder_name": info["encoder_name"], "in_channels": 1, "layout": "torchvision"}))
         with open(tmp_path / PRETRAINING_INFO_FILE, "w", encoding="utf-8") as fh:
-            json.dump(info, fh, indent=2)
+            fh.write(json_text(info))
         write_card(ssl_card(info), str(tmp_path))
 
     final = save_staged_checkpoint(accelerator, args.output_dir, info["step"], write_files)

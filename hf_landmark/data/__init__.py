@@ -3,6 +3,7 @@ data, few-shot subsets and augmentation."""
 
 from .prepared import (
     SPLITS,
+    UNLABELED,
     ConversionReport,
     DatasetFormatError,
     Record,
@@ -12,19 +13,21 @@ from .prepared import (
     load_prepared,
     save_prepared,
 )
-from .readers import CEPH_LANDMARKS, READERS, prepare, read_ceph, read_chest, read_custom, read_hand
+from .readers import CEPH_LANDMARKS, READERS, prepare, read_ceph, read_chest, read_custom, read_hand, read_images
 from .synthetic import write_synthetic_isbi
-from .tensors import LandmarkTensors, few_shot_indices, load_tensors, load_unlabeled_images, random_affine
+from .tensors import LandmarkTensors, describe_split_counts, few_shot_indices, load_tensors, load_unlabeled_images, random_affine
 
 __all__ = [
     "CEPH_LANDMARKS",
     "READERS",
     "SPLITS",
+    "UNLABELED",
     "ConversionReport",
     "DatasetFormatError",
     "LandmarkTensors",
     "Record",
     "build_dataset_dict",
+    "describe_split_counts",
     "dataset_info",
     "features",
     "few_shot_indices",
@@ -37,6 +40,7 @@ __all__ = [
     "read_chest",
     "read_custom",
     "read_hand",
+    "read_images",
     "save_prepared",
     "write_synthetic_isbi",
 ]

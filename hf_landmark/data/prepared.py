@@ -26,38 +26,45 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserInputError, hub_load_error, resolve_folder_or_repo
-from ..fileio import atomic_directory
+from ..fileio import atomic_directory, json_text
 from ..preprocessing import ImageReadError, read_image, resize_image, to_uint16
 
 SPLITS = ("train", "validation", "test")
+#: The split of images without landmarks: the pool pre-training and selection read, never
+#: fine-tuning or evaluation.
+UNLABELED = "unlabeled"
 OUTSIDE_IMAGE_POLICIES = ("error", "keep", "clamp")
 INFO_FILE = "hf_landmark_dataset.json"
 
 
-def features(num_landmarks: int | None = None):
+def features(num_landmarks: int | None = None, labeled: bool = True):
+    """The columns of a prepared split; the ``unlabeled`` split (``labeled=False``) has all
+    but ``landmarks``."""
     from datasets import Features, List, Value
     from datasets import Image as ImageFeature
 
-    return Features(
-        {
-            "image": ImageFeature(),
-            "landmarks": List(List(Value("float32"), length=2), length=num_landmarks if num_landmarks else -1),
-            "original_size": List(Value("int32"), length=2),
-            "spacing": List(Value("float32"), length=2),
-            "landmark_names": List(Value("string")),
-            "image_id": Value("string"),
-            "dataset": Value("string"),
-        }
-    )
+    columns = {
+        "image": ImageFeature(),
+        "landmarks": List(List(Value("float32"), length=2), length=num_landmarks if num_landmarks else -1),
+        "original_size": List(Value("int32"), length=2),
+        "spacing": List(Value("float32"), length=2),
+        "landmark_names": List(Value("string")),
+        "image_id": Value("string"),
+        "dataset": Value("string"),
+    }
+    if not labeled:
+        del columns["landmarks"]
+    return Features(columns)
 
 
 @dataclass
 class Record:
-    """One annotated radiograph before conversion. ``landmarks``: ``[N, 2]`` original pixels."""
+    """One radiograph before conversion. ``landmarks``: ``[N, 2]`` original pixels, or
+    ``None`` for an image of the unlabeled pool (split ``unlabeled``)."""
 
     image_path: str
     image_id: str
-    landmarks: np.ndarray
+    landmarks: np.ndarray | None
     split: str
     spacing: tuple[float, float] | None = None
 
@@ -74,6 +81,8 @@ class ConversionReport:
     annotations_without_images: list[str] = field(default_factory=list)
     wrong_coordinate_counts: list[str] = field(default_factory=list)
     outside_image: list[str] = field(default_factory=list)
+    clamped_at_border: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
@@ -84,7 +93,8 @@ class ConversionReport:
     def summary(self) -> str:
         lines = [f"dataset: {self.dataset}", f"images found: {self.images_found}" + (f" (expected {self.expected_images})" if self.expected_images else "")]
         lines.append(f"annotated images used: {self.annotated}")
-        for key in ("images_without_annotations", "annotations_without_images", "wrong_coordinate_counts", "outside_image", "skipped", "excluded"):
+        for key in ("images_without_annotations", "annotations_without_images", "wrong_coordinate_counts", "outside_image",
+                    "clamped_at_border", "incomplete", "skipped", "excluded"):  # fmt: skip
             items = getattr(self, key)
             if items:
                 shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
@@ -103,6 +113,34 @@ def _encode_png(image01: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def check_landmarks(lm: np.ndarray, w: int, h: int, names: Sequence[str], where: str, policy: str, report: ConversionReport, image_id: str):
+    """``lm`` ``[N, 2]`` (original pixels, pixel centres at integers) checked against a
+    ``w`` x ``h`` image: a point within one pixel beyond the pixel edges (a tool that puts the
+    last row's bottom edge at ``y = H``, as JSRT's chest contours do) is inside the picture a
+    user sees and is clamped to the nearest pixel centre, counted in the report; a point
+    farther out follows ``policy`` (``error``, ``keep`` or ``clamp``)."""
+    lo_x, hi_x, lo_y, hi_y = -0.5, w - 0.5, -0.5, h - 0.5
+    outside = (lm[:, 0] < lo_x) | (lm[:, 0] > hi_x) | (lm[:, 1] < lo_y) | (lm[:, 1] > hi_y)
+    far = (lm[:, 0] < lo_x - 1) | (lm[:, 0] > hi_x + 1) | (lm[:, 1] < lo_y - 1) | (lm[:, 1] > hi_y + 1)
+    near = outside & ~far
+    if near.any():
+        listed = ", ".join(f"{names[j]!r} at ({lm[j, 0]:g}, {lm[j, 1]:g})" for j in np.flatnonzero(near))
+        report.clamped_at_border.append(f"{image_id}: {listed}")
+        lm = lm.copy()
+        lm[near, 0] = lm[near, 0].clip(0, w - 1)
+        lm[near, 1] = lm[near, 1].clip(0, h - 1)
+    if far.any():
+        listed = ", ".join(f"{names[j]!r} at ({lm[j, 0]:g}, {lm[j, 1]:g})" for j in np.flatnonzero(far))
+        if policy == "error":
+            raise DatasetFormatError(
+                f"{where}: landmark {listed} outside the {w}x{h} image; fix the annotation, or pass --outside-image keep (or clamp)"
+            )
+        report.outside_image.append(f"{image_id}: {listed}" + (" (clamped)" if policy == "clamp" else ""))
+        if policy == "clamp":
+            lm = np.stack([lm[:, 0].clip(0, w - 1), lm[:, 1].clip(0, h - 1)], axis=1)
+    return lm
+
+
 def build_dataset_dict(
     records: Sequence[Record],
     landmark_names: Sequence[str],
@@ -111,61 +149,77 @@ def build_dataset_dict(
     report: ConversionReport | None = None,
     skip_bad: bool = False,
     outside_image: str = "error",
+    cache_dir: str | None = None,
 ):
     """Read, resize and encode ``records`` into a ``DatasetDict`` (splits in :data:`SPLITS`
-    order, empty splits omitted). Unreadable images raise :class:`ImageReadError` unless
-    ``skip_bad``, which lists them in ``report.skipped``. A non-finite coordinate is always
-    an error; a landmark outside its image (beyond the pixel edges) is an error naming the
-    image and the landmark unless ``outside_image`` is ``keep`` or ``clamp`` (to the image),
-    which list it in ``report.outside_image``."""
+    order, empty splits omitted). A record without landmarks (``landmarks is None``) goes to
+    the ``unlabeled`` split, whose rows have the same columns but ``landmarks``.
+
+    Images are read one at a time and streamed into Arrow files (in ``cache_dir``, else the
+    ``datasets`` cache), so a pool of any size is prepared without holding it in memory.
+    Unreadable images raise :class:`ImageReadError` unless ``skip_bad``, which lists them in
+    ``report.skipped``. A non-finite coordinate is always an error; landmarks on or just
+    beyond the border are clamped and counted, and farther out follow ``outside_image``
+    (see :func:`check_landmarks`)."""
     if outside_image not in OUTSIDE_IMAGE_POLICIES:
         raise ValueError(f"outside_image must be one of {OUTSIDE_IMAGE_POLICIES}, got {outside_image!r}")
     from datasets import Dataset, DatasetDict
 
     report = report or ConversionReport(dataset=dataset)
-    rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for rec in records:
-        try:
-            image = read_image(rec.image_path)
-        except ImageReadError as err:
-            if not skip_bad:
-                raise
-            report.skipped.append(f"{rec.image_path} ({err})")
-            continue
-        h, w = image.shape
-        lm = np.asarray(rec.landmarks, dtype=np.float32)
-        if lm.shape != (len(landmark_names), 2) or not np.all(np.isfinite(lm)):
-            raise DatasetFormatError(f"{rec.image_path}: landmarks must be {len(landmark_names)} finite (x, y) pairs, got {lm.tolist()}")
-        outside = (lm[:, 0] < -0.5) | (lm[:, 0] > w - 0.5) | (lm[:, 1] < -0.5) | (lm[:, 1] > h - 0.5)
-        if outside.any():
-            listed = ", ".join(f"{landmark_names[j]!r} at ({lm[j, 0]:g}, {lm[j, 1]:g})" for j in np.flatnonzero(outside))
-            if outside_image == "error":
-                raise DatasetFormatError(
-                    f"{rec.image_path}: landmark {listed} outside the {w}x{h} image; fix the annotation, "
-                    "or pass --outside-image keep (or clamp)"
-                )
-            report.outside_image.append(f"{rec.image_id}: {listed}" + (" (clamped)" if outside_image == "clamp" else ""))
-            if outside_image == "clamp":
-                lm = np.stack([lm[:, 0].clip(0, w - 1), lm[:, 1].clip(0, h - 1)], axis=1)
-        rows[rec.split].append(
-            {
-                "image": {"bytes": _encode_png(resize_image(image, image_size, "area")), "path": None},
-                "landmarks": lm.tolist(),
-                "original_size": [int(w), int(h)],
-                "spacing": list(rec.spacing) if rec.spacing is not None else None,
-                "landmark_names": list(landmark_names),
-                "image_id": rec.image_id,
-                "dataset": dataset,
-            }
-        )
-    feats = features(len(landmark_names))
+    names = list(landmark_names)
+    failure: list[BaseException] = []  # an error inside the generator, re-raised as it is (datasets would wrap it)
+
+    def rows(split: str):
+        for rec in records:
+            if rec.split != split or failure:
+                continue
+            try:
+                row = _encode_record(rec, names, dataset, image_size, report, skip_bad, outside_image)
+            except Exception as err:  # noqa: BLE001 - every error is re-raised below, unchanged
+                failure.append(err)
+                return
+            if row is not None:
+                yield row
+
     out = DatasetDict()
-    for split in SPLITS:
-        if rows[split]:
-            out[split] = Dataset.from_list(rows[split], features=feats)
-    report.annotated = sum(len(v) for v in rows.values())
-    report.split_sizes = {s: len(rows[s]) for s in SPLITS}
+    for split in (*SPLITS, UNLABELED):
+        if not any(r.split == split for r in records):
+            continue
+        feats = features(len(names), labeled=split != UNLABELED)
+        part = Dataset.from_generator(rows, features=feats, gen_kwargs={"split": split}, cache_dir=cache_dir, keep_in_memory=False)
+        if failure:
+            raise failure[0]
+        if len(part):
+            out[split] = part
+    report.split_sizes = {s: len(out[s]) if s in out else 0 for s in (*SPLITS, UNLABELED) if s != UNLABELED or s in out}
+    report.annotated = sum(len(out[s]) for s in SPLITS if s in out)
     return out
+
+
+def _encode_record(rec: Record, names, dataset, image_size, report, skip_bad, outside_image) -> dict | None:
+    try:
+        image = read_image(rec.image_path)
+    except ImageReadError as err:
+        if not skip_bad:
+            raise
+        report.skipped.append(f"{rec.image_path} ({err})")
+        return None
+    h, w = image.shape
+    row = {
+        "image": {"bytes": _encode_png(resize_image(image, image_size, "area")), "path": None},
+        "original_size": [int(w), int(h)],
+        "spacing": list(rec.spacing) if rec.spacing is not None else None,
+        "landmark_names": list(names),
+        "image_id": rec.image_id,
+        "dataset": dataset,
+    }
+    if rec.landmarks is None:
+        return row
+    lm = np.asarray(rec.landmarks, dtype=np.float32)
+    if lm.shape != (len(names), 2) or not np.all(np.isfinite(lm)):
+        raise DatasetFormatError(f"{rec.image_path}: landmarks must be {len(names)} finite (x, y) pairs, got {lm.tolist()}")
+    row["landmarks"] = check_landmarks(lm, w, h, names, rec.image_path, outside_image, report, rec.image_id).tolist()
+    return row
 
 
 def save_prepared(dataset_dict, out_dir: str | os.PathLike, report: ConversionReport | None = None, info: dict | None = None) -> str:
@@ -178,7 +232,7 @@ def save_prepared(dataset_dict, out_dir: str | os.PathLike, report: ConversionRe
         if report is not None:
             meta["report"] = report.to_dict()
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2)
+            fh.write(json_text(meta))
     return out_dir
 
 

@@ -8,7 +8,6 @@ in original image pixels.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from ..metrics import wrist_spacing
 from ..preprocessing import IMAGE_EXTENSIONS
-from .prepared import SPLITS, ConversionReport, DatasetFormatError, Record, build_dataset_dict, split_by_counts
+from .prepared import SPLITS, UNLABELED, ConversionReport, DatasetFormatError, Record, build_dataset_dict, split_by_counts
 from .specs import DATASETS
 
 CEPH, HAND, CHEST = DATASETS["ceph"], DATASETS["hand"], DATASETS["chest"]
@@ -227,200 +226,182 @@ def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = F
 
 def read_custom(
     root: str | os.PathLike, annotations: str | os.PathLike, split_counts=None, val_fraction: float = 0.1,
-    test_fraction: float = 0.2, skip_bad: bool = False,
+    test_fraction: float = 0.2, skip_bad: bool = False, drop_incomplete: bool = False, landmarks: Sequence[str] | None = None,
+    coco_origin: str | None = None,
 ):
-    """A folder of images plus one CSV or JSON of landmarks (the format is documented in the
-    README, "Your own data").
+    """A folder of images plus one annotation file: our CSV or JSON (the format is documented
+    in the README, "Your own data"), or an export of CVAT, Label Studio, labelme or COCO
+    Keypoints (:mod:`hf_landmark.data.formats`, detected by content).
 
     CSV: a header ``image,<name1>_x,<name1>_y,...[,spacing_x,spacing_y][,split]``, one row
-    per image (``image`` is a file name relative to ``root``). JSON: ``{"landmark_names":
+    per image (``image`` is a path relative to ``root``). JSON: ``{"landmark_names":
     [...], "images": [{"file": ..., "landmarks": [[x, y], ...], "spacing": 0.1 | [sx, sy],
     "split": "train"}]}`` (names, spacing and split optional). Coordinates in original
-    pixels. ``split`` is ``train``, ``validation`` or ``test`` for every image, or for none;
-    without it, sorted ids are split by ``split_counts`` or by the fractions (default 70 /
-    10 / 20 %).
+    pixels, pixel centres at integers. ``split`` is ``train``, ``validation`` or ``test``
+    for every annotated image, or for none; without it, sorted ids are split by
+    ``split_counts`` or by the fractions (default 70 / 10 / 20 %).
 
-    Every problem is a :class:`DatasetFormatError` naming the file, the row (CSV line or JSON
-    item) and the landmark: a missing or non-finite coordinate, a missing key, a wrong point
-    count, a duplicate image, a partly filled or unknown split, a bad spacing. An annotated
-    image that does not exist is an error too, unless ``skip_bad`` (then it is listed in the
-    report).
+    Every readable image under ``root`` (recursive) is kept: those the file annotates go to
+    train / validation / test, the others, and rows with no coordinates at all (an image not
+    yet annotated), to the ``unlabeled`` split. A partly annotated image is an error naming
+    the missing landmarks unless ``drop_incomplete`` (then it joins the unlabeled pool and is
+    listed in the report). Every problem is a :class:`DatasetFormatError` naming the file,
+    the row or item and the landmark. An annotated image that does not exist is an error too,
+    unless ``skip_bad`` (then it is listed in the report).
     """
+    from .formats import read_annotation_file
+
     root, annotations = Path(root), Path(annotations)
-    if not annotations.is_file():
+    if not annotations.exists():
         raise DatasetFormatError(f"{annotations}: annotation file not found")
-    entries, names = (_custom_json if annotations.suffix.lower() == ".json" else _custom_csv)(annotations)
+    entries, names = read_annotation_file(annotations, root=root, landmarks=landmarks, coco_origin=coco_origin)
     if not entries:
         raise DatasetFormatError(f"{annotations}: no images listed")
-    report = ConversionReport(dataset="custom", images_found=sum(1 for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
+    files = _image_files(root)
+    report = ConversionReport(dataset="custom", images_found=len(files))
     seen: dict[str, str] = {}
     for entry in entries:
         if entry.file in seen:
             raise DatasetFormatError(f"{entry.where}: image {entry.file!r} is listed twice (first at {seen[entry.file]})")
         seen[entry.file] = entry.where
-    _check_custom_splits(entries, annotations)
-    records = []
+    annotated_entries = []
+    for entry in entries:
+        missing = [] if entry.landmarks is None else [n for n, p in zip(names, entry.landmarks) if not np.isfinite(p).all()]
+        if entry.landmarks is None or len(missing) == len(names):
+            entry.landmarks = None  # not annotated yet: the pool
+        elif missing:
+            if not drop_incomplete:
+                raise DatasetFormatError(f"{entry.where}: landmark{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                                         "missing; annotate them, or pass --drop-incomplete to put the image in the unlabeled pool")  # fmt: skip
+            report.incomplete.append(f"{entry.file} (missing {', '.join(missing)})")
+            entry.landmarks = None
+        else:
+            annotated_entries.append(entry)
+    _check_custom_splits(annotated_entries, annotations)
+    records, listed = [], set()
     for entry in entries:
         path = root / entry.file
         if not path.is_file():
+            if entry.landmarks is None:
+                continue  # a template row for an image that is not here: nothing lost
             if not skip_bad:
                 raise DatasetFormatError(f"{entry.where}: image {path} not found (--skip-bad leaves it out and lists it)")
             report.annotations_without_images.append(entry.file)
             continue
-        records.append(Record(str(path), Path(entry.file).stem, entry.landmarks, entry.split or "", entry.spacing))
-    annotated = set(seen)
-    report.images_without_annotations = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in annotated)
-    if records and all(r.split for r in records):
-        report.split_sizes = {s: sum(r.split == s for r in records) for s in SPLITS}
-        return sorted(records, key=lambda r: r.image_id), names, report
+        listed.add(path.resolve())
+        split = UNLABELED if entry.landmarks is None else entry.split or ""
+        records.append(Record(str(path), _image_id(path, root), entry.landmarks, split, entry.spacing or _dicom_spacing(path)))
+    unannotated = [p for p in files if p.resolve() not in listed]
+    report.images_without_annotations = [p.relative_to(root).as_posix() for p in unannotated]  # the pool
+    records += [Record(str(p), _image_id(p, root), None, UNLABELED, _dicom_spacing(p)) for p in unannotated]
+    labeled = sorted((r for r in records if r.split != UNLABELED), key=lambda r: r.image_id)
+    pool = sorted((r for r in records if r.split == UNLABELED), key=lambda r: r.image_id)
+    if labeled and all(r.split for r in labeled):
+        report.split_sizes = {s: sum(r.split == s for r in labeled) for s in SPLITS}
+        return labeled + pool, names, report
     if split_counts is None:
-        total = len(records)
+        total = len(labeled)
         n_test, n_val = int(round(total * test_fraction)), int(round(total * val_fraction))
         split_counts = (total - n_val - n_test, n_val, None)
-    return _assign(records, split_counts, report), names, report
+    return (_assign(labeled, split_counts, report) if labeled else []) + pool, names, report
 
 
-class _Entry:
-    """One annotated image of a custom annotation file, with where it was read."""
-
-    def __init__(self, where: str, file: str, landmarks: np.ndarray, spacing, split: str | None):
-        self.where, self.file, self.landmarks, self.spacing, self.split = where, file, landmarks, spacing, split
-
-
-def _check_custom_splits(entries: list[_Entry], path: Path) -> None:
+def _check_custom_splits(entries, path: Path) -> None:
     given = [e for e in entries if e.split]
     if given and len(given) != len(entries):
         missing = [e.where for e in entries if not e.split]
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DatasetFormatError(
-            f"{path}: the split is given for {len(given)} of {len(entries)} images but empty at {shown}; "
-            "fill it for every image (train, validation or test) or leave it out entirely"
+            f"{path}: the split is given for {len(given)} of {len(entries)} annotated images but empty at {shown}; "
+            "fill it for every annotated image (train, validation or test) or leave it out entirely"
         )
     for e in given:
         if e.split not in SPLITS:
             raise DatasetFormatError(f"{e.where}: unknown split {e.split!r}; use train, validation or test")
 
 
-def _coordinate(value, where: str, name: str, axis: str) -> float:
-    """One coordinate; a missing, non-numeric or non-finite value names its landmark."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DatasetFormatError(f"{where}: landmark {name!r} has no {axis} coordinate")
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise DatasetFormatError(f"{where}: landmark {name!r} {axis} = {value!r} is not a number") from err
-    if not np.isfinite(v):
-        raise DatasetFormatError(f"{where}: landmark {name!r} {axis} = {value!r} is not a finite number")
-    return v
+def read_images(root: str | os.PathLike, skip_bad: bool = False):
+    """Every image under ``root`` (recursive; PNG, JPEG, BMP, TIFF, DICOM), all in the
+    ``unlabeled`` split: a pool to pre-train on and to choose the images to annotate from."""
+    root = Path(root)
+    files = _image_files(root)
+    report = ConversionReport(dataset="images", images_found=len(files))
+    return [Record(str(p), _image_id(p, root), None, UNLABELED, _dicom_spacing(p)) for p in files], [], report
 
 
-def _spacing_value(value, where: str):
-    if value is None or (isinstance(value, str) and not value.strip()):
+def _image_files(root: Path) -> list[Path]:
+    """Image files under ``root``, recursively, sorted; hidden folders and files are left out."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))  # fmt: skip
+
+
+def _image_id(path: Path, root: Path) -> str:
+    """An image's id: its path under ``root`` without the extension (``sub/img01``; a file at
+    the top is its stem)."""
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def _dicom_spacing(path: Path):
+    """A DICOM file's pixel spacing ``(sx, sy)`` mm (None for other files or without one)."""
+    from ..preprocessing import ImageReadError, is_dicom_path, read_dicom
+
+    if not is_dicom_path(path):
         return None
     try:
-        pair = (float(value), float(value)) if isinstance(value, (int, float, str)) else tuple(float(v) for v in value)
-    except (TypeError, ValueError) as err:
-        raise DatasetFormatError(f"{where}: spacing {value!r} must be a number or [sx, sy] (mm per pixel)") from err
-    if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
-        raise DatasetFormatError(f"{where}: spacing {value!r} must be one positive number or two [sx, sy] (mm per pixel)")
-    return pair
+        return read_dicom(path)[1]
+    except ImageReadError:
+        return None  # the image itself is read (and refused or skipped) when it is encoded
 
 
-def _custom_json(path: Path):
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetFormatError(f"{path}: not readable JSON ({err})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DatasetFormatError(f"{path}: expected a JSON object with an 'images' list")
-    items = data["images"]
-    names = data.get("landmark_names")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise DatasetFormatError(f"{path}: 'landmark_names' must be a list of strings")
-    entries = []
-    for k, item in enumerate(items):
-        where = f"{path}: images[{k}]"
-        if not isinstance(item, dict):
-            raise DatasetFormatError(f"{where}: expected an object with 'file' and 'landmarks'")
-        for key in ("file", "landmarks"):
-            if key not in item:
-                raise DatasetFormatError(f"{where}: no {key!r} key")
-        file = item["file"]
-        where = f"{path}: images[{k}] ({file})"
-        points = item["landmarks"]
-        if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points):
-            raise DatasetFormatError(f"{where}: 'landmarks' must be a list of [x, y] pairs")
-        if names is None:
-            names = [f"L{i}" for i in range(len(points))]
-        if len(points) != len(names):
-            expected = "landmark_names lists" if data.get("landmark_names") else "the first image has"
-            raise DatasetFormatError(f"{where}: {len(points)} landmarks, but {expected} {len(names)}")
-        lm = np.asarray([[_coordinate(x, where, n, "x"), _coordinate(y, where, n, "y")] for n, (x, y) in zip(names, points)], np.float32)
-        split = item.get("split")
-        entries.append(_Entry(where, str(file), lm, _spacing_value(item.get("spacing"), where), str(split).strip() if split else None))
-    return entries, list(names or [])
-
-
-def _custom_csv(path: Path):
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        if not header or header[0] != "image":
-            raise DatasetFormatError(f"{path}: first column must be 'image'")
-        coord_cols = [c for c in header[1:] if c.endswith(("_x", "_y")) and not c.startswith("spacing")]
-        if len(coord_cols) % 2 or any(not a.endswith("_x") or b != a[:-2] + "_y" for a, b in zip(coord_cols[::2], coord_cols[1::2])):
-            raise DatasetFormatError(f"{path}: landmark columns must come in <name>_x,<name>_y pairs")
-        if not coord_cols:
-            raise DatasetFormatError(f"{path}: no landmark columns (<name>_x,<name>_y)")
-        names = [c[:-2] for c in coord_cols[::2]]
-        entries = []
-        for lineno, row in enumerate(reader, start=2):
-            file = (row.get("image") or "").strip()
-            where = f"{path}:{lineno}" + (f" ({file})" if file else "")
-            if None in row:
-                raise DatasetFormatError(f"{where}: more cells than the header has columns")
-            if not file:
-                raise DatasetFormatError(f"{where}: the 'image' cell is empty")
-            lm = np.asarray([[_coordinate(row[f"{n}_x"], where, n, "x"), _coordinate(row[f"{n}_y"], where, n, "y")] for n in names], np.float32)
-            spacing = None
-            if (row.get("spacing_x") or "").strip():
-                spacing = _spacing_value([row["spacing_x"], row.get("spacing_y") or row["spacing_x"]], where)
-            entries.append(_Entry(where, file, lm, spacing, (row.get("split") or "").strip() or None))
-    return entries, names
-
-
-READERS = {"ceph": read_ceph, "hand": read_hand, "chest": read_chest, "custom": read_custom}
+READERS = {"ceph": read_ceph, "hand": read_hand, "chest": read_chest, "custom": read_custom, "images": read_images}
 
 
 def prepare(
     kind: str, root, out_dir=None, image_size: int = 256, skip_bad: bool = False, allow_empty_splits: bool = False,
     outside_image: str = "error", **reader_kwargs,
 ):
-    """Read a benchmark (``ceph``, ``hand``, ``chest``, ``custom``) and build its prepared
+    """Read a benchmark (``ceph``, ``hand``, ``chest``), custom data (``custom``: a folder
+    and an annotation file; its images without annotations form the ``unlabeled`` split) or
+    a bare folder of images (``images``: only an ``unlabeled`` split), and build its prepared
     ``DatasetDict``; saved atomically to ``out_dir`` when given. Returns ``(dd, report)``.
 
     A split that comes out empty (e.g. 40 images with the paper's 130 / 20 / rest) is refused
     with a :class:`DatasetFormatError` unless ``allow_empty_splits`` (then it is omitted).
     ``outside_image``: what to do with a landmark outside its image: ``error`` (default),
     ``keep`` or ``clamp`` to the image (both listed in the report)."""
-    from .prepared import save_prepared
+    import shutil
+    import tempfile
+
+    from .prepared import load_prepared, save_prepared
 
     if kind not in READERS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
+    layout = DATASETS[kind].layout if kind in DATASETS else "a folder of images"
     if not Path(root).is_dir():
-        raise DatasetFormatError(f"{root}: folder not found (expected the {kind} layout: {DATASETS[kind].layout})")
+        raise DatasetFormatError(f"{root}: folder not found (expected the {kind} layout: {layout})")
     records, names, report = READERS[kind](root, skip_bad=skip_bad, **reader_kwargs)
-    if not records:
-        raise DatasetFormatError(f"{root}: no annotated images found for {kind} (expected {DATASETS[kind].layout})\n{report.summary()}")
-    empty = [s for s in SPLITS if not any(r.split == s for r in records)]
-    if empty and not allow_empty_splits:
-        sizes = ", ".join(f"{s} {sum(r.split == s for r in records)}" for s in SPLITS)
+    labeled = [r for r in records if r.split != UNLABELED]
+    if kind == "images":
+        if not records:
+            raise DatasetFormatError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    elif not labeled:
+        raise DatasetFormatError(f"{root}: no annotated images found for {kind} (expected {layout}); "
+                                 f"for a folder without annotations use hf-landmark prepare images\n{report.summary()}")  # fmt: skip
+    empty = [s for s in SPLITS if not any(r.split == s for r in labeled)]
+    if labeled and empty and not allow_empty_splits:
+        sizes = ", ".join(f"{s} {sum(r.split == s for r in labeled)}" for s in SPLITS)
         raise DatasetFormatError(
-            f"{root}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty ({sizes} of {len(records)} "
+            f"{root}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty ({sizes} of {len(labeled)} "
             "annotated images); give --split-counts TRAIN,VAL[,TEST] (e.g. 26,6,8) or --allow-empty-splits"
         )
-    dataset_name = "custom" if kind == "custom" else kind
-    dd = build_dataset_dict(records, names, dataset_name, image_size=image_size, report=report, skip_bad=skip_bad, outside_image=outside_image)
-    if out_dir is not None:
+    dataset_name = "custom" if kind in ("custom", "images") else kind
+    cache = tempfile.mkdtemp(prefix="hf-landmark-prepare-")
+    try:
+        dd = build_dataset_dict(records, names, dataset_name, image_size=image_size, report=report, skip_bad=skip_bad,
+                                outside_image=outside_image, cache_dir=cache)  # fmt: skip
+        if out_dir is None:
+            return dd.map(keep_in_memory=True), report  # detached from the temporary cache
         save_prepared(dd, out_dir, report, info={"kind": kind, "image_size": image_size, "landmark_names": names})
-    return dd, report
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return load_prepared(out_dir), report

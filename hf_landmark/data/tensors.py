@@ -104,7 +104,8 @@ def load_tensors(split, image_size: int, resample: str = "area", fine_size: int 
         images.append(resize_image(image01, image_size, resample))
         if fine_size:
             fine.append(resize_image(image01, fine_size, resample))
-        lms.append(np.asarray(row["landmarks"], dtype=np.float32))
+        # An unlabeled split (the pool) has no landmarks: NaN, which no loss or metric may read.
+        lms.append(np.asarray(row["landmarks"], dtype=np.float32) if "landmarks" in row else np.full((len(row["landmark_names"]), 2), np.nan, np.float32))
         sizes.append(row["original_size"])
         spacing.append(row["spacing"] if row["spacing"] is not None else [math.nan, math.nan])
         ids.append(row["image_id"])
@@ -174,14 +175,20 @@ def random_affine(
     return out, ((u2 + 1.0) * w - 1.0) / 2.0
 
 
-def load_unlabeled_images(dataset, splits: str, size: int, name: str) -> torch.Tensor:
-    """``[M, 1, size, size]`` images in [0, 1] of the comma-separated ``splits`` of a prepared
-    ``DatasetDict`` (the splits it lacks or has empty are left out): what pre-training sees.
-    ``name`` (the dataset's path or id) names it in the error when none of them exist."""
+def load_unlabeled_images(dataset, splits: str, size: int, name: str) -> tuple[torch.Tensor, dict[str, int]]:
+    """``([M, 1, size, size] images in [0, 1], {split: count})`` of the comma-separated
+    ``splits`` of a prepared ``DatasetDict`` (the splits it lacks or has empty are left out):
+    what pre-training sees. ``name`` (the dataset's path or id) names it in the error when
+    none of them exist."""
     from ..errors import UserInputError
 
     wanted = [s for s in splits.split(",") if s]
-    parts = [load_tensors(dataset[s], size) for s in wanted if s in dataset and len(dataset[s])]
+    parts = {s: load_tensors(dataset[s], size) for s in wanted if s in dataset and len(dataset[s])}
     if not parts:
         raise UserInputError(f"{name}: none of the splits {wanted} exist (it has {', '.join(dataset)})")
-    return torch.cat([p.images for p in parts])
+    return torch.cat([p.images for p in parts.values()]), {s: len(p) for s, p in parts.items()}
+
+
+def describe_split_counts(counts: dict[str, int]) -> str:
+    """``48 images (unlabeled 40, train 6, validation 2)``."""
+    return f"{sum(counts.values())} images ({', '.join(f'{s} {n}' for s, n in counts.items())})"
