@@ -117,10 +117,9 @@ def test_help_imports_neither_torch_nor_the_package():
 
 def test_cli_choices_match_the_library():
     import hf_landmark_cli
+    from hf_landmark.data.formats import FORMATS
     from hf_landmark.data.specs import DATASETS
     from hf_landmark.heatmaps import DECODERS
-
-    from hf_landmark.data.formats import FORMATS
 
     assert hf_landmark_cli.DATASET_KINDS == (*DATASETS, "images")  # images: a bare folder, no benchmark spec
     assert hf_landmark_cli.ANNOTATION_FORMATS == FORMATS

@@ -2,6 +2,7 @@
 exits with code 2 without a traceback, and leaves no output folder."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,35 @@ def test_json_nan_is_refused(images, capsys):
     (images / "lm.json").write_text(json.dumps({"images": [{"file": "im0.png", "landmarks": [[1.0, float("nan")]]}]}))
     assert _prepare(images, images / "lm.json", "--allow-empty-splits") == 2
     _refused(capsys, images, "images[0] (im0.png)", "landmark 'L0' y = nan is not a finite number")
+
+
+def test_a_folder_with_4_of_11_annotated_prepares_a_pool_and_pretraining_uses_it(tmp_path, caplog):
+    """11 images of which 4 are annotated: train/validation/test + 7 unlabeled; pre-training
+    reads the 7 + train + validation and never the test image."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from hf_landmark.data import load_prepared, prepare
+    from hf_landmark.training.pretrain import PretrainArguments, pretrain
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "xrays" / "more").mkdir(parents=True)
+    for k in range(11):  # 3 of them in a subfolder: the pool is read recursively
+        sub = "more/" if k >= 8 else ""
+        Image.fromarray((rng.random((40, 36)) * 255).astype(np.uint8)).save(tmp_path / "xrays" / f"{sub}img{k:02d}.png")
+    rows = [f"img{k:02d}.png,{5 + k},{6 + k},{20 - k},{30 - k}" for k in range(4)]
+    (tmp_path / "lm.csv").write_text("image,tip_x,tip_y,base_x,base_y\n" + "\n".join(rows) + "\n")
+    _, report = prepare("custom", tmp_path / "xrays", tmp_path / "prep", image_size=32, annotations=tmp_path / "lm.csv", split_counts=(2, 1, 1))
+    dd = load_prepared(tmp_path / "prep")
+    assert {s: len(dd[s]) for s in dd} == {"train": 2, "validation": 1, "test": 1, "unlabeled": 7}
+    assert sorted(dd["unlabeled"]["image_id"]) == ["img04", "img05", "img06", "img07", "more/img08", "more/img09", "more/img10"]
+    assert dd["test"]["image_id"] == ["img03"] and report.split_sizes["unlabeled"] == 7
+    caplog.set_level(logging.INFO)
+    ckpt = pretrain(PretrainArguments(dataset=str(tmp_path / "prep"), output_dir=str(tmp_path / "ddpm"), preset="tiny", resolution=32,
+                                      max_steps=2, save_steps="2", train_batch_size=2, gradient_accumulation_steps=1, num_samples=0,
+                                      report_to="none", mixed_precision="no"))  # fmt: skip
+    info = json.loads((Path(ckpt) / "hf_landmark_pretraining.json").read_text())
+    assert info["num_images"] == 10 and info["split_counts"] == {"unlabeled": 7, "train": 2, "validation": 1}
+    assert "pre-training on 10 images (unlabeled 7, train 2, validation 1)" in caplog.text
