@@ -91,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
     p.add_argument("--no-refine", action="store_true", help="the first stage only, for a detector with a refinement stage")
 
+    p = sub.add_parser("select", allow_abbrev=False, help="choose which images of the unlabeled pool to annotate")
+    p.add_argument("--dataset", required=True, help="prepared dataset (prepare images or prepare custom) whose pool to choose from")
+    p.add_argument("--num", type=int, required=True, help="how many images to choose")
+    p.add_argument("--strategy", default="coverage", choices=["coverage", "first", "random", "uncertainty"],
+                   help="coverage (default): the set that best represents the pool; first: the first sorted ids; random; "
+                   "uncertainty: a fine-tuned detector's least confident images")  # fmt: skip
+    p.add_argument("--features", help="coverage: a pre-trained DDPM checkpoint (hf-landmark pretrain) or a detector folder")
+    p.add_argument("--model", help="uncertainty: the fine-tuned detector")
+    p.add_argument("--split", default="unlabeled", help="the pool: unlabeled (default), or train with its labels hidden (experiments)")
+    p.add_argument("--landmarks", help="landmark names for the template (comma-separated or a file); default: the model's or the dataset's")
+    p.add_argument("--seed", type=int, default=0, help="random: the seed")
+    p.add_argument("--out", default="choose.csv", help="the annotation template (the CSV prepare custom reads); a contact sheet "
+                   "PNG is written beside it")  # fmt: skip
+
     p = sub.add_parser("card", allow_abbrev=False, help="write MODEL_DIR/README.md, a model card filled from metrics.json")
     p.add_argument("model_dir", help="the fine-tuned detector folder (OUT/model of hf-landmark finetune)")
     p.add_argument("--metrics", required=True, help="metrics.json from hf-landmark evaluate")

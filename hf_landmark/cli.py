@@ -250,6 +250,76 @@ def write_predictions_for_tool(args, results: dict) -> str:
     return out
 
 
+def feature_model(path: str):
+    """``(model, processor)`` whose backbone embeds images for ``select``: a detector folder,
+    or a pre-trained DDPM (its U-Net, with a one-channel head that is never read)."""
+    from .errors import resolve_folder_or_repo
+    from .image_processing_landmark import LandmarkImageProcessor
+    from .modeling_landmark import LandmarkDetector
+    from .pipeline_landmark import load_detector
+
+    path = resolve_folder_or_repo(path, "--features", "pre-trained DDPM or detector")
+    if os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isdir(os.path.join(path, "unet")):
+        model = LandmarkDetector.from_ddpm(path, 1)
+        return model.eval(), LandmarkImageProcessor.from_model_config(model.config)
+    return load_detector(path)
+
+
+def _cmd_select(args) -> int:
+    import numpy as np
+
+    from .data import dataset_info, load_prepared, load_tensors
+    from .data.formats import write_csv
+    from .data.prepared import require_split
+    from .evaluation import predict_split
+    from .pipeline_landmark import load_detector
+    from .selection import choose, contact_sheet, coverage_score, pooled_features
+
+    if args.num < 1:
+        raise UserInputError(f"--num: must be at least 1, got {args.num}")
+    if args.split == "test":
+        raise UserInputError("--split: the test split is never a pool to choose from")
+    dataset = load_prepared(args.dataset)
+    pool_split = require_split(dataset, args.split, args.dataset + " (prepare custom puts the images without annotations there, "
+                               "prepare images all of them; --split train hides the training labels instead)")  # fmt: skip
+    info = dataset_info(args.dataset)
+    model = processor = features = uncertainty = None
+    if args.strategy == "coverage":
+        if not args.features:
+            raise UserInputError("--features: the coverage strategy embeds the pool with a pre-trained DDPM (hf-landmark pretrain) or a detector")
+        model, processor = feature_model(args.features)
+    if args.strategy == "uncertainty":
+        if not args.model:
+            raise UserInputError("--model: the uncertainty strategy ranks the pool by a fine-tuned detector's confidence")
+        model, processor = load_detector(args.model)
+    data = load_tensors(pool_split, processor.size if processor else 64)
+    if args.strategy == "coverage":
+        features = pooled_features(model, data.pixel_values(processor.pixel_range))
+    if args.strategy == "uncertainty":
+        pred = predict_split(model, processor, data, refine=False)
+        radii = processor.radii(pred["spread"])
+        radius = (radii if radii is not None else pred["spread"]).mean(axis=1)
+        uncertainty = (np.array([f != "ok" for f in pred["flags"]]), radius)
+    chosen = choose(args.strategy, data.image_ids, args.num, features, args.seed, uncertainty)
+    names = (read_landmark_names(args.landmarks) if args.landmarks else None) or (
+        model.config.landmark_names if args.strategy == "uncertainty" else None) or info.get("landmark_names") or []  # fmt: skip
+    if not names:
+        raise UserInputError("--landmarks: name the landmarks to annotate (comma-separated or a file with one per line)")
+    files = info.get("files", {})
+    items = [{"file": files.get(data.image_ids[i], data.image_ids[i]), "landmarks": None} for i in chosen]
+    write_csv(items, names, args.out)
+    sheet = contact_sheet(data.images[chosen], [it["file"] for it in items], os.path.splitext(args.out)[0] + "_sheet.png")
+    where = f" (under {info['root']})" if info.get("root") else ""
+    print(f"chose {len(chosen)} of {len(data)} {args.split} images by {args.strategy}{where}: " + ", ".join(it["file"] for it in items[:10])
+          + (" ..." if len(items) > 10 else ""))  # fmt: skip
+    if features is not None:
+        first = choose("first", data.image_ids, args.num)
+        print(f"coverage of the pool (mean similarity to the closest chosen image): {coverage_score(features, chosen):.4f}, "
+              f"first {args.num} sorted: {coverage_score(features, first):.4f}")  # fmt: skip
+    print(f"wrote the annotation template {args.out} ({len(names)} landmarks) and the contact sheet {sheet}")
+    return 0
+
+
 def _cmd_card(args) -> int:
     import json
 

@@ -136,3 +136,46 @@ def test_a_folder_with_4_of_11_annotated_prepares_a_pool_and_pretraining_uses_it
     info = json.loads((Path(ckpt) / "hf_landmark_pretraining.json").read_text())
     assert info["num_images"] == 10 and info["split_counts"] == {"unlabeled": 7, "train": 2, "validation": 1}
     assert "pre-training on 10 images (unlabeled 7, train 2, validation 1)" in caplog.text
+    # Which of the 7 to annotate: chosen from the pool only, by the DDPM's features and by a detector's.
+    from hf_landmark import LandmarkConfig, LandmarkDetector
+
+    capsys_out = []
+    for features in (ckpt, None):
+        if features is None:
+            features = tmp_path / "det"
+            LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32)).save_pretrained(features)
+        out = tmp_path / f"choose-{len(capsys_out)}.csv"
+        assert cli(["select", "--dataset", str(tmp_path / "prep"), "--num", "3", "--features", str(features), "--out", str(out)]) == 0
+        lines = out.read_text().splitlines()
+        assert lines[0] == "image,tip_x,tip_y,base_x,base_y" and len(lines) == 4
+        chosen = [ln.split(",")[0] for ln in lines[1:]]
+        assert set(chosen) <= {"img04.png", "img05.png", "img06.png", "img07.png", "more/img08.png", "more/img09.png", "more/img10.png"}
+        assert all(ln.endswith(",,,,") for ln in lines[1:]) and (tmp_path / f"choose-{len(capsys_out)}_sheet.png").is_file()
+        capsys_out.append(chosen)
+    # The template is the annotation file: filled in, its images are the labeled ones, the rest stay in the pool.
+    template = (tmp_path / "choose-0.csv").read_text().splitlines()
+    filled = [template[0]] + [row.replace(",,,,", ",3,4,10,12") for row in template[1:]]
+    (tmp_path / "choose-0.csv").write_text("\n".join(filled) + "\n")
+    dd2, _ = prepare("custom", tmp_path / "xrays", None, image_size=32, annotations=tmp_path / "choose-0.csv", split_counts=(2, 1, 0),
+                     allow_empty_splits=True)  # fmt: skip
+    assert {s: len(dd2[s]) for s in dd2} == {"train": 2, "validation": 1, "unlabeled": 8}
+    assert sorted([*dd2["train"]["image_id"], *dd2["validation"]["image_id"]]) == sorted(c.removesuffix(".png") for c in capsys_out[0])
+
+
+def test_facility_location_picks_the_images_that_represent_the_pool():
+    """Three groups of 5, 3 and 2 nearly identical images: one image represents its group;
+    K = 1 picks from the largest group, K = 3 one from each."""
+    import numpy as np
+
+    from hf_landmark.selection import coverage_score, facility_location
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3)
+    groups = [0] * 5 + [1] * 3 + [2] * 2
+    feats = centres[groups] + 0.01 * rng.normal(size=(10, 3))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    assert groups[facility_location(feats, 1)[0]] == 0
+    assert sorted(groups[i] for i in facility_location(feats, 3)) == [0, 1, 2]
+    # By hand: orthogonal groups have similarity (1 + 0) / 2 = 0.5, the same group ~1.
+    assert coverage_score(feats, facility_location(feats, 3)) == pytest.approx(1.0, abs=1e-3)
+    assert coverage_score(feats, [0]) == pytest.approx((5 * 1.0 + 5 * 0.5) / 10, abs=1e-3)

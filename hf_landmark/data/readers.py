@@ -401,7 +401,10 @@ def prepare(
                                 outside_image=outside_image, cache_dir=cache)  # fmt: skip
         if out_dir is None:
             return dd.map(keep_in_memory=True), report  # detached from the temporary cache
-        save_prepared(dd, out_dir, report, info={"kind": kind, "image_size": image_size, "landmark_names": names})
+        info = {"kind": kind, "image_size": image_size, "landmark_names": names}
+        if kind in ("custom", "images"):  # where each image came from, for annotation templates (hf-landmark select)
+            info.update(root=str(Path(root).resolve()), files={r.image_id: Path(r.image_path).relative_to(root).as_posix() for r in records})
+        save_prepared(dd, out_dir, report, info=info)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return load_prepared(out_dir), report
