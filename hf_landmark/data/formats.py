@@ -111,6 +111,19 @@ def _nan_points(n: int) -> np.ndarray:
     return np.full((n, 2), np.nan, dtype=np.float32)
 
 
+def _entries(parsed, names) -> list[Entry]:
+    """``(where, file, {name: (x, y) or None})`` per image → entries in the order of ``names``
+    (a name an image lacks, or marks absent, is NaN; an image with no points is not annotated)."""
+    out = []
+    for where, file, found in parsed:
+        lm = _nan_points(len(names))
+        for j, n in enumerate(names):
+            if found.get(n) is not None:
+                lm[j] = found[n]
+        out.append(Entry(where, file, lm if found else None))
+    return out
+
+
 def _number(value, where: str, what: str) -> float:
     try:
         v = float(value)
@@ -252,14 +265,7 @@ def _read_cvat(path: Path):
             if label not in names:
                 names.append(label)  # a file without <meta> labels: the order of first appearance
         entries.append((where, file, found))
-    out = []
-    for where, file, found in entries:
-        lm = _nan_points(len(names))
-        for j, n in enumerate(names):
-            if found.get(n) is not None:
-                lm[j] = found[n]
-        out.append(Entry(where, file, lm if found else None))
-    return out, names
+    return _entries(entries, names), names
 
 
 def write_cvat(items, names: Sequence[str], path) -> None:
@@ -347,14 +353,7 @@ def _read_labelstudio(path: Path, root: Path | None):
                 if label not in names:
                     names.append(label)
         parsed.append((where, file, found))
-    out = []
-    for where, file, found in parsed:
-        lm = _nan_points(len(names))
-        for j, n in enumerate(names):
-            if n in found:
-                lm[j] = found[n]
-        out.append(Entry(where, file, lm if found else None))
-    return out, names
+    return _entries(parsed, names), names
 
 
 def write_labelstudio(items, names: Sequence[str], path, model_version: str = "hf-landmark") -> None:
@@ -410,14 +409,7 @@ def _read_labelme(path: Path, root: Path):
             if label not in names:
                 names.append(label)
         parsed.append((where, file, found))
-    out = []
-    for where, file, found in parsed:
-        lm = _nan_points(len(names))
-        for j, n in enumerate(names):
-            if n in found:
-                lm[j] = found[n]
-        out.append(Entry(where, file, lm if found else None))
-    return out, names
+    return _entries(parsed, names), names
 
 
 def write_labelme(items, names: Sequence[str], folder, image_root) -> None:
