@@ -44,8 +44,13 @@ class Entry:
 
 def detect_format(path: Path) -> str:
     """The format of an annotation file (or labelme folder), by its content."""
+    return _sniff(Path(path))[0]
+
+
+def _sniff(path: Path):
+    """``(format, parsed JSON or None)``: a JSON file is parsed once, here, for its reader too."""
     if path.is_dir():
-        return "labelme"
+        return "labelme", None
     try:
         head = path.read_bytes()[:4096].lstrip()
     except OSError as err:
@@ -53,17 +58,17 @@ def detect_format(path: Path) -> str:
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:].lstrip()
     if head.startswith(b"<"):
-        return "cvat"
+        return "cvat", None
     if not head.startswith((b"{", b"[")):
-        return "csv"
+        return "csv", None
     data = _load_json(path)
     if isinstance(data, list):
-        return "labelstudio"
+        return "labelstudio", data
     if isinstance(data, dict) and "categories" in data and "annotations" in data:
-        return "coco"
+        return "coco", data
     if isinstance(data, dict) and "shapes" in data:
-        return "labelme"
-    return "json"
+        return "labelme", None
+    return "json", data
 
 
 def read_annotation_file(path, root=None, landmarks: Sequence[str] | None = None, coco_origin: str | None = None):
@@ -71,19 +76,19 @@ def read_annotation_file(path, root=None, landmarks: Sequence[str] | None = None
     ``root``: the image folder that relative names refer to. ``landmarks``: the names, in
     order, when the file's own are not wanted (a subset or another order)."""
     path = Path(path)
-    kind = detect_format(path)
+    kind, data = _sniff(path)
     if kind == "csv":
         entries, names = _read_csv(path)
     elif kind == "json":
-        entries, names = _read_json(path)
+        entries, names = _read_json(path, data)
     elif kind == "cvat":
         entries, names = _read_cvat(path)
     elif kind == "labelstudio":
-        entries, names = _read_labelstudio(path, Path(root) if root else None)
+        entries, names = _read_labelstudio(path, data, Path(root) if root else None)
     elif kind == "labelme":
         entries, names = _read_labelme(path, Path(root) if root else path)
     else:
-        entries, names = _read_coco(path, coco_origin)
+        entries, names = _read_coco(path, data, coco_origin)
     if landmarks:
         entries, names = _reorder(entries, names, list(landmarks), path)
     return entries, names
@@ -183,8 +188,7 @@ def _read_csv(path: Path):
     return entries, names
 
 
-def _read_json(path: Path):
-    data = _load_json(path)
+def _read_json(path: Path, data):
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetFormatError(f"{path}: expected a JSON object with an 'images' list")
     names = data.get("landmark_names")
@@ -319,8 +323,7 @@ def _labelstudio_file(task: dict, root: Path | None) -> str | None:
     return candidates[-1] if candidates else None
 
 
-def _read_labelstudio(path: Path, root: Path | None):
-    tasks = _load_json(path)
+def _read_labelstudio(path: Path, tasks: list, root: Path | None):
     names: list[str] = []
     parsed = []
     for k, task in enumerate(tasks):
@@ -435,9 +438,8 @@ def _check_coco_origin(origin: str | None, path) -> float:
     return CORNER if origin == "corner" else 0.0
 
 
-def _read_coco(path: Path, origin: str | None):
+def _read_coco(path: Path, data: dict, origin: str | None):
     shift = _check_coco_origin(origin, path)
-    data = _load_json(path)
     categories = [c for c in data.get("categories") or [] if isinstance(c, dict) and c.get("keypoints")]
     if len(categories) != 1:
         raise DatasetFormatError(f"{path}: expected one category with 'keypoints' names, found {len(categories)}")
