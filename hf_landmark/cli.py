@@ -347,8 +347,9 @@ def _cmd_card(args) -> int:
 
         processor = LandmarkImageProcessor.from_pretrained(args.model_dir)
         if processor.calibration_scores:
-            calibration = {"alpha": processor.alpha, "images": len(processor.calibration_scores[0]),
-                           "flags": processor.ood_threshold is not None}  # fmt: skip
+            calibration = {"alpha": processor.alpha, "images": processor.calibration_size, "level": 1.0 - processor.radius_alpha,
+                           "flags": processor.ood_threshold is not None, "flag_images": processor.flag_calibration_images,
+                           "flag_false_alarm_rate": processor.flag_false_alarm_rate}  # fmt: skip
     repo_id = args.repo_id or os.path.basename(os.path.normpath(args.model_dir))
     path = write_card(detector_card(config, metrics, repo_id, training=record, calibration=calibration), args.model_dir)
     print(f"wrote {path}")

@@ -44,11 +44,13 @@ def predict_split(
     # Fine images only for a model that has a refinement stage to run on them.
     refines = refine is not False and getattr(model, "refiner", None) is not None
     fine = data.fine_pixel_values(processor.pixel_range) if refines else None
+    labels = data.landmarks
+    labeled = bool(torch.isfinite(labels).all())  # an unlabeled pool has no loss
     for start in range(0, len(data), batch_size):
         part = slice(start, start + batch_size)
         x = pixel_values[part].to(device)
         out = model(pixel_values=x, fine_pixel_values=None if fine is None else fine[part].to(device),
-                    labels=data.landmarks[part].to(device), refine=refine, decoder=decoder)  # fmt: skip
+                    labels=labels[part].to(device) if labeled else None, refine=refine, decoder=decoder)  # fmt: skip
         sizes = data.original_sizes[part]
         c, sc = processor.post_process_coordinates(out, target_sizes=sizes, decoder=decoder)
         parts["coords"].append(c)
@@ -59,7 +61,7 @@ def predict_split(
         parts["first_stage_spread"].append(first_spread)
         parts["embeddings"].append(out.embeddings.double().cpu().numpy())
         parts["flags"] += processor.flags(out, sizes, first_spread)
-        losses.append(out.loss.item() * x.shape[0])
+        losses.append(out.loss.item() * x.shape[0] if labeled else float("nan"))
     model.train(was_training)
     result = {k: (v if k == "flags" else np.concatenate(v)) for k, v in parts.items()}
     result["loss"] = float(sum(losses) / len(data))
@@ -72,19 +74,34 @@ def predict_tensors(model, processor, data: LandmarkTensors, decoder: str | None
     return out["coords"], out["scores"], out["loss"]
 
 
-def calibrate_processor(model, processor, calibration: LandmarkTensors, reference: LandmarkTensors, decoder: str | None = None) -> dict:
-    """Split conformal calibration of ``processor`` on held-out labeled images (``calibration``,
-    the validation split) and the out-of-distribution reference (``reference``, the training
-    images, labeled or not). Returns what was measured (n, the quantiles at ``alpha``)."""
+def calibrate_processor(model, processor, calibration: LandmarkTensors, reference: LandmarkTensors, decoder: str | None = None,
+                        pool: list[LandmarkTensors] | None = None) -> dict:  # fmt: skip
+    """Calibrate ``processor``: the radii by split conformal prediction on held-out labeled
+    images (``calibration``, the validation split); the low-confidence flag on those and on
+    ``pool`` (images the model never trained on, labeled or not: the unlabeled split, the
+    unlabeled rest of the training split; never test), whose every other image joins
+    ``reference`` (the training images) in defining "like the training data" and the rest
+    set the thresholds, so that no image does both. Returns what was measured."""
     cal = predict_split(model, processor, calibration, decoder)
-    ref = predict_split(model, processor, reference, decoder, refine=False)  # only its embeddings are used
     errors = radial_errors(cal["coords"], calibration.original_landmarks.double().numpy())
-    processor.calibrate(cal["spread"], errors, calibration.original_sizes.numpy(), ref["embeddings"], cal["embeddings"],
-                        first_stage_spread=cal["first_stage_spread"])  # fmt: skip
+    processor.calibrate(cal["spread"], errors)
+    # The flag reads the first stage only: embeddings and first-stage spreads.
+    ref_parts = [predict_split(model, processor, reference, decoder, refine=False)["embeddings"]]
+    flag_emb, flag_spread = [cal["embeddings"]], [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())]
+    for part in pool or []:
+        if not len(part):
+            continue
+        out = predict_split(model, processor, part, decoder, refine=False)
+        rel = processor.relative_spread(out["first_stage_spread"], part.original_sizes.numpy())
+        ref_parts.append(out["embeddings"][0::2])
+        flag_emb.append(out["embeddings"][1::2])
+        flag_spread.append(rel[1::2])
+    processor.calibrate_flag(np.concatenate(ref_parts), np.concatenate(flag_emb), np.concatenate(flag_spread))
     radii = processor.radii(cal["spread"])
     return {"calibration_images": len(calibration), "alpha": processor.alpha, "ood_threshold": processor.ood_threshold,
             "spread_threshold": processor.spread_threshold, "finite_radii": bool(np.isfinite(radii).all()),
-            "radius_coverage": 1.0 - processor.radius_alpha}  # fmt: skip
+            "radius_coverage": 1.0 - processor.radius_alpha, "flag_calibration_images": processor.flag_calibration_images,
+            "flag_false_alarm_rate": processor.flag_false_alarm_rate}  # fmt: skip
 
 
 def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) -> dict:
@@ -103,6 +120,8 @@ def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) ->
     confident = scores.ravel() >= np.quantile(scores.ravel(), 0.2)
     out: dict = {
         "unit": unit, "flagged_images": int(sum(f != "ok" for f in pred["flags"])), "num_images": len(data),
+        **({"flag_calibration_images": processor.flag_calibration_images, "flag_false_alarm_rate": processor.flag_false_alarm_rate}
+           if processor.flag_calibration_images else {}),
         "spearman_score_error": float(spearmanr(scores.ravel(), errors.ravel()).statistic),
         "spearman_spread_error": float(spearmanr(pred["spread"].ravel(), errors.ravel()).statistic),
         "mre_all": float(errors.mean()), "mre_most_confident_80": float(errors.ravel()[confident].mean()),

@@ -63,6 +63,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
             statistics and the distance beyond which an image is flagged ``low_confidence``.
         spread_threshold: the mean relative heatmap spread (spread over the image diagonal)
             beyond which an image is flagged ``low_confidence``.
+        false_alarm_rate: the share of images like the calibration ones the flag may flag
+            (δ, default 5 %); ``flag_calibration_images`` and ``flag_false_alarm_rate`` record
+            how many images calibrated it and the bound reached (:meth:`calibrate_flag`).
         min_image_side: images with a shorter side (pixels) are flagged too.
         refine_size: side of the fine copy the refinement stage crops (``fine_pixel_values``);
             0 when the model has no refinement stage.
@@ -87,6 +90,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         embedding_scale: list[float] | None = None,
         ood_threshold: float | None = None,
         spread_threshold: float | None = None,
+        false_alarm_rate: float = 0.05,
+        flag_calibration_images: int | None = None,
+        flag_false_alarm_rate: float | None = None,
         min_image_side: int = 16,
         refine_size: int = 0,
         refine_loss: str = "contour",
@@ -115,6 +121,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         self.embedding_scale = embedding_scale
         self.ood_threshold = ood_threshold
         self.spread_threshold = spread_threshold
+        self.false_alarm_rate = float(false_alarm_rate)
+        self.flag_calibration_images = flag_calibration_images
+        self.flag_false_alarm_rate = flag_false_alarm_rate
         self.min_image_side = int(min_image_side)
         self.refine_size = int(refine_size)
         self.refine_loss = refine_loss
@@ -268,10 +277,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
 
     def flags(self, outputs, target_sizes, spread: np.ndarray | None = None) -> list[str]:
         """Per image ``"low_confidence"`` or ``"ok"``. Low confidence: smaller than
-        ``min_image_side``, or (once calibrated) an embedding farther from the training images'
-        than any calibration image's, or heatmaps more spread out than any calibration
-        image's. Each calibrated test flags at most 1/(n + 1) of images like the n calibration
-        images (the conformal argument), both together at most 2/(n + 1). ``spread``: the
+        ``min_image_side``, or (once calibrated, :meth:`calibrate_flag`) an embedding farther
+        from the training images' or heatmaps more spread out than the thresholds, which let
+        through all but ``flag_false_alarm_rate`` of images like the calibration ones. ``spread``: the
         :meth:`spread` of ``outputs`` (the first stage's: how sure the model is of where
         to look), when already computed."""
         sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
@@ -288,31 +296,44 @@ class LandmarkImageProcessor(BaseImageProcessor):
         self, spread: np.ndarray, errors: np.ndarray, target_sizes=None, reference_embeddings=None, calibration_embeddings=None,
         first_stage_spread: np.ndarray | None = None,
     ) -> None:
-        """Split conformal calibration on held-out labeled images (not used for training).
+        """Split conformal calibration of the radii on held-out labeled images (not used for
+        training), and of the flag on the same images (:meth:`calibrate_flag`; pass more,
+        unlabeled, images to it directly: the flag needs no labels).
 
         Args:
             spread: ``[M, N]`` heatmap spreads (:meth:`spread`) of the calibration images.
             errors: ``[M, N]`` their radial errors, original pixels.
-            target_sizes: ``[M, 2]`` their original (W, H): the spread threshold is the largest
-                mean relative spread among them (of ``first_stage_spread`` when given: the
-                flag reads the first stage's maps).
-            reference_embeddings: ``[K, C]`` embeddings of the training images (labeled or
-                not): their mean and spread define "like the training data".
-            calibration_embeddings: ``[M, C]`` the calibration images' embeddings: the
-                out-of-distribution threshold is the largest of their distances.
+            target_sizes: ``[M, 2]`` their original (W, H), for the flag's relative spread (of
+                ``first_stage_spread`` when given: the flag reads the first stage's maps).
+            reference_embeddings: ``[K, C]`` embeddings of training images: their mean and
+                spread define "like the training data".
+            calibration_embeddings: ``[M, C]`` the calibration images' embeddings.
         """
         spread = np.asarray(spread, dtype=np.float64)
         scores = np.asarray(errors, dtype=np.float64) / spread
         self.calibration_scores = [[float(v) for v in col] for col in scores.T]
-        if target_sizes is not None:
+        if target_sizes is not None and reference_embeddings is not None and calibration_embeddings is not None:
             first = spread if first_stage_spread is None else np.asarray(first_stage_spread, dtype=np.float64)
-            self.spread_threshold = float(self.relative_spread(first, target_sizes).max())
-        if reference_embeddings is not None:
-            ref = np.asarray(reference_embeddings, dtype=np.float64)
-            self.embedding_mean = ref.mean(axis=0).tolist()
-            self.embedding_scale = np.maximum(ref.std(axis=0), 1e-6).tolist()
-            if calibration_embeddings is not None:
-                self.ood_threshold = float(self._embedding_distance(calibration_embeddings).max())
+            self.calibrate_flag(reference_embeddings, calibration_embeddings, self.relative_spread(first, target_sizes))
+
+    def calibrate_flag(self, reference_embeddings, embeddings, relative_spread) -> None:
+        """Calibrate the low-confidence flag: ``reference_embeddings`` ``[K, C]`` (training
+        images) set what "like the training data" means; ``embeddings`` ``[M, C]`` and their
+        first-stage ``relative_spread`` ``[M]`` (:meth:`relative_spread`), of other images like
+        those the model will see (validation and unlabeled pool images, never test), set each
+        test's threshold at its conformal quantile at level ``false_alarm_rate / 2`` (or
+        ``1 / (M + 1)``, the largest, when M is too small), so that the two tests together flag
+        at most ``false_alarm_rate`` of such images (``flag_false_alarm_rate`` records the bound
+        reached)."""
+        ref = np.asarray(reference_embeddings, dtype=np.float64)
+        self.embedding_mean = ref.mean(axis=0).tolist()
+        self.embedding_scale = np.maximum(ref.std(axis=0), 1e-6).tolist()
+        n = len(relative_spread)
+        level = max(self.false_alarm_rate / 2.0, 1.0 / (n + 1))
+        self.ood_threshold = conformal_quantile(self._embedding_distance(embeddings), level)
+        self.spread_threshold = conformal_quantile(np.asarray(relative_spread, dtype=np.float64), level)
+        self.flag_calibration_images = int(n)
+        self.flag_false_alarm_rate = float(min(1.0, 2.0 * level))
 
     def _log_probabilities(self, outputs) -> torch.Tensor:
         log_p = _get(outputs, "log_probabilities")

@@ -128,3 +128,19 @@ def test_three_calibration_images_give_radii_at_75_percent_and_strict_json(tmp_p
     text = (tmp_path / "preprocessor_config.json").read_text()
     config = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}"))
     assert config["ood_threshold"] is None and len(config["calibration_scores"][0]) == 3
+
+
+def test_the_flag_is_calibrated_at_the_false_alarm_rate_on_many_images():
+    """99 calibration images, delta = 5 %: each test's threshold is the ceil(100 x 0.975) = 98th
+    smallest value (level delta / 2), so both together flag at most 5 % of images like them;
+    with 9 images the largest (level 1/10), a bound of 20 %."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 4))
+    emb, rel = rng.normal(size=(99, 4)), rng.uniform(0.01, 0.02, 99)
+    processor = LandmarkImageProcessor(size=32)
+    processor.calibrate_flag(ref, emb, rel)
+    assert processor.spread_threshold == pytest.approx(np.sort(rel)[97])
+    assert processor.ood_threshold == pytest.approx(np.sort(processor._embedding_distance(emb))[97])
+    assert processor.flag_calibration_images == 99 and processor.flag_false_alarm_rate == pytest.approx(0.05)
+    processor.calibrate_flag(ref, emb[:9], rel[:9])
+    assert processor.spread_threshold == pytest.approx(rel[:9].max()) and processor.flag_false_alarm_rate == pytest.approx(0.2)

@@ -61,7 +61,7 @@ from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
 from hf_landmark.backbones import IMAGENET_PIXEL_RANGE, SSL_METHODS, read_pretraining_info
 from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine
-from hf_landmark.data.prepared import require_split
+from hf_landmark.data.prepared import UNLABELED, require_split
 from hf_landmark.data.specs import get_spec, unit_config
 from hf_landmark.errors import UserInputError, hub_load_error, require_folder_or_repo, resolve_folder_or_repo
 from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors
@@ -281,17 +281,26 @@ def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor
             fh.write(json_text(record))
 
 
-def calibrate_saved_model(model_dir: str, calibration, reference, decoder: str) -> dict:
+#: At most this many pool images calibrate the flag (a forward pass each, at the end of fine-tuning).
+FLAG_POOL_LIMIT = 2000
+
+
+def calibrate_saved_model(model_dir: str, calibration, reference, decoder: str, pool=()) -> dict:
     """Calibrate the saved best model's error radii (split conformal on ``calibration``, the
-    validation split, which the weights never trained on) and its out-of-distribution
-    reference (``reference``, all training images); rewrite its processor config in place."""
+    validation split, which the weights never trained on) and its low-confidence flag
+    (``reference``: the labeled training images; ``pool``: images it never trained on, the
+    unlabeled rest of the training split and the unlabeled split, at most
+    :data:`FLAG_POOL_LIMIT`, evenly spaced); rewrite its processor config in place."""
     from hf_landmark.evaluation import calibrate_processor
     from hf_landmark.fileio import atomic_file
     from hf_landmark.image_processing_landmark import PROCESSOR_FILE, processor_for_model
 
     model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).eval()
     processor = processor_for_model(model)
-    measured = calibrate_processor(model, processor, calibration, reference, decoder)
+    total = sum(len(p) for p in pool)
+    if total > FLAG_POOL_LIMIT:
+        pool = [p.subset(np.linspace(0, len(p) - 1, max(1, len(p) * FLAG_POOL_LIMIT // total)).round().astype(int)) for p in pool]
+    measured = calibrate_processor(model, processor, calibration, reference, decoder, pool=list(pool))
     with atomic_file(os.path.join(model_dir, PROCESSOR_FILE)) as tmp:
         processor.to_json_file(tmp)
     return measured
@@ -440,8 +449,14 @@ def finetune(args: FinetuneArguments) -> dict:
     accelerator.end_training()
     calibration = None
     if accelerator.is_main_process and wrote_model:
-        calibration = calibrate_saved_model(model_dir, val, train_all, args.decoder)
-        logger.info("calibrated the error radii on %d validation images (alpha %.2f)", len(val), calibration["alpha"])
+        labeled_set = set(labeled_idx)
+        pool = [train_all.subset([i for i in range(len(train_all)) if i not in labeled_set])]
+        if UNLABELED in dataset and len(dataset[UNLABELED]):
+            pool.append(load_tensors(dataset[UNLABELED], size, processor.resample))
+        calibration = calibrate_saved_model(model_dir, val, train_all.subset(labeled_idx), args.decoder, pool)
+        logger.info("calibrated the error radii on %d validation images (alpha %.2f, radii at %.1f %%) and the low-confidence flag "
+                    "on %d images (false alarms at most %.1f %%)", len(val), calibration["alpha"], 100 * calibration["radius_coverage"],
+                    calibration["flag_calibration_images"], 100 * calibration["flag_false_alarm_rate"])  # fmt: skip
     summary = {
         "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
         "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step, "mixed_precision": mixed_precision,
