@@ -84,3 +84,32 @@ def test_a_run_at_another_precision_autocasts_its_own_forward_passes():
             model(torch.randn(2, 4))
         handle.remove()
         assert hidden == [dtype], (precision, fixed, hidden)
+
+
+def test_fine_tuning_labels_the_images_coverage_selects(synth_prepared, tmp_path):
+    """--selection coverage labels the images hf-landmark select would choose from the training
+    split with the same network; it needs a pre-trained --init."""
+    import json
+
+    import pytest
+
+    from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
+    from hf_landmark.data import load_prepared, load_tensors
+    from hf_landmark.errors import UserInputError
+    from hf_landmark.selection import choose, pooled_features
+    from hf_landmark.training import finetune as ft
+
+    with pytest.raises(UserInputError, match="--selection: coverage"):
+        ft.FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path / "x"), num_labels=2, init="scratch", subset="coverage")
+    # A detector folder stands in for a pre-trained network: its U-Net as a DDPM checkpoint.
+    det = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=1, image_size=32))
+    det.backbone.unet.save_pretrained(tmp_path / "ddpm")
+    args = ft.FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path / "run"), num_labels=3, init=str(tmp_path / "ddpm"),
+                                subset="coverage", resolution=32, max_steps=1, eval_steps=1, no_refine=True, report_to="none")  # fmt: skip
+    summary = ft.finetune(args)
+    model = LandmarkDetector.from_ddpm(str(tmp_path / "ddpm"), 1, image_size=32)
+    train = load_tensors(load_prepared(synth_prepared)["train"], 32)
+    pixels = train.pixel_values(LandmarkImageProcessor.from_model_config(model.config).pixel_range)
+    expected = sorted(train.image_ids[i] for i in choose("coverage", train.image_ids, 3, pooled_features(model, pixels)))
+    assert summary["labeled_image_ids"] == expected
+    assert json.loads((tmp_path / "run" / "model" / "hf_landmark_training.json").read_text())["subset"] == "coverage"

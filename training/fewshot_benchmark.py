@@ -47,7 +47,7 @@ import torch
 
 from hf_landmark import LandmarkDetector
 from hf_landmark.backbones import SSL_METHODS
-from hf_landmark.data import few_shot_indices, load_prepared, load_tensors
+from hf_landmark.data import load_prepared, load_tensors
 from hf_landmark.data.prepared import require_split
 from hf_landmark.data.specs import get_spec, unit_config
 from hf_landmark.errors import UserInputError, resolve_folder_or_repo
@@ -76,7 +76,9 @@ class BenchmarkArguments:
         "help": "NAME=CROP_DDPM_CHECKPOINT: the refiner of the --init NAME cells (repeatable; default: scratch)", "action": "append"})  # fmt: skip
     labels: str = field(default="1,5,10,25,50", metadata={"help": "label counts, comma-separated"})
     seeds: str = field(default="0,1,2", metadata={"help": "seeds, comma-separated"})
-    subset: Literal["first", "random"] = field(default="first", metadata={"help": "labeled images: the first N sorted ids (the paper) or a seeded sample"})
+    subset: Literal["first", "random", "coverage"] = field(default="first", metadata={
+        "aliases": ["--selection"],
+        "help": "labeled images: the first N sorted ids (the paper), a seeded sample, or coverage (finetune --selection)"})  # fmt: skip
     eval_split: str = field(default="test", metadata={"help": "split to report (the CPU protocol uses validation)"})
     mode: Literal["physical", "paper"] = field(default="physical", metadata={"help": "metrics: physical (original frame) or the paper code's"})
     resolution: int | None = field(default=None, metadata={"help": "model input size (default: the checkpoint's, else 256)"})
@@ -221,8 +223,9 @@ def benchmark(args: BenchmarkArguments, finetune_overrides: dict | None = None) 
                     metrics = run_cell(args, overrides, name, init, labels, seed, cell_dir, eval_data)
                     print(f"[done] {name} {labels} labels seed {seed}: {metrics['mre']:.3f} {metrics['unit']}")
                 results.setdefault((name, labels), []).append(metrics)
-            # The floor: the labeled set depends on the seed only for random subsets.
-            labeled = train.subset(few_shot_indices(train.image_ids, labels, args.subset, seed))
+            # The floor, on the labeled images of the last cell (they depend on the seed only for random subsets).
+            ids = set(metrics["training"]["labeled_image_ids"])
+            labeled = train.subset([i for i, image_id in enumerate(train.image_ids) if image_id in ids])
             target = eval_data(8)
             floor = compute_metrics(mean_shape_prediction(labeled, target), target, floor_config, args.mode)
             floor.pop("errors")

@@ -117,7 +117,11 @@ class FinetuneArguments:
         "help": "network for --init scratch: unet2d (the DDPM's diffusers U-Net, --preset) or smp_unet (the baselines' encoder U-Net, --encoder)",
     })  # fmt: skip
     encoder: str = field(default="densenet161", metadata={"help": "smp_unet encoder (scratch and imagenet; an SSL checkpoint names its own)"})
-    subset: Literal["first", "random"] = field(default="first", metadata={"help": "first N sorted ids (the paper) or a seeded sample"})
+    subset: Literal["first", "random", "coverage"] = field(default="first", metadata={
+        "aliases": ["--selection"],
+        "help": "which training images are labeled: first N sorted ids (the paper), a seeded random sample, or coverage: the N "
+        "that best represent the training split by the --init network's features (hf-landmark select; needs a pre-trained --init)",
+    })  # fmt: skip
     seed: int = field(default=0, metadata={"help": "seed of the head initialisation, augmentation and batch sampling"})
     preset: str = field(default="base", metadata={"help": f"U-Net preset for --init scratch: {', '.join(sorted(UNET_PRESETS))}"})
     recipe: Literal["default", "paper"] = field(default="default", metadata={"help": "see the description above"})
@@ -167,6 +171,8 @@ class FinetuneArguments:
         check_choice("--loss", self.loss, LOSSES)
         self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
         self.init_kind, self.init_source = parse_init(self.init)
+        if self.subset == "coverage" and self.init_kind == "scratch":
+            raise UserInputError("--selection: coverage chooses the images by a pre-trained network's features; give --init a DDPM or encoder")
         if self.refine_init != "scratch":
             self.refine_init = resolve_folder_or_repo(self.refine_init, "--refine-init", "pre-trained DDPM", REFINE_INIT_HINT)
         if self.learning_rate is None:
@@ -353,7 +359,14 @@ def finetune(args: FinetuneArguments) -> dict:
     train_all = load_tensors(train_split, size, processor.resample)
     if args.num_labels > len(train_all):
         raise UserInputError(f"--num-labels: {args.num_labels} labels asked, but {args.dataset} has {len(train_all)} training images")
-    labeled_idx = few_shot_indices(train_all.image_ids, args.num_labels, args.subset, args.seed)
+    if args.subset == "coverage":
+        from hf_landmark.selection import choose, pooled_features
+
+        # The pre-trained network, before any fine-tuning, sees the training images as a pool (as hf-landmark select does).
+        features = pooled_features(model, train_all.pixel_values(processor.pixel_range))
+        labeled_idx = sorted(choose("coverage", train_all.image_ids, args.num_labels, features), key=lambda i: train_all.image_ids[i])
+    else:
+        labeled_idx = few_shot_indices(train_all.image_ids, args.num_labels, args.subset, args.seed)
     # Only the labeled images (and the validation split) are also decoded at the fine size.
     train = load_tensors(train_split.select(labeled_idx), size, processor.resample, fine_size) if fine_size else train_all.subset(labeled_idx)
     val = load_tensors(val_split, size, processor.resample, fine_size)
