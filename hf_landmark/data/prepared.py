@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -169,7 +170,7 @@ def build_dataset_dict(
     names = list(landmark_names)
     failure: list[BaseException] = []  # an error inside the generator, re-raised as it is (datasets would wrap it)
 
-    def rows(split: str):
+    def rows(split: str, progress):
         for rec in records:
             if rec.split != split or failure:
                 continue
@@ -178,19 +179,34 @@ def build_dataset_dict(
             except Exception as err:  # noqa: BLE001 - every error is re-raised below, unchanged
                 failure.append(err)
                 return
+            progress.update(1)
             if row is not None:
                 yield row
 
+    from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from tqdm.auto import tqdm
+
     out = DatasetDict()
-    for split in (*SPLITS, UNLABELED):
-        if not any(r.split == split for r in records):
-            continue
-        feats = features(len(names), labeled=split != UNLABELED)
-        part = Dataset.from_generator(rows, features=feats, gen_kwargs={"split": split}, cache_dir=cache_dir, keep_in_memory=False)
-        if failure:
-            raise failure[0]
-        if len(part):
-            out[split] = part
+    bars = not are_progress_bars_disabled()
+    disable_progress_bars()  # datasets' own bar names every split "train"; ours counts the images of each
+    try:
+        for split in (*SPLITS, UNLABELED):
+            count = sum(r.split == split for r in records)
+            if not count:
+                continue
+            feats = features(len(names), labeled=split != UNLABELED)
+            # Shown where datasets would show its own (HF_DATASETS_DISABLE_PROGRESS_BARS hides both).
+            with tqdm(total=count, desc=f"preparing {split}", unit="image", disable=count < 2 or not bars) as progress:
+                # A fresh fingerprint: every call really reads the images (the report is filled as they are read).
+                part = Dataset.from_generator(rows, features=feats, gen_kwargs={"split": split, "progress": progress}, cache_dir=cache_dir,
+                                              keep_in_memory=False, split=split, fingerprint=uuid.uuid4().hex)  # fmt: skip
+            if failure:
+                raise failure[0]
+            if len(part):
+                out[split] = part
+    finally:
+        if bars:
+            enable_progress_bars()
     report.split_sizes = {s: len(out[s]) if s in out else 0 for s in (*SPLITS, UNLABELED) if s != UNLABELED or s in out}
     report.annotated = sum(len(out[s]) for s in SPLITS if s in out)
     return out
