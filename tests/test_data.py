@@ -251,3 +251,21 @@ def test_pretraining_reads_the_named_splits_and_names_a_dataset_without_them(syn
     assert counts == {"train": 14, "validation": 5}
     with pytest.raises(UserInputError, match=r"my-data: none of the splits \['nosuch'\] exist \(it has train, validation, test\)"):
         load_unlabeled_images(dataset, "nosuch", 32, "my-data")
+
+
+def test_a_pool_too_large_for_memory_streams_the_same_pixels(synth_prepared):
+    """Pre-training's image pool: decoded into memory when it fits, else read batch by batch
+    from the memory-mapped Arrow files; both give the pixels load_tensors gives."""
+    import torch
+
+    from hf_landmark.data import ImagePool, load_prepared, load_tensors
+
+    dataset = load_prepared(synth_prepared)
+    in_memory = ImagePool(dataset, "unlabeled,train,validation", 32, "d")
+    streamed = ImagePool(dataset, "unlabeled,train,validation", 32, "d", max_bytes=0)
+    assert in_memory.in_memory and not streamed.in_memory and streamed.images is None
+    assert len(streamed) == 19 and streamed.counts == {"train": 14, "validation": 5}  # no unlabeled split here: skipped
+    idx = torch.tensor([18, 0, 7, 7])
+    assert torch.equal(streamed[idx], in_memory[idx])
+    reference = torch.cat([load_tensors(dataset["train"], 32).images, load_tensors(dataset["validation"], 32).images])
+    assert torch.equal(in_memory[idx], reference[idx])

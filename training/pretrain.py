@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from hf_landmark.backbones import PRETRAINING_INFO_FILE
 from hf_landmark.cards import ddpm_card, write_card
 from hf_landmark.configuration_landmark import UNET_PRESETS, unet_kwargs
-from hf_landmark.data import dataset_info, describe_split_counts, load_prepared, load_unlabeled_images, random_affine
+from hf_landmark.data import ImagePool, dataset_info, describe_split_counts, load_prepared, random_affine
 from hf_landmark.errors import UserInputError, resolve_folder_or_repo
 from hf_landmark.fileio import json_text
 from hf_landmark.preprocessing import crop_patches, to_pixel_values, to_uint8
@@ -84,6 +84,8 @@ class PretrainArguments:
     dataset: str = field(metadata={"help": "prepared dataset folder (hf-landmark prepare) or Hub dataset id"})
     output_dir: str = field(metadata={"help": "where checkpoint-<step>/ folders and logs go"})
     splits: str = field(default="unlabeled,train,validation", metadata={"help": "splits to pre-train on (never test; those the dataset lacks are skipped)"})
+    pool_memory_mb: float = field(default=1024, metadata={
+        "help": "a pool whose decoded images take more than this (MB) is read from its Arrow files batch by batch instead of memory"})  # fmt: skip
     preset: str = field(default="base", metadata={"help": f"U-Net preset: {', '.join(sorted(UNET_PRESETS))}"})
     resolution: int = field(default=256, metadata={"help": "image side in pixels (a multiple of 8); with --crop-from the crop side"})
     crop_from: int = field(default=0, metadata={"help": "pre-train a refinement stage: random --resolution-px crops of the images "
@@ -188,11 +190,12 @@ def pretrain(args: PretrainArguments) -> str:
 
     # Data: the train (+ validation) images, decoded once at the model resolution (or at
     # --crop-from, which the crops are cut from).
-    images, split_counts = load_unlabeled_images(load_prepared(args.dataset), args.splits, args.crop_from or args.resolution, args.dataset)
-    num_images = images.shape[0]
-    logger.info("pre-training on %s from %s", describe_split_counts(split_counts), args.dataset)
+    images = ImagePool(load_prepared(args.dataset), args.splits, args.crop_from or args.resolution, args.dataset,
+                       max_bytes=args.pool_memory_mb * 2**20).to(accelerator.device)
+    num_images, split_counts = len(images), images.counts
+    logger.info("pre-training on %s from %s (%s)", describe_split_counts(split_counts), args.dataset,
+                "decoded in memory" if images.in_memory else "read from its Arrow files batch by batch")
     logger.info(accelerator.state, main_process_only=False)
-    images = images.to(accelerator.device)
 
     unet = build_unet(args.preset, args.resolution)
     num_parameters = sum(p.numel() for p in unet.parameters())
@@ -251,7 +254,7 @@ def pretrain(args: PretrainArguments) -> str:
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(unet):
                 idx = torch.randint(0, num_images, (args.train_batch_size,))
-                clean = images[idx.to(images.device)]
+                clean = images[idx]
                 if not args.no_augment:
                     clean, _ = random_affine(clean, clean.new_zeros(clean.shape[0], 0, 2))
                 if args.crop_from:
@@ -285,6 +288,8 @@ def pretrain(args: PretrainArguments) -> str:
 
         ema.step(unet.parameters())
         global_step += 1
+        if global_step == (resume[0] if resume else 0) + 1:
+            timed_from = (time.perf_counter(), global_step)  # after the first step, which pays for warm-up
         if global_step == (resume[0] if resume else 0) + 2 and accelerator.is_local_main_process:
             # The first step pays for warm-up; the second gives an honest estimate.
             warning = long_run_warning((time.perf_counter() - first_step_start) / 2, args.max_steps - global_step, accelerator.device, "pre-training")
@@ -305,7 +310,8 @@ def pretrain(args: PretrainArguments) -> str:
         progress.set_postfix(loss=f"{step_loss:.4f}")
 
         if global_step in save_at:
-            info = dict(record, step=global_step, recent_loss=float(np.mean(recent_losses)), recent_loss_steps=len(recent_losses))
+            info = dict(record, step=global_step, recent_loss=float(np.mean(recent_losses)), recent_loss_steps=len(recent_losses),
+                        seconds_per_step=(time.perf_counter() - timed_from[0]) / (global_step - timed_from[1]) if global_step > timed_from[1] else None)  # fmt: skip
             save_checkpoint(accelerator, unet, ema, args, info)
         if args.stop_after_steps and global_step >= args.stop_after_steps:
             break

@@ -70,7 +70,7 @@ from hf_landmark.backbones import (
     import_smp,
 )
 from hf_landmark.cards import ssl_card, write_card
-from hf_landmark.data import dataset_info, describe_split_counts, load_prepared, load_unlabeled_images
+from hf_landmark.data import ImagePool, dataset_info, describe_split_counts, load_prepared
 from hf_landmark.errors import MissingExtraError, UserInputError, resolve_folder_or_repo
 from hf_landmark.fileio import json_text
 from hf_landmark.preprocessing import to_pixel_values
@@ -103,6 +103,8 @@ class SSLArguments:
     method: Literal["mocov3", "simclrv2", "dino"] = field(metadata={"help": "the self-supervised objective"})
     encoder: str = field(default="densenet161", metadata={"help": "segmentation_models_pytorch encoder name"})
     splits: str = field(default="unlabeled,train,validation", metadata={"help": "splits to pre-train on (never test; those the dataset lacks are skipped)"})
+    pool_memory_mb: float = field(default=1024, metadata={
+        "help": "a pool whose decoded images take more than this (MB) is read from its Arrow files batch by batch instead of memory"})  # fmt: skip
     resolution: int = field(default=256, metadata={"help": "view side in pixels (a multiple of 32); the detector's input size"})
     pixel_range: str = field(default="-1,1", metadata={"help": "model intensity range 'lo,hi' (the detector's)"})
     max_steps: int = field(default=10000, metadata={"help": "optimiser steps"})
@@ -283,12 +285,13 @@ def pretrain_ssl(args: SSLArguments) -> str:
         os.makedirs(args.output_dir, exist_ok=True)
         remove_partial_checkpoints(args.output_dir)
 
-    images, split_counts = load_unlabeled_images(load_prepared(args.dataset), args.splits, args.resolution, args.dataset)
-    num_images = images.shape[0]
-    logger.info("pre-training on %s from %s", describe_split_counts(split_counts), args.dataset)
+    images = ImagePool(load_prepared(args.dataset), args.splits, args.resolution, args.dataset,
+                       max_bytes=args.pool_memory_mb * 2**20).to(accelerator.device)
+    num_images, split_counts = len(images), images.counts
+    logger.info("pre-training on %s from %s (%s)", describe_split_counts(split_counts), args.dataset,
+                "decoded in memory" if images.in_memory else "read from its Arrow files batch by batch")
     if num_images < 2 and args.method != "dino":
         raise UserInputError(f"{args.dataset}: {args.method} contrasts images with each other; it needs at least 2, found {num_images}")
-    images = images.to(accelerator.device)
 
     model = SSLModel(args.method, args.encoder, args.resolution, args.pixel_range, args.temperature)
     num_parameters = sum(p.numel() for p in model.encoder.parameters())
@@ -333,7 +336,7 @@ def pretrain_ssl(args: SSLArguments) -> str:
             with accelerator.accumulate(model):
                 idx = torch.randint(0, num_images, (args.train_batch_size,))
                 with autocast():
-                    loss = model(images[idx.to(images.device)]).float()
+                    loss = model(images[idx]).float()
                 if not torch.isfinite(loss):
                     accelerator.end_training()
                     raise UserInputError(f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step "

@@ -15,7 +15,15 @@ from .prepared import (
 )
 from .readers import CEPH_LANDMARKS, READERS, prepare, read_ceph, read_chest, read_custom, read_hand, read_images
 from .synthetic import write_synthetic_isbi
-from .tensors import LandmarkTensors, describe_split_counts, few_shot_indices, load_tensors, load_unlabeled_images, random_affine
+from .tensors import (
+    ImagePool,
+    LandmarkTensors,
+    describe_split_counts,
+    few_shot_indices,
+    load_tensors,
+    load_unlabeled_images,
+    random_affine,
+)
 
 __all__ = [
     "CEPH_LANDMARKS",
@@ -24,6 +32,7 @@ __all__ = [
     "UNLABELED",
     "ConversionReport",
     "DatasetFormatError",
+    "ImagePool",
     "LandmarkTensors",
     "Record",
     "build_dataset_dict",

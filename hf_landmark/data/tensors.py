@@ -84,20 +84,7 @@ def load_tensors(split, image_size: int, resample: str = "area", fine_size: int 
     than it is given at inference."""
     if len(split) == 0:
         raise DatasetFormatError("the split is empty")
-    prepared = split[0]["image"].size[0]
-    for size, what in ((image_size, "model's"), (fine_size, "refinement stage's")):
-        if size and prepared < size:
-            raise DatasetFormatError(
-                f"the dataset was prepared at {prepared} px, below the {what} {size} px; "
-                f"prepare it again with --image-size {size} (or a multiple)"
-                + (" or use the first stage alone (--no-refine)" if size == fine_size else "")
-            )
-        if size and (prepared % size or resample != "area"):
-            warnings.warn(
-                f"prepared images ({prepared} px) reach the {what} {size} px by {resample} resizing that does not compose "
-                "exactly; evaluation can differ slightly from predictions on the original files",
-                stacklevel=2,
-            )
+    _check_prepared_size(split[0]["image"].size[0], [(image_size, "model's"), (fine_size, "refinement stage's")], resample)
     images, fine, lms, sizes, spacing, ids = [], [], [], [], [], []
     for row in split:
         image01 = to_grayscale01(row["image"], source=row["image_id"])
@@ -123,6 +110,24 @@ def load_tensors(split, image_size: int, resample: str = "area", fine_size: int 
         image_size=image_size,
         fine_images=torch.from_numpy(np.stack(fine))[:, None] if fine_size else None,
     )
+
+
+def _check_prepared_size(prepared: int, sizes, resample: str) -> None:
+    """Refuse a prepared size below a wanted one (a model would train on blurrier images than
+    it is given at inference); warn where resizing does not compose exactly."""
+    for size, what in sizes:
+        if size and prepared < size:
+            raise DatasetFormatError(
+                f"the dataset was prepared at {prepared} px, below the {what} {size} px; "
+                f"prepare it again with --image-size {size} (or a multiple)"
+                + (" or use the first stage alone (--no-refine)" if what == "refinement stage's" else "")
+            )
+        if size and (prepared % size or resample != "area"):
+            warnings.warn(
+                f"prepared images ({prepared} px) reach the {what} {size} px by {resample} resizing that does not compose "
+                "exactly; evaluation can differ slightly from predictions on the original files",
+                stacklevel=3,
+            )
 
 
 def few_shot_indices(image_ids: Sequence[str], num_labels: int, mode: str = "first", seed: int = 0) -> list[int]:
@@ -175,18 +180,65 @@ def random_affine(
     return out, ((u2 + 1.0) * w - 1.0) / 2.0
 
 
+#: A pool whose decoded images take more than this is read from its Arrow files batch by batch.
+POOL_MEMORY_BYTES = 1 << 30
+
+
+class ImagePool:
+    """The images pre-training reads: the comma-separated ``splits`` of a prepared
+    ``DatasetDict`` (those it lacks or has empty are left out) at ``size`` x ``size``, in
+    [0, 1], fetched by index (``pool[idx]`` → ``[B, 1, size, size]``).
+
+    A pool whose decoded images fit in ``max_bytes`` (1 GiB: 65,000 images at 64 px, 4,000 at
+    256 px) is decoded once into memory; a larger one stays in its memory-mapped Arrow files
+    and each batch is decoded when drawn, so memory stays flat however many images a hospital
+    brings. Either way a batch holds the same pixels (the same decoding and resizing as
+    :func:`load_tensors`), and the caller's sampling of indices (its RNG, hence an exact
+    resume) is unchanged. ``name`` (the dataset's path or id) names it in errors."""
+
+    def __init__(self, dataset, splits: str, size: int, name: str, max_bytes: int = POOL_MEMORY_BYTES):
+        from datasets import concatenate_datasets
+
+        from ..errors import UserInputError
+
+        wanted = [s for s in splits.split(",") if s]
+        parts = {s: dataset[s] for s in wanted if s in dataset and len(dataset[s])}
+        if not parts:
+            raise UserInputError(f"{name}: none of the splits {wanted} exist (it has {', '.join(dataset)})")
+        self.counts = {s: len(p) for s, p in parts.items()}
+        self.size = size
+        self.rows = concatenate_datasets([p.select_columns(["image", "image_id"]) for p in parts.values()])
+        _check_prepared_size(self.rows[0]["image"].size[0], [(size, "model's")], "area")
+        self.in_memory = len(self.rows) * size * size * 4 <= max_bytes
+        self.images = self._decode(range(len(self.rows))) if self.in_memory else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to(self, device) -> ImagePool:
+        """Keep the decoded images (when in memory) on ``device``; batches come from there."""
+        self.device = torch.device(device)
+        if self.images is not None:
+            self.images = self.images.to(self.device)
+        return self
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if self.images is not None:
+            return self.images[idx.to(self.images.device)]
+        return self._decode(idx.cpu().tolist()).to(getattr(self, "device", "cpu"))
+
+    def _decode(self, indices) -> torch.Tensor:
+        batch = self.rows[list(indices)] if not isinstance(indices, range) else self.rows[:]
+        out = [resize_image(to_grayscale01(im, source=i), self.size, "area") for im, i in zip(batch["image"], batch["image_id"])]
+        return torch.from_numpy(np.stack(out))[:, None]
+
+
 def load_unlabeled_images(dataset, splits: str, size: int, name: str) -> tuple[torch.Tensor, dict[str, int]]:
     """``([M, 1, size, size] images in [0, 1], {split: count})`` of the comma-separated
-    ``splits`` of a prepared ``DatasetDict`` (the splits it lacks or has empty are left out):
-    what pre-training sees. ``name`` (the dataset's path or id) names it in the error when
-    none of them exist."""
-    from ..errors import UserInputError
-
-    wanted = [s for s in splits.split(",") if s]
-    parts = {s: load_tensors(dataset[s], size) for s in wanted if s in dataset and len(dataset[s])}
-    if not parts:
-        raise UserInputError(f"{name}: none of the splits {wanted} exist (it has {', '.join(dataset)})")
-    return torch.cat([p.images for p in parts.values()]), {s: len(p) for s, p in parts.items()}
+    ``splits`` of a prepared ``DatasetDict``, all decoded into memory (see :class:`ImagePool`)."""
+    pool = ImagePool(dataset, splits, size, name, max_bytes=math.inf)
+    return pool.images, pool.counts
 
 
 def describe_split_counts(counts: dict[str, int]) -> str:
