@@ -179,6 +179,8 @@ def _cmd_predict(args) -> int:
     from .preprocessing import IMAGE_EXTENSIONS, ImageReadError
     from .visualization import legend_lines
 
+    if args.format == "coco" and not args.coco_origin:
+        raise UserInputError("--coco-origin: COCO does not say where pixel (0, 0) is; pass corner or center")
     files: list[Path] = []
     for item in args.inputs:
         path = Path(item)
@@ -228,10 +230,8 @@ def write_predictions_for_tool(args, results: dict) -> str:
     from pathlib import Path
 
     from .data.formats import write_annotations
-    from .preprocessing import read_image
+    from .preprocessing import image_size
 
-    if args.format == "coco" and not args.coco_origin:
-        raise UserInputError("--coco-origin: COCO does not say where pixel (0, 0) is; pass corner or center")
     paths = [Path(p).resolve() for p in results]
     root = Path(args.image_root).resolve() if args.image_root else Path(os.path.commonpath([p.parent for p in paths])) if paths else Path(".")
     ext = {"csv": ".csv", "cvat": ".xml", "labelme": ""}.get(args.format, ".json")
@@ -242,7 +242,7 @@ def write_predictions_for_tool(args, results: dict) -> str:
             name = path.relative_to(root).as_posix()
         except ValueError as err:
             raise UserInputError(f"--image-root: {path} is not under {root}") from err
-        h, w = read_image(path).shape
+        w, h = image_size(path)
         items.append({"file": name, "width": int(w), "height": int(h), "landmarks": [(p["x"], p["y"]) for p in preds],
                       "score": float(sum(p["score"] for p in preds) / max(len(preds), 1))})  # fmt: skip
     names = [p["label"] for p in next(iter(results.values()), [])]
@@ -292,7 +292,9 @@ def _cmd_select(args) -> int:
         if not args.model:
             raise UserInputError("--model: the uncertainty strategy ranks the pool by a fine-tuned detector's confidence")
         model, processor = load_detector(args.model)
-    data = load_tensors(pool_split, processor.size if processor else 64)
+    ids = list(pool_split["image_id"])
+    # Only coverage and uncertainty look at every pool image; first and random need their ids.
+    data = load_tensors(pool_split, processor.size) if processor else None
     if args.strategy == "coverage":
         features = pooled_features(model, data.pixel_values(processor.pixel_range))
     if args.strategy == "uncertainty":
@@ -300,20 +302,23 @@ def _cmd_select(args) -> int:
         radii = processor.radii(pred["spread"])
         radius = (radii if radii is not None else pred["spread"]).mean(axis=1)
         uncertainty = (np.array([f != "ok" for f in pred["flags"]]), radius)
-    chosen = choose(args.strategy, data.image_ids, args.num, features, args.seed, uncertainty)
+    chosen = choose(args.strategy, ids, args.num, features, args.seed, uncertainty)
     names = (read_landmark_names(args.landmarks) if args.landmarks else None) or (
         model.config.landmark_names if args.strategy == "uncertainty" else None) or info.get("landmark_names") or []  # fmt: skip
     if not names:
         raise UserInputError("--landmarks: name the landmarks to annotate (comma-separated or a file with one per line)")
     files = info.get("files", {})
-    items = [{"file": files.get(data.image_ids[i], data.image_ids[i]), "landmarks": None} for i in chosen]
+    items = [{"file": files.get(ids[i], ids[i]), "landmarks": None} for i in chosen]
     write_csv(items, names, args.out)
-    sheet = contact_sheet(data.images[chosen], [it["file"] for it in items], os.path.splitext(args.out)[0] + "_sheet.png")
+    # The contact sheet shows the chosen images as prepared (their full stored size), not the model's small copies.
+    shown = pool_split.select(chosen)
+    sheet = contact_sheet(load_tensors(shown, shown[0]["image"].size[0]).images, [it["file"] for it in items],
+                          os.path.splitext(args.out)[0] + "_sheet.png")  # fmt: skip
     where = f" (under {info['root']})" if info.get("root") else ""
-    print(f"chose {len(chosen)} of {len(data)} {args.split} images by {args.strategy}{where}: " + ", ".join(it["file"] for it in items[:10])
+    print(f"chose {len(chosen)} of {len(ids)} {args.split} images by {args.strategy}{where}: " + ", ".join(it["file"] for it in items[:10])
           + (" ..." if len(items) > 10 else ""))  # fmt: skip
     if features is not None:
-        first = choose("first", data.image_ids, args.num)
+        first = choose("first", ids, args.num)
         print(f"coverage of the pool (mean similarity to the closest chosen image): {coverage_score(features, chosen):.4f}, "
               f"first {args.num} sorted: {coverage_score(features, first):.4f}")  # fmt: skip
     print(f"wrote the annotation template {args.out} ({len(names)} landmarks) and the contact sheet {sheet}")

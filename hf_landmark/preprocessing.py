@@ -95,6 +95,18 @@ def _minmax_if_needed(arr: np.ndarray) -> np.ndarray:
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(W, H)`` of an image file from its header (a DICOM file is read whole)."""
+    if is_dicom_path(path):
+        h, w = read_dicom(path)[0].shape
+        return int(w), int(h)
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as err:  # PIL raises many types for corrupt files
+        raise ImageReadError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file (PNG, JPEG, BMP, TIFF, ...; DICOM via :func:`read_dicom`) as
     float32 ``[H, W]`` intensities in [0, 1]. Raises :class:`ImageReadError` naming the file."""

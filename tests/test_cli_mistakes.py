@@ -51,6 +51,16 @@ MISTAKES = [
     ("prepare hand --root TMP/nope --out TMP/p", ["TMP/nope", "folder not found"]),
     ("prepare ceph --root TMP --out TMP/p --split-counts a,b", ["--split-counts", "'a,b'"]),
     ("card MODEL --metrics TMP/metrics.json", ["metrics.json", "cannot read the metrics file"]),
+    ("predict IMG --model MODEL --format coco", ["--coco-origin", "corner or center"]),
+    ("prepare images --root TMP --out TMP/p --split-counts 3,1", ["--split-counts", "only an unlabeled split"]),
+    ("prepare ceph --root TMP --out TMP/p --annotations x.csv", ["--annotations", "for prepare custom, not ceph"]),
+    ("prepare custom --root TMP --out TMP/p --annotations TMP/x.png --landmarks a,a", ["--landmarks", "distinct names"]),
+    ("select --dataset DATA --num 0 --features MODEL", ["--num", "at least 1"]),
+    ("select --dataset DATA --num 2 --features ./nope --split train", ["--features", "./nope", "no such"]),
+    ("select --dataset DATA --num 2 --features MODEL", ["DATA", "no 'unlabeled' split", "--split train"]),
+    ("select --dataset DATA --num 99 --features MODEL --split train", ["--num", "99 images asked", "the pool has 14"]),
+    ("select --dataset DATA --num 2 --split train", ["--features", "coverage strategy"]),
+    ("select --dataset DATA --num 2 --split test --strategy first", ["--split", "test split is never a pool"]),
 ]
 
 
