@@ -269,7 +269,7 @@ def _cmd_select(args) -> int:
     import numpy as np
 
     from .data import dataset_info, load_prepared, load_tensors
-    from .data.formats import write_csv
+    from .data.formats import write_annotations, write_csv
     from .data.prepared import require_split
     from .evaluation import predict_split
     from .pipeline_landmark import load_detector
@@ -308,10 +308,16 @@ def _cmd_select(args) -> int:
     if not names:
         raise UserInputError("--landmarks: name the landmarks to annotate (comma-separated or a file with one per line)")
     files = info.get("files", {})
-    items = [{"file": files.get(ids[i], ids[i]), "landmarks": None} for i in chosen]
-    write_csv(items, names, args.out)
-    # The contact sheet shows the chosen images as prepared (their full stored size), not the model's small copies.
     shown = pool_split.select(chosen)
+    items = [{"file": files.get(ids[i], ids[i]), "landmarks": None, "width": w, "height": h} for i, (w, h) in zip(chosen, shown["original_size"])]
+    write_csv(items, names, args.out)
+    # The same list for each tool, to import the images to annotate there.
+    stem = os.path.splitext(args.out)[0]
+    tool_files = {"cvat": stem + ".cvat.xml", "labelstudio": stem + ".labelstudio.json", "coco": stem + ".coco.json",
+                  "labelme": stem + "_labelme"}  # fmt: skip
+    for kind, path in tool_files.items():
+        write_annotations(kind, items, names, path, image_root=info.get("root", "."))
+    # The contact sheet shows the chosen images as prepared (their full stored size), not the model's small copies.
     sheet = contact_sheet(load_tensors(shown, shown[0]["image"].size[0]).images, [it["file"] for it in items],
                           os.path.splitext(args.out)[0] + "_sheet.png")  # fmt: skip
     where = f" (under {info['root']})" if info.get("root") else ""
@@ -321,7 +327,8 @@ def _cmd_select(args) -> int:
         first = choose("first", ids, args.num)
         print(f"coverage of the pool (mean similarity to the closest chosen image): {coverage_score(features, chosen):.4f}, "
               f"first {args.num} sorted: {coverage_score(features, first):.4f}")  # fmt: skip
-    print(f"wrote the annotation template {args.out} ({len(names)} landmarks) and the contact sheet {sheet}")
+    print(f"wrote the annotation template {args.out} ({len(names)} landmarks), the same list for the tools "
+          f"({', '.join(tool_files.values())}) and the contact sheet {sheet}")  # fmt: skip
     return 0
 
 

@@ -151,6 +151,13 @@ def test_a_folder_with_4_of_11_annotated_prepares_a_pool_and_pretraining_uses_it
         chosen = [ln.split(",")[0] for ln in lines[1:]]
         assert set(chosen) <= {"img04.png", "img05.png", "img06.png", "img07.png", "more/img08.png", "more/img09.png", "more/img10.png"}
         assert all(ln.endswith(",,,,") for ln in lines[1:]) and (tmp_path / f"choose-{len(capsys_out)}_sheet.png").is_file()
+        # The same list for each tool: the chosen images, nothing annotated yet.
+        from hf_landmark.data.formats import read_annotation_file
+
+        stem = tmp_path / f"choose-{len(capsys_out)}"
+        for listed in (f"{stem}.cvat.xml", f"{stem}.labelstudio.json", f"{stem}.coco.json", f"{stem}_labelme"):
+            entries, _ = read_annotation_file(Path(listed), root=tmp_path / "xrays", coco_origin="corner")
+            assert sorted(e.file for e in entries) == sorted(chosen) and all(e.landmarks is None for e in entries), listed
         capsys_out.append(chosen)
     # The template is the annotation file: filled in, its images are the labeled ones, the rest stay in the pool.
     template = (tmp_path / "choose-0.csv").read_text().splitlines()

@@ -286,7 +286,7 @@ def write_cvat(items, names: Sequence[str], path) -> None:
         ET.SubElement(label, "type").text = "points"
     for k, item in enumerate(items):
         image = ET.SubElement(root, "image", id=str(k), name=item["file"], width=str(item["width"]), height=str(item["height"]))
-        for n, (x, y) in zip(names, item["landmarks"]):
+        for n, (x, y) in zip(names, _points(item)):
             ET.SubElement(image, "points", label=n, source="auto", occluded="0", points=f"{x + CORNER:.4f},{y + CORNER:.4f}", z_order="0")
     ET.indent(root)
     _write_text('<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n", path)
@@ -372,11 +372,12 @@ def write_labelstudio(items, names: Sequence[str], path, model_version: str = "h
              "value": {"x": (x + CORNER) / item["width"] * 100.0, "y": (y + CORNER) / item["height"] * 100.0, "width": 0.5,
                        "keypointlabels": [n]},
              "id": f"kp{j}", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "origin": "prediction"}
-            for j, (n, (x, y)) in enumerate(zip(names, item["landmarks"]))
+            for j, (n, (x, y)) in enumerate(zip(names, _points(item)))
         ]  # fmt: skip
-        score = item.get("score")
-        tasks.append({"data": {"image": "/data/local-files/?d=" + item["file"]},
-                      "predictions": [{"model_version": model_version, "score": score, "result": result}]})  # fmt: skip
+        task = {"data": {"image": "/data/local-files/?d=" + item["file"]}}
+        if result:  # an image to annotate from scratch is a bare task
+            task["predictions"] = [{"model_version": model_version, "score": item.get("score"), "result": result}]
+        tasks.append(task)
     _write_text(json.dumps(tasks, indent=2, allow_nan=False) + "\n", path)
 
 
@@ -422,7 +423,7 @@ def write_labelme(items, names: Sequence[str], folder, image_root) -> None:
     for item in items:
         image = Path(image_root) / item["file"]
         shapes = [{"label": n, "points": [[x + CORNER, y + CORNER]], "group_id": None, "description": "", "shape_type": "point",
-                   "flags": {}, "mask": None} for n, (x, y) in zip(names, item["landmarks"])]  # fmt: skip
+                   "flags": {}, "mask": None} for n, (x, y) in zip(names, _points(item))]  # fmt: skip
         doc = {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": os.path.relpath(image, folder), "imageData": None,
                "imageHeight": item["height"], "imageWidth": item["width"]}  # fmt: skip
         _write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", os.path.join(folder, Path(item["file"]).with_suffix(".json").name))
@@ -478,10 +479,13 @@ def _read_coco(path: Path, data: dict, origin: str | None):
 def write_coco(items, names: Sequence[str], path, origin: str | None) -> None:
     """COCO Keypoints: one category whose ``keypoints`` are ``names``, one annotation per image
     (``v = 2``), coordinates with the ``origin`` asked for."""
-    shift = _check_coco_origin(origin, path)
+    # Images to annotate (no landmarks yet) need no origin.
+    shift = _check_coco_origin(origin, path) if any(item.get("landmarks") is not None for item in items) else 0.0
     images, annotations = [], []
     for k, item in enumerate(items, start=1):
         images.append({"id": k, "file_name": item["file"], "width": item["width"], "height": item["height"]})
+        if item.get("landmarks") is None:
+            continue
         pts = np.asarray(item["landmarks"], dtype=np.float64) + shift
         x0, y0 = pts.min(axis=0)
         x1, y1 = pts.max(axis=0)
@@ -494,6 +498,11 @@ def write_coco(items, names: Sequence[str], path, origin: str | None) -> None:
 
 
 # --- writing -------------------------------------------------------------------------------
+
+
+def _points(item) -> list:
+    """An item's ``(x, y)`` points; none for an image not annotated yet (a list to annotate)."""
+    return [] if item.get("landmarks") is None else list(item["landmarks"])
 
 
 def _write_text(text: str, path) -> None:
@@ -525,7 +534,8 @@ def write_json(items, names: Sequence[str], path) -> None:
 
 def write_annotations(kind: str, items, names: Sequence[str], path, image_root=".", coco_origin: str | None = None) -> None:
     """Write ``items`` (``{"file": path relative to image_root, "width", "height", "landmarks":
-    [N, 2] ours}``) in format ``kind`` (:data:`FORMATS`) to ``path`` (a folder for labelme)."""
+    [N, 2] ours, or None for an image to annotate}``) in format ``kind`` (:data:`FORMATS`) to
+    ``path`` (a folder for labelme)."""
     if kind == "csv":
         write_csv(items, names, path)
     elif kind == "json":
