@@ -418,7 +418,8 @@ def _read_labelme(path: Path, root: Path):
 
 def write_labelme(items, names: Sequence[str], folder, image_root) -> None:
     """One labelme JSON per image in ``folder`` (what labelme saves: ``shape_type: point``,
-    ``imagePath`` relative to the JSON file, no embedded image data)."""
+    ``imagePath`` relative to the JSON file, no embedded image data), named after the image's
+    path (``sub/a.png`` → ``sub__a.json``, so that images of different folders never collide)."""
     os.makedirs(folder, exist_ok=True)
     for item in items:
         image = Path(image_root) / item["file"]
@@ -426,7 +427,7 @@ def write_labelme(items, names: Sequence[str], folder, image_root) -> None:
                    "flags": {}, "mask": None} for n, (x, y) in zip(names, _points(item))]  # fmt: skip
         doc = {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": os.path.relpath(image, folder), "imageData": None,
                "imageHeight": item["height"], "imageWidth": item["width"]}  # fmt: skip
-        _write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", os.path.join(folder, Path(item["file"]).with_suffix(".json").name))
+        _write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", os.path.join(folder, Path(item["file"].replace("/", "__")).with_suffix(".json").name))
 
 
 # --- COCO Keypoints --------------------------------------------------------------------------
