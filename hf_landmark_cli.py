@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="choose.csv", help="the annotation template (the CSV prepare custom reads); a contact sheet "
                    "PNG is written beside it")  # fmt: skip
 
+    p = sub.add_parser("annotate", allow_abbrev=False, help="annotate landmarks in the browser (and review a model's predictions)")
+    p.add_argument("--images", required=True, help="the image folder (every image under it), or a prepared dataset (its images)")
+    p.add_argument("--out", required=True, help="the annotation CSV prepare custom reads; saved at every point, continued if it "
+                   "exists (select's template: its rows are the images to annotate, in order)")
+    p.add_argument("--landmarks", help="landmark names, in order (comma-separated, or a file with one per line); "
+                   "default: the CSV's, the model's or the dataset's")
+    p.add_argument("--model", help="a detector (folder or Hub repo): each image starts from its predictions, and the Review tab "
+                   "ranks the images worst first")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+
     p = sub.add_parser("card", allow_abbrev=False, help="write MODEL_DIR/README.md, a model card filled from metrics.json")
     p.add_argument("model_dir", help="the fine-tuned detector folder (OUT/model of hf-landmark finetune)")
     p.add_argument("--metrics", required=True, help="metrics.json from hf-landmark evaluate")

@@ -50,7 +50,7 @@ def landmark_pipeline(model: str):
     return pipeline("landmark-detection", model=model, trust_remote_code=True)
 
 
-def predict(image_path: str | None, model: str, decoder: str = "centroid"):
+def predict(image_path: str | None, model: str, decoder: str = "centroid", radii: bool = True):
     """Landmarks on one uploaded x-ray: (overlay image, table rows, note, JSON file path)."""
     if not image_path:
         raise ValueError("upload an x-ray image first (PNG, JPEG, BMP, TIFF or DICOM)")
@@ -59,14 +59,16 @@ def predict(image_path: str | None, model: str, decoder: str = "centroid"):
     pipe = landmark_pipeline(model)
     preds = pipe(image_path, decoder=decoder)
     # Small images are enlarged on screen so that markers and numbers stay readable.
-    overlay = pipe.draw_overlay(image_path, preds, min_side=DISPLAY_MIN_SIDE)
+    # Without radii: the same landmarks, drawn as if the model had none.
+    drawn = preds if radii else [{k: v for k, v in p.items() if k != "radius"} for p in preds]
+    overlay = pipe.draw_overlay(image_path, drawn, min_side=DISPLAY_MIN_SIDE)
     rows = [[i + 1, p["label"], round(p["x"], 1), round(p["y"], 1), _mm(p.get("x_mm")), _mm(p.get("y_mm")), _mm(p.get("radius_mm", p.get("radius"))),
              round(p["score"], 3)] for i, p in enumerate(preds)]  # fmt: skip
     notes = []
     if preds and preds[0].get("flag") == "low_confidence":
         notes.append("**Low confidence: this image is unlike the model's training images** (another anatomy, a blank or a "
                      "tiny image?). Do not use these coordinates without checking every one.")  # fmt: skip
-    if preds and "radius" in preds[0]:
+    if preds and "radius" in preds[0] and radii:
         notes.append("Circles: calibrated error radii; the true landmark lies inside with the stated probability "
                      "(see the model card). A large circle means: look twice.")  # fmt: skip
     note = ""
@@ -87,13 +89,16 @@ def _mm(value):
     return "" if value is None else round(value, 2)
 
 
-def build_demo(default_model: str | None = None, examples: list[str] | None = None):
+def build_demo(default_model: str | None = None, examples: list[str] | None = None, annotate: dict | None = None):
+    """The web app: *Detect* (any image, any model), and where hf_landmark is installed
+    *Annotate* and *Review* (``annotate``: the arguments of
+    :func:`hf_landmark.annotation.build_annotate_tabs`; the page then opens on *Annotate*)."""
     import gradio as gr
 
-    def run_predict(image_path, model, decoder):
+    def run_predict(image_path, model, decoder, radii=True):
         # Gradio shows only gr.Error messages to the user; anything else becomes a bare "Error".
         try:
-            return predict(image_path, model, decoder)
+            return predict(image_path, model, decoder, radii)
         except (ValueError, OSError) as err:
             # Name the upload as the user knows it, not by the server's temporary path.
             message = str(err).replace(image_path, os.path.basename(image_path)) if image_path else str(err)
@@ -103,24 +108,32 @@ def build_demo(default_model: str | None = None, examples: list[str] | None = No
         gr.Markdown("# X-ray landmark detection\nUpload a radiograph (PNG, JPEG, BMP, TIFF or DICOM), choose a model "
                     "(a local folder or a Hub repo) and get its landmarks, numbered on the picture and listed in the "
                     "table. Research use only, not a medical device.")  # fmt: skip
-        with gr.Row():
-            with gr.Column():
-                image = gr.File(label="x-ray", file_types=FILE_TYPES, type="filepath")
-                model = gr.Textbox(value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""), label="model folder or Hub repo")
-                decoder = gr.Dropdown(["centroid", "argmax", "soft_argmax"], value="centroid", label="decoder")
-                run = gr.Button("Detect landmarks", variant="primary")
-                if examples:
-                    gr.Examples(examples=[[e] for e in examples], inputs=[image], label="examples (synthetic cephalograms)")
-            with gr.Column():
-                overlay = gr.Image(type="pil", format="png", label="landmarks (red, numbered as in the table)")
-                table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "radius (mm, else px)", "score"],
-                                     label="coordinates")  # fmt: skip
-                note = gr.Markdown()
-                download = gr.File(label="JSON")
+        with gr.Tabs(selected="annotate" if annotate else "detect") as tabs:
+            with gr.Tab("Detect", id="detect"):
+                with gr.Row():
+                    with gr.Column():
+                        image = gr.File(label="x-ray", file_types=FILE_TYPES, type="filepath")
+                        model = gr.Textbox(value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""), label="model folder or Hub repo")
+                        decoder = gr.Dropdown(["centroid", "argmax", "soft_argmax"], value="centroid", label="decoder")
+                        radii = gr.Checkbox(value=True, label="draw the error radii")
+                        run = gr.Button("Detect landmarks", variant="primary")
+                        if examples:
+                            gr.Examples(examples=[[e] for e in examples], inputs=[image], label="examples (synthetic cephalograms)")
+                    with gr.Column():
+                        overlay = gr.Image(type="pil", format="png", label="landmarks (red, numbered as in the table)")
+                        table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "radius (mm, else px)", "score"],
+                                             label="coordinates")  # fmt: skip
+                        note = gr.Markdown()
+                        download = gr.File(label="JSON")
+            if _package_available():
+                # Annotation writes files on this machine: the package's own page (hf-landmark annotate).
+                from hf_landmark.annotation import build_annotate_tabs
+
+                build_annotate_tabs(gr, demo, tabs, **(annotate or {}))
         outputs = [overlay, table, note, download]
         # The previous result (its picture, its notes) is cleared first, so that a failed
         # prediction never shows the last image's warnings beside the error.
         run.click(lambda: (None, None, "", None), outputs=outputs, queue=False, api_visibility="private").then(
-            run_predict, inputs=[image, model, decoder], outputs=outputs, api_name="predict"
+            run_predict, inputs=[image, model, decoder, radii], outputs=outputs, api_name="predict"
         )
     return demo

@@ -332,6 +332,23 @@ def _cmd_select(args) -> int:
     return 0
 
 
+def _cmd_annotate(args) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError as err:
+        raise UserInputError("annotate: the page needs gradio; pip install 'hf-landmark[demo]'") from err
+    from .annotation import open_project
+    from .app import build_demo
+
+    names = read_landmark_names(args.landmarks) if args.landmarks else None
+    project = open_project(args.images, args.out, names, args.model)  # a mistake is reported here, before serving
+    demo = build_demo(args.model, annotate={"images": args.images, "out": args.out, "landmarks": project.names, "model": args.model})
+    print(f"annotating {project.note} ({len(project.names)} landmarks), saving to {args.out}; "
+          f"open http://{args.host}:{args.port}/ (Ctrl+C stops)")  # fmt: skip
+    demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser, quiet=True)
+    return 0
+
+
 def _cmd_card(args) -> int:
     import json
 

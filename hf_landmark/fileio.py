@@ -68,9 +68,15 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
+def write_text_atomic(text: str, path: str | os.PathLike, durable: bool = False) -> None:
+    """Write ``text`` to ``path`` whole or not at all; ``durable``: also on disk (``fsync``)
+    before the rename, so that a power cut never leaves an empty file."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
 
 
 def strict_json_value(obj):

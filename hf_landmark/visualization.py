@@ -23,6 +23,7 @@ _PRED = (255, 60, 60)
 _TRUE = (40, 220, 60)
 _ERROR = (255, 215, 0)
 _TEXT = (255, 255, 255)
+_RADIUS_ALPHA = 120  # of 255
 
 
 def marker_radius(width: int, height: int, num_landmarks: int) -> int:
@@ -44,7 +45,7 @@ def draw_landmarks(
     """An RGB overlay of ``image01`` (``[H, W]`` in [0, 1]) at its own size (downscaled only
     past ``max_side``; upscaled to ``min_side`` when given, for small images). ``pred_xy`` /
     ``true_xy``: ``[N, 2]`` (x, y) in ``image01``'s pixels; ``radii``: optional ``[N]``
-    circles (pixels) drawn around the predictions (none where not finite)."""
+    circles (pixels) drawn thin and translucent around the predictions (none where not finite)."""
     h, w = image01.shape
     scale = min(1.0, max_side / max(w, h))
     if min_side and max(w, h) < min_side:
@@ -64,9 +65,14 @@ def draw_landmarks(
             draw.line([(tx, ty), (px, py)], fill=_ERROR, width=line)
             draw.ellipse([tx - r, ty - r, tx + r, ty + r], outline=_TRUE, width=line)
     if radii is not None:
+        # Thin and translucent: overlapping circles must not hide the anatomy under them.
+        layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+        ring = ImageDraw.Draw(layer)
         for (px, py), rad in zip(pred, np.asarray(radii, dtype=np.float64) * scale):
             if np.isfinite(rad):  # no radius (too few calibration images): no circle
-                draw.ellipse([px - rad, py - rad, px + rad, py + rad], outline=_PRED, width=max(1, line // 2))
+                ring.ellipse([px - rad, py - rad, px + rad, py + rad], outline=(*_PRED, _RADIUS_ALPHA), width=1)
+        img = Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
+        draw = ImageDraw.Draw(img)
     for i, (px, py) in enumerate(pred):
         draw.ellipse([px - r, py - r, px + r, py + r], fill=_PRED, outline=(0, 0, 0))
         if numbered:

@@ -127,3 +127,29 @@ def test_page_in_a_real_browser(model_and_image, tmp_path):
             browser.close()
     finally:
         demo.close()
+
+
+def test_radii_are_thin_translucent_and_can_be_hidden(tmp_path):
+    from hf_landmark.app import predict
+    from hf_landmark.image_processing_landmark import processor_for_model
+    from hf_landmark.visualization import draw_landmarks
+
+    # The drawing: a radius circle is one pixel wide and blends with the image under it.
+    gray = np.full((200, 200), 0.5, np.float32)
+    img = np.asarray(draw_landmarks(gray, np.array([[100.0, 100.0]]), radii=np.array([60.0]), numbered=False))
+    row = img[100, 100:200].astype(int)  # from the landmark rightwards: the marker, grey, the ring at x = 160, grey
+    ring = np.nonzero(np.abs(row - 128).sum(axis=1) > 3)[0]
+    ring = ring[ring > 20]
+    assert ring.tolist() in ([59], [60], [61])
+    assert 128 < row[ring[0], 0] < 255 and row[ring[0], 1] < 128  # red blended into the grey, not opaque red (255, 60, 60)
+    # The page: radii drawn or not, with their note.
+    model = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["A", "B"]))
+    model.save_pretrained(tmp_path / "m")
+    processor = processor_for_model(model)
+    processor.calibration_scores = [[0.1, 0.2, 0.3]] * 2  # radii well inside the image
+    processor.save_pretrained(tmp_path / "m")
+    Image.fromarray((np.random.default_rng(1).random((80, 70)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    with_radii, _, note, _ = predict(str(tmp_path / "x.png"), str(tmp_path / "m"), radii=True)
+    without, _, note_without, _ = predict(str(tmp_path / "x.png"), str(tmp_path / "m"), radii=False)
+    assert "Circles: calibrated error radii" in note and "Circles" not in note_without
+    assert np.asarray(with_radii).shape == np.asarray(without).shape and (np.asarray(with_radii) != np.asarray(without)).any()

@@ -1,0 +1,339 @@
+"""The annotation page, driven as a person drives it: ``hf-landmark annotate`` in a real
+headless browser (Debian's chromium through Playwright), clicks at screen positions computed
+from what the page shows, and the saved CSV checked against the true coordinates."""
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_landmark.annotation import AnnotationFile, click_to_original, review_order, zoom_crop
+from hf_landmark.data.formats import read_annotation_file
+
+NAMES = ["Sella", "Nasion", "Orbitale", "Porion", "Menton"]
+# Each image: a flat grey field with one bright pixel per landmark inside a black ring, far
+# enough apart that a zoom shows one of them; positions differ per image.
+BASE = np.array([[40, 50], [200, 40], [125, 150], [45, 250], [205, 262]])
+W, H = 250, 300
+ZOOM = 4  # the page's default magnification
+
+
+def truth(i: int) -> np.ndarray:
+    return BASE + np.array([[3 * i, 2 * i]] * 5) + np.array([[k % 3, (k * 2 + i) % 5] for k in range(5)])
+
+
+def write_images(folder: Path, n: int = 3) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = np.full((H, W), 128, np.uint8)
+        for x, y in truth(i):
+            img[y - 1 : y + 2, x - 1 : x + 2] = 0
+            img[y, x] = 255
+        Image.fromarray(img).save(folder / f"case{i}.png")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None, None
+    return shutil.which("chromium"), sync_playwright
+
+
+needs_browser = pytest.mark.skipif(None in _browser(), reason="needs Debian's chromium and the playwright package (.ci/run installs both)")
+
+
+def serve(args, port):
+    """``hf-landmark annotate ARGS --port PORT``, running, and its process."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "-m", "hf_landmark_cli", "annotate", *args, "--port", str(port), "--no-browser"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("annotate exited: " + proc.stdout.read()[-3000:])
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("annotate did not start in 120 s")
+
+
+class Page:
+    """The annotation page, as a user sees it."""
+
+    def __init__(self, page, port):
+        self.page, self.port = page, port
+
+    def status(self) -> str:
+        return self.page.locator("#annot-status").inner_text()
+
+    def wait_status(self, text: str, timeout=30000) -> None:
+        self.page.wait_for_function("(t) => { const e = document.querySelector('#annot-status'); return e && e.innerText.includes(t); }",
+                                    arg=text, timeout=timeout)  # fmt: skip
+
+    def rows(self, elem_id: str, containing: str) -> list[str]:
+        """The rows of the table ``elem_id`` (header left out), once one contains ``containing``."""
+        js = (f"() => Array.from(document.querySelectorAll('#{elem_id} [role=row]')).filter(r => r.getAttribute('aria-rowindex') !== '1')"
+              ".map(r => r.innerText.replace(/\\s+/g, ' ').trim())")  # fmt: skip
+        self.page.wait_for_function(f"() => ({js})().some(r => r.includes({containing!r}))", timeout=60000)
+        return self.page.evaluate(js)
+
+    def picture(self, elem_id: str):
+        """The picture shown in ``elem_id``: (its box on screen, its pixels)."""
+        loc = self.page.locator(f"#{elem_id} img")
+        loc.scroll_into_view_if_needed()
+        self.page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img'); return i && i.complete && i.naturalWidth > 0; }}")
+        left, top, w, h, nw, nh, src = self.page.evaluate(
+            f"() => {{ const i = document.querySelector('#{elem_id} img'); const r = i.getBoundingClientRect(); "
+            "return [r.left, r.top, r.width, r.height, i.naturalWidth, i.naturalHeight, i.src]; }")
+        pixels = np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(src).read())).convert("RGB"))
+        assert pixels.shape[:2] == (nh, nw)
+        return (left, top, w, h, nw, nh), pixels, src
+
+    def click_picture(self, elem_id: str, corner_xy) -> None:
+        """Click the picture at ``corner_xy``, its own corner coordinates (pixel i spans [i, i + 1))."""
+        (left, top, w, h, nw, nh), _, _ = self.picture(elem_id)
+        r = min(w / nw, h / nh, 1.0)  # shown like CSS object-fit: contain, never enlarged
+        self.page.mouse.click(left + (w - nw * r) / 2 + corner_xy[0] * r, top + (h - nh * r) / 2 + corner_xy[1] * r)
+
+    def click_overview_at(self, xy) -> None:
+        """Click the overview where the original's pixel centre ``xy`` is shown."""
+        _, pixels, _ = self.picture("annot-overview")
+        nh, nw = pixels.shape[:2]
+        self.click_picture("annot-overview", ((xy[0] + 0.5) * nw / W, (xy[1] + 0.5) * nh / H))
+
+    def click_bright_pixel_in_zoom(self, old_src: str | None) -> None:
+        """Find the landmark's bright pixel in the zoom (a square of white picture pixels) and
+        click the middle of that square."""
+        if old_src is not None:
+            self.page.wait_for_function("(s) => { const i = document.querySelector('#annot-zoom img'); return i && i.src !== s; }", arg=old_src)
+        _, pixels, _ = self.picture("annot-zoom")
+        white, black = (pixels == 255).all(axis=2), (pixels == 0).all(axis=2)
+        z, found = ZOOM, []
+        for y, x in zip(*np.nonzero(white)):
+            block = white[y : y + z, x : x + z]
+            sides = [black[y : y + z, x - z : x], black[y : y + z, x + z : x + 2 * z], black[y - z : y, x : x + z], black[y + z : y + 2 * z, x : x + z]]
+            # The bright original pixel: a z x z white square in its ring of black pixels (drawn numbers are neither).
+            if block.shape == (z, z) and block.all() and sum(b.size == z * z and b.mean() >= 0.5 for b in sides) >= 3:
+                found.append((x, y))
+        assert len(found) == 1, f"expected one {z} x {z} white square in a black ring in the zoom, found {found}"
+        x, y = found[0]
+        self.click_picture("annot-zoom", (x + z / 2, y + z / 2))
+
+    def zoom_src(self):
+        return self.page.evaluate("() => { const i = document.querySelector('#annot-zoom img'); return i ? i.src : null; }")
+
+    def place(self, xy, name: str) -> None:
+        """Place the landmark asked for at the original's ``xy``: overview, then zoom."""
+        old = self.zoom_src()
+        self.click_overview_at(xy)
+        self.wait_status("in the zoom")
+        self.click_bright_pixel_in_zoom(old)
+        self.wait_status(f"Placed {NAMES.index(name) + 1} {name} at")
+
+
+@needs_browser
+def test_annotate_three_images_by_clicking(tmp_path):
+    chromium, sync_playwright = _browser()
+    images, out = tmp_path / "xrays", tmp_path / "ann.csv"
+    write_images(images)
+    (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
+    port = _free_port()
+    proc = serve(["--images", str(images), "--landmarks", str(tmp_path / "names.txt"), "--out", str(out)], port)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            page.goto(f"http://127.0.0.1:{port}/")
+            ui = Page(page, port)
+            # The page opens on the first image and asks for the first landmark by name.
+            ui.wait_status("Landmark 1 of 5: Sella")
+            assert "Image 1 of 3" in ui.status() and "case0.png" in ui.status()
+            t0 = truth(0)
+            for k in range(3):
+                ui.place(t0[k], NAMES[k])
+            assert "Landmark 4 of 5: Porion" in ui.status()  # advanced automatically
+            # A wrong Porion (on Sella's side), undone with the key, then placed right.
+            old = ui.zoom_src()
+            ui.click_overview_at((100, 100))
+            ui.wait_status("in the zoom")
+            page.wait_for_function("(s) => document.querySelector('#annot-zoom img').src !== s", arg=old)
+            ui.click_picture("annot-zoom", (240.5, 240.5))
+            ui.wait_status("Placed 4 Porion at")
+            page.keyboard.press("z")
+            ui.wait_status("Undone: 4 Porion")
+            assert np.isnan(AnnotationFile(out, NAMES).read()["case0.png"][0][3]).all()  # the file forgot it too
+            ui.place(t0[3], "Porion")
+            ui.place(t0[4], "Menton")
+            assert "1 of 3 images complete" in ui.status()
+            page.keyboard.press("ArrowRight")
+            ui.wait_status("Image 2 of 3")
+            t1 = truth(1)
+            ui.place(t1[0], "Sella")
+            ui.place(t1[1], "Nasion")
+            # Reload mid-way: the page continues where the file stops.
+            page.reload()
+            ui.wait_status("Landmark 3 of 5: Orbitale", timeout=60000)
+            assert "Image 2 of 3" in ui.status() and "2 of 5 landmarks placed" in ui.status()
+            for k in range(2, 5):
+                ui.place(t1[k], NAMES[k])
+            page.get_by_role("button", name="Next image →").click()
+            ui.wait_status("Image 3 of 3")
+            # Without the zoom: one click on the overview places the landmark.
+            page.locator("#annot-use-zoom input").click()
+            t2 = truth(2)
+            for k in range(5):
+                ui.click_overview_at(t2[k])
+                ui.wait_status(f"Placed {k + 1} {NAMES[k]} at")
+            ui.wait_status("3 of 3 images complete")
+            page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
+            browser.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+    entries, names = read_annotation_file(out)
+    assert names == NAMES and [e.file for e in entries] == ["case0.png", "case1.png", "case2.png"]
+    got = {e.file: e.landmarks for e in entries}
+    # With the zoom (4 screen px per original px) within 0.5 px; without it within the overview's scale.
+    assert np.abs(got["case0.png"] - truth(0)).max() <= 0.5
+    assert np.abs(got["case1.png"] - truth(1)).max() <= 0.5
+    assert np.abs(got["case2.png"] - truth(2)).max() <= max(W, H) / 720
+    # The file is what prepare custom reads, and a detector trains on it.
+    from hf_landmark.cli import main as cli
+
+    assert cli(["prepare", "custom", "--root", str(images), "--annotations", str(out), "--out", str(tmp_path / "mine"),
+                "--image-size", "64", "--split-counts", "2,1,0", "--allow-empty-splits"]) == 0  # fmt: skip
+    assert cli(["finetune", "--dataset", str(tmp_path / "mine"), "--init", "scratch", "--preset", "tiny", "--resolution", "32",
+                "--num-labels", "2", "--max-steps", "2", "--eval-steps", "1", "--no-refine", "--report-to", "none",
+                "--output-dir", str(tmp_path / "ft")]) == 0  # fmt: skip
+    assert (tmp_path / "ft" / "model" / "model.safetensors").is_file()
+
+
+def make_model(folder: Path) -> Path:
+    """A small untrained detector for the five landmarks, with calibrated radii."""
+    from hf_landmark import LandmarkConfig, LandmarkDetector
+    from hf_landmark.image_processing_landmark import processor_for_model
+
+    model = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=5, image_size=32, landmark_names=NAMES))
+    model.save_pretrained(folder)
+    processor = processor_for_model(model)
+    processor.calibration_scores = [[0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5]] * 5
+    processor.save_pretrained(folder)
+    return folder
+
+
+@needs_browser
+def test_model_proposals_corrections_and_the_review_queue(tmp_path):
+    chromium, sync_playwright = _browser()
+    images, out = tmp_path / "xrays", tmp_path / "ann.csv"
+    write_images(images, n=2)
+    # A 12 x 12 image is too small for the model: flagged low confidence, so reviewed first.
+    Image.fromarray(np.full((12, 12), 100, np.uint8)).save(images / "tiny.png")
+    model = make_model(tmp_path / "model")
+    from hf_landmark.app import landmark_pipeline
+
+    proposed = {f: np.array([[p["x"], p["y"]] for p in landmark_pipeline(str(model))(str(images / f))]) for f in ("case0.png", "case1.png")}
+    port = _free_port()
+    proc = serve(["--images", str(images), "--out", str(out), "--model", str(model)], port)  # the names come from the model
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            page.goto(f"http://127.0.0.1:{port}/")
+            ui = Page(page, port)
+            ui.wait_status("Landmark 1 of 5: Sella")
+            assert "case0.png" in ui.status()
+            rows = ui.rows("annot-table", "proposed")
+            assert len(rows) == 5 and all("proposed" in r for r in rows)  # every landmark starts from the model's prediction
+            # Move Sella to where it is; the file holds that one point, the proposals are not saved yet.
+            ui.place(truth(0)[0], "Sella")
+            saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
+            assert np.abs(saved[0] - truth(0)[0]).max() <= 0.5 and np.isnan(saved[1:]).all()
+            page.keyboard.press("a")  # accept the other four
+            ui.wait_status("Accepted 4 proposed landmark(s)")
+            saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
+            assert np.abs(saved[1:] - proposed["case0.png"][1:]).max() < 1e-3
+            # The review queue: the flagged image first, then the rest by their largest radius.
+            page.get_by_role("tab", name="Review").click()
+            page.get_by_role("button", name="Rank the images, worst predictions first").click()
+            rows = ui.rows("annot-queue", "low confidence")
+            assert "tiny.png" in rows[0] and "low confidence" in rows[0]
+            assert "case0.png" in rows[-1] and "done" in rows[-1]  # complete images go last
+            page.get_by_role("tab", name="Annotate").click()
+            ui.wait_status("review order")
+            assert "Image 1 of 3" in ui.status() and "tiny.png" in ui.status() and "unlike its training images" in ui.status()
+            page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+            browser.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_review_order():
+    # flagged first, then the largest radius; complete images last; NaN radii count as none.
+    flags = [False, True, False, False]
+    radii = [[1.0, 9.0], [2.0, 1.0], [np.nan, 12.0], [np.nan, np.nan]]
+    assert review_order(flags, radii, [False] * 4) == [1, 2, 0, 3]
+    assert review_order(flags, radii, [False, True, False, False]) == [2, 0, 3, 1]
+
+
+def test_clicks_map_to_original_pixels():
+    # Overview at 2.4 screen px per original px: Gradio reports the rounded picture corner
+    # coordinate, so picture pixel 100 is the corner between original pixels 41 and 42 (x = 41.17 - 0.5).
+    assert click_to_original([100, 12], (2.4, 2.4)) == pytest.approx((100 / 2.4 - 0.5, 12 / 2.4 - 0.5))
+    # Zoom x4 of the 120-px crop around (41, 41): its top-left original pixel is (-19, -19).
+    _, origin = zoom_crop(np.zeros((300, 250), np.float32), (41.2, 40.7), 4)
+    assert origin == (-19, -19)
+    # The middle of the white 4 x 4 square of original pixel (40, 40) is picture corner coordinate 4 * 59 + 2.
+    assert click_to_original([238, 238], 4, origin) == (40.0, 40.0)
+
+
+def test_a_killed_save_leaves_a_readable_file(tmp_path):
+    """SIGKILL the saving process at random moments: the file is always whole and readable."""
+    out = tmp_path / "ann.csv"
+    files = [f"img{i:03d}.png" for i in range(200)]
+    AnnotationFile(out, NAMES).create(files)
+    code = (
+        "import sys, numpy as np\n"
+        "from hf_landmark.annotation import AnnotationFile\n"
+        f"store = AnnotationFile({str(out)!r}, {NAMES!r})\n"
+        "rng = np.random.default_rng(int(sys.argv[1]))\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        f"    store.save_image('img%03d.png' % rng.integers(200), rng.random((5, 2)) * 100, set())\n"
+    )
+    rng = np.random.default_rng(0)
+    for attempt in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(attempt)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2 + rng.random() * 0.5)
+        proc.kill()
+        proc.wait()
+        entries, names = read_annotation_file(out)
+        assert names == NAMES and [e.file for e in entries] == files
+    assert sum(e.landmarks is not None for e in entries) > 10  # the saves really ran
+    # A temporary file a killed save left behind is swept by the next save.
+    AnnotationFile(out, NAMES).save_image("img000.png", np.ones((5, 2)), {"Menton"})
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".ann.csv.lock")) == ["ann.csv"]
+    row = AnnotationFile(out, NAMES).read()["img000.png"]
+    assert row[0].tolist() == [[1, 1]] * 5 and row[1] == {"Menton"}
