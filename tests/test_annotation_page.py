@@ -337,3 +337,47 @@ def test_a_killed_save_leaves_a_readable_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".ann.csv.lock")) == ["ann.csv"]
     row = AnnotationFile(out, NAMES).read()["img000.png"]
     assert row[0].tolist() == [[1, 1]] * 5 and row[1] == {"Menton"}
+
+
+def test_open_a_prepared_dataset_a_template_and_continue(tmp_path):
+    from hf_landmark.annotation import AnnotationSession, open_project
+    from hf_landmark.cli import main as cli
+
+    images = tmp_path / "xrays"
+    write_images(images)
+    # A prepared pool: its images, under the folder it was prepared from.
+    assert cli(["prepare", "images", "--root", str(images), "--out", str(tmp_path / "pool"), "--image-size", "64"]) == 0
+    project = open_project(str(tmp_path / "pool"), str(tmp_path / "all.csv"), NAMES)
+    assert project.root == images.resolve() and project.files == ["case0.png", "case1.png", "case2.png"]
+    listed = read_annotation_file(tmp_path / "all.csv")[0]
+    assert len(listed) == 3 and all(np.isnan(e.landmarks).all() for e in listed)  # listed, none annotated yet
+    # select's template: its rows are the images, in its order; its names are the landmarks.
+    (tmp_path / "choose.csv").write_text("image," + ",".join(f"{n}_x,{n}_y" for n in NAMES) + "\ncase2.png" + "," * 10 + "\ncase0.png" + "," * 10 + "\n")
+    session = AnnotationSession(open_project(str(images), str(tmp_path / "choose.csv")))
+    assert session.project.files == ["case2.png", "case0.png"] and session.names == NAMES
+    session.place(10.0, 20.0)
+    session.skip()
+    # Reopened, it continues at the first landmark left on the first image with work left.
+    again = AnnotationSession(open_project(str(images), str(tmp_path / "choose.csv")))
+    assert (again.index, again.current) == (0, 2) and again.state.skipped == {"Nasion"}
+    assert again.state.points[0].tolist() == [10.0, 20.0]
+
+
+def test_two_pages_on_one_file_keep_each_others_images(tmp_path):
+    from hf_landmark.annotation import AnnotationSession, open_project
+
+    images = tmp_path / "xrays"
+    write_images(images)
+    a = AnnotationSession(open_project(str(images), str(tmp_path / "ann.csv"), NAMES))
+    b = AnnotationSession(open_project(str(images), str(tmp_path / "ann.csv"), NAMES))
+    b.go(+1)
+    a.place(1.0, 2.0)  # page a on case0
+    b.place(3.0, 4.0)  # page b on case1, opened before a saved
+    a.place(5.0, 6.0)
+    saved = AnnotationFile(tmp_path / "ann.csv", NAMES).read()
+    assert saved["case0.png"][0][:2].tolist() == [[1.0, 2.0], [5.0, 6.0]] and saved["case1.png"][0][0].tolist() == [3.0, 4.0]
+    # On the same image the last save wins.
+    b.go(-1)
+    b.place(7.0, 8.0)  # b's case0 was read when b opened: Sella only, now at (7, 8)
+    saved = AnnotationFile(tmp_path / "ann.csv", NAMES).read()
+    assert saved["case0.png"][0][0].tolist() == [7.0, 8.0] and np.isnan(saved["case0.png"][0][1]).all()
