@@ -343,6 +343,14 @@ class AnnotationSession:
             st.flag = preds[0].get("flag") == "low_confidence"
         self.current = self._next_todo(-1)
         self.zoom_centre = None
+        self._follow()
+
+    def _follow(self) -> None:
+        """With the model's proposals, the zoom opens on the current landmark's proposal:
+        one click there moves it, Enter accepts it."""
+        st = self.state
+        if self.use_zoom and st.proposals is not None and not st.placed[self.current]:
+            self.zoom_centre = tuple(st.proposals[self.current])
 
     def _next_todo(self, after: int) -> int:
         st, n = self.state, len(self.names)
@@ -381,6 +389,7 @@ class AnnotationSession:
         self._save()
         self.message = f"Placed {k + 1} {self.names[k]} at ({x:.1f}, {y:.1f})."
         self.current = self._next_todo(k)
+        self._follow()
 
     def click_overview(self, index) -> None:
         (_, _), scale = display_scale(*self.image().shape[::-1])
@@ -428,6 +437,20 @@ class AnnotationSession:
         self._save()
         self.message = f"Marked {k + 1} {self.names[k]} missing on this image."
         self.current = self._next_todo(k)
+        self._follow()
+
+    def accept_one(self) -> None:
+        """Accept the model's proposal for the current landmark."""
+        st, k = self.state, self.current
+        if st.proposals is None or st.placed[k] or self.names[k] in st.skipped:
+            self.message = "No proposal to accept for this landmark."
+            return
+        self._remember(k)
+        st.points[k], st.placed[k] = st.proposals[k], True
+        self._save()
+        self.message = f"Accepted {k + 1} {self.names[k]}."
+        self.current = self._next_todo(k)
+        self._follow()
 
     def accept(self) -> None:
         st = self.state
@@ -449,6 +472,7 @@ class AnnotationSession:
 
     def next_landmark(self) -> None:
         self.current = (self.current + 1) % len(self.names)
+        self._follow()
 
     def go(self, step: int) -> None:
         self.pos = min(max(self.pos + step, 0), len(self.order) - 1)
@@ -585,13 +609,13 @@ def _round(v):
 
 # --- the page -----------------------------------------------------------------------------
 
-#: Keys (outside text fields): n next landmark, s skip (missing), z undo, a accept the model's
-#: proposals, arrows or , . previous / next image, r radii on/off.
+#: Keys (outside text fields): n next landmark, s skip (missing), z undo, Enter accept the
+#: model's proposal, a accept all its proposals, arrows or , . previous / next image, r radii on/off.
 KEYBOARD_JS = """
 () => {
   if (window.__hfLandmarkKeys) return;
   window.__hfLandmarkKeys = true;
-  const keys = {n: "annot-next-landmark", s: "annot-skip", z: "annot-undo", a: "annot-accept",
+  const keys = {n: "annot-next-landmark", s: "annot-skip", z: "annot-undo", a: "annot-accept", Enter: "annot-accept-one",
                 ArrowRight: "annot-next-image", ".": "annot-next-image", ArrowLeft: "annot-prev-image", ",": "annot-prev-image"};
   document.addEventListener("keydown", (e) => {
     const t = e.target;
@@ -605,7 +629,8 @@ KEYBOARD_JS = """
 """
 
 _HELP = ("Click the overview near the landmark asked for; the zoom opens there, and a click in the zoom places it "
-         "(saved at once). Keys: **n** next landmark, **s** missing, **z** undo, **a** accept the model's proposals, "
+         "(saved at once). Keys: **n** next landmark, **s** missing, **z** undo; with a model, the zoom opens on its "
+         "proposal: **Enter** accepts it, **a** accepts all; "
          "**← →** previous / next image, **r** radii on/off. Once every landmark is placed, a click on one selects it to move it; "
          "the list selects any landmark.")  # fmt: skip
 
@@ -635,7 +660,9 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
                     undo = gr.Button("Undo (z)", elem_id="annot-undo", size="sm")
                     skip = gr.Button("Missing (s)", elem_id="annot-skip", size="sm")
                     next_landmark = gr.Button("Next landmark (n)", elem_id="annot-next-landmark", size="sm")
-                    accept = gr.Button("Accept proposals (a)", elem_id="annot-accept", size="sm")
+                with gr.Row():
+                    accept_one = gr.Button("Accept this proposal (Enter)", elem_id="annot-accept-one", size="sm")
+                    accept = gr.Button("Accept all proposals (a)", elem_id="annot-accept", size="sm")
                 with gr.Row():
                     prev_image = gr.Button("← Previous image", elem_id="annot-prev-image", size="sm")
                     next_image = gr.Button("Next image →", elem_id="annot-next-image", size="sm")
@@ -726,6 +753,7 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
     undo.click(guarded(lambda s: s.undo()), [state], outputs)
     skip.click(guarded(lambda s: s.skip()), [state], outputs)
     accept.click(guarded(lambda s: s.accept()), [state], outputs)
+    accept_one.click(guarded(lambda s: s.accept_one()), [state], outputs)
     next_landmark.click(guarded(lambda s: s.next_landmark()), [state], outputs)
     prev_image.click(guarded(lambda s: s.go(-1)), [state], outputs)
     next_image.click(guarded(lambda s: s.go(+1)), [state], outputs)

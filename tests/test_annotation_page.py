@@ -269,8 +269,12 @@ def test_model_proposals_corrections_and_the_review_queue(tmp_path):
             ui.place(truth(0)[0], "Sella")
             saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
             assert np.abs(saved[0] - truth(0)[0]).max() <= 0.5 and np.isnan(saved[1:]).all()
-            page.keyboard.press("a")  # accept the other four
-            ui.wait_status("Accepted 4 proposed landmark(s)")
+            # The zoom has moved on to Nasion's proposal: Enter accepts it, a accepts the other three.
+            page.keyboard.press("Enter")
+            ui.wait_status("Accepted 2 Nasion")
+            assert np.abs(AnnotationFile(out, NAMES).read()["case0.png"][0][1] - proposed["case0.png"][1]).max() < 1e-3
+            page.keyboard.press("a")
+            ui.wait_status("Accepted 3 proposed landmark(s)")
             saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
             assert np.abs(saved[1:] - proposed["case0.png"][1:]).max() < 1e-3
             # The review queue: the flagged image first, then the rest by their largest radius.
