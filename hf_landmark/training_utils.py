@@ -15,12 +15,74 @@ from .fileio import SET_ASIDE_PREFIX, replace_directory
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
-MIXED_PRECISION_HELP = "auto: fp16 on CUDA, bf16 on CPUs with AMX, fp32 on other CPUs (where bf16 is slower); or no, fp16, bf16"
+MIXED_PRECISION_HELP = ("auto: fp16 on CUDA; on a CPU with bf16 instructions, whichever of bf16 and fp32 a timed training step "
+                        "of this job is faster in (recorded); fp32 on other CPUs; or no, fp16, bf16")
 
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (oneDNN's fast bf16 path); the one probe ``auto`` uses."""
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX); elsewhere bf16
+    autocast is emulated and always slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return cpu_has_amx()
+
+
+def training_step_probe(model, inputs: dict):
+    """A probe step for :func:`choose_mixed_precision`: one forward and backward pass of a copy
+    of ``model`` (made on first use; the job's model and its statistics are left untouched; or
+    a function that builds one) on ``inputs``, whose output's ``loss`` (or ``sample``'s mean
+    square) is back-propagated."""
+    import copy
+
+    held = {}
+
+    def step():
+        if "model" not in held:
+            held["model"] = (copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model()).train()
+        out = held["model"](**inputs)
+        loss = out.loss if getattr(out, "loss", None) is not None else out.sample.float().pow(2).mean()
+        loss.backward()
+
+    return step
+
+
+def probe_precision(step, repeats: int = 2, timer=None) -> dict:
+    """Time ``step()`` (one forward and backward pass of the job, at its size) in fp32 and under
+    bf16 autocast on the CPU, after one warm-up each; the faster one is ``choice`` (``"no"`` or
+    ``"bf16"``), with the best seconds of each in ``fp32_s`` / ``bf16_s``."""
+    import contextlib
+    import time
+
+    timer = timer or time.perf_counter
+    seconds = {}
+    for name, context in (("no", contextlib.nullcontext), ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+        with context():
+            step()  # warm-up: oneDNN builds its kernels for these shapes
+            best = float("inf")
+            for _ in range(repeats):
+                start = timer()
+                step()
+                best = min(best, timer() - start)
+        seconds[name] = best
+    choice = "bf16" if seconds["bf16"] < seconds["no"] else "no"
+    return {"choice": choice, "fp32_s": seconds["no"], "bf16_s": seconds["bf16"]}
+
+
+def choose_mixed_precision(choice: str, step=None) -> tuple[str, dict | None]:
+    """``--mixed-precision`` resolved for one job: ``auto`` on a CPU with bf16 instructions is
+    decided by :func:`probe_precision` on ``step`` (returned as the second value, for the
+    training record), elsewhere as :func:`default_mixed_precision`; the others as given."""
+    if choice == "auto" and step is not None and not torch.cuda.is_available() and cpu_has_bf16():
+        with torch.random.fork_rng():  # the job's random numbers are the same with or without the probe
+            probe = probe_precision(step)
+        return probe["choice"], probe
+    return resolve_mixed_precision(choice), None
 
 
 def default_mixed_precision() -> str:
@@ -35,7 +97,7 @@ def default_mixed_precision() -> str:
     """
     if torch.cuda.is_available():
         return "fp16"
-    return "bf16" if cpu_has_amx() else "no"
+    return "bf16" if cpu_has_bf16() and cpu_has_amx() else "no"
 
 
 def resolve_mixed_precision(choice: str) -> str:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from hf_landmark.training_utils import describe_cpu_threads, long_run_warning, parse_float_pair, parse_int_list
@@ -47,21 +48,47 @@ def test_training_steps_are_importable_functions(tmp_path):
 
 
 def test_training_runs_one_after_another_at_different_precisions(synth_prepared, tmp_path, monkeypatch):
-    """Accelerate fixes one precision per process; `auto` resolves to bf16 on a CPU with AMX and
-    to fp32 without. Forcing both answers of the probe, in either order, the runs must all
-    train, each at its own precision (a second run at another precision used to raise)."""
+    """Accelerate fixes one precision per process; `auto` resolves by a timed training step on a
+    CPU with bf16 instructions, to fp32 on one without. Forcing each answer, in either order,
+    the runs must all train, each at its own precision (a second run at another precision used
+    to raise), and record what decided it."""
+    import json
+
     import hf_landmark.training_utils as tu
     from hf_landmark.training import finetune as ft
 
-    seen = []
-    for amx in (False, True, False):
-        monkeypatch.setattr(tu, "cpu_has_amx", lambda amx=amx: amx)
+    seen, probes = [], []
+    for has_bf16, faster in ((False, None), (True, "bf16"), (True, "no")):
+        monkeypatch.setattr(tu, "cpu_has_bf16", lambda v=has_bf16: v)
+        monkeypatch.setattr(tu, "probe_precision", lambda step, f=faster: (step(), {"choice": f, "fp32_s": 1.0, "bf16_s": 2.0})[1])
         args = ft.FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path / f"run{len(seen)}"), num_labels=2,
                                     init="scratch", preset="tiny", resolution=32, max_steps=2, eval_steps=2, no_refine=True,
                                     report_to="none", mixed_precision="auto")  # fmt: skip
-        seen.append(ft.finetune(args)["mixed_precision"])
-        assert (tmp_path / f"run{len(seen) - 1}" / "model" / "model.safetensors").is_file()
+        summary = ft.finetune(args)
+        seen.append(summary["mixed_precision"])
+        record = json.loads((tmp_path / f"run{len(seen) - 1}" / "model" / "hf_landmark_training.json").read_text())
+        probes.append((record["mixed_precision"], record["precision_probe"] and record["precision_probe"]["choice"]))
     assert seen == ["no", "bf16", "no"]
+    assert probes == [("no", None), ("bf16", "bf16"), ("no", "no")]
+
+
+def test_the_precision_probe_picks_the_faster_step():
+    """The probe times the job's step in fp32 and under bf16 autocast; forced timings (a clock
+    that advances more in one of them) decide each way."""
+    from hf_landmark.training_utils import probe_precision
+
+    for slow_in, expected in ((True, "no"), (False, "bf16")):
+        clock = [0.0]
+        calls = []
+
+        def step(slow_in=slow_in, clock=clock, calls=calls):
+            autocast = torch.is_autocast_enabled("cpu")
+            calls.append(autocast)
+            clock[0] += 0.5 if autocast == slow_in else 0.1
+
+        result = probe_precision(step, timer=lambda clock=clock: clock[0])
+        assert result["choice"] == expected and calls == [False] * 3 + [True] * 3  # a warm-up and two timed steps each
+        assert (result["fp32_s"], result["bf16_s"]) == pytest.approx((0.1, 0.5) if slow_in else (0.5, 0.1))
 
 
 def test_a_run_at_another_precision_autocasts_its_own_forward_passes():

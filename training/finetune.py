@@ -74,12 +74,14 @@ from hf_landmark.training_utils import (
     MIXED_PRECISION_HELP,
     argument_parser,
     check_choice,
+    choose_mixed_precision,
     describe_cpu_threads,
     long_run_warning,
     make_accelerator,
     parse_arguments,
     parse_float_pair,
     tracker_config,
+    training_step_probe,
 )
 
 logger = get_logger(__name__)
@@ -337,12 +339,6 @@ def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_c
 
 def finetune(args: FinetuneArguments) -> dict:
     """Fine-tune one detector; returns the training summary (also ``OUT/training_summary.json``)."""
-    accelerator, autocast, mixed_precision = make_accelerator(
-        args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
-    )
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -359,6 +355,18 @@ def finetune(args: FinetuneArguments) -> dict:
     train_all = load_tensors(train_split, size, processor.resample)
     if args.num_labels > len(train_all):
         raise UserInputError(f"--num-labels: {args.num_labels} labels asked, but {args.dataset} has {len(train_all)} training images")
+    # auto: a timed training step of this model at this size decides between bf16 and fp32 on a CPU.
+    n = min(2, args.train_batch_size, len(train_all))  # two images: the probe costs six small training steps
+    probe_inputs = {"pixel_values": to_pixel_values(train_all.images[:n], processor.pixel_range), "labels": train_all.landmarks[:n]}
+    precision, probe = choose_mixed_precision(args.mixed_precision, training_step_probe(model, probe_inputs))
+    accelerator, autocast, mixed_precision = make_accelerator(
+        precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+    )
+    if probe:
+        logger.info("mixed precision %s: a training step took %.3f s in fp32 and %.3f s in bf16", mixed_precision, probe["fp32_s"], probe["bf16_s"])
     if args.subset == "coverage":
         from hf_landmark.selection import choose, pooled_features
 
@@ -397,7 +405,7 @@ def finetune(args: FinetuneArguments) -> dict:
         raise UserInputError(f"{args.output_dir}: fine-tuning diverged: {what}; no model was kept. Lower --learning-rate "
                              f"(now {args.learning_rate:g}) or check the labels")  # fmt: skip
 
-    record = training_record(args, first["dataset"], train.image_ids, len(val))
+    record = dict(training_record(args, first["dataset"], train.image_ids, len(val)), mixed_precision=mixed_precision, precision_probe=probe)
     unwrapped = accelerator.unwrap_model(model)
     floor = compute_metrics(mean_shape_prediction(train, val), val, unwrapped.config)
     best = {"val_mre": math.inf, "step": 0}
@@ -472,7 +480,7 @@ def finetune(args: FinetuneArguments) -> dict:
                     calibration["flag_calibration_images"], 100 * calibration["flag_false_alarm_rate"])  # fmt: skip
     summary = {
         "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
-        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step, "mixed_precision": mixed_precision,
+        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step, "mixed_precision": mixed_precision, "precision_probe": probe,
         "seconds": time.perf_counter() - start, "best": best, "first_stage": first_stage, "refine": refine_summary,
         "mean_shape_val_mre": floor["mre"], "history": history, "calibration": calibration,
     }  # fmt: skip

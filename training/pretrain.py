@@ -24,6 +24,7 @@ Multi-process: ``accelerate launch --multi_gpu --num_processes K ...`` on GPUs; 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -55,6 +56,7 @@ from hf_landmark.training_utils import (
     MIXED_PRECISION_HELP,
     argument_parser,
     check_choice,
+    choose_mixed_precision,
     describe_cpu_threads,
     long_run_warning,
     make_accelerator,
@@ -64,6 +66,7 @@ from hf_landmark.training_utils import (
     remove_partial_checkpoints,
     resolve_resume,
     tracker_config,
+    training_step_probe,
 )
 from hf_landmark.training_utils import save_checkpoint as save_staged_checkpoint
 
@@ -177,8 +180,18 @@ def sample_grid(unet: UNet2DModel, args, num: int, seed: int) -> Image.Image:
 def pretrain(args: PretrainArguments) -> str:
     """Pre-train a DDPM; returns the folder of its last checkpoint (a ``DDPMPipeline``)."""
     save_at = args.save_at
+    # auto: a timed training step of this U-Net at this size decides between bf16 and fp32 on a
+    # CPU; a resumed run keeps the precision its checkpoint recorded (bit-exact resume).
+    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
+    choice = args.mixed_precision
+    if choice == "auto" and resume is not None and os.path.isfile(info := os.path.join(resume[1], PRETRAINING_INFO_FILE)):
+        with open(info, encoding="utf-8") as fh:
+            choice = json.load(fh).get("mixed_precision") or choice
+    n = min(2, args.train_batch_size)  # two images: the probe costs six small training steps
+    probe_inputs = {"sample": torch.randn(n, 1, args.resolution, args.resolution), "timestep": torch.full((n,), 100)}
+    precision, probe = choose_mixed_precision(choice, training_step_probe(lambda: build_unet(args.preset, args.resolution), probe_inputs))
     accelerator, autocast, mixed_precision = make_accelerator(
-        args.mixed_precision,
+        precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
@@ -215,7 +228,6 @@ def pretrain(args: PretrainArguments) -> str:
     accelerator.register_for_checkpointing(ema)
 
     global_step = 0
-    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
     if args.resume_from_checkpoint and resume is None:
         logger.info("no checkpoint to resume from in %s; starting from scratch", args.output_dir)
     if resume is not None:
@@ -240,7 +252,7 @@ def pretrain(args: PretrainArguments) -> str:
         "pixel_range": list(args.pixel_range), "num_train_timesteps": args.num_train_timesteps,
         "beta_schedule": args.beta_schedule, "prediction_type": "epsilon", "effective_batch_size": effective_batch,
         "learning_rate": args.learning_rate, "ema_decay": args.ema_decay, "recipe": args.recipe, "seed": args.seed,
-        "mixed_precision": mixed_precision,
+        "mixed_precision": mixed_precision, "precision_probe": probe,
     }  # fmt: skip
     recent_losses = deque(maxlen=100)
     progress = tqdm(total=args.max_steps, initial=global_step, desc="pre-training", disable=not accelerator.is_local_main_process)
