@@ -91,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read (they are reported)")
     p.add_argument("--no-refine", action="store_true", help="the first stage only, for a detector with a refinement stage")
 
+    p = sub.add_parser("match", allow_abbrev=False, help="one annotated image, no training: find its landmarks in other images "
+                       "with a pre-trained DDPM's features")
+    p.add_argument("--template", required=True, help="the annotated image")
+    p.add_argument("--landmarks", required=True, help="its annotation file (our CSV/JSON or a tool's export; its row for the template)")
+    p.add_argument("--images", nargs="+", required=True, help="image files or folders to find the landmarks in")
+    p.add_argument("--features", required=True, help="a pre-trained DDPM checkpoint (hf-landmark pretrain) of such images")
+    p.add_argument("--output", default="matches.json", help="JSON with every image's matches (cycle_error, consistent) and failed files")
+    p.add_argument("--cycle-radius", type=float, default=1.5, help="a match is consistent if it maps back within this many feature "
+                   "pixels of the template's landmark, at every scale (default 1.5)")
+    p.add_argument("--format", choices=ANNOTATION_FORMATS, help="also write the matches for correction (as predict --format)")
+    p.add_argument("--format-output", help="where --format writes")
+    p.add_argument("--image-root", help="with --format: the folder image names are relative to")
+    p.add_argument("--coco-origin", choices=["corner", "center"], help="COCO files (read or written): where pixel (0, 0) is")
+    p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some files could not be read")
+
     p = sub.add_parser("select", allow_abbrev=False, help="choose which images of the unlabeled pool to annotate")
     p.add_argument("--dataset", required=True, help="prepared dataset (prepare images or prepare custom) whose pool to choose from")
     p.add_argument("--num", type=int, required=True, help="how many images to choose")

@@ -169,26 +169,18 @@ def describe_radii(uncertainty: dict, num_landmarks: int) -> str:
 
 def _cmd_predict(args) -> int:
     import csv
-    from pathlib import Path
 
     from tqdm.auto import tqdm
     from transformers import pipeline
 
     from .fileio import atomic_file, write_json_atomic, write_text_atomic
     from .pipeline_landmark import load_detector
-    from .preprocessing import IMAGE_EXTENSIONS, ImageReadError
+    from .preprocessing import ImageReadError
     from .visualization import legend_lines
 
     if args.format == "coco" and not args.coco_origin:
         raise UserInputError("--coco-origin: COCO does not say where pixel (0, 0) is; pass corner or center")
-    files: list[Path] = []
-    for item in args.inputs:
-        path = Path(item)
-        if not path.exists():
-            raise UserInputError(f"{path}: no such file or folder")
-        files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if path.is_dir() else [path]
-    if not files:
-        raise UserInputError(f"{', '.join(args.inputs)}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    files = image_inputs(args.inputs)
     model, processor = load_detector(args.model)
     pipe = pipeline("landmark-detection", model=model, image_processor=processor)
     results, errors = {}, {}
@@ -221,6 +213,74 @@ def _cmd_predict(args) -> int:
     if low:
         print(f"{len(low)} image(s) flagged low_confidence (unlike the training images; check them by hand): " + ", ".join(low[:10]))
     print(f"{len(results)} images predicted, {len(errors)} failed; wrote {args.output}")
+    return 1 if errors and not args.skip_bad else 0
+
+
+def image_inputs(inputs) -> list:
+    """The image files named, and those directly in the folders named (sorted)."""
+    from pathlib import Path
+
+    from .preprocessing import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise UserInputError(f"{path}: no such file or folder")
+        files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if path.is_dir() else [path]
+    if not files:
+        raise UserInputError(f"{', '.join(map(str, inputs))}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return files
+
+
+def _cmd_match(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .data.formats import read_annotation_file
+    from .errors import resolve_folder_or_repo
+    from .fileio import write_json_atomic
+    from .matching import FeatureExtractor, match_images
+    from .preprocessing import ImageReadError, load_image
+
+    if args.format == "coco" and not args.coco_origin:
+        raise UserInputError("--coco-origin: COCO does not say where pixel (0, 0) is; pass corner or center")
+    template = Path(args.template)
+    if not template.is_file():
+        raise UserInputError(f"--template {template}: no such image")
+    entries, names = read_annotation_file(Path(args.landmarks), root=template.parent, coco_origin=args.coco_origin)
+    annotated = [e for e in entries if e.landmarks is not None and np.isfinite(e.landmarks).all()]
+    entry = next((e for e in annotated if Path(e.file).name == template.name), None) or (annotated[0] if len(annotated) == 1 else None)
+    if entry is None:
+        raise UserInputError(f"--landmarks {args.landmarks}: no complete row for {template.name} (and not exactly one annotated image)")
+    files = image_inputs(args.images)
+    features = resolve_folder_or_repo(args.features, "--features", "pre-trained DDPM")
+    try:
+        extractor = FeatureExtractor.from_ddpm(features)
+    except OSError as err:
+        raise UserInputError(f"--features {args.features}: not a pre-trained DDPM checkpoint ({err})") from err
+    template01 = load_image(str(template))[0]
+    results, errors = {}, {}
+    for path in tqdm(files, desc="matching", disable=len(files) < 2):
+        try:
+            target = load_image(str(path))[0]
+        except ImageReadError as err:
+            errors[str(path)] = str(err)
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        m = match_images(extractor, template01, entry.landmarks, [target], cycle_radius=args.cycle_radius)[0]
+        results[str(path)] = [{"label": n, "x": float(x), "y": float(y), "score": float(s), "cycle_error": float(c), "consistent": bool(ok)}
+                              for n, (x, y), s, c, ok in zip(names, m["xy"], m["similarity"], m["cycle_error"], m["consistent"])]  # fmt: skip
+    consistent = [p["consistent"] for preds in results.values() for p in preds]
+    write_json_atomic({"template": str(template), "features": os.fspath(args.features), "predictions": results, "errors": errors}, args.output)
+    if args.format:
+        written = write_predictions_for_tool(args, results)
+        print(f"wrote the matches as {args.format} to {written}; correct them (hf-landmark annotate, or the tool), then prepare custom")
+    share = 100 * sum(consistent) / max(len(consistent), 1)
+    print(f"{len(results)} images matched to {template.name}, {len(errors)} failed; {share:.1f} % of the landmarks cycle-consistent "
+          f"(the others' matches did not map back to the template's landmark: check them first); wrote {args.output}")  # fmt: skip
     return 1 if errors and not args.skip_bad else 0
 
 

@@ -60,6 +60,7 @@ MISTAKES = [
     ("annotate --images TMP --out TMP/new.csv", ["--landmarks", "name the landmarks"]),
     ("annotate --images TMP --out TMP/new.csv --model ./nope", ["--model", "./nope", "no such model folder"]),
     ("annotate --images TMP --out TMP/new.csv --model MODEL --landmarks a,b", ["--model", "its landmarks", "(a, b)"]),
+    ("match --template TMP/nope.png --landmarks TMP/x.csv --images TMP --features MODEL", ["--template", "TMP/nope.png", "no such image"]),
     ("select --dataset DATA --num 0 --features MODEL", ["--num", "at least 1"]),
     ("select --dataset DATA --num 2 --features ./nope --split train", ["--features", "./nope", "no such"]),
     ("select --dataset DATA --num 2 --features MODEL", ["DATA", "no 'unlabeled' split", "--split train"]),
