@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the CSV's, the model's or the dataset's")
     p.add_argument("--model", help="a detector (folder or Hub repo): each image starts from its predictions, and the Review tab "
                    "ranks the images worst first")
+    p.add_argument("--features", help="without --model: a pre-trained DDPM (hf-landmark pretrain); once one image is finished, "
+                   "the others start from its landmarks matched into them (hf-landmark match)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")

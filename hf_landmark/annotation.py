@@ -44,7 +44,7 @@ ZOOM_FACTORS = (2, 4, 8)
 #: A click this close (overview pixels) to a placed point selects it, once every landmark is placed.
 SELECT_RADIUS = 7
 SKIPPED_COLUMN = "skipped"
-_PLACED, _PROPOSED, _CURRENT = (60, 220, 90), (255, 150, 0), (255, 235, 0)
+_PLACED, _PROPOSED, _UNSURE, _CURRENT = (60, 220, 90), (255, 150, 0), (255, 60, 200), (255, 235, 0)
 
 
 # --- geometry ---------------------------------------------------------------------------
@@ -184,15 +184,19 @@ class AnnotationFile:
 class Project:
     """The images to annotate (paths relative to ``root``), the landmark names, the file."""
 
-    def __init__(self, root: Path, files: list[str], names: list[str], store: AnnotationFile, model: str | None, note: str):
+    def __init__(self, root: Path, files: list[str], names: list[str], store: AnnotationFile, model: str | None, note: str,
+                 features: str | None = None):  # fmt: skip
         self.root, self.files, self.names, self.store, self.model, self.note = root, files, names, store, model, note
+        self.features = features
 
 
-def open_project(images: str, out: str, landmarks=None, model: str | None = None) -> Project:
+def open_project(images: str, out: str, landmarks=None, model: str | None = None, features: str | None = None) -> Project:
     """``images``: an image folder (every image under it) or a prepared dataset (its images,
     under the folder it was prepared from). ``out``: the annotation CSV; if it exists
     (``select``'s template, or an earlier session) its rows are the images, in its order.
-    Landmark names: ``landmarks`` (a list), else the file's, the model's or the dataset's."""
+    Landmark names: ``landmarks`` (a list), else the file's, the model's or the dataset's.
+    ``features``: a pre-trained DDPM; without a model, images start from the landmarks of the
+    first finished image, matched into them (:mod:`hf_landmark.matching`)."""
     from .data.prepared import INFO_FILE, dataset_info
     from .data.readers import _image_files
 
@@ -243,9 +247,13 @@ def open_project(images: str, out: str, landmarks=None, model: str | None = None
         if not folder_files:
             raise UserInputError(f"--images {images}: no images (PNG, JPEG, BMP, TIFF, DICOM) found")
         files, note = folder_files, f"the {len(folder_files)} images under {root}"
+    if features:
+        from .errors import resolve_folder_or_repo
+
+        features = resolve_folder_or_repo(features, "--features", "pre-trained DDPM")
     store = AnnotationFile(out_path, names)
     store.create(files)
-    return Project(root, files, names, store, model or None, note)
+    return Project(root, files, names, store, model or None, note, features or None)
 
 
 def _model_names(model: str | None) -> list[str]:
@@ -275,8 +283,9 @@ class ImageState:
         self.points = points.copy()
         self.placed = np.isfinite(points).all(axis=1)  # by the annotator (or accepted), saved
         self.skipped = set(skipped)
-        self.proposals = None  # the model's points [N, 2], its radii [N] and its flag
+        self.proposals = None  # the model's (or matched) points [N, 2], its radii [N] and its flag
         self.radii = None
+        self.unsure = None  # matched proposals that are not cycle-consistent [N]
         self.flag = False
         self.undo: list[tuple[int, np.ndarray, bool, bool]] = []
 
@@ -296,6 +305,7 @@ class AnnotationSession:
         self.zoom_factor = ZOOM_FACTORS[1]
         self.use_zoom, self.show_radii = True, True
         self.message = ""
+        self.extractor = None  # the DDPM's features, for proposals matched from a finished image
         # Continue where the file stops: the first image with work left.
         self.pos = next((k for k, i in enumerate(self.order) if not self.complete(i)), 0)
         self._enter()
@@ -341,6 +351,8 @@ class AnnotationSession:
             st.proposals = np.array([[p["x"], p["y"]] for p in preds], dtype=np.float64)
             st.radii = np.array([np.nan if p.get("radius") is None else p["radius"] for p in preds], dtype=np.float64)
             st.flag = preds[0].get("flag") == "low_confidence"
+        elif preds is None and self.project.features and st.proposals is None and not self.complete(self.index):
+            self._matched_proposals()
         self.current = self._next_todo(-1)
         self.zoom_centre = None
         self._follow()
@@ -351,6 +363,22 @@ class AnnotationSession:
         st = self.state
         if self.use_zoom and st.proposals is not None and not st.placed[self.current]:
             self.zoom_centre = tuple(st.proposals[self.current])
+
+    def _matched_proposals(self) -> None:
+        """Proposals from the first finished image, its landmarks matched into this one; a
+        match that does not map back to its landmark is marked unsure."""
+        from .matching import FeatureExtractor, match_images
+
+        st = self.state
+        ref = next((i for i in range(len(self.states)) if i != self.index and self.complete(i) and self.states[i].placed.all()), None)
+        if ref is None:
+            return
+        if self.extractor is None:
+            self.extractor = FeatureExtractor.from_ddpm(self.project.features)
+        m = match_images(self.extractor, self.image(ref), self.states[ref].points, [self.image()])[0]
+        st.proposals, st.unsure = m["xy"], ~m["consistent"]
+        self.message = (f"Proposals matched from {self.project.files[ref]}; {int(st.unsure.sum())} unsure (their match does not map "
+                        "back to the landmark): check those first.")  # fmt: skip
 
     def _next_todo(self, after: int) -> int:
         st, n = self.state, len(self.names)
@@ -528,7 +556,7 @@ class AnnotationSession:
             elif n in st.skipped:
                 x, y, what = np.nan, np.nan, "missing"
             elif st.proposals is not None:
-                x, y, what = *st.proposals[k], "proposed"
+                x, y, what = *st.proposals[k], "proposed (unsure)" if st.unsure is not None and st.unsure[k] else "proposed"
             else:
                 x, y, what = np.nan, np.nan, ""
             radius = st.radii[k] if st.radii is not None else np.nan
@@ -563,7 +591,7 @@ class AnnotationSession:
             px, py = original_to_picture(p, scale, origin)
             if not (-40 <= px <= rgb.width + 40 and -40 <= py <= rgb.height + 40):
                 continue
-            colour = _PLACED if st.placed[k] else _PROPOSED
+            colour = _PLACED if st.placed[k] else _UNSURE if st.unsure is not None and st.unsure[k] else _PROPOSED
             if self.show_radii and not st.placed[k] and st.radii is not None and np.isfinite(st.radii[k]):
                 r = st.radii[k] * sx
                 draw.ellipse([px - r, py - r, px + r, py + r], outline=(*_PROPOSED, 110), width=1)
@@ -635,7 +663,8 @@ _HELP = ("Click the overview near the landmark asked for; the zoom opens there, 
          "the list selects any landmark.")  # fmt: skip
 
 
-def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | None = None, landmarks=None, model: str | None = None):
+def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | None = None, landmarks=None, model: str | None = None,
+                        features: str | None = None):  # fmt: skip
     """The *Annotate* and *Review* tabs, inside ``demo`` (a ``gr.Blocks``) and its ``tabs``.
     With ``images`` and ``out`` given, each page load opens them (continuing the file)."""
     with gr.Tab("Annotate", id="annotate"):
@@ -647,6 +676,8 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
             with gr.Row():
                 f_names = gr.Textbox(value=",".join(landmarks or []), label="landmarks (comma-separated or a file; default: the CSV's or the model's)")
                 f_model = gr.Textbox(value=model or "", label="model (optional: proposals, radii, review queue)")
+                f_features = gr.Textbox(value=features or "", label="pre-trained DDPM (optional, without a model: proposals matched "
+                                        "from the first finished image)")
             open_button = gr.Button("Open", elem_id="annot-open")
         status = gr.Markdown("Open an image folder to start.", elem_id="annot-status")
         with gr.Row():
@@ -705,11 +736,12 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
 
         return run
 
-    def do_open(images, out, names, model):
+    def do_open(images, out, names, model, features):
         from .cli import read_landmark_names
 
         try:
-            project = open_project(images.strip(), out.strip(), read_landmark_names(names) if names.strip() else None, model.strip() or None)
+            project = open_project(images.strip(), out.strip(), read_landmark_names(names) if names.strip() else None, model.strip() or None,
+                                   features.strip() or None)  # fmt: skip
             session = AnnotationSession(project)
         except (UserInputError, ValueError, OSError) as err:
             raise gr.Error(str(err)) from err
@@ -747,7 +779,7 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
     # not this module's postponed string).
     for fn in (on_overview, on_zoom, on_queue):
         fn.__annotations__["evt"] = gr.SelectData
-    open_button.click(do_open, [f_images, f_out, f_names, f_model], outputs)
+    open_button.click(do_open, [f_images, f_out, f_names, f_model, f_features], outputs)
     overview.select(on_overview, [state], outputs)
     zoom.select(on_zoom, [state], outputs)
     undo.click(guarded(lambda s: s.undo()), [state], outputs)
@@ -764,4 +796,4 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
     queue.select(on_queue, [state], [*outputs, tabs])
     demo.load(None, js=KEYBOARD_JS)
     if images and out:
-        demo.load(do_open, [f_images, f_out, f_names, f_model], outputs)
+        demo.load(do_open, [f_images, f_out, f_names, f_model, f_features], outputs)

@@ -401,8 +401,9 @@ def _cmd_annotate(args) -> int:
     from .app import build_demo
 
     names = read_landmark_names(args.landmarks) if args.landmarks else None
-    project = open_project(args.images, args.out, names, args.model)  # a mistake is reported here, before serving
-    demo = build_demo(args.model, annotate={"images": args.images, "out": args.out, "landmarks": project.names, "model": args.model})
+    project = open_project(args.images, args.out, names, args.model, args.features)  # a mistake is reported here, before serving
+    demo = build_demo(args.model, annotate={"images": args.images, "out": args.out, "landmarks": project.names, "model": args.model,
+                                            "features": args.features})  # fmt: skip
     print(f"annotating {project.note} ({len(project.names)} landmarks), saving to {args.out}; "
           f"open http://{args.host}:{args.port}/ (Ctrl+C stops)")  # fmt: skip
     demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser, quiet=True)

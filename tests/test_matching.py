@@ -114,3 +114,29 @@ def test_match_command(ddpm_and_images, tmp_path):
     assert all(isinstance(p["cycle_error"], float) and p["cycle_error"] >= 0 for p in preds) and ok.dtype == bool
     entries, read_names = read_annotation_file(tmp_path / "m.csv")
     assert read_names == names and entries[0].file == "shifted.png" and np.abs(entries[0].landmarks - got).max() < 1e-3
+
+
+def test_annotation_proposals_matched_from_the_first_finished_image(ddpm_and_images, tmp_path):
+    """annotate --features: once one image is finished, the next starts from its landmarks
+    matched into it; unsure ones (not cycle-consistent) are marked."""
+    from PIL import Image
+
+    from hf_landmark.annotation import AnnotationSession, open_project
+
+    tmp, a, b, lm = ddpm_and_images
+    (tmp_path / "x").mkdir()
+    Image.fromarray((a * 255).round().astype(np.uint8)).save(tmp_path / "x" / "a.png")
+    Image.fromarray((b * 255).round().astype(np.uint8)).save(tmp_path / "x" / "b.png")
+    names = [f"L{j}" for j in range(len(lm))]
+    session = AnnotationSession(open_project(str(tmp_path / "x"), str(tmp_path / "ann.csv"), names, features=str(tmp / "ddpm")))
+    session.extractor = FeatureExtractor(LocalFeatures(), torch.linspace(0.999, 0.9, 500), 32, (-1.0, 1.0), blocks=(0, 1))
+    assert session.state.proposals is None  # nothing finished yet: nothing to match from
+    for x, y in lm:
+        session.place(x, y)
+    session.go(+1)
+    st = session.state
+    sure = ~st.unsure
+    assert sure.sum() >= len(lm) - 1 and np.abs(st.proposals[sure] - (lm[sure] + SHIFT)).max() <= 1.0
+    assert [r[4] for r in session.table()] == ["proposed (unsure)" if u else "proposed" for u in st.unsure]
+    session.accept()  # the proposals become the annotation, as with a model's
+    assert np.abs(session.project.store.read()["b.png"][0] - st.proposals).max() < 1e-3
