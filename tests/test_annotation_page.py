@@ -2,6 +2,7 @@
 headless browser (Debian's chromium through Playwright), clicks at screen positions computed
 from what the page shows, and the saved CSV checked against the true coordinates."""
 
+import contextlib
 import io
 import os
 import shutil
@@ -151,65 +152,73 @@ class Page:
         self.wait_status(f"Placed {NAMES.index(name) + 1} {name} at")
 
 
-@needs_browser
-def test_annotate_three_images_by_clicking(tmp_path):
+@contextlib.contextmanager
+def annotation_page(args):
+    """``hf-landmark annotate ARGS`` served, and a headless browser on it: ``(page, ui)``; the
+    page has loaded and shows an image."""
     chromium, sync_playwright = _browser()
-    images, out = tmp_path / "xrays", tmp_path / "ann.csv"
-    write_images(images)
-    (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
     port = _free_port()
-    proc = serve(["--images", str(images), "--landmarks", str(tmp_path / "names.txt"), "--out", str(out)], port)
+    proc = serve(args, port)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
             page.goto(f"http://127.0.0.1:{port}/")
             ui = Page(page, port)
-            # The page opens on the first image and asks for the first landmark by name.
-            ui.wait_status("Landmark 1 of 5: Sella")
-            assert "Image 1 of 3" in ui.status() and "case0.png" in ui.status()
-            t0 = truth(0)
-            for k in range(3):
-                ui.place(t0[k], NAMES[k])
-            assert "Landmark 4 of 5: Porion" in ui.status()  # advanced automatically
-            # A wrong Porion (on Sella's side), undone with the key, then placed right.
-            old = ui.zoom_src()
-            ui.click_overview_at((100, 100))
-            ui.wait_status("in the zoom")
-            page.wait_for_function("(s) => document.querySelector('#annot-zoom img').src !== s", arg=old)
-            ui.click_picture("annot-zoom", (240.5, 240.5))
-            ui.wait_status("Placed 4 Porion at")
-            page.keyboard.press("z")
-            ui.wait_status("Undone: 4 Porion")
-            assert np.isnan(AnnotationFile(out, NAMES).read()["case0.png"][0][3]).all()  # the file forgot it too
-            ui.place(t0[3], "Porion")
-            ui.place(t0[4], "Menton")
-            assert "1 of 3 images complete" in ui.status()
-            page.keyboard.press("ArrowRight")
-            ui.wait_status("Image 2 of 3")
-            t1 = truth(1)
-            ui.place(t1[0], "Sella")
-            ui.place(t1[1], "Nasion")
-            # Reload mid-way: the page continues where the file stops.
-            page.reload()
-            ui.wait_status("Landmark 3 of 5: Orbitale", timeout=60000)
-            assert "Image 2 of 3" in ui.status() and "2 of 5 landmarks placed" in ui.status()
-            for k in range(2, 5):
-                ui.place(t1[k], NAMES[k])
-            page.get_by_role("button", name="Next image →").click()
-            ui.wait_status("Image 3 of 3")
-            # Without the zoom: one click on the overview places the landmark.
-            page.locator("#annot-use-zoom input").click()
-            t2 = truth(2)
-            for k in range(5):
-                ui.click_overview_at(t2[k])
-                ui.wait_status(f"Placed {k + 1} {NAMES[k]} at")
-            ui.wait_status("3 of 3 images complete")
-            page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
+            ui.wait_status("Landmark 1 of 5: Sella")  # the first landmark, asked for by its name
+            yield page, ui
             browser.close()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+@needs_browser
+def test_annotate_three_images_by_clicking(tmp_path):
+    images, out = tmp_path / "xrays", tmp_path / "ann.csv"
+    write_images(images)
+    (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
+    with annotation_page(["--images", str(images), "--landmarks", str(tmp_path / "names.txt"), "--out", str(out)]) as (page, ui):
+        # The page opens on the first image and asks for the first landmark by name.
+        assert "Image 1 of 3" in ui.status() and "case0.png" in ui.status()
+        t0 = truth(0)
+        for k in range(3):
+            ui.place(t0[k], NAMES[k])
+        assert "Landmark 4 of 5: Porion" in ui.status()  # advanced automatically
+        # A wrong Porion (on Sella's side), undone with the key, then placed right.
+        old = ui.zoom_src()
+        ui.click_overview_at((100, 100))
+        ui.wait_status("in the zoom")
+        page.wait_for_function("(s) => document.querySelector('#annot-zoom img').src !== s", arg=old)
+        ui.click_picture("annot-zoom", (240.5, 240.5))
+        ui.wait_status("Placed 4 Porion at")
+        page.keyboard.press("z")
+        ui.wait_status("Undone: 4 Porion")
+        assert np.isnan(AnnotationFile(out, NAMES).read()["case0.png"][0][3]).all()  # the file forgot it too
+        ui.place(t0[3], "Porion")
+        ui.place(t0[4], "Menton")
+        assert "1 of 3 images complete" in ui.status()
+        page.keyboard.press("ArrowRight")
+        ui.wait_status("Image 2 of 3")
+        t1 = truth(1)
+        ui.place(t1[0], "Sella")
+        ui.place(t1[1], "Nasion")
+        # Reload mid-way: the page continues where the file stops.
+        page.reload()
+        ui.wait_status("Landmark 3 of 5: Orbitale", timeout=60000)
+        assert "Image 2 of 3" in ui.status() and "2 of 5 landmarks placed" in ui.status()
+        for k in range(2, 5):
+            ui.place(t1[k], NAMES[k])
+        page.get_by_role("button", name="Next image →").click()
+        ui.wait_status("Image 3 of 3")
+        # Without the zoom: one click on the overview places the landmark.
+        page.locator("#annot-use-zoom input").click()
+        t2 = truth(2)
+        for k in range(5):
+            ui.click_overview_at(t2[k])
+            ui.wait_status(f"Placed {k + 1} {NAMES[k]} at")
+        ui.wait_status("3 of 3 images complete")
+        page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
 
     entries, names = read_annotation_file(out)
     assert names == NAMES and [e.file for e in entries] == ["case0.png", "case1.png", "case2.png"]
@@ -244,7 +253,6 @@ def make_model(folder: Path) -> Path:
 
 @needs_browser
 def test_model_proposals_corrections_and_the_review_queue(tmp_path):
-    chromium, sync_playwright = _browser()
     images, out = tmp_path / "xrays", tmp_path / "ann.csv"
     write_images(images, n=2)
     # A 12 x 12 image is too small for the model: flagged low confidence, so reviewed first.
@@ -253,44 +261,32 @@ def test_model_proposals_corrections_and_the_review_queue(tmp_path):
     from hf_landmark.app import landmark_pipeline
 
     proposed = {f: np.array([[p["x"], p["y"]] for p in landmark_pipeline(str(model))(str(images / f))]) for f in ("case0.png", "case1.png")}
-    port = _free_port()
-    proc = serve(["--images", str(images), "--out", str(out), "--model", str(model)], port)  # the names come from the model
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1500})
-            page.goto(f"http://127.0.0.1:{port}/")
-            ui = Page(page, port)
-            ui.wait_status("Landmark 1 of 5: Sella")
-            assert "case0.png" in ui.status()
-            rows = ui.rows("annot-table", "proposed")
-            assert len(rows) == 5 and all("proposed" in r for r in rows)  # every landmark starts from the model's prediction
-            # Move Sella to where it is; the file holds that one point, the proposals are not saved yet.
-            ui.place(truth(0)[0], "Sella")
-            saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
-            assert np.abs(saved[0] - truth(0)[0]).max() <= 0.5 and np.isnan(saved[1:]).all()
-            # The zoom has moved on to Nasion's proposal: Enter accepts it, a accepts the other three.
-            page.keyboard.press("Enter")
-            ui.wait_status("Accepted 2 Nasion")
-            assert np.abs(AnnotationFile(out, NAMES).read()["case0.png"][0][1] - proposed["case0.png"][1]).max() < 1e-3
-            page.keyboard.press("a")
-            ui.wait_status("Accepted 3 proposed landmark(s)")
-            saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
-            assert np.abs(saved[1:] - proposed["case0.png"][1:]).max() < 1e-3
-            # The review queue: the flagged image first, then the rest by their largest radius.
-            page.get_by_role("tab", name="Review").click()
-            page.get_by_role("button", name="Rank the images, worst predictions first").click()
-            rows = ui.rows("annot-queue", "low confidence")
-            assert "tiny.png" in rows[0] and "low confidence" in rows[0]
-            assert "case0.png" in rows[-1] and "done" in rows[-1]  # complete images go last
-            page.get_by_role("tab", name="Annotate").click()
-            ui.wait_status("review order")
-            assert "Image 1 of 3" in ui.status() and "tiny.png" in ui.status() and "unlike its training images" in ui.status()
-            page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
-            browser.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+    with annotation_page(["--images", str(images), "--out", str(out), "--model", str(model)]) as (page, ui):  # names: the model's
+        assert "case0.png" in ui.status()
+        rows = ui.rows("annot-table", "proposed")
+        assert len(rows) == 5 and all("proposed" in r for r in rows)  # every landmark starts from the model's prediction
+        # Move Sella to where it is; the file holds that one point, the proposals are not saved yet.
+        ui.place(truth(0)[0], "Sella")
+        saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
+        assert np.abs(saved[0] - truth(0)[0]).max() <= 0.5 and np.isnan(saved[1:]).all()
+        # The zoom has moved on to Nasion's proposal: Enter accepts it, a accepts the other three.
+        page.keyboard.press("Enter")
+        ui.wait_status("Accepted 2 Nasion")
+        assert np.abs(AnnotationFile(out, NAMES).read()["case0.png"][0][1] - proposed["case0.png"][1]).max() < 1e-3
+        page.keyboard.press("a")
+        ui.wait_status("Accepted 3 proposed landmark(s)")
+        saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
+        assert np.abs(saved[1:] - proposed["case0.png"][1:]).max() < 1e-3
+        # The review queue: the flagged image first, then the rest by their largest radius.
+        page.get_by_role("tab", name="Review").click()
+        page.get_by_role("button", name="Rank the images, worst predictions first").click()
+        rows = ui.rows("annot-queue", "low confidence")
+        assert "tiny.png" in rows[0] and "low confidence" in rows[0]
+        assert "case0.png" in rows[-1] and "done" in rows[-1]  # complete images go last
+        page.get_by_role("tab", name="Annotate").click()
+        ui.wait_status("review order")
+        assert "Image 1 of 3" in ui.status() and "tiny.png" in ui.status() and "unlike its training images" in ui.status()
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
 
 
 def test_review_order():
