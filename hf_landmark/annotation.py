@@ -1,6 +1,6 @@
 """Annotating landmarks in the browser, and reviewing a model's predictions.
 
-The page (``hf-landmark annotate``, the web app's *Annotate* and *Review* tabs) asks for one
+The page (``hf-landmark annotate``: the web app with *Annotate* and *Review* tabs) asks for one
 named landmark at a time. A click on the overview opens a zoomed crop of the original
 around it, where the final click places the landmark; every placed point is saved at once
 to the annotation CSV that ``prepare custom`` reads.
@@ -71,13 +71,19 @@ def original_to_picture(xy, scale, origin=(0, 0)) -> tuple[float, float]:
     return (xy[0] + 0.5 - origin[0]) * sx - 0.5, (xy[1] + 0.5 - origin[1]) * sy - 0.5
 
 
+def zoom_origin(centre, factor: int, side: int = ZOOM_SIDE) -> tuple[int, int]:
+    """The original pixel at the top-left of the zoom around ``centre``."""
+    n = side // factor
+    return int(round(centre[0])) - n // 2, int(round(centre[1])) - n // 2
+
+
 def zoom_crop(image01: np.ndarray, centre, factor: int, side: int = ZOOM_SIDE) -> tuple[np.ndarray, tuple[int, int]]:
     """A ``side``-pixel picture of the original around ``centre`` at ``factor`` picture pixels
     per original pixel (nearest neighbour, so each original pixel is a visible square),
     contrast stretched to the crop (1st-99th percentile); outside the image is black.
     Returns the picture (uint8) and the original pixel at its top-left."""
     n = side // factor
-    x0, y0 = int(round(centre[0])) - n // 2, int(round(centre[1])) - n // 2
+    x0, y0 = zoom_origin(centre, factor, side)
     h, w = image01.shape
     crop = np.zeros((n, n), dtype=np.float32)
     ys, xs = slice(max(0, y0), min(h, y0 + n)), slice(max(0, x0), min(w, x0 + n))
@@ -388,7 +394,7 @@ class AnnotationSession:
         return min(max(after, 0), n - 1)
 
     def shown_points(self) -> np.ndarray:
-        """Placed points, else the model's proposals, else NaN."""
+        """Placed points, else the proposals (the model's or matched), else NaN."""
         st = self.state
         pts = st.points.copy()
         if st.proposals is not None:
@@ -442,8 +448,7 @@ class AnnotationSession:
         if self.zoom_centre is None:
             self.message = "Click the overview first; the zoom opens there."
             return
-        _, origin = zoom_crop(np.zeros((1, 1), np.float32), self.zoom_centre, self.zoom_factor)
-        self.place(*click_to_original(index, self.zoom_factor, origin))
+        self.place(*click_to_original(index, self.zoom_factor, zoom_origin(self.zoom_centre, self.zoom_factor)))
 
     def undo(self) -> None:
         st = self.state

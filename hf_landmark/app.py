@@ -90,9 +90,9 @@ def _mm(value):
 
 
 def build_demo(default_model: str | None = None, examples: list[str] | None = None, annotate: dict | None = None):
-    """The web app: *Detect* (any image, any model), and where hf_landmark is installed
-    *Annotate* and *Review* (``annotate``: the arguments of
-    :func:`hf_landmark.annotation.build_annotate_tabs`; the page then opens on *Annotate*)."""
+    """The web app: *Detect* (any image, any model); with ``annotate`` (the arguments of
+    :func:`hf_landmark.annotation.build_annotate_tabs`, which needs hf_landmark) also
+    *Annotate* and *Review*, and the page opens on *Annotate*."""
     import gradio as gr
 
     def run_predict(image_path, model, decoder, radii=True):
@@ -125,11 +125,12 @@ def build_demo(default_model: str | None = None, examples: list[str] | None = No
                                              label="coordinates")  # fmt: skip
                         note = gr.Markdown()
                         download = gr.File(label="JSON")
-            if _package_available():
-                # Annotation writes files on this machine: the package's own page (hf-landmark annotate).
+            if annotate is not None:
+                # Annotation reads and writes files where the page runs: only on the page
+                # hf-landmark annotate serves (on this machine by default), never in a public demo.
                 from hf_landmark.annotation import build_annotate_tabs
 
-                build_annotate_tabs(gr, demo, tabs, **(annotate or {}))
+                build_annotate_tabs(gr, demo, tabs, **annotate)
         outputs = [overlay, table, note, download]
         # The previous result (its picture, its notes) is cleared first, so that a failed
         # prediction never shows the last image's warnings beside the error.

@@ -404,6 +404,8 @@ def _cmd_annotate(args) -> int:
     project = open_project(args.images, args.out, names, args.model, args.features)  # a mistake is reported here, before serving
     demo = build_demo(args.model, annotate={"images": args.images, "out": args.out, "landmarks": project.names, "model": args.model,
                                             "features": args.features})  # fmt: skip
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: --host {args.host}: anyone who reaches this address can open and write files on this machine as you")
     print(f"annotating {project.note} ({len(project.names)} landmarks), saving to {args.out}; "
           f"open http://{args.host}:{args.port}/ (Ctrl+C stops)")  # fmt: skip
     demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser, quiet=True)

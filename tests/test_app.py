@@ -153,3 +153,14 @@ def test_radii_are_thin_translucent_and_can_be_hidden(tmp_path):
     without, _, note_without, _ = predict(str(tmp_path / "x.png"), str(tmp_path / "m"), radii=False)
     assert "Circles: calibrated error radii" in note and "Circles" not in note_without
     assert np.asarray(with_radii).shape == np.asarray(without).shape and (np.asarray(with_radii) != np.asarray(without)).any()
+
+
+def test_only_the_annotate_command_serves_the_annotation_page(model_and_image, tmp_path):
+    """The annotation page opens and writes files where it runs: never part of the public demo."""
+    from hf_landmark.app import build_demo
+
+    model, image = model_and_image
+    ids = lambda demo: {getattr(b, "elem_id", None) for b in demo.blocks.values()}  # noqa: E731
+    assert "annot-open" not in ids(build_demo(str(model)))
+    annotate = {"images": str(image.parent), "out": str(tmp_path / "a.csv"), "landmarks": ["Sella", "Nasion"], "model": None}
+    assert {"annot-open", "annot-overview", "annot-zoom", "annot-queue"} <= ids(build_demo(str(model), annotate=annotate))
