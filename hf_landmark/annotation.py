@@ -199,7 +199,8 @@ class Project:
 def open_project(images: str, out: str, landmarks=None, model: str | None = None, features: str | None = None) -> Project:
     """``images``: an image folder (every image under it) or a prepared dataset (its images,
     under the folder it was prepared from). ``out``: the annotation CSV; if it exists
-    (``select``'s template, or an earlier session) its rows are the images, in its order.
+    (``select``'s template, or an earlier session) its images come first, in its order, and
+    the folder's others after them (a row is written for an image once it is touched).
     Landmark names: ``landmarks`` (a list), else the file's, the model's or the dataset's.
     ``features``: a pre-trained DDPM; without a model, images start from the landmarks of the
     first finished image, matched into them (:mod:`hf_landmark.matching`)."""
@@ -248,7 +249,12 @@ def open_project(images: str, out: str, landmarks=None, model: str | None = None
         if missing:
             raise UserInputError(f"{out}: {len(missing)} listed image(s) not found under {root}: {', '.join(missing[:5])}"
                                  + (" ..." if len(missing) > 5 else ""))  # fmt: skip
-        files, note = listed, f"the {len(listed)} images listed in {out_path.name}"
+        # The file's images first, in its order (select's choice); the others after them, so that
+        # a later round (a model's worst predictions) goes to the same file.
+        listed_set = set(listed)
+        rest = [f for f in folder_files if f not in listed_set]
+        files = listed + rest
+        note = f"the {len(listed)} images listed in {out_path.name}" + (f", then the {len(rest)} others under {root}" if rest else "")
     else:
         if not folder_files:
             raise UserInputError(f"--images {images}: no images (PNG, JPEG, BMP, TIFF, DICOM) found")

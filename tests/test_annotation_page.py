@@ -351,10 +351,10 @@ def test_open_a_prepared_dataset_a_template_and_continue(tmp_path):
     assert project.root == images.resolve() and project.files == ["case0.png", "case1.png", "case2.png"]
     listed = read_annotation_file(tmp_path / "all.csv")[0]
     assert len(listed) == 3 and all(np.isnan(e.landmarks).all() for e in listed)  # listed, none annotated yet
-    # select's template: its rows are the images, in its order; its names are the landmarks.
+    # select's template: its images first, in its order, then the folder's others; its names are the landmarks.
     (tmp_path / "choose.csv").write_text("image," + ",".join(f"{n}_x,{n}_y" for n in NAMES) + "\ncase2.png" + "," * 10 + "\ncase0.png" + "," * 10 + "\n")
     session = AnnotationSession(open_project(str(images), str(tmp_path / "choose.csv")))
-    assert session.project.files == ["case2.png", "case0.png"] and session.names == NAMES
+    assert session.project.files == ["case2.png", "case0.png", "case1.png"] and session.names == NAMES
     session.place(10.0, 20.0)
     session.skip()
     # Reopened, it continues at the first landmark left on the first image with work left.
