@@ -9,6 +9,7 @@ used instead and any local folder or Hub repo can be chosen.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -108,8 +109,10 @@ def build_demo(default_model: str | None = None, examples: list[str] | None = No
         gr.Markdown("# X-ray landmark detection\nUpload a radiograph (PNG, JPEG, BMP, TIFF or DICOM), choose a model "
                     "(a local folder or a Hub repo) and get its landmarks, numbered on the picture and listed in the "
                     "table. Research use only, not a medical device.")  # fmt: skip
-        with gr.Tabs(selected="annotate" if annotate else "detect") as tabs:
-            with gr.Tab("Detect", id="detect"):
+        # Tabs only beside the annotation page; the demo alone is one page, as it always was.
+        tabbed = annotate is not None
+        with gr.Tabs(selected="annotate") if tabbed else contextlib.nullcontext() as tabs:
+            with gr.Tab("Detect", id="detect") if tabbed else contextlib.nullcontext():
                 with gr.Row():
                     with gr.Column():
                         image = gr.File(label="x-ray", file_types=FILE_TYPES, type="filepath")
@@ -125,7 +128,7 @@ def build_demo(default_model: str | None = None, examples: list[str] | None = No
                                              label="coordinates")  # fmt: skip
                         note = gr.Markdown()
                         download = gr.File(label="JSON")
-            if annotate is not None:
+            if tabbed:
                 # Annotation reads and writes files where the page runs: only on the page
                 # hf-landmark annotate serves (on this machine by default), never in a public demo.
                 from hf_landmark.annotation import build_annotate_tabs
