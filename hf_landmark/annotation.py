@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -100,10 +99,6 @@ def zoom_crop(image01: np.ndarray, centre, factor: int, side: int = ZOOM_SIDE) -
 # --- the annotation file ----------------------------------------------------------------
 
 
-def _cell(v: float) -> str:
-    return f"{v:.4f}" if math.isfinite(v) else ""
-
-
 class AnnotationFile:
     """The annotation CSV (``image,<name>_x,<name>_y,...,skipped``), saved one image at a time.
 
@@ -172,6 +167,8 @@ class AnnotationFile:
 
     def save_image(self, file: str, points: np.ndarray, skipped) -> None:
         """Replace ``file``'s row (added if absent) with ``points`` and ``skipped``."""
+        from .data.formats import coordinate_cell
+
         with self._locked():
             header, rows = self._read_raw()
             row = next((r for r in rows if (r.get("image") or "").strip() == file), None)
@@ -179,7 +176,7 @@ class AnnotationFile:
                 row = {"image": file}
                 rows.append(row)
             for n, (x, y) in zip(self.names, points):
-                row[f"{n}_x"], row[f"{n}_y"] = _cell(x), _cell(y)
+                row[f"{n}_x"], row[f"{n}_y"] = coordinate_cell(x), coordinate_cell(y)
             row[SKIPPED_COLUMN] = ";".join(n for n in self.names if n in skipped)
             self._write_raw(header, rows)
 

@@ -10,7 +10,6 @@ and the share above ``--tail`` (mm or px).
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -19,6 +18,7 @@ def main(argv=None) -> dict:
     from hf_landmark.data import load_prepared, load_tensors
     from hf_landmark.data.prepared import require_split
     from hf_landmark.evaluation import compute_metrics
+    from hf_landmark.fileio import write_json_atomic
     from hf_landmark.matching import DEFAULT_TIMESTEP, FeatureExtractor, match_images
     from hf_landmark.modeling_landmark import LandmarkDetector
     from hf_landmark.preprocessing import to_grayscale01
@@ -65,12 +65,14 @@ def main(argv=None) -> dict:
     }  # fmt: skip
     print(f"template {out['template']}, {len(targets)} {args.split} images: MRE {out['mre']:.2f} {out['unit']}, SDR "
           + ", ".join(f"{k}: {v:.1f} %" for k, v in out["sdr"].items()))
-    print(f"cycle-consistent: {100 * out['consistent_share']:.1f} % of landmarks, MRE {out['mre_consistent']} vs "
-          f"{out['mre_inconsistent']} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
+    def mre(v):
+        return "none" if v is None else f"{v:.2f}"
+
+    print(f"cycle-consistent: {100 * out['consistent_share']:.1f} % of landmarks, MRE {mre(out['mre_consistent'])} vs "
+          f"{mre(out['mre_inconsistent'])} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
           f"{100 * out['tail_error_share']:.1f} % of the error")  # fmt: skip
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            json.dump(out, fh, indent=2)
+        write_json_atomic(out, args.output)
     return out
 
 

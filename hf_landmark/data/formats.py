@@ -512,6 +512,11 @@ def _write_text(text: str, path) -> None:
     write_text_atomic(text, path)
 
 
+def coordinate_cell(v: float) -> str:
+    """A coordinate as our CSV writes it: 4 decimals, an empty cell where there is none."""
+    return f"{v:.4f}" if np.isfinite(v) else ""
+
+
 def write_csv(items, names: Sequence[str], path) -> None:
     """The CSV ``prepare custom`` reads; an image without landmarks is a row of empty cells."""
     import io
@@ -521,7 +526,7 @@ def write_csv(items, names: Sequence[str], path) -> None:
     writer.writerow(["image", *[f"{n}_{a}" for n in names for a in "xy"]])
     for item in items:
         lm = item.get("landmarks")
-        cells = [""] * (2 * len(names)) if lm is None else [f"{v:.4f}" if np.isfinite(v) else "" for p in lm for v in p]
+        cells = [""] * (2 * len(names)) if lm is None else [coordinate_cell(v) for p in lm for v in p]
         writer.writerow([item["file"], *cells])
     _write_text(buf.getvalue(), path)
 
