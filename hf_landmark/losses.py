@@ -15,7 +15,9 @@ from .heatmaps import HALF_MAX_RADIUS, gaussian_disk_targets, spatial_distributi
 
 
 class HeatmapLoss:
-    """Interface. Logits ``[B, N, H, W]``; landmarks ``[B, N, 2]`` (x, y) in the logits' pixels."""
+    """Interface. Logits ``[B, N, H, W]``; landmarks ``[B, N, 2]`` (x, y) in the logits' pixels.
+    A landmark given as NaN (a pseudo-label the consistency test rejected) is left out of the
+    loss by the losses that read each channel on its own (``contour``, ``bce``)."""
 
     name: str = ""
 
@@ -38,6 +40,10 @@ class ChannelCrossEntropy(HeatmapLoss):
     name = "paper"
 
     def __call__(self, logits, landmarks, sigma):
+        if not torch.isfinite(landmarks).all():
+            # Every pixel's softmax across channels needs every landmark's disk: none may be missing.
+            raise ValueError("the 'paper' loss (a softmax across the landmark channels) needs every landmark; "
+                             "use --loss contour or bce with missing landmarks")  # fmt: skip
         return F.cross_entropy(logits.float(), gaussian_disk_targets(landmarks, logits.shape[-2:], sigma))
 
     def log_probabilities(self, logits):
@@ -50,7 +56,11 @@ class BinaryCrossEntropy(HeatmapLoss):
     name = "bce"
 
     def __call__(self, logits, landmarks, sigma):
-        return F.binary_cross_entropy_with_logits(logits.float(), gaussian_disk_targets(landmarks, logits.shape[-2:], sigma))
+        valid, landmarks = _split_missing(landmarks)
+        per_channel = F.binary_cross_entropy_with_logits(
+            logits.float(), gaussian_disk_targets(landmarks, logits.shape[-2:], sigma), reduction="none"
+        ).mean(dim=(-2, -1))
+        return _masked_mean(per_channel, valid)
 
     def log_probabilities(self, logits):
         return F.logsigmoid(logits.float())
@@ -65,9 +75,10 @@ class SpatialSoftmaxNLL(HeatmapLoss):
     name = "contour"
 
     def __call__(self, logits, landmarks, sigma):
+        valid, landmarks = _split_missing(landmarks)
         target = spatial_distribution_targets(landmarks, logits.shape[-2:], sigma)
         log_p = torch.log_softmax(logits.float().flatten(-2), dim=-1)
-        return -(target.flatten(-2) * log_p).sum(-1).mean()
+        return _masked_mean(-(target.flatten(-2) * log_p).sum(-1), valid)
 
     def log_probabilities(self, logits):
         return torch.log_softmax(logits.float().flatten(-2), dim=-1).view_as(logits)
@@ -76,6 +87,22 @@ class SpatialSoftmaxNLL(HeatmapLoss):
         radius = max(sigma * HALF_MAX_RADIUS, 1.5)
         near = gaussian_disk_targets(coords, probabilities.shape[-2:], radius / HALF_MAX_RADIUS)
         return (probabilities * near).sum(dim=(-2, -1)).clamp(0, 1)
+
+
+def _split_missing(landmarks: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(valid [B, N] or None when all are, landmarks with the missing ones at 0)``."""
+    valid = torch.isfinite(landmarks).all(-1)
+    if bool(valid.all()):
+        return None, landmarks
+    return valid, torch.where(valid[..., None], landmarks, torch.zeros_like(landmarks))
+
+
+def _masked_mean(per_landmark: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``[B, N]`` over the valid landmarks (all when ``valid`` is None); 0 with none."""
+    if valid is None:
+        return per_landmark.mean()
+    weight = valid.to(per_landmark.dtype)
+    return (per_landmark * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 LOSSES: dict[str, HeatmapLoss] = {cls.name: cls() for cls in (ChannelCrossEntropy, BinaryCrossEntropy, SpatialSoftmaxNLL)}

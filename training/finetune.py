@@ -43,6 +43,7 @@ replaces the first-stage model only if the two stages are better on validation.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -161,6 +162,17 @@ class FinetuneArguments:
     refine_max_steps: int = field(default=600, metadata={"help": "refiner optimiser steps"})
     refine_batch_size: int = field(default=16, metadata={"help": "crops per refiner step"})
     refine_learning_rate: float = field(default=3e-4, metadata={"help": "refiner AdamW peak learning rate (cosine decay to 0)"})
+    self_train: int = field(default=0, metadata={
+        "help": "rounds of self-training on the pool (the unlabeled rest of the training split and the unlabeled split; never "
+        "validation or test): the best model predicts it, the landmarks whose expected error is smallest become pseudo-labels, "
+        "and both stages are fine-tuned again on the labels plus them (0: off)",
+    })  # fmt: skip
+    self_train_keep: float = field(default=0.4, metadata={
+        "help": "share of the pool's predicted landmarks kept as pseudo-labels each round: those with the smallest expected error "
+        "(heatmap spread times the landmark's median error-to-spread ratio on validation, over the image diagonal)",
+    })  # fmt: skip
+    self_train_labeled_share: float = field(default=0.5, metadata={"help": "share of each batch drawn from the labeled images during self-training"})
+    self_train_pool: int = field(default=500, metadata={"help": "at most this many pool images are predicted each round (evenly spaced)"})
 
     def __post_init__(self):
         check_choice("--preset", self.preset, UNET_PRESETS)
@@ -189,6 +201,17 @@ class FinetuneArguments:
             raise UserInputError(f"--resolution: must be a multiple of 8, got {self.resolution}")
         if self.refine_preset is not None:
             check_choice("--refine-preset", self.refine_preset, UNET_PRESETS)
+        if self.self_train < 0:
+            raise UserInputError(f"--self-train: rounds must be 0 (off) or more, got {self.self_train}")
+        if not 0 < self.self_train_keep <= 1:
+            raise UserInputError(f"--self-train-keep: a share in (0, 1], got {self.self_train_keep}")
+        if not 0 < self.self_train_labeled_share < 1:
+            raise UserInputError(f"--self-train-labeled-share: a share in (0, 1), got {self.self_train_labeled_share}")
+        if self.self_train_pool < 1:
+            raise UserInputError(f"--self-train-pool: at least 1 image, got {self.self_train_pool}")
+        if self.self_train and self.loss == "paper":
+            raise UserInputError("--self-train: the 'paper' loss (a softmax across landmark channels) cannot leave out the "
+                                 "rejected pseudo-labels; use --loss contour (the default recipe's) or bce")  # fmt: skip
 
     @property
     def sigma_256(self) -> float:
@@ -380,6 +403,70 @@ def finetune(args: FinetuneArguments) -> dict:
     val = load_tensors(val_split, size, processor.resample, fine_size)
     logger.info("labeled images: %s", ", ".join(train.image_ids))
 
+    if accelerator.is_main_process:
+        accelerator.init_trackers("finetune", config=tracker_config(args))
+        if note := describe_cpu_threads(accelerator.device):
+            logger.info(note)
+    record = dict(training_record(args, first["dataset"], train.image_ids, len(val)), mixed_precision=mixed_precision, precision_probe=probe)
+    floor = compute_metrics(mean_shape_prediction(train, val), val, model.config)
+    model_dir = os.path.join(args.output_dir, "model")
+    start = time.perf_counter()
+    result = train_two_stages(args, accelerator, autocast, model, processor, train, val, fine_size, model_dir, record)
+    self_training = None
+    if args.self_train and result["wrote_model"]:
+        labeled_set = set(labeled_idx)
+        pool_idx = [i for i in range(len(train_all)) if i not in labeled_set]
+        pool = self_training_pool(train_split, pool_idx, dataset.get(UNLABELED) if UNLABELED in dataset else None, size,
+                                  processor.resample, fine_size, args.self_train_pool)  # fmt: skip
+        if pool[0] is None:
+            logger.warning("--self-train: every training image is labeled and there is no unlabeled split; nothing to pseudo-label")
+        else:
+            result, self_training = self_train(args, accelerator, autocast, (first, spacing), processor, train, val, pool, fine_size,
+                                               model_dir, record, result)  # fmt: skip
+    accelerator.end_training()
+    best = result["best"]
+    calibration = None
+    if accelerator.is_main_process and result["wrote_model"]:
+        labeled_set = set(labeled_idx)
+        pool = [train_all.subset([i for i in range(len(train_all)) if i not in labeled_set])]
+        if UNLABELED in dataset and len(dataset[UNLABELED]):
+            pool.append(load_tensors(dataset[UNLABELED], size, processor.resample))
+        calibration = calibrate_saved_model(model_dir, val, train_all.subset(labeled_idx), args.decoder, pool)
+        logger.info("calibrated the error radii on %d validation images (alpha %.2f, radii at %.1f %%) and the low-confidence flag "
+                    "on %d images (false alarms at most %.1f %%)", len(val), calibration["alpha"], 100 * calibration["radius_coverage"],
+                    calibration["flag_calibration_images"], 100 * calibration["flag_false_alarm_rate"])  # fmt: skip
+    summary = {
+        "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
+        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": result["steps"],
+        "mixed_precision": mixed_precision, "precision_probe": probe, "seconds": time.perf_counter() - start, "best": best,
+        "first_stage": result["first_stage"], "refine": result["refine"], "self_training": self_training,
+        "mean_shape_val_mre": floor["mre"], "history": result["history"], "calibration": calibration,
+    }  # fmt: skip
+    if accelerator.is_main_process:
+        write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
+    return summary
+
+
+def train_two_stages(args: FinetuneArguments, accelerator, autocast, model, processor, train, val, fine_size: int, model_dir: str,
+                     record: dict, weights: torch.Tensor | None = None, tag: str = "") -> dict:  # fmt: skip
+    """The first stage on ``train`` (``weights``: each image's sampling weight; None: uniform),
+    then the refinement stage on the best first stage, both selected on ``val``; the best model
+    goes to ``model_dir``. ``tag`` prefixes the tracker's keys (a self-training round).
+    Returns ``{"best", "first_stage", "refine", "steps", "history", "wrote_model"}``."""
+    first = train_first_stage(args, accelerator, autocast, model, processor, train, val, model_dir, record, weights, tag)
+    best, refine_summary = dict(first["best"]), None
+    if fine_size and first["wrote_model"]:
+        refine_summary, best = train_refiner(args, accelerator, autocast, model_dir, train, val, fine_size, record, first["best"], weights, tag)
+    return {"best": best, "first_stage": first["best"], "refine": refine_summary, "steps": first["steps"], "history": first["history"],
+            "wrote_model": first["wrote_model"]}  # fmt: skip
+
+
+def train_first_stage(args: FinetuneArguments, accelerator, autocast, model, processor, train, val, model_dir: str, record: dict,
+                      weights: torch.Tensor | None = None, tag: str = "") -> dict:  # fmt: skip
+    """Stage 1: the heatmap detector on ``train``'s images at the model's size, validated every
+    ``eval_steps`` on ``val``'s MRE (the best saved to ``model_dir``), with the plateau
+    schedule and early stopping. Landmarks given as NaN (rejected pseudo-labels) are left out
+    of the loss."""
     max_steps, eval_steps = args.max_steps, args.eval_steps
     if max_steps is None:
         batches_per_epoch = math.ceil(len(train) / args.train_batch_size)
@@ -391,10 +478,6 @@ def finetune(args: FinetuneArguments) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     train_pixels, train_landmarks = train.images.to(device), train.landmarks.to(device)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("finetune", config=tracker_config(args))
-
-    model_dir = os.path.join(args.output_dir, "model")
     wrote_model = False
 
     def diverged(what: str):
@@ -402,25 +485,26 @@ def finetune(args: FinetuneArguments) -> dict:
         if wrote_model and accelerator.is_main_process:
             shutil.rmtree(model_dir, ignore_errors=True)
         accelerator.end_training()
-        raise UserInputError(f"{args.output_dir}: fine-tuning diverged: {what}; no model was kept. Lower --learning-rate "
+        raise UserInputError(f"{args.output_dir}: fine-tuning diverged: {what}; no model was kept from it. Lower --learning-rate "
                              f"(now {args.learning_rate:g}) or check the labels")  # fmt: skip
 
-    record = dict(training_record(args, first["dataset"], train.image_ids, len(val)), mixed_precision=mixed_precision, precision_probe=probe)
     unwrapped = accelerator.unwrap_model(model)
-    floor = compute_metrics(mean_shape_prediction(train, val), val, unwrapped.config)
     best = {"val_mre": math.inf, "step": 0}
     history = []
     stale = 0
-    progress = tqdm(total=max_steps, desc=f"fine-tuning ({args.num_labels} label{'s' if args.num_labels > 1 else ''})", disable=not accelerator.is_local_main_process)
+    batch = min(args.train_batch_size, len(train))
+    what = f"fine-tuning ({args.num_labels} label{'s' if args.num_labels > 1 else ''}{', ' + tag if tag else ''})"
+    progress = tqdm(total=max_steps, desc=what, disable=not accelerator.is_local_main_process)
     start = time.perf_counter()
     model.train()
-    if accelerator.is_main_process and (note := describe_cpu_threads(device)):
-        logger.info(note)
     step = 0
     while step < max_steps:
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(model):
-                idx = torch.randint(0, len(train), (min(args.train_batch_size, len(train)),), device=device)
+                if weights is None:
+                    idx = torch.randint(0, len(train), (batch,), device=device)
+                else:
+                    idx = torch.multinomial(weights, batch, replacement=True).to(device)
                 x, y = train_pixels[idx], train_landmarks[idx]
                 if not args.no_augment:
                     x, y = random_affine(x, y)
@@ -449,7 +533,8 @@ def finetune(args: FinetuneArguments) -> dict:
             plateau.step(val_loss)
             lr = optimizer.param_groups[0]["lr"]
             history.append({"step": step, "train_loss": loss.item(), "val_loss": val_loss, "val_mre": metrics["mre"], "lr": lr})
-            accelerator.log({"train_loss": loss.item(), "val_loss": val_loss, "val_mre": metrics["mre"], "lr": lr}, step=step)
+            prefix = f"{tag}/" if tag else ""
+            accelerator.log({f"{prefix}{k}": v for k, v in history[-1].items() if k != "step"}, step=step)
             if metrics["mre"] < best["val_mre"]:
                 best = {"val_mre": metrics["mre"], "val_mre_std": metrics["mre_std"], "val_sdr": metrics["sdr"], "step": step, "unit": metrics["unit"]}
                 stale = 0
@@ -463,30 +548,131 @@ def finetune(args: FinetuneArguments) -> dict:
                 logger.info("early stopping at step %d (best %.3f %s at step %d)", step, best["val_mre"], best["unit"], best["step"])
                 break
     progress.close()
-    first_stage = dict(best)
-    refine_summary = None
-    if fine_size and wrote_model:
-        refine_summary, best = train_refiner(args, accelerator, autocast, model_dir, train, val, fine_size, record, best)
-    accelerator.end_training()
-    calibration = None
-    if accelerator.is_main_process and wrote_model:
-        labeled_set = set(labeled_idx)
-        pool = [train_all.subset([i for i in range(len(train_all)) if i not in labeled_set])]
-        if UNLABELED in dataset and len(dataset[UNLABELED]):
-            pool.append(load_tensors(dataset[UNLABELED], size, processor.resample))
-        calibration = calibrate_saved_model(model_dir, val, train_all.subset(labeled_idx), args.decoder, pool)
-        logger.info("calibrated the error radii on %d validation images (alpha %.2f, radii at %.1f %%) and the low-confidence flag "
-                    "on %d images (false alarms at most %.1f %%)", len(val), calibration["alpha"], 100 * calibration["radius_coverage"],
-                    calibration["flag_calibration_images"], 100 * calibration["flag_false_alarm_rate"])  # fmt: skip
-    summary = {
-        "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
-        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": step, "mixed_precision": mixed_precision, "precision_probe": probe,
-        "seconds": time.perf_counter() - start, "best": best, "first_stage": first_stage, "refine": refine_summary,
-        "mean_shape_val_mre": floor["mre"], "history": history, "calibration": calibration,
-    }  # fmt: skip
+    return {"best": best, "steps": step, "history": history, "wrote_model": wrote_model}
+
+
+def self_training_pool(train_split, pool_idx: list[int], unlabeled, size: int, resample: str, fine_size: int, limit: int):
+    """The images self-training may pseudo-label: the training split's unlabeled rows
+    (``pool_idx``) and the unlabeled split, at most ``limit`` evenly spaced, decoded at the
+    model's and the fine size. Returns ``(pool with NaN landmarks, their true landmarks [M, N, 2]
+    where known, NaN elsewhere: for reporting pseudo-label quality only)``."""
+    sources = [(train_split, i) for i in pool_idx] + ([(unlabeled, i) for i in range(len(unlabeled))] if unlabeled is not None else [])
+    if not sources:
+        return None, None
+    if len(sources) > limit:
+        sources = [sources[i] for i in np.linspace(0, len(sources) - 1, limit).round().astype(int)]
+    parts = []
+    for split in (train_split, unlabeled):
+        rows = [i for s, i in sources if s is split]
+        if rows:
+            parts.append(load_tensors(split.select(rows), size, resample, fine_size))
+    pool = parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
+    truth = pool.original_landmarks.clone()
+    return pool.with_landmarks(torch.full_like(truth, math.nan)), truth
+
+
+def pseudo_labels(model_dir: str, pool, val, decoder: str, keep: float, device) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The saved model's predictions on ``pool`` and which of them to keep
+    (:func:`choose_pseudo_labels`, calibrated on ``val``). Returns ``(coords [M, N, 2]
+    original px, keep mask [M, N], facts)``."""
+    from hf_landmark.evaluation import predict_split
+    from hf_landmark.image_processing_landmark import processor_for_model
+    from hf_landmark.metrics import radial_errors
+
+    model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    processor = processor_for_model(model)
+    cal = predict_split(model, processor, val, decoder)
+    val_errors = radial_errors(cal["coords"], val.original_landmarks.double().numpy())
+    out = predict_split(model, processor, pool, decoder)
+    chosen, threshold = choose_pseudo_labels(out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep)
+    return out["coords"], chosen, {"threshold_relative": threshold}
+
+
+def choose_pseudo_labels(spread: np.ndarray, sizes: np.ndarray, val_spread: np.ndarray, val_errors: np.ndarray, keep: float):
+    """The consistency test: each pool prediction's expected error is its heatmap spread
+    (``[M, N]`` original px) times its landmark's median error-to-spread ratio on the
+    validation images (``val_errors`` / ``val_spread``, ``[V, N]``), over the image's diagonal
+    (``sizes`` ``[M, 2]`` (W, H)); the ``keep`` share with the smallest is kept (a landmark
+    the model is unsure of, or one it tends to miss, is left out). Returns ``(mask [M, N],
+    threshold)``."""
+    ratio = np.median(np.asarray(val_errors, np.float64) / np.asarray(val_spread, np.float64), axis=0)
+    expected = np.asarray(spread, np.float64) * ratio[None, :] / np.sqrt((np.asarray(sizes, np.float64) ** 2).sum(axis=1))[:, None]
+    threshold = float(np.quantile(expected, keep))
+    return expected <= threshold, threshold
+
+
+def pseudo_label_quality(coords: np.ndarray, chosen: np.ndarray, truth: torch.Tensor, pool, config) -> dict:
+    """Pseudo-labels' error against the truth where the pool has it (labeled training images
+    left out of the labeled set): kept ones and all predictions, in the model's unit. Only
+    reported, never used to choose."""
+    from hf_landmark.evaluation import physical_errors
+
+    known = torch.isfinite(truth).all(-1).all(-1).numpy()
+    if not known.any():
+        return {}
+    errors, unit = physical_errors(coords[known], pool.subset(np.flatnonzero(known)).with_landmarks(truth[known]), config)
+    kept = errors[chosen[known]]
+    facts = {"images_with_truth": int(known.sum()), "unit": unit, "all_mre": float(errors.mean()), "all_median": float(np.median(errors))}
+    if kept.size:
+        facts.update(kept_mre=float(kept.mean()), kept_median=float(np.median(kept)), kept_p90=float(np.quantile(kept, 0.9)))
+    if unit == "mm":
+        facts.update(all_over_4mm=float((errors > 4).mean()), kept_over_4mm=float((kept > 4).mean()) if kept.size else None)
+    return facts
+
+
+def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor, train, val, pool, fine_size: int, model_dir: str,
+               record: dict, result: dict) -> tuple[dict, dict]:  # fmt: skip
+    """``--self-train`` rounds: the best model so far pseudo-labels ``pool`` (:func:`pseudo_labels`),
+    a fresh model from ``--init`` trains both stages on the labeled images (drawn with
+    ``--self-train-labeled-share`` of each batch) plus the images with kept pseudo-labels
+    (the rejected landmarks left out), and replaces the best model only if it is better on
+    validation. Every round's counts and pseudo-label quality go into the training record
+    beside the model. Returns ``(result of the best model, self-training summary)``."""
+    from hf_landmark.fileio import replace_directory, write_text_atomic
+
+    pool, truth = pool
+    first, spacing = facts
+    rounds = []
+    for r in range(1, args.self_train + 1):
+        t0 = time.perf_counter()
+        coords, chosen, facts_r = pseudo_labels(model_dir, pool, val, args.decoder, args.self_train_keep, accelerator.device)
+        images = np.flatnonzero(chosen.any(axis=1))
+        report = {"round": r, "pool_images": len(pool), "pool_landmarks": int(chosen.size), "kept_landmarks": int(chosen.sum()),
+                  "images_with_pseudo_labels": len(images), **facts_r,
+                  "pseudo_label_error": pseudo_label_quality(coords, chosen, truth, pool, LandmarkConfig.from_pretrained(model_dir))}  # fmt: skip
+        kept = np.where(chosen[..., None], coords, np.nan)[images]
+        combined = train.concat(pool.subset(images).with_landmarks(kept))
+        share = args.self_train_labeled_share
+        weights = torch.cat([torch.full((len(train),), share / len(train)), torch.full((len(images),), (1 - share) / max(1, len(images)))])
+        set_seed(args.seed + r)
+        model = build_model(args, len(first["landmark_names"]), first["landmark_names"], first["dataset"], spacing)
+        round_dir = os.path.join(args.output_dir, f"self-train-{r}")
+        tag = f"self-train round {r}"
+        outcome = train_two_stages(args, accelerator, autocast, model, processor, combined, val, fine_size, os.path.join(round_dir, "model"),
+                                   dict(record, self_training_round=r), weights, tag=f"self-train-{r}")  # fmt: skip
+        better = outcome["wrote_model"] and outcome["best"]["val_mre"] < result["best"]["val_mre"]
+        report.update(val_mre=outcome["best"]["val_mre"], first_stage_val_mre=outcome["first_stage"]["val_mre"], previous_best_val_mre=result["best"]["val_mre"],
+                      model_kept=bool(better), seconds=time.perf_counter() - t0)  # fmt: skip
+        if better and accelerator.is_main_process:
+            replace_directory(os.path.join(round_dir, "model"), model_dir)
+        if better:
+            result = outcome
+        shutil.rmtree(round_dir, ignore_errors=True)
+        rounds.append(report)
+        quality = report["pseudo_label_error"]
+        logger.info("%s: kept %d of %d pool landmarks on %d images%s; validation MRE %.3f (best before %.3f)%s", tag,
+                    report["kept_landmarks"], report["pool_landmarks"], len(images),
+                    f" (their error {quality['kept_mre']:.2f} {quality['unit']}, all predictions {quality['all_mre']:.2f})" if "kept_mre" in quality else "",
+                    report["val_mre"], report["previous_best_val_mre"], ": kept" if better else "")  # fmt: skip
+    summary = {"rounds": rounds, "keep": args.self_train_keep, "labeled_share": args.self_train_labeled_share,
+               "model_from_round": max([0] + [x["round"] for x in rounds if x["model_kept"]])}  # fmt: skip
     if accelerator.is_main_process:
-        write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
-    return summary
+        path = os.path.join(model_dir, TRAINING_RECORD)
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        saved.pop("self_training_round", None)
+        write_text_atomic(json_text(dict(saved, self_training=summary)), path)
+    return result, summary
 
 
 def refine_size_for(args: FinetuneArguments, prepared: int, size: int) -> int:
@@ -502,7 +688,8 @@ def refine_size_for(args: FinetuneArguments, prepared: int, size: int) -> int:
     divisor = next((k for k in range(1, prepared + 1) if prepared % k == 0 and prepared // k <= 8 * size), prepared)
     fine = prepared // divisor
     if fine < 4 * size or fine % 8:
-        logger.warning("no refinement stage: the dataset was prepared at %d px, less than 4x the model's %d px; "
+        # Plain logging: this runs before the Accelerator exists (accelerate's logger needs one).
+        logging.getLogger(__name__).warning("no refinement stage: the dataset was prepared at %d px, less than 4x the model's %d px; "
                        "prepare it at e.g. --image-size %d for one (or pass --no-refine)", prepared, size, 8 * size)  # fmt: skip
         return 0
     return fine
@@ -535,15 +722,21 @@ def sample_offsets(errors: torch.Tensor, landmark: torch.Tensor, crop: int, gene
     return off.clamp(-half, half)
 
 
-def refiner_batch(images01: torch.Tensor, truth: torch.Tensor, offsets: torch.Tensor, config, count: int, generator=None):
+def refiner_batch(images01: torch.Tensor, truth: torch.Tensor, offsets: torch.Tensor, config, count: int, generator=None,
+                  valid: torch.Tensor | None = None):  # fmt: skip
     """``count`` training crops for the refiner from fine images ``[B, 1, F, F]`` in [0, 1] and
     their landmarks ``truth`` ``[B, N, 2]`` (fine pixels): for a random image and landmark
     each, the crop centred at the truth plus an offset (:func:`sample_offsets` of the first
-    stage's errors ``offsets`` ``[M, N, 2]``), exactly as inference places it. Returns
+    stage's errors ``offsets`` ``[M, N, 2]``), exactly as inference places it; with ``valid``
+    ``[B, N]`` (False: a rejected pseudo-label) only among the valid pairs. Returns
     ``(crops [K, 1, C, C] pixel values, landmark [K], local truth [K, 1, 2] crop pixels)``."""
     device, crop = images01.device, config.refine_crop
-    which = torch.randint(0, images01.shape[0], (count,), generator=generator).to(device)
-    landmark = torch.randint(0, truth.shape[1], (count,), generator=generator)
+    if valid is None:
+        which = torch.randint(0, images01.shape[0], (count,), generator=generator).to(device)
+        landmark = torch.randint(0, truth.shape[1], (count,), generator=generator)
+    else:
+        pair = torch.multinomial(valid.flatten().float().cpu(), count, replacement=True, generator=generator)
+        which, landmark = (pair // truth.shape[1]).to(device), pair % truth.shape[1]
     target = truth[which, landmark.to(device)]
     origins = torch.round(target + sample_offsets(offsets, landmark, crop, generator).to(device)).long() - crop // 2
     pixels = to_pixel_values(images01, config.pixel_range)[which]
@@ -551,12 +744,14 @@ def refiner_batch(images01: torch.Tensor, truth: torch.Tensor, offsets: torch.Te
     return crops, landmark.to(device), (target - origins)[:, None].float()
 
 
-def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str, train, val, fine_size: int, record: dict, first_best: dict):
-    """Stage 2: a refiner for the saved best first stage, trained on crops of the same labeled
+def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str, train, val, fine_size: int, record: dict, first_best: dict,
+                  weights: torch.Tensor | None = None, tag: str = ""):  # fmt: skip
+    """Stage 2: a refiner for the saved best first stage, trained on crops of the same training
     images (centred at the truth plus offsets drawn from the first stage's validation errors,
-    with the paper's augmentation on the fine images), selected on the validation split's
-    final MRE. The two-stage detector replaces the first-stage one only if it is better on
-    validation. Returns ``(summary, best)``."""
+    with the paper's augmentation on the fine images; ``weights`` as the first stage's; NaN
+    landmarks never cropped), selected on the validation split's final MRE. The two-stage
+    detector replaces the first-stage one only if it is better on validation. Returns
+    ``(summary, best)``."""
     from hf_landmark.evaluation import predict_split
     from hf_landmark.losses import get_loss
     from hf_landmark.modeling_landmark import own_channel
@@ -583,6 +778,8 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
     refiner, optimizer, schedule = accelerator.prepare(detector.refiner, optimizer, schedule)
     fine_images = train.fine_images.to(device)
     fine_truth = original_to_model(train.original_landmarks.float(), train.original_sizes[:, None, :].float(), fine_size).to(device)
+    valid = torch.isfinite(fine_truth).all(-1)
+    masked = not bool(valid.all())
     offsets = torch.as_tensor(errors, dtype=torch.float32)
     generator = torch.Generator().manual_seed(args.seed)
     best = {"val_mre": first_best["val_mre"], "step": 0, "refined": False}
@@ -591,14 +788,19 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
                                                    "max": float(radial.max()), "inside_crop": covered},
                "history": []}  # fmt: skip
     stale, own_best = 0, math.inf
-    progress = tqdm(total=args.refine_max_steps, desc="refinement stage", disable=not accelerator.is_local_main_process)
+    progress = tqdm(total=args.refine_max_steps, desc="refinement stage" + (f" ({tag})" if tag else ""), disable=not accelerator.is_local_main_process)
+    prefix = f"{tag}/" if tag else ""
+    batch = min(args.train_batch_size, len(train))
     refiner.train()
     for step in range(1, args.refine_max_steps + 1):
-        idx = torch.randint(0, len(train), (min(args.train_batch_size, len(train)),), generator=generator).to(device)
+        if weights is None:
+            idx = torch.randint(0, len(train), (batch,), generator=generator).to(device)
+        else:
+            idx = torch.multinomial(weights, batch, replacement=True, generator=generator).to(device)
         x, y = fine_images[idx], fine_truth[idx]
         if not args.no_augment:
             x, y = random_affine(x, y, generator=generator)
-        crops, landmark, local = refiner_batch(x, y, offsets, cfg, args.refine_batch_size, generator)
+        crops, landmark, local = refiner_batch(x, y, offsets, cfg, args.refine_batch_size, generator, valid[idx] if masked else None)
         with autocast():
             logits = own_channel(refiner(crops)[0], landmark).float()
         loss = loss_fn(logits, local, cfg.refine_sigma)
@@ -616,7 +818,7 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
             pred = predict_split(detector, processor, val, args.decoder)
             metrics = compute_metrics(pred["coords"], val, cfg)
             summary["history"].append({"step": step, "train_loss": loss.item(), "val_mre": metrics["mre"]})
-            accelerator.log({"refine/train_loss": loss.item(), "refine/val_mre": metrics["mre"]}, step=step)
+            accelerator.log({f"{prefix}refine/train_loss": loss.item(), f"{prefix}refine/val_mre": metrics["mre"]}, step=step)
             # Patience counts against the refiner's own best; the saved model changes only when
             # the two stages beat everything before them, the first stage alone included.
             stale = 0 if metrics["mre"] < own_best else stale + 1

@@ -62,6 +62,29 @@ class LandmarkTensors:
             fine_images=None if self.fine_images is None else self.fine_images[idx],
         )
 
+    def concat(self, other: LandmarkTensors) -> LandmarkTensors:
+        """This split followed by ``other`` (same landmarks, model size and fine size)."""
+        if other.landmark_names != self.landmark_names or other.image_size != self.image_size:
+            raise ValueError("can only join splits with the same landmarks and model size")
+        if (self.fine_images is None) != (other.fine_images is None):
+            raise ValueError("can only join splits that both have fine images or both not")
+        return replace(
+            self,
+            images=torch.cat([self.images, other.images]),
+            landmarks=torch.cat([self.landmarks, other.landmarks]),
+            original_landmarks=torch.cat([self.original_landmarks, other.original_landmarks]),
+            original_sizes=torch.cat([self.original_sizes, other.original_sizes]),
+            spacing=torch.cat([self.spacing, other.spacing]),
+            image_ids=self.image_ids + other.image_ids,
+            fine_images=None if self.fine_images is None else torch.cat([self.fine_images, other.fine_images]),
+        )
+
+    def with_landmarks(self, original_landmarks) -> LandmarkTensors:
+        """The same images with other landmarks ``[M, N, 2]`` (original pixels; NaN = none)."""
+        original = torch.as_tensor(original_landmarks, dtype=torch.float32)
+        return replace(self, original_landmarks=original,
+                       landmarks=original_to_model(original, self.original_sizes[:, None, :], self.image_size).float())  # fmt: skip
+
     @property
     def has_spacing(self) -> bool:
         return bool(torch.isfinite(self.spacing).all())
