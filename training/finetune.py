@@ -39,6 +39,15 @@ truth plus offsets drawn from the best first stage's validation errors, from scr
 DDPM pre-trained on crops (``--refine-init``, ``hf-landmark pretrain --crop-from``), and
 replaces the first-stage model only if the two stages are better on validation.
 ``--no-refine`` trains the first stage alone.
+
+Then, with the default recipe, one round of self-training (``--self-train ROUNDS``, 0: off): the best model
+predicts the pool (the training split's unlabeled images and the ``unlabeled`` split; never
+validation or test), keeps the ``--self-train-keep`` share of predicted landmarks with the
+smallest expected error (heatmap spread times the landmark's median error-to-spread ratio on
+validation) as pseudo-labels, and trains both stages again from ``--init`` on the labeled
+images (half of each batch) plus those (the rejected landmarks left out of the losses). A
+round's model replaces the best only if it is better on validation; the training record
+states each round's counts and, where the pool images have labels, the pseudo-labels' error.
 """
 
 from __future__ import annotations
@@ -94,12 +103,12 @@ RECIPES = {
     "default": {
         "learning_rate": 1e-4, "scratch_learning_rate": 1e-4, "loss": "contour", "sigma_256": 6.0,
         "train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 600, "eval_steps": 25,
-        "early_stopping_patience": 8, "plateau_patience": 4,
+        "early_stopping_patience": 8, "plateau_patience": 4, "self_train": 1,
     },
     "paper": {
         "learning_rate": 1e-5, "scratch_learning_rate": 1e-4, "loss": "paper", "sigma_256": 5.0,
         "train_batch_size": 2, "gradient_accumulation_steps": 8, "max_epochs": 200, "eval_steps": None,
-        "early_stopping_patience": 20, "plateau_patience": 10,
+        "early_stopping_patience": 20, "plateau_patience": 10, "self_train": 0,
     },
 }  # fmt: skip
 
@@ -162,10 +171,10 @@ class FinetuneArguments:
     refine_max_steps: int = field(default=600, metadata={"help": "refiner optimiser steps"})
     refine_batch_size: int = field(default=16, metadata={"help": "crops per refiner step"})
     refine_learning_rate: float = field(default=3e-4, metadata={"help": "refiner AdamW peak learning rate (cosine decay to 0)"})
-    self_train: int = field(default=0, metadata={
+    self_train: int | None = field(default=None, metadata={
         "help": "rounds of self-training on the pool (the unlabeled rest of the training split and the unlabeled split; never "
         "validation or test): the best model predicts it, the landmarks whose expected error is smallest become pseudo-labels, "
-        "and both stages are fine-tuned again on the labels plus them (0: off)",
+        "and both stages are fine-tuned again on the labels plus them; a round's model is kept only if better on validation (0: off; default: the recipe's, 1 for default, 0 for paper)",
     })  # fmt: skip
     self_train_keep: float = field(default=0.4, metadata={
         "help": "share of the pool's predicted landmarks kept as pseudo-labels each round: those with the smallest expected error "
@@ -179,7 +188,7 @@ class FinetuneArguments:
         check_choice("--decoder", self.decoder, DECODERS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         recipe = RECIPES[self.recipe]
-        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience"):
+        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "self_train"):
             if getattr(self, key) is None:
                 setattr(self, key, recipe[key])
         check_choice("--loss", self.loss, LOSSES)
@@ -419,7 +428,7 @@ def finetune(args: FinetuneArguments) -> dict:
         pool = self_training_pool(train_split, pool_idx, dataset.get(UNLABELED) if UNLABELED in dataset else None, size,
                                   processor.resample, fine_size, args.self_train_pool)  # fmt: skip
         if pool[0] is None:
-            logger.warning("--self-train: every training image is labeled and there is no unlabeled split; nothing to pseudo-label")
+            logger.info("no self-training: every training image is labeled and there is no unlabeled split")
         else:
             result, self_training = self_train(args, accelerator, autocast, (first, spacing), processor, train, val, pool, fine_size,
                                                model_dir, record, result)  # fmt: skip
@@ -571,10 +580,13 @@ def self_training_pool(train_split, pool_idx: list[int], unlabeled, size: int, r
     return pool.with_landmarks(torch.full_like(truth, math.nan)), truth
 
 
-def pseudo_labels(model_dir: str, pool, val, decoder: str, keep: float, device) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The saved model's predictions on ``pool`` and which of them to keep
-    (:func:`choose_pseudo_labels`, calibrated on ``val``). Returns ``(coords [M, N, 2]
-    original px, keep mask [M, N], facts)``."""
+def pseudo_labels(model_dir: str, pool, val, labeled, decoder: str, keep: float, device) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The saved model's predictions on ``pool`` and which of them to keep. The model's
+    low-confidence flag (its embedding test) is calibrated on ``labeled`` (what "like the
+    training data" means) and ``val`` alone, never on the pool, so that a pool full of odd
+    images cannot make itself look familiar; a flagged pool image gives no pseudo-label. Of the others,
+    :func:`choose_pseudo_labels` (its ratios from ``val``) keeps the ``keep`` share. Returns
+    ``(coords [M, N, 2] original px, keep mask [M, N], facts)``."""
     from hf_landmark.evaluation import predict_split
     from hf_landmark.image_processing_landmark import processor_for_model
     from hf_landmark.metrics import radial_errors
@@ -582,23 +594,32 @@ def pseudo_labels(model_dir: str, pool, val, decoder: str, keep: float, device) 
     model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     processor = processor_for_model(model)
     cal = predict_split(model, processor, val, decoder)
+    reference = predict_split(model, processor, labeled, decoder, refine=False)["embeddings"]
+    processor.calibrate_flag(reference, cal["embeddings"], processor.relative_spread(cal["first_stage_spread"], val.original_sizes.numpy()))
+    # Only the embedding test: how sure the model is of each landmark is the expected error's part.
+    processor.spread_threshold = None
     val_errors = radial_errors(cal["coords"], val.original_landmarks.double().numpy())
     out = predict_split(model, processor, pool, decoder)
-    chosen, threshold = choose_pseudo_labels(out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep)
-    return out["coords"], chosen, {"threshold_relative": threshold}
+    usable = np.array([f == "ok" for f in out["flags"]])
+    chosen, threshold = choose_pseudo_labels(out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep, usable)
+    return out["coords"], chosen, {"flagged_images": int((~usable).sum()), "threshold_relative": threshold}
 
 
-def choose_pseudo_labels(spread: np.ndarray, sizes: np.ndarray, val_spread: np.ndarray, val_errors: np.ndarray, keep: float):
+def choose_pseudo_labels(spread: np.ndarray, sizes: np.ndarray, val_spread: np.ndarray, val_errors: np.ndarray, keep: float,
+                         usable: np.ndarray | None = None):  # fmt: skip
     """The consistency test: each pool prediction's expected error is its heatmap spread
     (``[M, N]`` original px) times its landmark's median error-to-spread ratio on the
     validation images (``val_errors`` / ``val_spread``, ``[V, N]``), over the image's diagonal
-    (``sizes`` ``[M, 2]`` (W, H)); the ``keep`` share with the smallest is kept (a landmark
-    the model is unsure of, or one it tends to miss, is left out). Returns ``(mask [M, N],
-    threshold)``."""
+    (``sizes`` ``[M, 2]`` (W, H)); of the ``usable`` images (``[M]`` bool; default all) the
+    ``keep`` share of predictions with the smallest is kept (a landmark the model is unsure of,
+    or one it tends to miss, is left out). Returns ``(mask [M, N], threshold)``."""
     ratio = np.median(np.asarray(val_errors, np.float64) / np.asarray(val_spread, np.float64), axis=0)
     expected = np.asarray(spread, np.float64) * ratio[None, :] / np.sqrt((np.asarray(sizes, np.float64) ** 2).sum(axis=1))[:, None]
-    threshold = float(np.quantile(expected, keep))
-    return expected <= threshold, threshold
+    usable = np.ones(len(expected), bool) if usable is None else np.asarray(usable, bool)
+    if not usable.any():
+        return np.zeros(expected.shape, bool), None
+    threshold = float(np.quantile(expected[usable], keep))
+    return (expected <= threshold) & usable[:, None], threshold
 
 
 def pseudo_label_quality(coords: np.ndarray, chosen: np.ndarray, truth: torch.Tensor, pool, config) -> dict:
@@ -633,13 +654,18 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
     pool, truth = pool
     first, spacing = facts
     rounds = []
+    before = {"val_mre": result["best"]["val_mre"], "val_sdr": result["best"].get("val_sdr"), "first_stage_val_mre": result["first_stage"]["val_mre"]}
     for r in range(1, args.self_train + 1):
         t0 = time.perf_counter()
-        coords, chosen, facts_r = pseudo_labels(model_dir, pool, val, args.decoder, args.self_train_keep, accelerator.device)
+        coords, chosen, facts_r = pseudo_labels(model_dir, pool, val, train, args.decoder, args.self_train_keep, accelerator.device)
         images = np.flatnonzero(chosen.any(axis=1))
         report = {"round": r, "pool_images": len(pool), "pool_landmarks": int(chosen.size), "kept_landmarks": int(chosen.sum()),
                   "images_with_pseudo_labels": len(images), **facts_r,
                   "pseudo_label_error": pseudo_label_quality(coords, chosen, truth, pool, LandmarkConfig.from_pretrained(model_dir))}  # fmt: skip
+        if not len(images):
+            logger.warning("self-train round %d: every pool image was flagged as unlike the training images; no pseudo-labels", r)
+            rounds.append(dict(report, model_kept=False, seconds=time.perf_counter() - t0))
+            break
         kept = np.where(chosen[..., None], coords, np.nan)[images]
         combined = train.concat(pool.subset(images).with_landmarks(kept))
         share = args.self_train_labeled_share
@@ -648,10 +674,17 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
         model = build_model(args, len(first["landmark_names"]), first["landmark_names"], first["dataset"], spacing)
         round_dir = os.path.join(args.output_dir, f"self-train-{r}")
         tag = f"self-train round {r}"
-        outcome = train_two_stages(args, accelerator, autocast, model, processor, combined, val, fine_size, os.path.join(round_dir, "model"),
-                                   dict(record, self_training_round=r), weights, tag=f"self-train-{r}")  # fmt: skip
+        try:
+            outcome = train_two_stages(args, accelerator, autocast, model, processor, combined, val, fine_size, os.path.join(round_dir, "model"),
+                                       dict(record, self_training_round=r), weights, tag=f"self-train-{r}")  # fmt: skip
+        except UserInputError as err:
+            # A round that diverges costs the round, not the model of the passes before it.
+            logger.warning("%s: %s; the model before it is kept", tag, err)
+            shutil.rmtree(round_dir, ignore_errors=True)
+            rounds.append(dict(report, diverged=str(err), model_kept=False, seconds=time.perf_counter() - t0))
+            break
         better = outcome["wrote_model"] and outcome["best"]["val_mre"] < result["best"]["val_mre"]
-        report.update(val_mre=outcome["best"]["val_mre"], first_stage_val_mre=outcome["first_stage"]["val_mre"], previous_best_val_mre=result["best"]["val_mre"],
+        report.update(val_mre=outcome["best"]["val_mre"], val_sdr=outcome["best"].get("val_sdr"), first_stage_val_mre=outcome["first_stage"]["val_mre"], previous_best_val_mre=result["best"]["val_mre"],
                       model_kept=bool(better), seconds=time.perf_counter() - t0)  # fmt: skip
         if better and accelerator.is_main_process:
             replace_directory(os.path.join(round_dir, "model"), model_dir)
@@ -664,7 +697,7 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
                     report["kept_landmarks"], report["pool_landmarks"], len(images),
                     f" (their error {quality['kept_mre']:.2f} {quality['unit']}, all predictions {quality['all_mre']:.2f})" if "kept_mre" in quality else "",
                     report["val_mre"], report["previous_best_val_mre"], ": kept" if better else "")  # fmt: skip
-    summary = {"rounds": rounds, "keep": args.self_train_keep, "labeled_share": args.self_train_labeled_share,
+    summary = {"without": before, "rounds": rounds, "keep": args.self_train_keep, "labeled_share": args.self_train_labeled_share,
                "model_from_round": max([0] + [x["round"] for x in rounds if x["model_kept"]])}  # fmt: skip
     if accelerator.is_main_process:
         path = os.path.join(model_dir, TRAINING_RECORD)
