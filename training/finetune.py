@@ -422,9 +422,9 @@ def finetune(args: FinetuneArguments) -> dict:
     start = time.perf_counter()
     result = train_two_stages(args, accelerator, autocast, model, processor, train, val, fine_size, model_dir, record)
     self_training = None
+    labeled_set = set(labeled_idx)
+    pool_idx = [i for i in range(len(train_all)) if i not in labeled_set]  # the training split's unlabeled images
     if args.self_train and result["wrote_model"]:
-        labeled_set = set(labeled_idx)
-        pool_idx = [i for i in range(len(train_all)) if i not in labeled_set]
         pool = self_training_pool(train_split, pool_idx, dataset.get(UNLABELED) if UNLABELED in dataset else None, size,
                                   processor.resample, fine_size, args.self_train_pool)  # fmt: skip
         if pool[0] is None:
@@ -436,8 +436,7 @@ def finetune(args: FinetuneArguments) -> dict:
     best = result["best"]
     calibration = None
     if accelerator.is_main_process and result["wrote_model"]:
-        labeled_set = set(labeled_idx)
-        pool = [train_all.subset([i for i in range(len(train_all)) if i not in labeled_set])]
+        pool = [train_all.subset(pool_idx)]
         if UNLABELED in dataset and len(dataset[UNLABELED]):
             pool.append(load_tensors(dataset[UNLABELED], size, processor.resample))
         calibration = calibrate_saved_model(model_dir, val, train_all.subset(labeled_idx), args.decoder, pool)
