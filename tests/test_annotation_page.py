@@ -169,7 +169,17 @@ def annotation_page(args):
             yield page, ui
             browser.close()
     finally:
-        proc.send_signal(signal.SIGINT)
+        stop(proc)
+
+
+def stop(proc) -> None:
+    """Ctrl+C, as a user stops the page; a server still shutting down a minute later is killed
+    (what the page saved is on disk already: every action is saved at once)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
         proc.wait(timeout=30)
 
 
