@@ -89,18 +89,14 @@ class SpatialSoftmaxNLL(HeatmapLoss):
         return (probabilities * near).sum(dim=(-2, -1)).clamp(0, 1)
 
 
-def _split_missing(landmarks: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(valid [B, N] or None when all are, landmarks with the missing ones at 0)``."""
+def _split_missing(landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(valid [B, N], landmarks with the missing ones at 0)``; no host sync on the hot path."""
     valid = torch.isfinite(landmarks).all(-1)
-    if bool(valid.all()):
-        return None, landmarks
     return valid, torch.where(valid[..., None], landmarks, torch.zeros_like(landmarks))
 
 
-def _masked_mean(per_landmark: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``[B, N]`` over the valid landmarks (all when ``valid`` is None); 0 with none."""
-    if valid is None:
-        return per_landmark.mean()
+def _masked_mean(per_landmark: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``[B, N]`` over the valid landmarks; 0 with none."""
     weight = valid.to(per_landmark.dtype)
     return (per_landmark * weight).sum() / weight.sum().clamp_min(1.0)
 
