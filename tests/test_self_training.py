@@ -143,3 +143,35 @@ def test_self_training_on_the_pool_of_synthetic_images(prepared128, tmp_path):
     # ones are real images' landmarks, closer to the truth than the blank images' estimates.
     assert facts["flagged_images"] >= 11 and not keep[11:].any() and keep[:11].any()
     assert errors[keep].mean() < errors[11:].mean()
+
+
+def test_self_training_stops_at_the_first_round_that_is_not_better(prepared128, tmp_path, monkeypatch):
+    """With ROUNDS > 1, a round whose model is worse on validation ends self-training: the next
+    round would pseudo-label the pool with the same model, and another draw of training noise
+    chosen on validation is not a gain. The model of the first pass stays."""
+    from hf_landmark.cli import main as cli
+    from hf_landmark.training import finetune as ft
+
+    real = ft.train_two_stages
+    tags = []
+
+    def every_round_worse(*args, tag="", **kwargs):
+        tags.append(tag)
+        outcome = real(*args, tag=tag, **kwargs)
+        if tag:  # a self-training round: make it lose on validation
+            outcome["best"] = dict(outcome["best"], val_mre=outcome["best"]["val_mre"] + 1e6)
+        return outcome
+
+    monkeypatch.setattr(ft, "train_two_stages", every_round_worse)
+    out = tmp_path / "ft"
+    assert cli(["finetune", "--dataset", str(prepared128), "--num-labels", "3", "--init", "scratch", "--preset", "tiny",
+                "--resolution", "32", "--max-steps", "20", "--eval-steps", "10", "--no-refine", "--report-to", "none",
+                "--mixed-precision", "no", "--self-train", "3", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert tags == ["", "self-train-1"]  # the first pass and one round, not three
+    summary = json.loads((out / "training_summary.json").read_text())
+    st = summary["self_training"]
+    (round1,) = st["rounds"]
+    assert round1["model_kept"] is False and st["model_from_round"] == 0
+    assert summary["best"]["val_mre"] == pytest.approx(st["without"]["val_mre"])
+    record = json.loads((out / "model" / "hf_landmark_training.json").read_text())
+    assert record["self_training"]["model_from_round"] == 0

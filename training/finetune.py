@@ -46,7 +46,8 @@ validation or test), keeps the ``--self-train-keep`` share of predicted landmark
 smallest expected error (heatmap spread times the landmark's median error-to-spread ratio on
 validation) as pseudo-labels, and trains both stages again from ``--init`` on the labeled
 images (half of each batch) plus those (the rejected landmarks left out of the losses). A
-round's model replaces the best only if it is better on validation; the training record
+round's model replaces the best only if it is better on validation, and the first round that
+is not ends self-training (the next would pseudo-label with the same model); the training record
 states each round's counts and, where the pool images have labels, the pseudo-labels' error.
 """
 
@@ -174,7 +175,7 @@ class FinetuneArguments:
     self_train: int | None = field(default=None, metadata={
         "help": "rounds of self-training on the pool (the unlabeled rest of the training split and the unlabeled split; never "
         "validation or test): the best model predicts it, the landmarks whose expected error is smallest become pseudo-labels, "
-        "and both stages are fine-tuned again on the labels plus them; a round's model is kept only if better on validation (0: off; default: the recipe's, 1 for default, 0 for paper)",
+        "and both stages are fine-tuned again on the labels plus them; a round's model is kept only if better on validation, and the first round that is not ends it (0: off; default: the recipe's, 1 for default, 0 for paper)",
     })  # fmt: skip
     self_train_keep: float = field(default=0.4, metadata={
         "help": "share of the pool's predicted landmarks kept as pseudo-labels each round: those with the smallest expected error "
@@ -695,7 +696,12 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
         logger.info("%s: kept %d of %d pool landmarks on %d images%s; validation MRE %.3f (best before %.3f)%s", tag,
                     report["kept_landmarks"], report["pool_landmarks"], len(images),
                     f" (their error {quality['kept_mre']:.2f} {quality['unit']}, all predictions {quality['all_mre']:.2f})" if "kept_mre" in quality else "",
-                    report["val_mre"], report["previous_best_val_mre"], ": kept" if better else "")  # fmt: skip
+                    report["val_mre"], report["previous_best_val_mre"],
+                    ": kept" if better else ": not kept" + ("; self-training stops here" if r < args.self_train else ""))  # fmt: skip
+        if not better:
+            # The next round would pseudo-label the pool with the same model: the same labels
+            # again, and another draw of training noise picked by validation is not a gain.
+            break
     summary = {"without": before, "rounds": rounds, "keep": args.self_train_keep, "labeled_share": args.self_train_labeled_share,
                "model_from_round": max([0] + [x["round"] for x in rounds if x["model_kept"]])}  # fmt: skip
     if accelerator.is_main_process:
