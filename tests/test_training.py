@@ -115,7 +115,8 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     common = ["--dataset", str(synth_prepared), "--num-labels", "2", "--max-steps", "6", "--eval-steps", "3", "--report-to", "none"]
     assert cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-ddpm"), "--init", unet]) == 0
     assert cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-scratch"), "--init", "scratch", "--preset", "tiny",
-                "--resolution", "32"]) == 0  # fmt: skip
+                "--resolution", "32", "--ema-decay", "0.9"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "ft-scratch/model/hf_landmark_training.json").read_text())["ema_decay"] == 0.9
     for run in ("ft-ddpm", "ft-scratch"):
         summary = json.loads((tmp_path / run / "training_summary.json").read_text())
         assert summary["labeled_image_ids"] == ["001", "002"] and summary["steps"] == 6
@@ -155,6 +156,29 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     capsys.readouterr()
     cli(bench)  # resumes: every cell is already done
     assert capsys.readouterr().out.count("[skip]") == 2
+
+
+def test_validation_and_the_saved_model_see_the_weight_average_and_training_its_own_weights():
+    """--ema-decay: inside ``averaged`` the module holds the moving average (what is validated
+    and saved), after it its own weights again (what training goes on from)."""
+    from types import SimpleNamespace
+
+    from hf_landmark.training.finetune import averaged, weight_average
+
+    layer = torch.nn.Linear(1, 1, bias=False)
+    assert weight_average(SimpleNamespace(ema_decay=0.0), layer) is None
+    with averaged(None, layer):  # off: nothing changes
+        pass
+    ema = weight_average(SimpleNamespace(ema_decay=0.5), layer)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    ema.step(layer.parameters())  # the first step copies: decay 0
+    with torch.no_grad():
+        layer.weight.fill_(12.0)
+    ema.step(layer.parameters())  # warm-up decay (1 + 1) / (10 + 1) = 2/11 (below 0.5): 2/11 * 1 + 9/11 * 12 = 10
+    with averaged(ema, layer):
+        assert layer.weight.item() == pytest.approx(10.0)
+    assert layer.weight.item() == 12.0
 
 
 def test_model_card_from_real_metrics(tmp_path):
