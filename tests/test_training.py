@@ -146,6 +146,7 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert "Fine-tuned on **2 labeled images** of cephalometric (ISBI 2015)" in card and "001, 002" in card
     assert "a DDPM pre-trained without labels on 19 cephalometric (ISBI 2015) images (tiny U-Net, 32 px, 50 steps)" in card
     assert str(tmp_path) not in card and "assumed for images that carry no spacing" in card
+    assert "learning rate 0.0001, validated and saved as the moving average of its weights (EMA 0.99), seed 0." in card
 
     bench = ["benchmark", "--dataset", str(synth_prepared), "--output-dir", str(tmp_path / "bench"), "--init", f"ddpm={unet}",
              "--labels", "1,2", "--seeds", "0", "--eval-split", "test", "--", "--max-steps", "2", "--eval-steps", "2"]  # fmt: skip
