@@ -146,7 +146,10 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert "Fine-tuned on **2 labeled images** of cephalometric (ISBI 2015)" in card and "001, 002" in card
     assert "a DDPM pre-trained without labels on 19 cephalometric (ISBI 2015) images (tiny U-Net, 32 px, 50 steps)" in card
     assert str(tmp_path) not in card and "assumed for images that carry no spacing" in card
-    assert "learning rate 0.0001, validated and saved as the moving average of its weights (EMA 0.99), seed 0." in card
+    # Under 5 labels the default recipe keeps the raw weights (the card says nothing of an average).
+    assert "learning rate 0.0001, seed 0." in card and "moving average" not in card
+    assert cli(["card", str(tmp_path / "ft-scratch/model"), "--metrics", str(metrics_path)]) == 0
+    assert "validated and saved as the moving average of its weights (EMA 0.9), seed 0." in (tmp_path / "ft-scratch/model/README.md").read_text()
 
     bench = ["benchmark", "--dataset", str(synth_prepared), "--output-dir", str(tmp_path / "bench"), "--init", f"ddpm={unet}",
              "--labels", "1,2", "--seeds", "0", "--eval-split", "test", "--", "--max-steps", "2", "--eval-steps", "2"]  # fmt: skip
@@ -157,6 +160,16 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     capsys.readouterr()
     cli(bench)  # resumes: every cell is already done
     assert capsys.readouterr().out.count("[skip]") == 2
+
+
+def test_the_default_recipe_averages_the_weights_from_five_labels_up(synth_prepared, tmp_path):
+    from hf_landmark.training.finetune import FinetuneArguments
+
+    def decay(labels, **kw):
+        return FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path), num_labels=labels, init="scratch", **kw).ema_decay
+
+    assert (decay(5), decay(10), decay(4), decay(1)) == (0.99, 0.99, 0.0, 0.0)
+    assert decay(10, recipe="paper") == 0.0 and decay(1, ema_decay=0.9) == 0.9
 
 
 def test_validation_and_the_saved_model_see_the_weight_average_and_training_its_own_weights():
