@@ -156,14 +156,28 @@ def test_augmentation_keeps_a_drawn_dot_on_its_landmark():
     ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     images = torch.exp(-((xs - lm[:, 0, 0, None, None]) ** 2 + (ys - lm[:, 0, 1, None, None]) ** 2) / (2 * 1.5**2))[:, None]
     g = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        out, moved = random_affine(images, lm, rotation_deg=2, scale=0.02, translation=0.02, generator=g)
+    # The paper's ±2° / ±2 % / ±2 %, and the default recipe's ±12° / ±12 % / ±6 %.
+    for rotation, scale, shift in [(2, 0.02, 0.02)] * 5 + [(12, 0.12, 0.06)] * 5:
+        out, moved = random_affine(images, lm, rotation_deg=rotation, scale=scale, translation=shift, generator=g)
         w = out[:, 0]
         centroid = torch.stack([(w * xs).sum((-2, -1)), (w * ys).sum((-2, -1))], -1) / w.sum((-2, -1))[:, None]
         assert (centroid - moved[:, 0]).norm(dim=-1).max() < 0.5
     # Large transforms really move the landmarks (the check above is not vacuous).
     _, far = random_affine(images, lm, rotation_deg=0, scale=0, translation=0.1, generator=torch.Generator().manual_seed(1))
     assert (far - lm).abs().max() > 1.0
+
+
+def test_intensity_augmentation_draws_a_power_within_its_range_and_keeps_black_and_white():
+    from hf_landmark.data import random_gamma
+
+    images = torch.tensor([0.0, 0.25, 1.0]).view(1, 1, 1, 3).repeat(400, 1, 1, 1)
+    assert random_gamma(images, 0.0) is images
+    out = random_gamma(images, 1.0, generator=torch.Generator().manual_seed(0))  # powers in [1/2, 2]
+    assert (out[..., 0] == 0).all() and (out[..., 2] == 1).all()
+    mid = out[..., 1].flatten()
+    assert mid.min() >= 0.25**2 - 1e-6 and mid.max() <= 0.25**0.5 + 1e-6  # 0.0625 .. 0.5
+    assert mid.min() < 0.07 and mid.max() > 0.45  # both ends are drawn, darker and brighter
+    assert mid.unique().numel() > 300  # one power per image
 
 
 def test_prepare_refuses_a_split_that_would_be_empty(synth_raw, tmp_path):

@@ -115,7 +115,7 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     common = ["--dataset", str(synth_prepared), "--num-labels", "2", "--max-steps", "6", "--eval-steps", "3", "--report-to", "none"]
     assert cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-ddpm"), "--init", unet]) == 0
     assert cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-scratch"), "--init", "scratch", "--preset", "tiny",
-                "--resolution", "32", "--ema-decay", "0.9"]) == 0  # fmt: skip
+                "--resolution", "32", "--ema-decay", "0.9", "--augment", "5,0.1,0.03"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "ft-scratch/model/hf_landmark_training.json").read_text())["ema_decay"] == 0.9
     for run in ("ft-ddpm", "ft-scratch"):
         summary = json.loads((tmp_path / run / "training_summary.json").read_text())
@@ -148,8 +148,12 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert str(tmp_path) not in card and "assumed for images that carry no spacing" in card
     # Under 5 labels the default recipe keeps the raw weights (the card says nothing of an average).
     assert "learning rate 0.0001, seed 0." in card and "moving average" not in card
+    assert ("Training augmentation: rotation within ±12.0°, scale within ±12.0 %, shift within ±6.0 % of the side, "
+            "intensity power within 1/1.3–1.3.") in card  # fmt: skip
     assert cli(["card", str(tmp_path / "ft-scratch/model"), "--metrics", str(metrics_path)]) == 0
-    assert "validated and saved as the moving average of its weights (EMA 0.9), seed 0." in (tmp_path / "ft-scratch/model/README.md").read_text()
+    card = (tmp_path / "ft-scratch/model/README.md").read_text()
+    assert "validated and saved as the moving average of its weights (EMA 0.9), seed 0." in card
+    assert "Training augmentation: rotation within ±5.0°, scale within ±10.0 %, shift within ±3.0 % of the side." in card
 
     bench = ["benchmark", "--dataset", str(synth_prepared), "--output-dir", str(tmp_path / "bench"), "--init", f"ddpm={unet}",
              "--labels", "1,2", "--seeds", "0", "--eval-split", "test", "--", "--max-steps", "2", "--eval-steps", "2"]  # fmt: skip
@@ -170,6 +174,17 @@ def test_the_default_recipe_averages_the_weights_from_five_labels_up(synth_prepa
 
     assert (decay(5), decay(10), decay(4), decay(1)) == (0.99, 0.99, 0.0, 0.0)
     assert decay(10, recipe="paper") == 0.0 and decay(1, ema_decay=0.9) == 0.9
+
+
+def test_the_recipes_augmentation(synth_prepared, tmp_path):
+    from hf_landmark.training.finetune import FinetuneArguments
+
+    def aug(**kw):
+        return FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path), num_labels=1, init="scratch", **kw).augmentation
+
+    assert aug() == (12.0, 0.12, 0.06, 0.3)  # the default recipe's, measured on ISBI at 1, 5 and 10 labels
+    assert aug(recipe="paper") == (2.0, 0.02, 0.02, 0.0)  # the paper's ±2° / ±2 % / ±2 %
+    assert aug(augment="5,0.1,0") == (5.0, 0.1, 0.0, 0.0) and aug(no_augment=True) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_validation_and_the_saved_model_see_the_weight_average_and_training_its_own_weights():

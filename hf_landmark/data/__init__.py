@@ -23,6 +23,7 @@ from .tensors import (
     load_tensors,
     load_unlabeled_images,
     random_affine,
+    random_gamma,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "load_unlabeled_images",
     "prepare",
     "random_affine",
+    "random_gamma",
     "read_ceph",
     "read_chest",
     "read_custom",

@@ -203,6 +203,17 @@ def random_affine(
     return out, ((u2 + 1.0) * w - 1.0) / 2.0
 
 
+def random_gamma(images: torch.Tensor, gamma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Intensity augmentation of images in [0, 1]: each image raised to a power drawn
+    log-uniformly in [1 / (1 + ``gamma``), 1 + ``gamma``] (brighter or darker mid-tones; black
+    stays black and white white). ``gamma == 0`` returns the images unchanged."""
+    if gamma <= 0:
+        return images
+    span = math.log1p(gamma)
+    power = torch.exp((torch.rand(images.shape[0], generator=generator) * 2.0 - 1.0) * span).to(images.device)
+    return images.clamp(0.0, 1.0) ** power.view(-1, *([1] * (images.dim() - 1))).to(images.dtype)
+
+
 #: A pool whose decoded images take more than this is read from its Arrow files batch by batch.
 POOL_MEMORY_BYTES = 1 << 30
 
