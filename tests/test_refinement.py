@@ -127,8 +127,9 @@ def test_the_card_describes_the_refinement_stage():
                                "per_landmark": [{"name": n, "mre": 2.9, "mre_std": 1.7, "sdr": {"2": 34.0}} for n in "abc"]}}  # fmt: skip
     training = {"num_labels": 3, "labeled_image_ids": ["1", "2", "3"], "subset": "first", "validation_images": 5, "best_step": 4,
                 "val_mre": 1.4, "unit": "mm", "recipe": "default", "loss": "contour", "learning_rate": 1e-4, "seed": 0,
-                "init": {"kind": "scratch", "preset": "tiny"}, "refine": {"init": "runs/crops/checkpoint-3000"}}  # fmt: skip
+                "init": {"kind": "scratch", "preset": "tiny"}, "refine": {"init": "runs/crops/checkpoint-3000", "best_step": 75}}  # fmt: skip
     card = str(detector_card(model.config, metrics, "org/m", training=training))
+    assert "(first stage best at step 4, refinement stage at step 75," in card
     assert "32 × 32 crop of the image resized to 128 × 128" in card and "DDPM-pre-trained on crops" in card
     assert "first stage alone: MRE 2.90 mm" in card
     assert "| a | 2.90 ± 1.70 | 34.0 | 1.50 ± 1.00 | 70.0 |" in card  # first stage beside the final, per landmark

@@ -943,7 +943,8 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
                 improved = metrics["mre"] < best["val_mre"]
                 if improved and accelerator.is_main_process:
                     save_model_atomic(detector, processor, model_dir, dict(record, refine=summary | {"best_step": step}, val_mre=metrics["mre"],
-                                                                           first_stage_val_mre=first_best["val_mre"], unit=metrics["unit"]))  # fmt: skip
+                                                                           best_step=first_best.get("step"), first_stage_val_mre=first_best["val_mre"],
+                                                                           unit=metrics["unit"]))  # fmt: skip
             summary["history"].append({"step": step, "train_loss": loss.item(), "val_mre": metrics["mre"]})
             accelerator.log({f"{prefix}refine/train_loss": loss.item(), f"{prefix}refine/val_mre": metrics["mre"]}, step=step)
             # Patience counts against the refiner's own best; the saved model changes only when
