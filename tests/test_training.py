@@ -167,27 +167,19 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert capsys.readouterr().out.count("[skip]") == 2
 
 
-def test_the_default_recipe_averages_the_weights_from_five_labels_up(synth_prepared, tmp_path):
+def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_and_augments_more(synth_prepared, tmp_path):
+    """Measured on ISBI at 1, 5 and 10 labels: one threshold for both settings."""
     from hf_landmark.training.finetune import FinetuneArguments
 
-    def decay(labels, **kw):
-        return FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path), num_labels=labels, init="scratch", **kw).ema_decay
+    def args(labels, **kw):
+        return FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path), num_labels=labels, init="scratch", **kw)
 
-    assert (decay(5), decay(10), decay(4), decay(1)) == (0.99, 0.99, 0.0, 0.0)
-    assert decay(10, recipe="paper") == 0.0 and decay(1, ema_decay=0.9) == 0.9
-
-
-def test_the_recipes_augmentation(synth_prepared, tmp_path):
-    from hf_landmark.training.finetune import FinetuneArguments
-
-    def aug(num_labels=1, **kw):
-        return FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path), num_labels=num_labels, init="scratch", **kw).augmentation
-
-    # The default recipe's: stronger below 5 labels (measured on ISBI at 1, 5 and 10 labels).
-    assert aug(num_labels=1) == aug(num_labels=4) == (12.0, 0.12, 0.06, 0.3)
-    assert aug(num_labels=5) == aug(num_labels=10) == (2.0, 0.02, 0.02, 0.0)  # the paper's ±2° / ±2 % / ±2 %
-    assert aug(recipe="paper") == (2.0, 0.02, 0.02, 0.0)
-    assert aug(augment="5,0.1,0") == (5.0, 0.1, 0.0, 0.0) and aug(no_augment=True) == (0.0, 0.0, 0.0, 0.0)
+    assert [args(n).ema_decay for n in (5, 10, 4, 1)] == [0.99, 0.99, 0.0, 0.0]
+    assert args(10, recipe="paper").ema_decay == 0.0 and args(1, ema_decay=0.9).ema_decay == 0.9
+    assert args(1).augmentation == args(4).augmentation == (12.0, 0.12, 0.06, 0.3)
+    assert args(5).augmentation == args(10).augmentation == (2.0, 0.02, 0.02, 0.0)  # the paper's ±2° / ±2 % / ±2 %
+    assert args(1, recipe="paper").augmentation == (2.0, 0.02, 0.02, 0.0)
+    assert args(1, augment="5,0.1,0").augmentation == (5.0, 0.1, 0.0, 0.0) and args(1, no_augment=True).augmentation == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_validation_and_the_saved_model_see_the_weight_average_and_training_its_own_weights():
