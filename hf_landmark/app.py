@@ -69,6 +69,10 @@ def predict(image_path: str | None, model: str, decoder: str = "centroid", radii
     if preds and preds[0].get("flag") == "low_confidence":
         notes.append("**Low confidence: this image is unlike the model's training images** (another anatomy, a blank or a "
                      "tiny image?). Do not use these coordinates without checking every one.")  # fmt: skip
+    moved = [str(i + 1) for i, p in enumerate(preds) if p.get("shape_moved")]
+    if moved:
+        notes.append(f"Landmark{'s' if len(moved) > 1 else ''} {', '.join(moved)}: the first guess lay far from where the other "
+                     "landmarks put it (another structure?), so the model read it again near there. Check it.")  # fmt: skip
     if preds and "radius" in preds[0] and radii:
         notes.append("Circles: calibrated error radii; the true landmark lies inside with the stated probability "
                      "(see the model card). A large circle means: look twice.")  # fmt: skip

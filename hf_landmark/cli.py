@@ -201,7 +201,7 @@ def _cmd_predict(args) -> int:
     if args.csv:
         with atomic_file(args.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            columns = ["label", "x", "y", "score", "radius", "x_mm", "y_mm", "radius_mm", "spacing_assumed", "flag"]
+            columns = ["label", "x", "y", "score", "radius", "x_mm", "y_mm", "radius_mm", "spacing_assumed", "flag", "shape_moved"]
             writer.writerow(["image", "number", *columns])
             for image, preds in results.items():
                 for i, p in enumerate(preds):

@@ -121,6 +121,10 @@ class LandmarkConfig(PreTrainedConfig):
             the ``base`` preset.
         refine_loss: the refiner's per-channel loss, ``"contour"`` or ``"bce"``.
         refine_sigma: the refiner's target sigma in fine pixels (default ``sigma``).
+        reference_shape: ``[N, 2]`` the labeled images' mean landmarks in model pixels, for
+            the shape check (:mod:`hf_landmark.shape`); ``None``: no check.
+        shape_tolerance: how far (model pixels) a first-stage landmark may sit from the
+            reference shape mapped onto the image before it is read again near there.
     """
 
     model_type = "ddpm-landmark"
@@ -146,6 +150,8 @@ class LandmarkConfig(PreTrainedConfig):
         refine_backbone_config: dict | str | None = None,
         refine_loss: str = "contour",
         refine_sigma: float | None = None,
+        reference_shape: list | None = None,
+        shape_tolerance: float | None = None,
         **kwargs: Any,
     ):
         # Saved configs name the repository's own pipeline file for `pipeline(...,
@@ -190,7 +196,20 @@ class LandmarkConfig(PreTrainedConfig):
         self.wrist_distance_mm = float(wrist_distance_mm)
         self.dataset_name = dataset_name
         self.set_refinement(refine_size, refine_crop, refine_backbone_config, refine_loss, refine_sigma)
+        self.set_shape_check(reference_shape, shape_tolerance)
         super().__init__(**kwargs)
+
+    def set_shape_check(self, reference_shape, tolerance: float | None) -> None:
+        """Set (and check) the shape check's reference ``[N, 2]`` and tolerance; ``None``: off."""
+        if reference_shape is None or tolerance is None:
+            self.reference_shape, self.shape_tolerance = None, None
+            return
+        shape = [[float(v) for v in point] for point in reference_shape]
+        if len(shape) != self.num_landmarks or any(len(point) != 2 for point in shape):
+            raise ValueError(f"reference_shape must be {self.num_landmarks} (x, y) points, got {len(shape)}")
+        if not float(tolerance) > 0:
+            raise ValueError(f"shape_tolerance must be positive, got {tolerance}")
+        self.reference_shape, self.shape_tolerance = shape, float(tolerance)
 
     def set_refinement(self, refine_size: int, refine_crop: int = 64, backbone_config: dict | str | None = None,
                        loss: str = "contour", sigma: float | None = None) -> None:  # fmt: skip

@@ -353,7 +353,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         return xy.numpy(), scores.cpu().numpy().astype(np.float64)
 
     def post_process_landmark_detection(self, outputs, target_sizes, spacings=None, decoder: str | None = None) -> list[list[dict]]:
-        """Per image a list of ``{"label", "x", "y", "score", "flag"}`` in original pixels, plus
+        """Per image a list of ``{"label", "x", "y", "score", "flag"}`` in original pixels
+        (and ``"shape_moved"`` from a model with a shape check: True where the first stage's
+        landmark was read again near where the other landmarks put it), plus
         ``"radius"`` (and ``"radius_mm"``) once calibrated: the true landmark lies within it
         with probability at least ``1 - alpha``; ``"flag"`` is the image's (the same for each
         of its landmarks): ``"low_confidence"`` when it is unlike the training images. Plus
@@ -371,6 +373,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
         xy, scores = self.post_process_coordinates(outputs, target_sizes, decoder)
         radii = self.radii(self.spread(outputs, target_sizes))
         flags = self.flags(outputs, target_sizes)
+        moved = _get(outputs, "shape_moved")
         names = self.landmark_names or [f"L{i}" for i in range(xy.shape[1])]
         results = []
         for i in range(xy.shape[0]):
@@ -388,6 +391,8 @@ class LandmarkImageProcessor(BaseImageProcessor):
                     if radii is not None:
                         item["radius_mm"] = None if radius is None else radius * max(spacing)  # the larger spacing: never an under-estimate
                 item["flag"] = flags[i]
+                if moved is not None:
+                    item["shape_moved"] = bool(moved[i, j])
                 items.append(item)
             results.append(items)
         return results

@@ -31,6 +31,7 @@ from .heatmaps import decode
 from .image_processing_landmark import PROCESSOR_FILE, LandmarkImageProcessor
 from .losses import get_loss
 from .preprocessing import crop_patches, original_to_model
+from .shape import shape_check
 
 __all__ = ["LandmarkDetector", "LandmarkDetectorOutput"]
 
@@ -51,7 +52,9 @@ class LandmarkDetectorOutput(ModelOutput):
             decoders and scores use).
         embeddings: ``[B, C]`` the backbone's image embedding (out-of-distribution check).
         coarse_coordinates: ``[B, N, 2]`` the first stage's decoded landmarks (model pixels),
-            when the refinement stage ran.
+            when the refinement stage ran or the model has a shape check.
+        shape_moved: ``[B, N]`` which of them the shape check read again near where the
+            other landmarks put them (:mod:`hf_landmark.shape`), when it has one.
         coordinates: ``[B, N, 2]`` the refined landmarks (model pixels, sub-pixel).
         refined_log_probabilities: ``[B, N, C, C]`` each landmark's refiner map on its crop.
         crop_origins: ``[B, N, 2]`` the crops' top-left pixels in the fine image.
@@ -62,6 +65,7 @@ class LandmarkDetectorOutput(ModelOutput):
     log_probabilities: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
     coarse_coordinates: torch.FloatTensor | None = None
+    shape_moved: torch.BoolTensor | None = None
     coordinates: torch.FloatTensor | None = None
     refined_log_probabilities: torch.FloatTensor | None = None
     crop_origins: torch.LongTensor | None = None
@@ -153,8 +157,14 @@ class LandmarkDetector(PreTrainedModel):
             loss = self.heatmap_loss(heatmaps, labels, self.config.sigma)
         log_p = self.heatmap_loss.log_probabilities(heatmaps)
         out = LandmarkDetectorOutput(loss=loss, heatmaps=heatmaps, log_probabilities=log_p, embeddings=embeddings)
-        if self.refiner is not None and fine_pixel_values is not None and refine is not False:
+        refines = self.refiner is not None and fine_pixel_values is not None and refine is not False
+        checks = self.config.reference_shape is not None and not self.training  # not on every training step
+        if refines or checks:
             coarse = decode(log_p.detach().exp(), decoder, log_maps=log_p.detach())
+            if checks:
+                coarse, out["shape_moved"] = shape_check(coarse, log_p, self.config.reference_shape, self.config.shape_tolerance, decoder)
+            out["coarse_coordinates"] = coarse
+        if refines:
             for key, value in self.refine(fine_pixel_values, coarse, decoder).items():
                 out[key] = value
         if return_dict is False:

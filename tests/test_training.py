@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DModel
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 from hf_landmark import LandmarkDetector
 from hf_landmark.cli import main as cli
+from hf_landmark.data import load_prepared, load_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = str(ROOT / "training" / "pretrain.py")
@@ -123,6 +125,11 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
         model = LandmarkDetector.from_pretrained(tmp_path / run / "model")
         assert model.config.landmark_names[0] == "Sella" and model.config.spacing == pytest.approx([0.1, 0.1])
         assert model.config.unit_convention == "spacing" and (tmp_path / run / "model" / "preprocessor_config.json").is_file()
+        # The shape check's reference is the two labeled images' mean landmarks, in model pixels.
+        train = load_tensors(load_prepared(str(synth_prepared))["train"], model.config.image_size)
+        np.testing.assert_allclose(model.config.reference_shape, train.landmarks[:2].double().mean(0).numpy(), atol=1e-5)
+        record = json.loads((tmp_path / run / "model/hf_landmark_training.json").read_text())
+        assert record["shape_check"]["tolerance_px"] == model.config.shape_tolerance >= 1.0 and record["shape_check"]["factor"] == 2.5
 
     metrics_path = tmp_path / "metrics.json"
     cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
@@ -146,6 +153,8 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert "Fine-tuned on **2 labeled images** of cephalometric (ISBI 2015)" in card and "001, 002" in card
     assert "a DDPM pre-trained without labels on 19 cephalometric (ISBI 2015) images (tiny U-Net, 32 px, 50 steps)" in card
     assert str(tmp_path) not in card and "assumed for images that carry no spacing" in card
+    tolerance = LandmarkDetector.from_pretrained(tmp_path / "ft-ddpm/model").config.shape_tolerance
+    assert f"| shape check | a first-stage landmark more than {tolerance:.1f} px (of 32) from where the other landmarks put it" in card
     # Under 5 labels the default recipe keeps the raw weights (the card says nothing of an average)
     # and augments more strongly than the paper.
     assert "learning rate 0.0001, seed 0." in card and "moving average" not in card
@@ -180,6 +189,7 @@ def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_and_augments
     assert args(5).augmentation == args(10).augmentation == (2.0, 0.02, 0.02, 0.0)  # the paper's ±2° / ±2 % / ±2 %
     assert args(1, recipe="paper").augmentation == (2.0, 0.02, 0.02, 0.0)
     assert args(1, augment="5,0.1,0").augmentation == (5.0, 0.1, 0.0, 0.0) and args(1, no_augment=True).augmentation == (0.0, 0.0, 0.0, 0.0)
+    assert args(1).shape_check == args(10).shape_check == 2.5 and args(1, recipe="paper").shape_check == 0.0  # the paper's method has none
 
 
 def test_validation_and_the_saved_model_see_the_weight_average_and_training_its_own_weights():

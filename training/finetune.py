@@ -110,13 +110,13 @@ RECIPES = {
         "learning_rate": 1e-4, "scratch_learning_rate": 1e-4, "loss": "contour", "sigma_256": 6.0,
         "train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 600, "eval_steps": 25,
         "early_stopping_patience": 8, "plateau_patience": 4, "self_train": 1, "ema_decay": 0.99,
-        "few_labels_below": 5, "augment": "2,0.02,0.02", "few_labels_augment": "12,0.12,0.06,0.3",
+        "few_labels_below": 5, "augment": "2,0.02,0.02", "few_labels_augment": "12,0.12,0.06,0.3", "shape_check": 2.5,
     },
     "paper": {
         "learning_rate": 1e-5, "scratch_learning_rate": 1e-4, "loss": "paper", "sigma_256": 5.0,
         "train_batch_size": 2, "gradient_accumulation_steps": 8, "max_epochs": 200, "eval_steps": None,
         "early_stopping_patience": 20, "plateau_patience": 10, "self_train": 0, "ema_decay": 0.0,
-        "few_labels_below": 0, "augment": "2,0.02,0.02", "few_labels_augment": "2,0.02,0.02",
+        "few_labels_below": 0, "augment": "2,0.02,0.02", "few_labels_augment": "2,0.02,0.02", "shape_check": 0.0,
     },
 }  # fmt: skip
 
@@ -169,6 +169,11 @@ class FinetuneArguments:
         "x the side, and an intensity power in [1/(1+GAMMA), 1+GAMMA] (default: the recipe's: for default 12,0.12,0.06,0.3 below 5 labels and the paper's 2,0.02,0.02 from 5 up; for paper the paper's)",
     })  # fmt: skip
     no_augment: bool = field(default=False, metadata={"help": "no training augmentation (--augment 0,0,0)"})
+    shape_check: float | None = field(default=None, metadata={
+        "help": "the shape check's tolerance as a multiple of the 90th percentile of how far the validation images' true landmarks "
+        "sit from the labeled images' mean shape mapped onto them by a similarity: a first-stage landmark farther than that from "
+        "where the others put it is read again near there (0: off; default: the recipe's, 2.5 for default, 0 for paper)",
+    })  # fmt: skip
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
     pixel_range: str | None = field(default=None, metadata={
@@ -204,7 +209,8 @@ class FinetuneArguments:
         check_choice("--decoder", self.decoder, DECODERS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         recipe = RECIPES[self.recipe]
-        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "self_train"):
+        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "self_train",
+                    "shape_check"):
             if getattr(self, key) is None:
                 setattr(self, key, recipe[key])
         check_choice("--loss", self.loss, LOSSES)
@@ -239,6 +245,8 @@ class FinetuneArguments:
             raise UserInputError(f"--ema-decay: a decay in [0, 1), got {self.ema_decay}")
         if self.self_train < 0:
             raise UserInputError(f"--self-train: rounds must be 0 (off) or more, got {self.self_train}")
+        if not (math.isfinite(self.shape_check) and self.shape_check >= 0):
+            raise UserInputError(f"--shape-check: a factor of 0 (off) or more, got {self.shape_check}")
         if not 0 < self.self_train_keep <= 1:
             raise UserInputError(f"--self-train-keep: a share in (0, 1], got {self.self_train_keep}")
         if not 0 < self.self_train_labeled_share < 1:
@@ -469,7 +477,10 @@ def finetune(args: FinetuneArguments) -> dict:
         accelerator.init_trackers("finetune", config=tracker_config(args))
         if note := describe_cpu_threads(accelerator.device):
             logger.info(note)
-    record = dict(training_record(args, first["dataset"], train.image_ids, len(val)), mixed_precision=mixed_precision, precision_probe=probe)
+    shape = shape_prior(args, train, val)
+    model.config.set_shape_check(*shape)
+    record = dict(training_record(args, first["dataset"], train.image_ids, len(val)), mixed_precision=mixed_precision, precision_probe=probe,
+                  shape_check={"factor": args.shape_check, "tolerance_px": shape[1], "image_size": size})  # fmt: skip
     floor = compute_metrics(mean_shape_prediction(train, val), val, model.config)
     model_dir = os.path.join(args.output_dir, "model")
     start = time.perf_counter()
@@ -483,7 +494,7 @@ def finetune(args: FinetuneArguments) -> dict:
         if pool[0] is None:
             logger.info("no self-training: every training image is labeled and there is no unlabeled split")
         else:
-            result, self_training = self_train(args, accelerator, autocast, (first, spacing), processor, train, val, pool, fine_size,
+            result, self_training = self_train(args, accelerator, autocast, (first, spacing, shape), processor, train, val, pool, fine_size,
                                                model_dir, record, result)  # fmt: skip
     accelerator.end_training()
     best = result["best"]
@@ -734,7 +745,7 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
     from hf_landmark.fileio import replace_directory, write_text_atomic
 
     pool, truth = pool
-    first, spacing = facts
+    first, spacing, shape = facts
     rounds = []
     before = {"val_mre": result["best"]["val_mre"], "val_sdr": result["best"].get("val_sdr"), "first_stage_val_mre": result["first_stage"]["val_mre"]}
     for r in range(1, args.self_train + 1):
@@ -754,6 +765,7 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
         weights = torch.cat([torch.full((len(train),), share / len(train)), torch.full((len(images),), (1 - share) / max(1, len(images)))])
         set_seed(args.seed + r)
         model = build_model(args, len(first["landmark_names"]), first["landmark_names"], first["dataset"], spacing)
+        model.config.set_shape_check(*shape)
         round_dir = os.path.join(args.output_dir, f"self-train-{r}")
         tag = f"self-train round {r}"
         try:
@@ -793,6 +805,22 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
         saved.pop("self_training_round", None)
         write_text_atomic(json_text(dict(saved, self_training=summary)), path)
     return result, summary
+
+
+def shape_prior(args: FinetuneArguments, train, val) -> tuple[list | None, float | None]:
+    """The shape check's ``(reference shape, tolerance)`` in model pixels: the labeled images'
+    mean landmarks, and ``--shape-check`` times the 90th percentile of the validation images'
+    distances from it (:func:`hf_landmark.shape.shape_tolerance`); ``(None, None)`` when off."""
+    from hf_landmark.shape import MIN_LANDMARKS, shape_tolerance
+
+    if not args.shape_check or train.landmarks.shape[1] < MIN_LANDMARKS:
+        return None, None
+    reference = train.landmarks.double().mean(dim=0).numpy()
+    # At least a pixel: true shapes that a similarity matches exactly (synthetic data) leave no spread to scale.
+    tolerance = max(1.0, shape_tolerance(reference, val.landmarks.double().numpy(), args.shape_check))
+    logger.info("shape check: a first-stage landmark more than %.2f px (of %d) from where the others put it is read again there",
+                tolerance, train.image_size)  # fmt: skip
+    return reference.tolist(), tolerance
 
 
 def refine_size_for(args: FinetuneArguments, prepared: int, size: int) -> int:

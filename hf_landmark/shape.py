@@ -1,0 +1,108 @@
+"""The shape check: a first-stage landmark far from where the others put it is read again
+near there.
+
+A heatmap can hold two peaks, one on the landmark and one on a similar structure elsewhere;
+with few labels the wrong one sometimes wins, tens of millimetres away. The other landmarks
+of the same image say where it should be: a similarity transform (shift, rotation, one scale)
+maps the reference shape (the labeled images' mean, in model pixels) onto the image's
+predictions, fitted robustly so that the stray landmarks do not pull it. A landmark farther
+than the tolerance from its mapped reference position is decoded again from its own heatmap,
+restricted to the disk of that radius around the mapped position.
+
+The tolerance is a multiple of the 90th percentile of how far true landmarks sit from the
+mapped reference (:func:`shape_tolerance`, on the validation images): a shape that a
+similarity cannot match exactly (another face, another jaw) stays well inside it, a jump to
+another structure does not.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import torch
+
+from .heatmaps import decode
+
+# Fewer landmarks than this leave nothing to check: a similarity fits any two exactly.
+MIN_LANDMARKS = 3
+
+
+def _complex(points: np.ndarray) -> np.ndarray:
+    return points[..., 0] + 1j * points[..., 1]
+
+
+def fit_similarity(reference: np.ndarray, points: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares similarity from ``reference`` ``[N, 2]`` onto each of ``points``
+    ``[B, N, 2]`` (``weights`` ``[B, N]``, default 1); returns the mapped reference
+    ``[B, N, 2]``."""
+    w = _complex(np.asarray(reference, np.float64))
+    z = _complex(np.asarray(points, np.float64))
+    wt = np.ones(z.shape) if weights is None else np.asarray(weights, np.float64)
+    total = wt.sum(-1, keepdims=True).clip(min=1e-12)
+    wm, zm = (wt * w).sum(-1, keepdims=True) / total, (wt * z).sum(-1, keepdims=True) / total
+    a = (wt * np.conj(w - wm) * (z - zm)).sum(-1, keepdims=True) / (wt * np.abs(w - wm) ** 2).sum(-1, keepdims=True).clip(min=1e-12)
+    mapped = a * (w - wm) + zm
+    return np.stack([mapped.real, mapped.imag], -1)
+
+
+def robust_similarity(reference: np.ndarray, points: np.ndarray, tolerance: float) -> np.ndarray:
+    """The similarity from ``reference`` ``[N, 2]`` onto ``points`` ``[B, N, 2]`` that stray
+    landmarks do not pull: of the similarities through every pair of landmarks, the one with
+    the smallest truncated cost (each landmark's squared distance over ``tolerance``, capped at
+    1), refitted by least squares on the landmarks within ``tolerance`` of it. Returns the
+    mapped reference ``[B, N, 2]``."""
+    w = _complex(np.asarray(reference, np.float64))  # [N]
+    z = _complex(np.asarray(points, np.float64))  # [B, N]
+    pairs = np.array([(i, j) for i, j in combinations(range(len(w)), 2) if abs(w[j] - w[i]) > 1e-9])
+    i, j = pairs[:, 0], pairs[:, 1]
+    a = (z[:, j] - z[:, i]) / (w[j] - w[i])  # [B, P]
+    b = z[:, i] - a * w[i]
+    residual = np.abs(a[..., None] * w + b[..., None] - z[:, None, :])  # [B, P, N]
+    cost = np.minimum((residual / tolerance) ** 2, 1.0).sum(-1)
+    best = cost.argmin(-1)
+    inliers = residual[np.arange(len(z)), best] <= tolerance  # [B, N]
+    return fit_similarity(reference, points, inliers.astype(np.float64))
+
+
+def shape_tolerance(reference: np.ndarray, truth: np.ndarray, factor: float) -> float:
+    """``factor`` times the 90th percentile of the distances between true landmarks
+    ``[M, N, 2]`` and the reference ``[N, 2]`` mapped onto them by least squares (model
+    pixels)."""
+    truth = np.asarray(truth, np.float64)
+    distances = np.linalg.norm(fit_similarity(reference, truth) - truth, axis=-1)
+    return float(factor * np.quantile(distances, 0.9))
+
+
+def shape_check(coords: torch.Tensor, log_p: torch.Tensor, reference, tolerance: float, decoder: str = "centroid"):
+    """The first stage's landmarks ``coords`` ``[B, N, 2]`` (model pixels, decoded from
+    ``log_p`` ``[B, N, H, W]``) checked against the ``reference`` shape ``[N, 2]``: a landmark
+    more than ``tolerance`` pixels from the robustly mapped reference is decoded again with
+    ``decoder`` from its heatmap restricted to the disk of that radius around its mapped
+    position (moved inside the map first). Returns ``(coords, moved [B, N] bool)``."""
+    reference = np.asarray(reference, np.float64)
+    moved = torch.zeros(coords.shape[:2], dtype=torch.bool, device=coords.device)
+    if len(reference) < MIN_LANDMARKS or not tolerance or tolerance <= 0:
+        return coords, moved
+    tolerance = max(float(tolerance), 1.0)  # at least the pixel nearest the mapped position
+    points = coords.detach().double().cpu().numpy()
+    expected = robust_similarity(reference, points, tolerance)
+    far = np.linalg.norm(expected - points, axis=-1) > tolerance
+    if not far.any():
+        return coords, moved
+    h, w = log_p.shape[-2:]
+    expected[..., 0] = expected[..., 0].clip(0, w - 1)
+    expected[..., 1] = expected[..., 1].clip(0, h - 1)
+    b_idx, n_idx = np.nonzero(far)
+    ys, xs = torch.meshgrid(torch.arange(h, device=log_p.device, dtype=torch.float64),
+                            torch.arange(w, device=log_p.device, dtype=torch.float64), indexing="ij")  # fmt: skip
+    centre = torch.from_numpy(expected[b_idx, n_idx]).to(log_p.device)  # [K, 2]
+    inside = (xs - centre[:, 0, None, None]) ** 2 + (ys - centre[:, 1, None, None]) ** 2 <= tolerance**2  # [K, H, W]
+    maps = log_p.detach()[torch.from_numpy(b_idx), torch.from_numpy(n_idx)].float()  # [K, H, W]
+    restricted = maps.masked_fill(~inside, -torch.inf)
+    restricted = restricted - restricted.amax(dim=(-2, -1), keepdim=True)  # its peak at exp(0): nothing underflows
+    again = decode(restricted.exp()[:, None], decoder, log_maps=restricted[:, None])[:, 0]  # [K, 2]
+    coords = coords.clone()
+    coords[torch.from_numpy(b_idx), torch.from_numpy(n_idx)] = again.to(coords)
+    moved[torch.from_numpy(b_idx), torch.from_numpy(n_idx)] = True
+    return coords, moved
