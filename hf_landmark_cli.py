@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--no-refine", action="store_true",
                    help="evaluate the first stage only (by default a two-stage detector reports both stages)")  # fmt: skip
+    p.add_argument("--no-shape-check", action="store_true",
+                   help="run a model that has a shape check without it (the same weights, for comparison)")  # fmt: skip
     return parser
 
 

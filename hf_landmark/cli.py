@@ -94,6 +94,8 @@ def _cmd_evaluate(args) -> int:
 
     split = require_split(load_prepared(args.dataset), args.split, args.dataset)
     model, processor = load_detector(args.model)
+    if args.no_shape_check:
+        model.config.set_shape_check(None, None)
     data = load_tensors(split, processor.size, processor.resample, 0 if args.no_refine else processor.refine_size)
     if args.exclude_training_labels:
         record = os.path.join(args.model, "hf_landmark_training.json")
@@ -118,7 +120,7 @@ def _cmd_evaluate(args) -> int:
         metrics["first_stage"].pop("errors")
     uncertainty = uncertainty_metrics(pred, data, processor, model.config)
     metrics.update(model=os.fspath(args.model), dataset=os.fspath(args.dataset), split=args.split, decoder=args.decoder or processor.decoder,
-                   mean_score=float(pred["scores"].mean()), uncertainty=uncertainty,
+                   mean_score=float(pred["scores"].mean()), uncertainty=uncertainty, shape_moved=int(pred["shape_moved"].sum()),
                    predictions={i: p.tolist() for i, p in zip(data.image_ids, pred["coords"])})  # fmt: skip
     write_json_atomic(metrics, args.output)
     stem = os.path.splitext(args.output)[0]
@@ -134,6 +136,9 @@ def _cmd_evaluate(args) -> int:
     if "first_stage" in metrics:
         print(f"first stage: MRE {metrics['first_stage']['mre']:.3f} ± {metrics['first_stage']['mre_std']:.3f} {metrics['unit']}")
     print(f"MRE {metrics['mre']:.3f} ± {metrics['mre_std']:.3f} {metrics['unit']} over {metrics['num_images']} images")
+    if model.config.reference_shape is not None:
+        print(f"shape check: {metrics['shape_moved']} of {pred['coords'].shape[0] * pred['coords'].shape[1]} first-stage landmarks "
+              "were read again near where the other landmarks put them")  # fmt: skip
     if "radius_alpha" in uncertainty:
         print(describe_radii(uncertainty, len(model.config.landmark_names or []) or pred["coords"].shape[1]))
     if "flag_calibration_images" in uncertainty:

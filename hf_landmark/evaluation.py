@@ -30,13 +30,14 @@ def predict_split(
     Returns a dict of arrays: ``coords`` ``[M, N, 2]`` original pixels (final stage),
     ``first_stage_coords`` (the same array when there is one stage), ``scores`` ``[M, N]``,
     ``spread`` ``[M, N]`` (final heatmap spread, original pixels) and ``first_stage_spread``,
-    ``embeddings`` ``[M, C]``, ``flags`` (per image) and ``loss`` (the first stage's training
-    loss against ``data.landmarks``, mean over images)."""
+    ``embeddings`` ``[M, C]``, ``shape_moved`` ``[M, N]`` (the landmarks the shape check read
+    again; all False without one), ``flags`` (per image) and ``loss`` (the first stage's
+    training loss against ``data.landmarks``, mean over images)."""
     device = device or next(model.parameters()).device
     decoder = decoder or processor.decoder
     was_training = model.training
     model.eval()
-    keys = ("coords", "first_stage_coords", "scores", "spread", "first_stage_spread", "embeddings")
+    keys = ("coords", "first_stage_coords", "scores", "spread", "first_stage_spread", "embeddings", "shape_moved")
     parts: dict[str, list] = {k: [] for k in keys}
     parts["flags"] = []
     losses = []
@@ -60,6 +61,8 @@ def predict_split(
         first_spread = processor.spread(out, sizes, stage="first")
         parts["first_stage_spread"].append(first_spread)
         parts["embeddings"].append(out.embeddings.double().cpu().numpy())
+        moved = out.get("shape_moved")
+        parts["shape_moved"].append(np.zeros(c.shape[:2], bool) if moved is None else moved.cpu().numpy())
         parts["flags"] += processor.flags(out, sizes, first_spread)
         losses.append(out.loss.item() * x.shape[0] if labeled else float("nan"))
     model.train(was_training)

@@ -144,6 +144,12 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     # Overlays are drawn at the original image's size (240 x 300), landmarks numbered as in legend.txt.
     assert Image.open(tmp_path / "overlays" / "020.png").size == (240, 300)
     assert (tmp_path / "overlays" / "legend.txt").read_text().splitlines()[:2] == ["1 Sella", "2 Nasion"]
+    # Without the shape check the same weights differ exactly at the landmarks it read again.
+    cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
+         "--output", str(tmp_path / "unchecked.json"), "--no-shape-check"])  # fmt: skip
+    unchecked = json.loads((tmp_path / "unchecked.json").read_text())
+    differ = sum(a != b for i in m["predictions"] for a, b in zip(m["predictions"][i], unchecked["predictions"][i]))
+    assert unchecked["shape_moved"] == 0 and differ == m["shape_moved"]
     cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
          "--output", str(tmp_path / "paper.json"), "--paper-compatible"])  # fmt: skip
     assert json.loads((tmp_path / "paper.json").read_text())["mode"] == "paper"
