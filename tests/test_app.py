@@ -164,3 +164,19 @@ def test_only_the_annotate_command_serves_the_annotation_page(model_and_image, t
     assert "annot-open" not in ids(build_demo(str(model)))
     annotate = {"images": str(image.parent), "out": str(tmp_path / "a.csv"), "landmarks": ["Sella", "Nasion"], "model": None}
     assert {"annot-open", "annot-overview", "annot-zoom", "annot-queue"} <= ids(build_demo(str(model), annotate=annotate))
+
+
+def test_the_page_names_the_landmarks_the_shape_check_read_again(tmp_path):
+    import torch
+
+    from hf_landmark.app import predict
+
+    torch.manual_seed(0)
+    config = LandmarkConfig(backbone_config="tiny", num_landmarks=3, image_size=32, landmark_names=["A", "B", "C"])
+    config.set_shape_check([[4.0, 4.0], [28.0, 4.0], [4.0, 28.0]], 1.0)  # one pixel: a random model's guesses rarely fit
+    LandmarkDetector(config).save_pretrained(tmp_path / "m")
+    Image.fromarray((np.random.default_rng(2).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    _, _, note, path = predict(str(tmp_path / "x.png"), str(tmp_path / "m"))
+    moved = [str(i + 1) for i, p in enumerate(json.loads(Path(path).read_text())["landmarks"]) if p["shape_moved"]]
+    assert moved, "this seed's model has a landmark off the shape"
+    assert f"Landmark{'s' if len(moved) > 1 else ''} {', '.join(moved)}: the first guess lay far" in note
