@@ -12,7 +12,8 @@ restricted to the disk of that radius around the mapped position.
 The tolerance is a multiple of the 90th percentile of how far true landmarks sit from the
 mapped reference (:func:`shape_tolerance`, on the validation images): a shape that a
 similarity cannot match exactly (another face, another jaw) stays well inside it, a jump to
-another structure does not.
+another structure does not. Depends on numpy, torch and :mod:`heatmaps` only, so it travels
+with a model's remote code.
 """
 
 from __future__ import annotations
