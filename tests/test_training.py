@@ -239,6 +239,17 @@ def test_model_card_from_real_metrics(tmp_path):
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {"mre": 1.2346, "sdr_2mm": 80.0, "sdr_4mm": 95.5}
     assert card.text.lstrip().startswith("# org/ddpm-ceph-landmark\n") and "Sella, Nasion" in card.text and "not a medical device" in card.text
+    # Self-training: the card names the round the model comes from, not every round that was kept.
+    from hf_landmark.cards import detector_card
+
+    rounds = [{"round": r, "kept_landmarks": 10, "pool_landmarks": 20, "pool_images": 10, "val_mre": mre, "previous_best_val_mre": before,
+               "model_kept": kept} for r, mre, before, kept in ((1, 3.05, 3.65, True), (2, 2.94, 3.05, True), (3, 3.10, 2.94, False))]  # fmt: skip
+    training = {"num_labels": 1, "subset": "first", "labeled_image_ids": ["001"], "validation_images": 20, "best_step": 150, "val_mre": 2.94,
+                "unit": "mm", "recipe": "default", "loss": "contour", "learning_rate": 1e-4, "seed": 0, "init": {"kind": "scratch", "preset": "tiny"},
+                "self_training": {"rounds": rounds, "model_from_round": 2}}  # fmt: skip
+    text = detector_card(LandmarkDetector.from_pretrained(tmp_path / "m").config, metrics, "org/x", training=training).text
+    assert "validation MRE 3.05 against 3.65 before: kept, then replaced by a later round." in text
+    assert "validation MRE 2.94 against 3.05 before: this model." in text and "validation MRE 3.10 against 2.94 before: not kept." in text
 
 
 def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw, tmp_path):
