@@ -47,15 +47,17 @@ def fit_similarity(reference: np.ndarray, points: np.ndarray, weights: np.ndarra
     return np.stack([mapped.real, mapped.imag], -1)
 
 
-def robust_similarity(reference: np.ndarray, points: np.ndarray, tolerance: float) -> np.ndarray:
+def robust_similarity(reference: np.ndarray, points: np.ndarray, tolerance: float) -> np.ndarray | None:
     """The similarity from ``reference`` ``[N, 2]`` onto ``points`` ``[B, N, 2]`` that stray
     landmarks do not pull: of the similarities through every pair of landmarks, the one with
     the smallest truncated cost (each landmark's squared distance over ``tolerance``, capped at
     1), refitted by least squares on the landmarks within ``tolerance`` of it. Returns the
-    mapped reference ``[B, N, 2]``."""
+    mapped reference ``[B, N, 2]``, or None when no two reference landmarks differ."""
     w = _complex(np.asarray(reference, np.float64))  # [N]
     z = _complex(np.asarray(points, np.float64))  # [B, N]
     pairs = np.array([(i, j) for i, j in combinations(range(len(w)), 2) if abs(w[j] - w[i]) > 1e-9])
+    if not len(pairs):
+        return None
     i, j = pairs[:, 0], pairs[:, 1]
     a = (z[:, j] - z[:, i]) / (w[j] - w[i])  # [B, P]
     b = z[:, i] - a * w[i]
@@ -88,6 +90,8 @@ def shape_check(coords: torch.Tensor, log_p: torch.Tensor, reference, tolerance:
     tolerance = max(float(tolerance), 1.0)  # at least the pixel nearest the mapped position
     points = coords.detach().double().cpu().numpy()
     expected = robust_similarity(reference, points, tolerance)
+    if expected is None:  # a reference of one point repeated places nothing
+        return coords, moved
     far = np.linalg.norm(expected - points, axis=-1) > tolerance
     if not far.any():
         return coords, moved

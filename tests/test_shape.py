@@ -57,6 +57,7 @@ def test_a_shape_that_differs_within_the_tolerance_is_left_alone():
     # Off (no tolerance), or too few landmarks to check, nothing moves either.
     assert not shape_check(coords, log_p, REFERENCE, tolerance=0)[1].any()
     assert not shape_check(coords[:, :2], log_p[:, :2], REFERENCE[:2], tolerance=1.0)[1].any()
+    assert not shape_check(coords, log_p, np.zeros((5, 2)), tolerance=1.0)[1].any()  # a reference of one point repeated
 
 
 def test_the_tolerance_scales_the_ninetieth_percentile_of_true_shapes_distances():
