@@ -99,15 +99,16 @@ def shape_check(coords: torch.Tensor, log_p: torch.Tensor, reference, tolerance:
     expected[..., 0] = expected[..., 0].clip(0, w - 1)
     expected[..., 1] = expected[..., 1].clip(0, h - 1)
     b_idx, n_idx = np.nonzero(far)
+    index = (torch.from_numpy(b_idx), torch.from_numpy(n_idx))
     ys, xs = torch.meshgrid(torch.arange(h, device=log_p.device, dtype=torch.float64),
                             torch.arange(w, device=log_p.device, dtype=torch.float64), indexing="ij")  # fmt: skip
     centre = torch.from_numpy(expected[b_idx, n_idx]).to(log_p.device)  # [K, 2]
     inside = (xs - centre[:, 0, None, None]) ** 2 + (ys - centre[:, 1, None, None]) ** 2 <= tolerance**2  # [K, H, W]
-    maps = log_p.detach()[torch.from_numpy(b_idx), torch.from_numpy(n_idx)].float()  # [K, H, W]
+    maps = log_p.detach()[index].float()  # [K, H, W]
     restricted = maps.masked_fill(~inside, -torch.inf)
     restricted = restricted - restricted.amax(dim=(-2, -1), keepdim=True)  # its peak at exp(0): nothing underflows
     again = decode(restricted.exp()[:, None], decoder, log_maps=restricted[:, None])[:, 0]  # [K, 2]
     coords = coords.clone()
-    coords[torch.from_numpy(b_idx), torch.from_numpy(n_idx)] = again.to(coords)
-    moved[torch.from_numpy(b_idx), torch.from_numpy(n_idx)] = True
+    coords[index] = again.to(coords)
+    moved[index] = True
     return coords, moved
