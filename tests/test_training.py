@@ -182,7 +182,7 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert capsys.readouterr().out.count("[skip]") == 2
 
 
-def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_and_augments_more(synth_prepared, tmp_path):
+def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_more_and_self_trains_twice(synth_prepared, tmp_path):
     """Measured on ISBI at 1, 5 and 10 labels: one threshold for both settings."""
     from hf_landmark.training.finetune import FinetuneArguments
 
@@ -196,6 +196,9 @@ def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_and_augments
     assert args(1, recipe="paper").augmentation == (2.0, 0.02, 0.02, 0.0)
     assert args(1, augment="5,0.1,0").augmentation == (5.0, 0.1, 0.0, 0.0) and args(1, no_augment=True).augmentation == (0.0, 0.0, 0.0, 0.0)
     assert args(1).shape_check == args(10).shape_check == 2.5 and args(1, recipe="paper").shape_check == 0.0  # the paper's method has none
+    # Self-training rounds: two below 5 labels, one from 5 up, none in the paper's recipe; a flag wins.
+    assert [args(n).self_train for n in (1, 4, 5, 10)] == [2, 2, 1, 1]
+    assert args(1, recipe="paper").self_train == 0 and args(1, self_train=0).self_train == 0 and args(10, self_train=3).self_train == 3
 
 
 def test_validation_and_the_saved_model_see_the_weight_average_and_training_its_own_weights():
