@@ -183,7 +183,7 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
 
 
 def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_more_and_self_trains_twice(synth_prepared, tmp_path):
-    """Measured on ISBI at 1, 5 and 10 labels: one threshold for both settings."""
+    """Measured on ISBI at 1, 5 and 10 labels: one threshold for all three settings."""
     from hf_landmark.training.finetune import FinetuneArguments
 
     def args(labels, **kw):
