@@ -36,6 +36,7 @@ MISTAKES = [
     (FT + " --init scratch --num-labels 99 --preset tiny --resolution 32", ["--num-labels", "99 labels asked"]),
     (FT + " --init scratch --self-train -1", ["--self-train", "0 (off) or more"]),
     (FT + " --init scratch --self-train-keep 1.5", ["--self-train-keep", "(0, 1]", "1.5"]),
+    (FT + " --init scratch --self-train-keep-each -0.1", ["--self-train-keep-each", "[0, 1]", "-0.1"]),
     (FT + " --init scratch --ema-decay 1", ["--ema-decay", "[0, 1)", "got 1"]),
     (FT + " --init scratch --augment 12,0.12", ["--augment", "DEG,SCALE,SHIFT[,GAMMA]", "'12,0.12'"]),
     (FT + " --init scratch --augment 90,0.1,0.1", ["--augment", "at most 45 degrees", "'90,0.1,0.1'"]),

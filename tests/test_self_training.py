@@ -74,6 +74,28 @@ def test_the_consistency_test_keeps_the_smallest_expected_errors():
     assert threshold is None and not keep.any()
 
 
+def test_a_share_kept_of_each_landmark_gives_the_hardest_landmark_pseudo_labels_too():
+    # The previous test's expected errors (px): [[2, 10], [10, 5], [4, 30]].
+    val_spread = np.array([[1.0, 1.0], [2.0, 1.0], [1.0, 2.0]])
+    val_errors = np.array([[2.0, 10.0], [4.0, 10.0], [2.0, 20.0]])
+    spread = np.array([[1.0, 1.0], [5.0, 0.5], [2.0, 3.0]])
+    sizes = np.array([[300, 400]] * 3)
+    # A shared 20 % (sorted [2, 4, 5, 10, 10, 30]: the 20 % quantile is 4 px) keeps landmark 0's
+    # two best and none of landmark 1.
+    keep, threshold = choose_pseudo_labels(spread, sizes, val_spread, val_errors, 0.2)
+    assert threshold == pytest.approx(4 / 500)
+    np.testing.assert_array_equal(keep, [[True, False], [False, False], [True, False]])
+    # Each landmark keeping a third (its 34 % quantile: 3.36 px and 8.4 px) adds landmark 1's
+    # best (5 px, image 1); the shared threshold is unchanged.
+    keep, threshold = choose_pseudo_labels(spread, sizes, val_spread, val_errors, 0.2, keep_each=0.34)
+    assert threshold == pytest.approx(4 / 500)
+    np.testing.assert_array_equal(keep, [[True, False], [False, True], [True, False]])
+    # Image 0 flagged: each landmark's share is of the usable images only ([10, 4] and [5, 30]),
+    # and the flagged image keeps nothing.
+    keep, _ = choose_pseudo_labels(spread, sizes, val_spread, val_errors, 0.2, np.array([False, True, True]), keep_each=0.5)
+    np.testing.assert_array_equal(keep, [[False, False], [False, True], [True, False]])
+
+
 @pytest.fixture(scope="module")
 def prepared128(synth_raw, tmp_path_factory):
     from hf_landmark.data import prepare

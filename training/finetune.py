@@ -201,6 +201,10 @@ class FinetuneArguments:
         "help": "share of the pool's predicted landmarks kept as pseudo-labels each round: those with the smallest expected error "
         "(heatmap spread times the landmark's median error-to-spread ratio on validation, over the image diagonal)",
     })  # fmt: skip
+    self_train_keep_each: float = field(default=0.0, metadata={
+        "help": "besides the shared threshold, each landmark keeps at least this share of its own pool predictions (those "
+        "with the smallest expected error), so that the landmarks the model is least sure of get pseudo-labels too (0: off)",
+    })  # fmt: skip
     self_train_labeled_share: float = field(default=0.5, metadata={"help": "share of each batch drawn from the labeled images during self-training"})
     self_train_pool: int = field(default=500, metadata={"help": "at most this many pool images are predicted each round (evenly spaced)"})
 
@@ -252,6 +256,8 @@ class FinetuneArguments:
             raise UserInputError(f"--shape-check: a factor of 0 (off) or more, got {self.shape_check}")
         if not 0 < self.self_train_keep <= 1:
             raise UserInputError(f"--self-train-keep: a share in (0, 1], got {self.self_train_keep}")
+        if not 0 <= self.self_train_keep_each <= 1:
+            raise UserInputError(f"--self-train-keep-each: a share in [0, 1], got {self.self_train_keep_each}")
         if not 0 < self.self_train_labeled_share < 1:
             raise UserInputError(f"--self-train-labeled-share: a share in (0, 1), got {self.self_train_labeled_share}")
         if self.self_train_pool < 1:
@@ -676,12 +682,13 @@ def self_training_pool(train_split, pool_idx: list[int], unlabeled, size: int, r
     return pool.with_landmarks(torch.full_like(truth, math.nan)), truth
 
 
-def pseudo_labels(model_dir: str, pool, val, labeled, decoder: str, keep: float, device) -> tuple[np.ndarray, np.ndarray, dict]:
+def pseudo_labels(model_dir: str, pool, val, labeled, decoder: str, keep: float, device, keep_each: float = 0.0) -> tuple[np.ndarray, np.ndarray, dict]:
     """The saved model's predictions on ``pool`` and which of them to keep. The model's
     low-confidence flag (its embedding test) is calibrated on ``labeled`` (what "like the
     training data" means) and ``val`` alone, never on the pool, so that a pool full of odd
     images cannot make itself look familiar; a flagged pool image gives no pseudo-label. Of the others,
-    :func:`choose_pseudo_labels` (its ratios from ``val``) keeps the ``keep`` share. Returns
+    :func:`choose_pseudo_labels` (its ratios from ``val``) keeps the ``keep`` share, and at least
+    the ``keep_each`` share of each landmark. Returns
     ``(coords [M, N, 2] original px, keep mask [M, N], facts)``."""
     from hf_landmark.evaluation import predict_split
     from hf_landmark.image_processing_landmark import processor_for_model
@@ -697,25 +704,32 @@ def pseudo_labels(model_dir: str, pool, val, labeled, decoder: str, keep: float,
     val_errors = radial_errors(cal["coords"], val.original_landmarks.double().numpy())
     out = predict_split(model, processor, pool, decoder)
     usable = np.array([f == "ok" for f in out["flags"]])
-    chosen, threshold = choose_pseudo_labels(out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep, usable)
+    chosen, threshold = choose_pseudo_labels(out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep, usable,
+                                             keep_each)  # fmt: skip
     return out["coords"], chosen, {"flagged_images": int((~usable).sum()), "threshold_relative": threshold}
 
 
 def choose_pseudo_labels(spread: np.ndarray, sizes: np.ndarray, val_spread: np.ndarray, val_errors: np.ndarray, keep: float,
-                         usable: np.ndarray | None = None):  # fmt: skip
+                         usable: np.ndarray | None = None, keep_each: float = 0.0):  # fmt: skip
     """The consistency test: each pool prediction's expected error is its heatmap spread
     (``[M, N]`` original px) times its landmark's median error-to-spread ratio on the
     validation images (``val_errors`` / ``val_spread``, ``[V, N]``), over the image's diagonal
     (``sizes`` ``[M, 2]`` (W, H)); of the ``usable`` images (``[M]`` bool; default all) the
     ``keep`` share of predictions with the smallest is kept (a landmark the model is unsure of,
-    or one it tends to miss, is left out). Returns ``(mask [M, N], threshold)``."""
+    or one it tends to miss, is left out). With ``keep_each`` > 0, each landmark also keeps the
+    ``keep_each`` share of its own usable predictions with the smallest expected error, so that
+    the landmarks the shared threshold leaves out still get their best ones. Returns
+    ``(mask [M, N], threshold)``: the threshold is the shared one."""
     ratio = np.median(np.asarray(val_errors, np.float64) / np.asarray(val_spread, np.float64), axis=0)
     expected = np.asarray(spread, np.float64) * ratio[None, :] / np.sqrt((np.asarray(sizes, np.float64) ** 2).sum(axis=1))[:, None]
     usable = np.ones(len(expected), bool) if usable is None else np.asarray(usable, bool)
     if not usable.any():
         return np.zeros(expected.shape, bool), None
     threshold = float(np.quantile(expected[usable], keep))
-    return (expected <= threshold) & usable[:, None], threshold
+    chosen = expected <= threshold
+    if keep_each > 0:
+        chosen |= expected <= np.quantile(expected[usable], keep_each, axis=0)[None, :]
+    return chosen & usable[:, None], threshold
 
 
 def pseudo_label_quality(coords: np.ndarray, chosen: np.ndarray, truth: torch.Tensor, pool, config) -> dict:
@@ -753,7 +767,8 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
     before = {"val_mre": result["best"]["val_mre"], "val_sdr": result["best"].get("val_sdr"), "first_stage_val_mre": result["first_stage"]["val_mre"]}
     for r in range(1, args.self_train + 1):
         t0 = time.perf_counter()
-        coords, chosen, facts_r = pseudo_labels(model_dir, pool, val, train, args.decoder, args.self_train_keep, accelerator.device)
+        coords, chosen, facts_r = pseudo_labels(model_dir, pool, val, train, args.decoder, args.self_train_keep, accelerator.device,
+                                                args.self_train_keep_each)  # fmt: skip
         images = np.flatnonzero(chosen.any(axis=1))
         report = {"round": r, "pool_images": len(pool), "pool_landmarks": int(chosen.size), "kept_landmarks": int(chosen.sum()),
                   "images_with_pseudo_labels": len(images), **facts_r,
@@ -799,7 +814,7 @@ def self_train(args: FinetuneArguments, accelerator, autocast, facts, processor,
             # The next round would pseudo-label the pool with the same model: the same labels
             # again, and another draw of training noise picked by validation is not a gain.
             break
-    summary = {"without": before, "rounds": rounds, "keep": args.self_train_keep, "labeled_share": args.self_train_labeled_share,
+    summary = {"without": before, "rounds": rounds, "keep": args.self_train_keep, "keep_each": args.self_train_keep_each, "labeled_share": args.self_train_labeled_share,
                "model_from_round": max([0] + [x["round"] for x in rounds if x["model_kept"]])}  # fmt: skip
     if accelerator.is_main_process:
         path = os.path.join(model_dir, TRAINING_RECORD)
