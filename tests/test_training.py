@@ -182,8 +182,8 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert capsys.readouterr().out.count("[skip]") == 2
 
 
-def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_more_and_self_trains_twice(synth_prepared, tmp_path):
-    """Measured on ISBI at 1, 5 and 10 labels: one threshold for all three settings."""
+def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_more_and_self_trains_twice_on_every_landmark(synth_prepared, tmp_path):
+    """Measured on ISBI at 1, 5 and 10 labels: one threshold for all four settings."""
     from hf_landmark.training.finetune import FinetuneArguments
 
     def args(labels, **kw):
@@ -199,6 +199,10 @@ def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_mor
     # Self-training rounds: two below 5 labels, one from 5 up, none in the paper's recipe; a flag wins.
     assert [args(n).self_train for n in (1, 4, 5, 10)] == [2, 2, 1, 1]
     assert args(1, recipe="paper").self_train == 0 and args(1, self_train=0).self_train == 0 and args(10, self_train=3).self_train == 3
+    # Pseudo-labels of each landmark's own best 40 % below 5 labels, the shared threshold alone from 5.
+    assert [args(n).self_train_keep_each for n in (1, 4, 5, 10)] == [0.4, 0.4, 0.0, 0.0]
+    assert args(1, recipe="paper").self_train_keep_each == 0.0 and args(1, self_train_keep_each=0.0).self_train_keep_each == 0.0
+    assert args(10, self_train_keep_each=0.2).self_train_keep_each == 0.2
 
 
 def test_validation_and_the_saved_model_see_the_weight_average_and_training_its_own_weights():
