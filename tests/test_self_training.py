@@ -54,13 +54,17 @@ def test_refiner_crops_only_kept_pseudo_labels():
     assert centred.float().mean() > 0.8
 
 
+# Two landmarks; on validation landmark 0's error is 2x its spread, landmark 1's 10x (a
+# landmark the model tends to miss). Three pool images 300 x 400 (diagonal 500 px), whose
+# spreads give expected errors (px) [[2, 10], [10, 5], [4, 30]].
+SPREAD = np.array([[1.0, 1.0], [5.0, 0.5], [2.0, 3.0]])
+SIZES = np.array([[300, 400]] * 3)
+VAL_SPREAD = np.array([[1.0, 1.0], [2.0, 1.0], [1.0, 2.0]])
+VAL_ERRORS = np.array([[2.0, 10.0], [4.0, 10.0], [2.0, 20.0]])
+
+
 def test_the_consistency_test_keeps_the_smallest_expected_errors():
-    # Two landmarks; on validation landmark 0's error is 2x its spread, landmark 1's 10x
-    # (a landmark the model tends to miss). Pool images 300 x 400 (diagonal 500 px).
-    val_spread = np.array([[1.0, 1.0], [2.0, 1.0], [1.0, 2.0]])
-    val_errors = np.array([[2.0, 10.0], [4.0, 10.0], [2.0, 20.0]])
-    spread = np.array([[1.0, 1.0], [5.0, 0.5], [2.0, 3.0]])
-    sizes = np.array([[300, 400]] * 3)
+    spread, sizes, val_spread, val_errors = SPREAD, SIZES, VAL_SPREAD, VAL_ERRORS
     keep, threshold = choose_pseudo_labels(spread, sizes, val_spread, val_errors, 0.5)
     # Expected errors (px): [[2, 10], [10, 5], [4, 30]]; the median of the six is 7.5 px.
     assert threshold == pytest.approx(7.5 / 500)
@@ -75,11 +79,8 @@ def test_the_consistency_test_keeps_the_smallest_expected_errors():
 
 
 def test_a_share_kept_of_each_landmark_gives_the_hardest_landmark_pseudo_labels_too():
-    # The previous test's expected errors (px): [[2, 10], [10, 5], [4, 30]].
-    val_spread = np.array([[1.0, 1.0], [2.0, 1.0], [1.0, 2.0]])
-    val_errors = np.array([[2.0, 10.0], [4.0, 10.0], [2.0, 20.0]])
-    spread = np.array([[1.0, 1.0], [5.0, 0.5], [2.0, 3.0]])
-    sizes = np.array([[300, 400]] * 3)
+    # Expected errors (px): [[2, 10], [10, 5], [4, 30]].
+    spread, sizes, val_spread, val_errors = SPREAD, SIZES, VAL_SPREAD, VAL_ERRORS
     # A shared 20 % (sorted [2, 4, 5, 10, 10, 30]: the 20 % quantile is 4 px) keeps landmark 0's
     # two best and none of landmark 1.
     keep, threshold = choose_pseudo_labels(spread, sizes, val_spread, val_errors, 0.2)
