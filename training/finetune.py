@@ -222,21 +222,18 @@ class FinetuneArguments:
         # Measured on ISBI: below 5 labels the stronger augmentation gains (its self-training
         # rounds are kept) and the weight average loses (the rounds lose to the first pass with
         # it); at 5 and 10 labels the average gains and the stronger augmentation does not.
+        # Also below 5 labels: a second round's pseudo-labels are much better than the first's
+        # (the first pass is weak; the second round was kept in 4 of 6 runs on ISBI), and the
+        # shared threshold keeps no pseudo-label of the landmarks the model is least sure of (at
+        # 1 label: none of Porion, Gonion, Menton...), which then learn from the labeled images
+        # alone; each landmark's own best 40 % gained (2.59 -> 2.44 mm).
         few = self.num_labels < recipe["few_labels_below"]
-        if self.augment is None:
-            self.augment = recipe["few_labels_augment" if few else "augment"]
+        for key in ("augment", "self_train", "self_train_keep_each"):
+            if getattr(self, key) is None:
+                setattr(self, key, recipe[f"few_labels_{key}" if few else key])
         self.augmentation = parse_augment("0,0,0" if self.no_augment else self.augment)
         if self.ema_decay is None:
             self.ema_decay = 0.0 if few else recipe["ema_decay"]
-        # Below 5 labels a second round's pseudo-labels are much better than the first's (the
-        # first pass is weak), and the second round was kept in 4 of 6 runs on ISBI.
-        if self.self_train is None:
-            self.self_train = recipe["few_labels_self_train" if few else "self_train"]
-        # Below 5 labels the shared threshold keeps no pseudo-label of the landmarks the model
-        # is least sure of (on ISBI at 1 label: none of Porion, Gonion, Menton...), which then
-        # learn from the labeled images alone; each landmark's own best 40 % gained (2.59 -> 2.44 mm).
-        if self.self_train_keep_each is None:
-            self.self_train_keep_each = recipe["few_labels_self_train_keep_each" if few else "self_train_keep_each"]
         self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
         self.init_kind, self.init_source = parse_init(self.init)
         if self.subset == "coverage" and self.init_kind == "scratch":
