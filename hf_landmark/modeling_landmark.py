@@ -192,24 +192,26 @@ class LandmarkDetector(PreTrainedModel):
     def add_refiner(
         self,
         refine_size: int,
-        refine_crop: int = 64,
+        refine_crop: int | None = None,
         backbone_config: dict | str | None = None,
         refine_sigma: float | None = None,
         ddpm: str | os.PathLike | None = None,
     ) -> None:
         """Give the detector a (new) refinement stage: from scratch with ``backbone_config``
         (default the first stage's), or from a DDPM pre-trained on crops (``hf-landmark
-        pretrain --crop-from``), whose architecture and crop size it takes; every U-Net weight
-        but the head is copied."""
+        pretrain --crop-from``), whose architecture it takes; every U-Net weight but the head
+        is copied. ``refine_crop``: the crop side in fine pixels (default the crop DDPM's
+        resolution, else 64); the U-Net is convolutional, so a DDPM pre-trained on 64-px crops
+        also starts a refiner of 96-px crops."""
         unet = None
         if ddpm is not None:
             unet, info = UNet2DBackbone.load_ddpm(ddpm)
             backbone_config = UNet2DBackbone.config_from_ddpm(unet)
-            refine_crop = int(info.get("resolution") or unet.config.sample_size)
+            refine_crop = refine_crop or int(info.get("resolution") or unet.config.sample_size)
             if "pixel_range" in info and [float(v) for v in info["pixel_range"]] != self.config.pixel_range:
                 raise UserInputError(f"{ddpm}: pre-trained with pixel range {info['pixel_range']}, the detector uses {self.config.pixel_range}")
         cfg = self.config
-        cfg.set_refinement(refine_size, refine_crop, backbone_config, cfg.refine_loss, refine_sigma)
+        cfg.set_refinement(refine_size, refine_crop or 64, backbone_config, cfg.refine_loss, refine_sigma)
         self.refiner = build_backbone(cfg, refiner=True).to(self.device)
         cfg.refine_base_model = None
         if unet is not None:

@@ -66,6 +66,30 @@ def test_two_stage_model_saves_loads_exactly_and_runs_both_stages(tmp_path):
     assert not np.allclose(xy, first_xy, atol=1e-3)
 
 
+def test_a_crop_ddpm_starts_the_refiner_at_its_own_crop_size_or_at_the_one_asked_for(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from hf_landmark import unet_preset
+
+    torch.manual_seed(3)
+    ddpm = UNet2DModel(sample_size=16, out_channels=1, **unet_preset("tiny"))
+    DDPMPipeline(unet=ddpm, scheduler=DDPMScheduler(num_train_timesteps=500)).save_pretrained(tmp_path / "crops")
+    own, asked = LandmarkDetector(two_stage().config), LandmarkDetector(two_stage().config)
+    own.add_refiner(128, ddpm=tmp_path / "crops")
+    asked.add_refiner(128, 24, ddpm=tmp_path / "crops")
+    assert own.config.refine_crop == 16 and asked.config.refine_crop == 24
+    # Both copy the DDPM's weights (the U-Net is convolutional: any crop size takes them) ...
+    head = asked.refiner.head_prefix.removeprefix("unet.")
+    for key, value in ddpm.state_dict().items():
+        if not key.startswith(head):
+            assert torch.equal(asked.refiner.unet.state_dict()[key], value), key
+    # ... and refine within crops of their own size.
+    image = (np.random.default_rng(0).random((150, 120)) * 255).astype(np.uint8)
+    for model, crop in ((own, 16), (asked, 24)):
+        inputs = LandmarkImageProcessor.from_model_config(model.config)(image)
+        out = model.eval()(pixel_values=inputs["pixel_values"], fine_pixel_values=inputs["fine_pixel_values"])
+        assert out.refined_log_probabilities.shape == (1, 3, crop, crop)
+
 def _dots(count, size, generator):
     """Fine images with 3 landmarks drawn as distinct bright marks on a dim textured field."""
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")

@@ -187,7 +187,7 @@ class FinetuneArguments:
         "help": "side of the fine image the refiner crops (default: the prepared images' side divided down to at most 8x "
         "the model's; none when that is below 4x; prepare ISBI at 512 for ~0.4 mm pixels with a 64-px model)",
     })  # fmt: skip
-    refine_crop: int | None = field(default=None, metadata={"help": "crop side in fine pixels (default 64, or the crop DDPM's)"})
+    refine_crop: int | None = field(default=None, metadata={"help": "crop side in fine pixels (default: the crop DDPM's resolution, else 64)"})
     refine_preset: str | None = field(default=None, metadata={"help": "U-Net preset of a scratch refiner (default: --preset)"})
     refine_sigma: float | None = field(default=None, metadata={"help": "refiner target sigma in fine pixels (default 2)"})
     refine_max_steps: int = field(default=600, metadata={"help": "refiner optimiser steps"})
@@ -931,7 +931,7 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
     detector = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32)
     init = None if args.refine_init == "scratch" else args.refine_init
     preset = args.refine_preset or (args.preset if args.init == "scratch" else None)
-    detector.add_refiner(fine_size, args.refine_crop or 64, preset, args.refine_sigma if args.refine_sigma is not None else 2.0, ddpm=init)
+    detector.add_refiner(fine_size, args.refine_crop, preset, args.refine_sigma if args.refine_sigma is not None else 2.0, ddpm=init)
     detector.to(device)
     cfg = detector.config
     processor = LandmarkImageProcessor.from_model_config(cfg)
