@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the first stage only (by default a two-stage detector reports both stages)")  # fmt: skip
     p.add_argument("--no-shape-check", action="store_true",
                    help="run a model that has a shape check without it (the same weights, for comparison)")  # fmt: skip
+    p.add_argument("--no-refine-prior", action="store_true",
+                   help="read the refiner's maps without the refinement prior (the same weights, for comparison)")  # fmt: skip
     return parser
 
 

@@ -8,6 +8,7 @@ loaded with ``trust_remote_code=True`` on a machine without ``hf_landmark``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -125,6 +126,10 @@ class LandmarkConfig(PreTrainedConfig):
             the shape check (:mod:`hf_landmark.shape`); ``None``: no check.
         shape_tolerance: how far (model pixels) a first-stage landmark may sit from the
             reference shape mapped onto the image before it is read again near there.
+        refine_prior: ``[N]`` per-landmark sigmas (fine pixels) of a Gaussian around the
+            first-stage estimate that multiplies each refiner map before it is read (the
+            refiner may move a landmark far only where its map is much surer there);
+            ``None``: the refiner's map alone.
     """
 
     model_type = "ddpm-landmark"
@@ -152,6 +157,7 @@ class LandmarkConfig(PreTrainedConfig):
         refine_sigma: float | None = None,
         reference_shape: list | None = None,
         shape_tolerance: float | None = None,
+        refine_prior: list | None = None,
         **kwargs: Any,
     ):
         # Saved configs name the repository's own pipeline file for `pipeline(...,
@@ -197,7 +203,18 @@ class LandmarkConfig(PreTrainedConfig):
         self.dataset_name = dataset_name
         self.set_refinement(refine_size, refine_crop, refine_backbone_config, refine_loss, refine_sigma)
         self.set_shape_check(reference_shape, shape_tolerance)
+        self.set_refine_prior(refine_prior)
         super().__init__(**kwargs)
+
+    def set_refine_prior(self, sigmas) -> None:
+        """Set (and check) the refinement prior's per-landmark sigmas in fine pixels; ``None``: off."""
+        if sigmas is None:
+            self.refine_prior = None
+            return
+        values = [float(v) for v in sigmas]
+        if len(values) != self.num_landmarks or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"refine_prior must be {self.num_landmarks} positive sigmas (fine pixels), got {sigmas}")
+        self.refine_prior = values
 
     def set_shape_check(self, reference_shape, tolerance: float | None) -> None:
         """Set (and check) the shape check's reference ``[N, 2]`` and tolerance; ``None``: off."""

@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -27,7 +28,7 @@ from .backbones import (
 )
 from .configuration_landmark import LandmarkConfig
 from .errors import UserInputError
-from .heatmaps import decode
+from .heatmaps import decode, squared_distance_maps
 from .image_processing_landmark import PROCESSOR_FILE, LandmarkImageProcessor
 from .losses import get_loss
 from .preprocessing import crop_patches, original_to_model
@@ -185,6 +186,12 @@ class LandmarkDetector(PreTrainedModel):
         idx = torch.arange(n, device=coarse.device).repeat(b)
         logits = own_channel(self.refiner(crops.flatten(0, 1))[0], idx)  # [B*N, 1, C, C]
         log_p = get_loss(cfg.refine_loss).log_probabilities(logits).view(b, n, crop, crop)
+        if cfg.refine_prior is not None:
+            # The first-stage estimate in crop pixels (near the crop's centre pixel).
+            centre = original_to_model(coarse.detach().float(), (cfg.image_size, cfg.image_size), fine_size) - origins.float()
+            sigma = torch.tensor(cfg.refine_prior, dtype=log_p.dtype, device=log_p.device)[:, None, None]
+            log_p = log_p - squared_distance_maps(centre, (crop, crop)).to(log_p.dtype) / (2 * sigma**2)
+            log_p = log_p - torch.logsumexp(log_p.flatten(-2), -1)[..., None, None]
         local = decode(log_p.exp(), decoder, log_maps=log_p)
         refined = original_to_model(local + origins.to(local.dtype), (fine_size, fine_size), cfg.image_size)
         return {"coarse_coordinates": coarse, "coordinates": refined, "refined_log_probabilities": log_p, "crop_origins": origins}
@@ -212,6 +219,7 @@ class LandmarkDetector(PreTrainedModel):
                 raise UserInputError(f"{ddpm}: pre-trained with pixel range {info['pixel_range']}, the detector uses {self.config.pixel_range}")
         cfg = self.config
         cfg.set_refinement(refine_size, refine_crop or 64, backbone_config, cfg.refine_loss, refine_sigma)
+        cfg.set_refine_prior(None)  # it belongs to the refiner it was measured for
         self.refiner = build_backbone(cfg, refiner=True).to(self.device)
         cfg.refine_base_model = None
         if unet is not None:
@@ -291,6 +299,22 @@ def crop_origins(coarse: torch.Tensor, image_size: int, fine_size: int, crop: in
     (``crop // 2``) is the fine pixel nearest each estimate ``coarse`` (model pixels)."""
     centre = original_to_model(coarse.detach().float(), (image_size, image_size), fine_size)
     return torch.round(centre).long() - crop // 2
+
+
+def refine_prior_sigmas(errors, factor: float, pseudo_images: float = 5.0) -> list[float]:
+    """Per-landmark sigmas (fine pixels) of the refinement prior from the first stage's
+    validation errors ``errors`` ``[M, N, 2]`` (fine pixels, NaN where a landmark is missing):
+    ``factor`` x each landmark's root-mean-square error per axis, shrunk toward all landmarks'
+    by ``pseudo_images`` images' worth (2-6 validation images give no prior narrower than
+    their evidence), at least 1 px."""
+    errors = np.asarray(errors, dtype=np.float64)
+    squared = np.square(errors).sum(-1) / 2  # [M, N] per-axis squared error
+    seen = np.isfinite(squared)
+    count = seen.sum(0)
+    pooled = np.nanmean(squared)
+    own = np.where(count > 0, np.nansum(squared, 0) / np.maximum(count, 1), pooled)
+    shrunk = (count * own + pseudo_images * pooled) / (count + pseudo_images)
+    return [max(1.0, factor * float(v)) for v in np.sqrt(shrunk)]
 
 
 def own_channel(logits: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:

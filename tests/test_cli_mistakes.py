@@ -42,6 +42,7 @@ MISTAKES = [
     (FT + " --init scratch --augment 90,0.1,0.1", ["--augment", "at most 45 degrees", "'90,0.1,0.1'"]),
     (FT + " --init scratch --self-train-labeled-share 1", ["--self-train-labeled-share", "(0, 1)"]),
     (FT + " --init scratch --shape-check -1", ["--shape-check", "0 (off) or more", "-1"]),
+    (FT + " --init scratch --refine-prior nan", ["--refine-prior", "0 (off) or more", "nan"]),
     (FT + " --init scratch --recipe paper --self-train 1", ["--self-train", "'paper' loss", "--loss contour"]),
     ("pretrain --dataset DATA --output-dir TMP/pt --splits train,test", ["--splits", "test split"]),
     ("pretrain --dataset DATA --output-dir TMP/pt --resolution 30", ["--resolution", "multiple of 8"]),

@@ -8,7 +8,7 @@ from transformers import pipeline
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
 from hf_landmark.losses import get_loss
-from hf_landmark.modeling_landmark import crop_origins, own_channel
+from hf_landmark.modeling_landmark import crop_origins, own_channel, refine_prior_sigmas
 from hf_landmark.preprocessing import crop_patches, original_to_model
 
 
@@ -89,6 +89,42 @@ def test_a_crop_ddpm_starts_the_refiner_at_its_own_crop_size_or_at_the_one_asked
         inputs = LandmarkImageProcessor.from_model_config(model.config)(image)
         out = model.eval()(pixel_values=inputs["pixel_values"], fine_pixel_values=inputs["fine_pixel_values"])
         assert out.refined_log_probabilities.shape == (1, 3, crop, crop)
+
+def test_the_refinement_prior_sigmas_by_hand():
+    nan = float("nan")
+    # Landmark 0 is off by (3, 4) and (0, 0) fine px: per-axis mean square (25 / 2 + 0) / 2 = 6.25;
+    # landmark 1 by (1, 1) and missing: 1. All three errors: (12.5 + 0 + 1) / 3 = 4.5.
+    errors = np.array([[[3.0, 4.0], [1.0, 1.0]], [[0.0, 0.0], [nan, nan]]])
+    # Shrunk by 5 images' worth toward 4.5: (2 * 6.25 + 5 * 4.5) / 7 = 5 and (1 + 5 * 4.5) / 6 = 23.5 / 6.
+    assert refine_prior_sigmas(errors, 2.0) == pytest.approx([2 * 5**0.5, 2 * (23.5 / 6) ** 0.5])
+    assert refine_prior_sigmas(errors, 0.1) == [1.0, 1.0]  # never narrower than a fine pixel
+
+
+def test_the_refinement_prior_holds_the_refiner_near_the_first_stage_estimate(tmp_path):
+    model = two_stage()
+    image = (np.random.default_rng(1).random((150, 120)) * 255).astype(np.uint8)
+    inputs = LandmarkImageProcessor.from_model_config(model.config)(image)
+    run = lambda m: m(pixel_values=inputs["pixel_values"], fine_pixel_values=inputs["fine_pixel_values"])  # noqa: E731
+    free = run(model)
+    coarse_fine = original_to_model(free.coarse_coordinates, (32, 32), 128)
+    jump = (original_to_model(free.coordinates, (32, 32), 128) - coarse_fine).norm(dim=-1)
+    assert jump.max() > 2  # a random refiner moves its landmarks away from the first stage's estimates
+    model.config.set_refine_prior([0.05] * 3)  # a very narrow prior: the estimate's nearest fine pixel
+    held = run(model)
+    assert torch.equal(held.coarse_coordinates, free.coarse_coordinates)
+    assert (original_to_model(held.coordinates, (32, 32), 128) - coarse_fine).abs().max() <= 0.5 + 1e-4
+    assert torch.allclose(held.refined_log_probabilities.exp().sum((-2, -1)), torch.ones(1, 3))
+    model.config.set_refine_prior([1e5] * 3)  # a flat one: the refiner's map alone
+    assert torch.allclose(run(model).coordinates, free.coordinates, atol=1e-4)
+    model.config.set_refine_prior([0.05, 1e5, 1e5])  # per landmark
+    mixed = run(model).coordinates
+    assert torch.allclose(mixed[:, 0], held.coordinates[:, 0]) and torch.allclose(mixed[:, 1:], free.coordinates[:, 1:], atol=1e-4)
+    model.save_pretrained(tmp_path)
+    assert LandmarkDetector.from_pretrained(tmp_path).config.refine_prior == [0.05, 1e5, 1e5]
+    model.add_refiner(128, 32)  # a new refiner has no prior of the old one's first stage
+    assert model.config.refine_prior is None
+    with pytest.raises(ValueError, match="refine_prior"):
+        model.config.set_refine_prior([1.0, 0.0, 1.0])
 
 def _dots(count, size, generator):
     """Fine images with 3 landmarks drawn as distinct bright marks on a dim textured field."""

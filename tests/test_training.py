@@ -196,6 +196,7 @@ def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_mor
     assert args(1, recipe="paper").augmentation == (2.0, 0.02, 0.02, 0.0)
     assert args(1, augment="5,0.1,0").augmentation == (5.0, 0.1, 0.0, 0.0) and args(1, no_augment=True).augmentation == (0.0, 0.0, 0.0, 0.0)
     assert args(1).shape_check == args(10).shape_check == 2.5 and args(1, recipe="paper").shape_check == 0.0  # the paper's method has none
+    assert args(1).refine_prior == args(10).refine_prior == 2.0 and args(10, recipe="paper").refine_prior == 0.0
     # Self-training rounds: two below 5 labels, one from 5 up, none in the paper's recipe; a flag wins.
     assert [args(n).self_train for n in (1, 4, 5, 10)] == [2, 2, 1, 1]
     assert args(1, recipe="paper").self_train == 0 and args(1, self_train=0).self_train == 0 and args(10, self_train=3).self_train == 3
@@ -282,9 +283,13 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
                 "--report-to", "none", "--output-dir", str(out), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["refine"]["refine_size"] == 128 and summary["refine"]["crop"] == 32  # the crop DDPM's resolution
+    prior = summary["refine"]["prior"]  # the default recipe's: 2 x each landmark's first-stage error
+    assert prior["factor"] == 2.0 and len(prior["sigma_fine_px"]) == 19 and min(prior["sigma_fine_px"]) >= 1.0
     assert summary["best"]["val_mre"] <= summary["first_stage"]["val_mre"]
     trained = LandmarkDetector.from_pretrained(out / "model")
     assert (trained.refiner is not None) == summary["best"]["refined"]
+    if trained.refiner is not None:  # its own first stage's prior (a self-training round's, where one was kept)
+        assert len(trained.config.refine_prior) == 19 and min(trained.config.refine_prior) >= 1.0
     # Whatever validation chose, check the two-stage path on the model with its refiner.
     if trained.refiner is None:
         from hf_landmark import LandmarkImageProcessor

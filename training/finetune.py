@@ -112,12 +112,14 @@ RECIPES = {
         "train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 600, "eval_steps": 25,
         "early_stopping_patience": 8, "plateau_patience": 4, "self_train": 1, "few_labels_self_train": 2, "ema_decay": 0.99,
         "self_train_keep_each": 0.0, "few_labels_self_train_keep_each": 0.4, "few_labels_below": 5, "augment": "2,0.02,0.02", "few_labels_augment": "12,0.12,0.06,0.3", "shape_check": 2.5,
+        "refine_prior": 2.0,
     },
     "paper": {
         "learning_rate": 1e-5, "scratch_learning_rate": 1e-4, "loss": "paper", "sigma_256": 5.0,
         "train_batch_size": 2, "gradient_accumulation_steps": 8, "max_epochs": 200, "eval_steps": None,
         "early_stopping_patience": 20, "plateau_patience": 10, "self_train": 0, "few_labels_self_train": 0, "ema_decay": 0.0,
         "self_train_keep_each": 0.0, "few_labels_self_train_keep_each": 0.0, "few_labels_below": 0, "augment": "2,0.02,0.02", "few_labels_augment": "2,0.02,0.02", "shape_check": 0.0,
+        "refine_prior": 0.0,
     },
 }  # fmt: skip
 
@@ -190,6 +192,12 @@ class FinetuneArguments:
     refine_crop: int | None = field(default=None, metadata={"help": "crop side in fine pixels (default: the crop DDPM's resolution, else 64)"})
     refine_preset: str | None = field(default=None, metadata={"help": "U-Net preset of a scratch refiner (default: --preset)"})
     refine_sigma: float | None = field(default=None, metadata={"help": "refiner target sigma in fine pixels (default 2)"})
+    refine_prior: float | None = field(default=None, metadata={
+        "help": "each refiner map is multiplied by a Gaussian around the first-stage estimate whose sigma is this factor x the "
+        "first stage's root-mean-square validation error of that landmark (the errors the refiner trains to undo), so that "
+        "the refiner moves a landmark far only where it is much surer there (0: off; default: the recipe's, 2 for default, "
+        "0 for paper)",
+    })  # fmt: skip
     refine_max_steps: int = field(default=600, metadata={"help": "refiner optimiser steps"})
     refine_batch_size: int = field(default=16, metadata={"help": "crops per refiner step"})
     refine_learning_rate: float = field(default=3e-4, metadata={"help": "refiner AdamW peak learning rate (cosine decay to 0)"})
@@ -215,7 +223,7 @@ class FinetuneArguments:
         check_choice("--decoder", self.decoder, DECODERS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         recipe = RECIPES[self.recipe]
-        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "shape_check"):
+        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "shape_check", "refine_prior"):
             if getattr(self, key) is None:
                 setattr(self, key, recipe[key])
         check_choice("--loss", self.loss, LOSSES)
@@ -258,6 +266,8 @@ class FinetuneArguments:
             raise UserInputError(f"--self-train: rounds must be 0 (off) or more, got {self.self_train}")
         if not (math.isfinite(self.shape_check) and self.shape_check >= 0):
             raise UserInputError(f"--shape-check: a factor of 0 (off) or more, got {self.shape_check}")
+        if not (math.isfinite(self.refine_prior) and self.refine_prior >= 0):
+            raise UserInputError(f"--refine-prior: a factor of 0 (off) or more, got {self.refine_prior}")
         if not 0 < self.self_train_keep <= 1:
             raise UserInputError(f"--self-train-keep: a share in (0, 1], got {self.self_train_keep}")
         if not 0 <= self.self_train_keep_each <= 1:
@@ -924,7 +934,7 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
     ``(summary, best)``."""
     from hf_landmark.evaluation import predict_split
     from hf_landmark.losses import get_loss
-    from hf_landmark.modeling_landmark import own_channel
+    from hf_landmark.modeling_landmark import own_channel, refine_prior_sigmas
     from hf_landmark.preprocessing import original_to_model
 
     device = accelerator.device
@@ -941,6 +951,8 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
     covered = float((np.abs(errors) < crop / 2 - 2).all(-1).mean())
     logger.info("first-stage validation errors (fine px): median %.1f, 95%% %.1f, max %.1f; %.1f%% inside the %d-px crops",
                 np.median(radial), np.quantile(radial, 0.95), radial.max(), 100 * covered, crop)  # fmt: skip
+    # Validation, the saved model and every later prediction read the refiner's maps under the prior.
+    cfg.set_refine_prior(refine_prior_sigmas(errors, args.refine_prior) if args.refine_prior else None)
     loss_fn = get_loss(cfg.refine_loss)
     optimizer = torch.optim.AdamW(detector.refiner.parameters(), lr=args.refine_learning_rate, weight_decay=args.weight_decay)
     # Cosine decay to zero over the run: the refiner settles instead of hopping between minima.
@@ -955,6 +967,7 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
     generator = torch.Generator().manual_seed(args.seed)
     best = {"val_mre": first_best["val_mre"], "step": 0, "refined": False}
     summary = {"init": args.refine_init, "refine_size": fine_size, "crop": crop, "sigma": cfg.refine_sigma,
+               "prior": {"factor": args.refine_prior, "sigma_fine_px": cfg.refine_prior},
                "first_stage_val_errors_fine_px": {"median": float(np.median(radial)), "p95": float(np.quantile(radial, 0.95)),
                                                    "max": float(radial.max()), "inside_crop": covered},
                "history": []}  # fmt: skip
