@@ -192,4 +192,8 @@ def test_the_card_describes_the_refinement_stage():
     assert "(first stage best at step 4, refinement stage at step 75," in card
     assert "32 × 32 crop of the image resized to 128 × 128" in card and "DDPM-pre-trained on crops" in card
     assert "first stage alone: MRE 2.90 mm" in card
+    assert "Gaussian around" not in card  # no refinement prior
+    model.config.set_refine_prior([3.0, 12.3, 5.0])
+    card = str(detector_card(model.config, metrics, "org/m", training=training))
+    assert "a Gaussian around the first stage's estimate, σ 3.0–12.3 fine px by landmark" in card
     assert "| a | 2.90 ± 1.70 | 34.0 | 1.50 ± 1.00 | 70.0 |" in card  # first stage beside the final, per landmark
