@@ -116,7 +116,9 @@ def test_self_training_on_the_pool_of_synthetic_images(prepared128, tmp_path):
     out = tmp_path / "ft"
     assert cli(["finetune", "--dataset", str(prepared128), "--num-labels", "3", "--init", "scratch", "--preset", "tiny",
                 "--resolution", "32", "--max-steps", "30", "--eval-steps", "10", "--refine-max-steps", "20", "--report-to", "none",
-                "--mixed-precision", "no", "--self-train", "1", "--output-dir", str(out)]) == 0  # fmt: skip
+                "--mixed-precision", "no", "--self-train", "1", "--refine-prior", "0", "--output-dir", str(out)]) == 0  # fmt: skip
+    # The consistency test on the refiner's own maps: a refiner of 20 steps is nearly flat, and
+    # under the refinement prior its maps' spread would be the prior's, the same on every image.
     summary = json.loads((out / "training_summary.json").read_text())
     st = summary["self_training"]
     (round1,) = st["rounds"]
