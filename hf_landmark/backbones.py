@@ -13,6 +13,7 @@ travels with a model's remote code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 
@@ -21,10 +22,12 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from .configuration_landmark import LandmarkConfig, unet_kwargs
-from .errors import MissingExtraError
+from .errors import MissingExtraError, UserInputError
 
 #: Written next to a pre-trained DDPM: how its inputs were preprocessed (range, resolution).
 PRETRAINING_INFO_FILE = "hf_landmark_pretraining.json"
+_CHECKPOINT_FOLDER = re.compile(r"checkpoint-(\d+)")
+logger = logging.getLogger(__name__)
 
 
 class UNet2DBackbone(nn.Module):
@@ -61,7 +64,7 @@ class UNet2DBackbone(nn.Module):
         Accepts a diffusers ``DDPMPipeline`` folder or repo (``model_index.json`` + ``unet/``,
         what ``hf-landmark pretrain`` writes as ``checkpoint-<step>``) or a bare
         ``UNet2DModel`` folder (the older ``checkpoint-<step>/unet_ema``)."""
-        path = os.fspath(path_or_repo)
+        path = resolve_ddpm_folder(path_or_repo)
         subfolder = "unet" if _has_file(path, "model_index.json") else None
         unet = UNet2DModel.from_pretrained(path, subfolder=subfolder, torch_dtype=torch.float32)
         info = read_pretraining_info(path) or (read_pretraining_info(path, subfolder) if subfolder else {})
@@ -221,6 +224,28 @@ def build_backbone(config: LandmarkConfig, refiner: bool = False) -> nn.Module:
     if config.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[config.backbone](config)
+
+
+def resolve_ddpm_folder(path_or_repo: str | os.PathLike, arg: str = "") -> str:
+    """The folder :meth:`UNet2DBackbone.load_ddpm` reads for ``path_or_repo``: a local
+    ``checkpoint-<step>`` (or bare ``UNet2DModel``) folder itself; the output folder of
+    ``hf-landmark pretrain`` (only ``checkpoint-<step>`` folders in it) → its newest checkpoint.
+    A Hub id is returned unchanged. A local folder that is neither raises
+    :class:`UserInputError` naming it (and ``arg``, the option that gave it)."""
+    path = os.fspath(path_or_repo)
+    prefix = f"{arg}: " if arg else ""
+    if not os.path.isdir(path) or any(os.path.isfile(os.path.join(path, f)) for f in ("model_index.json", "config.json")):
+        return path
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(path)
+                   if (m := _CHECKPOINT_FOLDER.fullmatch(name)) and os.path.isdir(os.path.join(path, name)))  # fmt: skip
+    if not steps:
+        raise UserInputError(f"{prefix}{path}: not a pre-trained DDPM folder: no model_index.json or config.json in it, and no "
+                             "checkpoint-<step> folder of hf-landmark pretrain")  # fmt: skip
+    newest = os.path.join(path, steps[-1][1])
+    if not os.path.isfile(os.path.join(newest, "model_index.json")):
+        raise UserInputError(f"{prefix}{newest}: not a pre-trained DDPM checkpoint (no model_index.json in it)")
+    logger.info("%s: the output folder of a pre-training; using its newest checkpoint, %s", path, newest)
+    return newest
 
 
 def _has_file(path_or_repo: str, name: str, subfolder: str | None = None) -> bool:

@@ -25,6 +25,7 @@ from .backbones import (
     build_backbone,
     read_encoder_weights,
     read_pretraining_info,
+    resolve_ddpm_folder,
 )
 from .configuration_landmark import LandmarkConfig
 from .errors import UserInputError
@@ -212,6 +213,7 @@ class LandmarkDetector(PreTrainedModel):
         also starts a refiner of 96-px crops."""
         unet = None
         if ddpm is not None:
+            ddpm = resolve_ddpm_folder(ddpm)
             unet, info = UNet2DBackbone.load_ddpm(ddpm)
             backbone_config = UNet2DBackbone.config_from_ddpm(unet)
             refine_crop = refine_crop or int(info.get("resolution") or unet.config.sample_size)
@@ -241,6 +243,7 @@ class LandmarkDetector(PreTrainedModel):
         Every U-Net weight except the last convolution is copied unchanged; the new head has
         ``num_landmarks`` output channels. The checkpoint's pre-training record supplies the
         default ``pixel_range`` and resolution."""
+        ddpm_path_or_repo = resolve_ddpm_folder(ddpm_path_or_repo)  # a pre-training's folder: its newest checkpoint
         unet, info = UNet2DBackbone.load_ddpm(ddpm_path_or_repo)
         if "pixel_range" in info:
             config_kwargs.setdefault("pixel_range", info["pixel_range"])

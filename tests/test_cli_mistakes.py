@@ -27,6 +27,8 @@ MISTAKES = [
     (FT + " --init mocov3=./nope", ["--init", "./nope", "no such mocov3 checkpoint folder"]),
     (FT + " --init mocov3=", ["--init", "mocov3= needs a folder"]),
     (FT + " --init scratch --refine-init ./nope", ["--refine-init", "./nope", "no such"]),
+    (FT + " --init scratch --refine-init TMP", ["--refine-init", "not a pre-trained DDPM folder", "checkpoint-<step>"]),
+    (FT + " --init DATA", ["--init", "not a pre-trained DDPM folder"]),
     ("finetune --dataset ./nope --output-dir TMP/ft --num-labels 2 --init scratch", ["--dataset", "./nope", "no such prepared dataset"]),
     (FT + " --init scratch --num-labels 0", ["--num-labels", "at least 1"]),
     (FT + " --init scratch --resolution 30", ["--resolution", "multiple of 8"]),

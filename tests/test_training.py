@@ -65,6 +65,9 @@ def test_pretrain_writes_loadable_checkpoints(ddpm):
     unet = UNet2DModel.from_pretrained(ddpm / "checkpoint-50", subfolder="unet")
     det = LandmarkDetector.from_ddpm(ddpm / "checkpoint-50", num_landmarks=19)
     assert det.config.image_size == 32 and torch.equal(det.backbone.unet.conv_in.weight, unet.conv_in.weight)
+    # The pre-training's output folder itself means its newest checkpoint (50, not 20 or 40).
+    latest = LandmarkDetector.from_ddpm(ddpm, num_landmarks=19)
+    assert latest.config.base_model == str(ddpm / "checkpoint-50") and torch.equal(latest.backbone.unet.conv_in.weight, unet.conv_in.weight)
 
 
 def test_pretrain_logs_a_falling_loss_to_tensorboard(ddpm):
@@ -274,15 +277,16 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
     prepared = tmp_path / "prep128"
     prepare("ceph", synth_raw, prepared, image_size=128, split_counts=(14, 5, None))
     crops = tmp_path / "ddpm_crops"
-    subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(prepared, crops, steps=4, save="4"), "--crop-from", "128"],
+    subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(prepared, crops, steps=4, save="2,4"), "--crop-from", "128"],
                    check=True, env=_env(), capture_output=True)  # fmt: skip
     assert json.loads((crops / "checkpoint-4" / "hf_landmark_pretraining.json").read_text())["crop_from"] == 128
     out = tmp_path / "ft"
     assert cli(["finetune", "--dataset", str(prepared), "--num-labels", "3", "--max-steps", "8", "--eval-steps", "4",
-                "--refine-max-steps", "8", "--refine-batch-size", "8", "--refine-init", str(crops / "checkpoint-4"),
+                "--refine-max-steps", "8", "--refine-batch-size", "8", "--refine-init", str(crops),
                 "--report-to", "none", "--output-dir", str(out), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["refine"]["refine_size"] == 128 and summary["refine"]["crop"] == 32  # the crop DDPM's resolution
+    assert summary["refine"]["init"] == str(crops / "checkpoint-4")  # the pre-training's folder: its newest checkpoint
     prior = summary["refine"]["prior"]  # the default recipe's: 2 x each landmark's first-stage error
     assert prior["factor"] == 2.0 and len(prior["sigma_fine_px"]) == 19 and min(prior["sigma_fine_px"]) >= 1.0
     assert summary["best"]["val_mre"] <= summary["first_stage"]["val_mre"]

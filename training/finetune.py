@@ -75,7 +75,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
-from hf_landmark.backbones import IMAGENET_PIXEL_RANGE, SSL_METHODS, read_pretraining_info
+from hf_landmark.backbones import IMAGENET_PIXEL_RANGE, SSL_METHODS, read_pretraining_info, resolve_ddpm_folder
 from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine, random_gamma
 from hf_landmark.data.prepared import UNLABELED, require_split
@@ -133,7 +133,8 @@ class FinetuneArguments:
     num_labels: int = field(metadata={"help": "labeled training images (the first N sorted ids)"})
     init: str = field(metadata={
         "aliases": ["--pretrained"],
-        "help": "'scratch'; a pre-trained DDPM: a checkpoint-<step> folder (DDPMPipeline), a Hub repo, or an older unet_ema folder; "
+        "help": "'scratch'; a pre-trained DDPM: a checkpoint-<step> folder (DDPMPipeline; the pre-training's --output-dir means its "
+        "newest checkpoint), a Hub repo, or an older unet_ema folder; "
         "or a baseline encoder: 'imagenet[=FOLDER_OR_REPO]', 'mocov3=PATH', 'simclrv2=PATH', 'dino=PATH' (hf-landmark pretrain-ssl)",
     })  # fmt: skip
     backbone: Literal["unet2d", "smp_unet"] = field(default="unet2d", metadata={
@@ -183,7 +184,8 @@ class FinetuneArguments:
         "help": "'lo,hi' model intensity range for --init scratch (default -1,1) and imagenet (default: ImageNet's normalisation)"})  # fmt: skip
     no_refine: bool = field(default=False, metadata={"help": "train the first stage only (no refinement stage)"})
     refine_init: str = field(default="scratch", metadata={
-        "help": "the refinement stage's U-Net: 'scratch', or a DDPM pre-trained on crops (hf-landmark pretrain --crop-from)",
+        "help": "the refinement stage's U-Net: 'scratch', or a DDPM pre-trained on crops (hf-landmark pretrain --crop-from): a "
+        "checkpoint-<step> folder, or the pre-training's --output-dir for its newest checkpoint",
     })  # fmt: skip
     refine_size: int | None = field(default=None, metadata={
         "help": "side of the fine image the refiner crops (default: the prepared images' side divided down to at most 8x "
@@ -246,8 +248,10 @@ class FinetuneArguments:
         self.init_kind, self.init_source = parse_init(self.init)
         if self.subset == "coverage" and self.init_kind == "scratch":
             raise UserInputError("--selection: coverage chooses the images by a pre-trained network's features; give --init a DDPM or encoder")
+        if self.init_kind == "ddpm":  # a pretrain output folder means its newest checkpoint
+            self.init_source = resolve_ddpm_folder(self.init_source, "--init")
         if self.refine_init != "scratch":
-            self.refine_init = resolve_folder_or_repo(self.refine_init, "--refine-init", "pre-trained DDPM", REFINE_INIT_HINT)
+            self.refine_init = resolve_ddpm_folder(resolve_folder_or_repo(self.refine_init, "--refine-init", "pre-trained DDPM", REFINE_INIT_HINT), "--refine-init")
         if self.learning_rate is None:
             self.learning_rate = recipe["scratch_learning_rate"] if self.init == "scratch" else recipe["learning_rate"]
         if self.eval_steps is None:
