@@ -185,7 +185,7 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert capsys.readouterr().out.count("[skip]") == 2
 
 
-def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_more_and_self_trains_twice_on_every_landmark(synth_prepared, tmp_path):
+def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_more_self_trains_twice_on_every_landmark_and_trusts_the_first_stage_more(synth_prepared, tmp_path):
     """Measured on ISBI at 1, 5 and 10 labels: one threshold for all four settings."""
     from hf_landmark.training.finetune import FinetuneArguments
 
@@ -199,7 +199,9 @@ def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_mor
     assert args(1, recipe="paper").augmentation == (2.0, 0.02, 0.02, 0.0)
     assert args(1, augment="5,0.1,0").augmentation == (5.0, 0.1, 0.0, 0.0) and args(1, no_augment=True).augmentation == (0.0, 0.0, 0.0, 0.0)
     assert args(1).shape_check == args(10).shape_check == 2.5 and args(1, recipe="paper").shape_check == 0.0  # the paper's method has none
-    assert args(1).refine_prior == args(10).refine_prior == 2.0 and args(10, recipe="paper").refine_prior == 0.0
+    # The refinement prior: 1 x the first stage's error below 5 labels, 2 x from 5 up, none in the paper's recipe.
+    assert [args(n).refine_prior for n in (1, 4, 5, 10)] == [1.0, 1.0, 2.0, 2.0]
+    assert args(1, recipe="paper").refine_prior == args(10, recipe="paper").refine_prior == 0.0 and args(1, refine_prior=3).refine_prior == 3
     # Self-training rounds: two below 5 labels, one from 5 up, none in the paper's recipe; a flag wins.
     assert [args(n).self_train for n in (1, 4, 5, 10)] == [2, 2, 1, 1]
     assert args(1, recipe="paper").self_train == 0 and args(1, self_train=0).self_train == 0 and args(10, self_train=3).self_train == 3
@@ -287,8 +289,8 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["refine"]["refine_size"] == 128 and summary["refine"]["crop"] == 32  # the crop DDPM's resolution
     assert summary["refine"]["init"] == str(crops / "checkpoint-4")  # the pre-training's folder: its newest checkpoint
-    prior = summary["refine"]["prior"]  # the default recipe's: 2 x each landmark's first-stage error
-    assert prior["factor"] == 2.0 and len(prior["sigma_fine_px"]) == 19 and min(prior["sigma_fine_px"]) >= 1.0
+    prior = summary["refine"]["prior"]  # the default recipe's below 5 labels: 1 x each landmark's first-stage error
+    assert prior["factor"] == 1.0 and len(prior["sigma_fine_px"]) == 19 and min(prior["sigma_fine_px"]) >= 1.0
     assert summary["best"]["val_mre"] <= summary["first_stage"]["val_mre"]
     trained = LandmarkDetector.from_pretrained(out / "model")
     assert (trained.refiner is not None) == summary["best"]["refined"]
