@@ -62,8 +62,9 @@ class UNet2DBackbone(nn.Module):
         """The U-Net of a pre-trained DDPM and its pre-training record.
 
         Accepts a diffusers ``DDPMPipeline`` folder or repo (``model_index.json`` + ``unet/``,
-        what ``hf-landmark pretrain`` writes as ``checkpoint-<step>``) or a bare
-        ``UNet2DModel`` folder (the older ``checkpoint-<step>/unet_ema``)."""
+        what ``hf-landmark pretrain`` writes as ``checkpoint-<step>``), a bare ``UNet2DModel``
+        folder (the older ``checkpoint-<step>/unet_ema``), or the pre-training's output folder,
+        for its newest checkpoint (:func:`resolve_ddpm_folder`)."""
         path = resolve_ddpm_folder(path_or_repo)
         subfolder = "unet" if _has_file(path, "model_index.json") else None
         unet = UNet2DModel.from_pretrained(path, subfolder=subfolder, torch_dtype=torch.float32)
@@ -229,7 +230,8 @@ def build_backbone(config: LandmarkConfig, refiner: bool = False) -> nn.Module:
 def resolve_ddpm_folder(path_or_repo: str | os.PathLike, arg: str = "") -> str:
     """The folder :meth:`UNet2DBackbone.load_ddpm` reads for ``path_or_repo``: a local
     ``checkpoint-<step>`` (or bare ``UNet2DModel``) folder itself; the output folder of
-    ``hf-landmark pretrain`` (only ``checkpoint-<step>`` folders in it) → its newest checkpoint.
+    ``hf-landmark pretrain`` (its ``checkpoint-<step>`` folders, no model in it) → its newest
+    checkpoint.
     A Hub id is returned unchanged. A local folder that is neither raises
     :class:`UserInputError` naming it (and ``arg``, the option that gave it)."""
     path = os.fspath(path_or_repo)
