@@ -26,7 +26,6 @@ from .errors import MissingExtraError, UserInputError
 
 #: Written next to a pre-trained DDPM: how its inputs were preprocessed (range, resolution).
 PRETRAINING_INFO_FILE = "hf_landmark_pretraining.json"
-_CHECKPOINT_FOLDER = re.compile(r"checkpoint-(\d+)")
 logger = logging.getLogger(__name__)
 
 
@@ -238,12 +237,13 @@ def resolve_ddpm_folder(path_or_repo: str | os.PathLike, arg: str = "") -> str:
     prefix = f"{arg}: " if arg else ""
     if not os.path.isdir(path) or any(os.path.isfile(os.path.join(path, f)) for f in ("model_index.json", "config.json")):
         return path
-    steps = sorted((int(m.group(1)), name) for name in os.listdir(path)
-                   if (m := _CHECKPOINT_FOLDER.fullmatch(name)) and os.path.isdir(os.path.join(path, name)))  # fmt: skip
-    if not steps:
+    from .training_utils import list_checkpoints  # here: model code that loads no DDPM does not need it
+
+    checkpoints = list_checkpoints(path)
+    if not checkpoints:
         raise UserInputError(f"{prefix}{path}: not a pre-trained DDPM folder: no model_index.json or config.json in it, and no "
                              "checkpoint-<step> folder of hf-landmark pretrain")  # fmt: skip
-    newest = os.path.join(path, steps[-1][1])
+    newest = os.fspath(checkpoints[-1][1])
     if not os.path.isfile(os.path.join(newest, "model_index.json")):
         raise UserInputError(f"{prefix}{newest}: not a pre-trained DDPM checkpoint (no model_index.json in it)")
     logger.info("%s: the output folder of a pre-training; using its newest checkpoint, %s", path, newest)
