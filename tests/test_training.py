@@ -289,6 +289,8 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["refine"]["refine_size"] == 128 and summary["refine"]["crop"] == 32  # the crop DDPM's resolution
     assert summary["refine"]["init"] == str(crops / "checkpoint-4")  # the pre-training's folder: its newest checkpoint
+    # The refiner's schedule is recorded (its default length changed from 600 to 1,200 steps).
+    assert summary["refine"]["schedule"] == {"max_steps": 8, "learning_rate": 3e-4, "batch_size": 8}
     prior = summary["refine"]["prior"]  # the default recipe's below 5 labels: 1 x each landmark's first-stage error
     assert prior["factor"] == 1.0 and len(prior["sigma_fine_px"]) == 19 and min(prior["sigma_fine_px"]) >= 1.0
     assert summary["best"]["val_mre"] <= summary["first_stage"]["val_mre"]

@@ -976,6 +976,7 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
     generator = torch.Generator().manual_seed(args.seed)
     best = {"val_mre": first_best["val_mre"], "step": 0, "refined": False}
     summary = {"init": args.refine_init, "refine_size": fine_size, "crop": crop, "sigma": cfg.refine_sigma,
+               "schedule": {"max_steps": args.refine_max_steps, "learning_rate": args.refine_learning_rate, "batch_size": args.refine_batch_size},
                "prior": {"factor": args.refine_prior, "sigma_fine_px": cfg.refine_prior},
                "first_stage_val_errors_fine_px": {"median": float(np.median(radial)), "p95": float(np.quantile(radial, 0.95)),
                                                    "max": float(radial.max()), "inside_crop": covered},
