@@ -202,7 +202,7 @@ class FinetuneArguments:
     })  # fmt: skip
     refine_max_steps: int = field(default=1200, metadata={
         "help": "refiner optimiser steps: the learning rate's cosine decay spans them, and early stopping (--early-stopping-patience "
-        "evaluations without a better refiner) usually ends the stage at 350-650 on ISBI",
+        "evaluations without a better refiner) ended it at 350-650 on ISBI with a patience of 4",
     })  # fmt: skip
     refine_batch_size: int = field(default=16, metadata={"help": "crops per refiner step"})
     refine_learning_rate: float = field(default=3e-4, metadata={"help": "refiner AdamW peak learning rate (cosine decay to 0)"})
