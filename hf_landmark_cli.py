@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a model that has a shape check without it (the same weights, for comparison)")  # fmt: skip
     p.add_argument("--no-refine-prior", action="store_true",
                    help="read the refiner's maps without the refinement prior (the same weights, for comparison)")  # fmt: skip
+    p.add_argument("--no-offset-correction", action="store_true",
+                   help="report the landmarks as the maps place them, without the per-landmark offsets measured on validation")  # fmt: skip
     return parser
 
 

@@ -98,6 +98,8 @@ def _cmd_evaluate(args) -> int:
         model.config.set_shape_check(None, None)
     if args.no_refine_prior:
         model.config.set_refine_prior(None)
+    if args.no_offset_correction:
+        processor.set_landmark_offsets(None)
     data = load_tensors(split, processor.size, processor.resample, 0 if args.no_refine else processor.refine_size)
     if args.exclude_training_labels:
         record = os.path.join(args.model, "hf_landmark_training.json")

@@ -78,15 +78,32 @@ def predict_tensors(model, processor, data: LandmarkTensors, decoder: str | None
 
 
 def calibrate_processor(model, processor, calibration: LandmarkTensors, reference: LandmarkTensors, decoder: str | None = None,
-                        pool: list[LandmarkTensors] | None = None) -> dict:  # fmt: skip
-    """Calibrate ``processor``: the radii by split conformal prediction on held-out labeled
-    images (``calibration``, the validation split); the low-confidence flag on those and on
+                        pool: list[LandmarkTensors] | None = None, offset_images: float = 0.0) -> dict:  # fmt: skip
+    """Calibrate ``processor``: with ``offset_images`` > 0 first its landmark offsets (each
+    landmark's mean error on ``calibration``, shrunk toward none by that many images' worth:
+    :func:`mean_offsets`; 0 removes them); then the radii by split conformal prediction on
+    held-out labeled images (``calibration``, the validation split), on each image's errors
+    under the offsets measured without it; the low-confidence flag on those and on
     ``pool`` (images the model never trained on, labeled or not: the unlabeled split, the
     unlabeled rest of the training split; never test), whose every other image joins
     ``reference`` (the training images) in defining "like the training data" and the rest
     set the thresholds, so that no image does both. Returns what was measured."""
+    stage = "refined" if getattr(model, "refiner", None) is not None and calibration.fine_images is not None else "first"
+    processor.set_landmark_offsets(None, stage)
     cal = predict_split(model, processor, calibration, decoder)
-    errors = radial_errors(cal["coords"], calibration.original_landmarks.double().numpy())
+    truth = calibration.original_landmarks.double().numpy()
+    offsets_report = None
+    if offset_images > 0:
+        scale = calibration.original_sizes.double().numpy()[:, None, :] / processor.size  # original px per model px
+        offsets, held_out = mean_offsets((cal["coords"] - truth) / scale, offset_images)
+        processor.set_landmark_offsets(offsets, stage)
+        corrected = cal["coords"] - held_out * scale
+        before, after = compute_metrics(cal["coords"], calibration, model.config), compute_metrics(corrected, calibration, model.config)
+        offsets_report = {"images": offset_images, "stage": stage, "model_px": offsets.tolist(),
+                          "leave_one_out": {"unit": after["unit"], "mre_without": before["mre"], "mre_with": after["mre"],
+                                            "sdr_without": before["sdr"], "sdr_with": after["sdr"]}}  # fmt: skip
+        cal["coords"] = corrected
+    errors = radial_errors(cal["coords"], truth)
     processor.calibrate(cal["spread"], errors)
     # The flag reads the first stage only: embeddings and first-stage spreads.
     ref_parts = [predict_split(model, processor, reference, decoder, refine=False)["embeddings"]]
@@ -101,10 +118,26 @@ def calibrate_processor(model, processor, calibration: LandmarkTensors, referenc
         flag_spread.append(rel[1::2])
     processor.calibrate_flag(np.concatenate(ref_parts), np.concatenate(flag_emb), np.concatenate(flag_spread))
     radii = processor.radii(cal["spread"])
-    return {"calibration_images": len(calibration), "alpha": processor.alpha, "ood_threshold": processor.ood_threshold,
+    return {"calibration_images": len(calibration), "offsets": offsets_report, "alpha": processor.alpha, "ood_threshold": processor.ood_threshold,
             "spread_threshold": processor.spread_threshold, "finite_radii": bool(np.isfinite(radii).all()),
             "radius_coverage": 1.0 - processor.radius_alpha, "flag_calibration_images": processor.flag_calibration_images,
             "flag_false_alarm_rate": processor.flag_false_alarm_rate}  # fmt: skip
+
+
+def mean_offsets(errors, pseudo_images: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-landmark offsets from signed errors ``[M, N, 2]`` (prediction minus truth; NaN
+    where a landmark is missing): each landmark's mean error shrunk toward zero as if
+    ``pseudo_images`` more images had measured none (a landmark seen on ``n`` images keeps
+    ``n / (n + pseudo_images)`` of its mean, so 2-6 validation images move little). Returns
+    ``(offsets [N, 2], held_out [M, N, 2])``: ``held_out[i]`` the offsets measured without
+    image ``i``, to score the correction on images it did not see."""
+    errors = np.asarray(errors, dtype=np.float64)
+    seen = np.isfinite(errors).all(-1)  # [M, N]
+    values = np.where(seen[..., None], errors, 0.0)
+    total, count = values.sum(0), seen.sum(0)[:, None].astype(np.float64)  # [N, 2], [N, 1]
+    offsets = total / (count + pseudo_images)
+    held_out = (total[None] - values) / (count[None] - seen[..., None] + pseudo_images)
+    return offsets, held_out
 
 
 def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) -> dict:

@@ -144,3 +144,42 @@ def test_the_flag_is_calibrated_at_the_false_alarm_rate_on_many_images():
     assert processor.flag_calibration_images == 99 and processor.flag_false_alarm_rate == pytest.approx(0.05)
     processor.calibrate_flag(ref, emb[:9], rel[:9])
     assert processor.spread_threshold == pytest.approx(rel[:9].max()) and processor.flag_false_alarm_rate == pytest.approx(0.2)
+
+
+def test_mean_offsets_shrink_toward_none_and_leave_each_image_out():
+    from hf_landmark.evaluation import mean_offsets
+
+    nan = float("nan")
+    # 3 images, 2 landmarks; landmark 1 is missing on image 2.
+    errors = np.array([[[1.0, -2.0], [4.0, 0.0]],
+                       [[2.0, -2.0], [2.0, 2.0]],
+                       [[3.0, -2.0], [nan, nan]]])  # fmt: skip
+    offsets, held_out = mean_offsets(errors, pseudo_images=1.0)
+    # landmark 0: sums (6, -6) over 3 images + 1 pseudo-image -> (1.5, -1.5); landmark 1: (6, 2) / (2 + 1).
+    np.testing.assert_allclose(offsets, [[1.5, -1.5], [2.0, 2 / 3]], atol=1e-9)
+    # Image 0 left out: landmark 0 (5, -4) / (2 + 1), landmark 1 (2, 2) / (1 + 1).
+    np.testing.assert_allclose(held_out[0], [[5 / 3, -4 / 3], [1.0, 1.0]], atol=1e-9)
+    # Image 2 had no landmark 1: it is corrected by all the images that had it.
+    assert held_out[2, 1].tolist() == pytest.approx([2.0, 2 / 3])
+    # No shrinkage: the plain means.
+    np.testing.assert_allclose(mean_offsets(errors, 0.0)[0], [[2.0, -2.0], [3.0, 1.0]])
+
+
+def test_landmark_offsets_move_the_stage_they_were_measured_on_and_are_saved(tmp_path):
+    processor = LandmarkImageProcessor(size=32, landmark_names=["tip", "base"], loss="contour", sigma=1.0)
+    outputs = LandmarkDetectorOutput(heatmaps=_bump_logits(32, [(20.5, 9.25), (10.0, 12.0)]))
+    before, _ = processor.post_process_coordinates(outputs, [[64, 32]], decoder="soft_argmax")
+    processor.set_landmark_offsets([[1.0, -0.5], [0.0, 2.0]], "first")  # model pixels
+    after, _ = processor.post_process_coordinates(outputs, [[64, 32]], decoder="soft_argmax")
+    # Model pixels scale to the original frame by W / 32 = 2 in x and H / 32 = 1 in y.
+    np.testing.assert_allclose((before - after)[0], [[2.0, -0.5], [0.0, 2.0]], atol=1e-9)
+    processor.save_pretrained(tmp_path)
+    loaded = LandmarkImageProcessor.from_pretrained(tmp_path)
+    assert loaded.landmark_offsets == [[1.0, -0.5], [0.0, 2.0]] and loaded.landmark_offsets_stage == "first"
+    # Offsets measured on refined landmarks leave a first stage alone (a two-stage model run without its refiner).
+    loaded.set_landmark_offsets([[1.0, -0.5], [0.0, 2.0]], "refined")
+    np.testing.assert_allclose(loaded.post_process_coordinates(outputs, [[64, 32]], decoder="soft_argmax")[0], before)
+    with pytest.raises(ValueError, match="3 pairs for 2 landmarks"):
+        loaded.set_landmark_offsets([[0, 0]] * 3)
+    with pytest.raises(ValueError, match="'refined' or 'first'"):
+        loaded.set_landmark_offsets(None, "final")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from diffusers import UNet2DModel
@@ -299,16 +300,31 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
     if trained.refiner is not None:  # its own first stage's prior (a self-training round's, where one was kept)
         assert len(trained.config.refine_prior) == 19 and min(trained.config.refine_prior) >= 1.0
     # Whatever validation chose, check the two-stage path on the model with its refiner.
+    # The default recipe subtracts each landmark's mean validation error, shrunk by 10 images' worth
+    # (5 validation images keep a third of it), measured on the stage the model kept.
+    offsets = summary["calibration"]["offsets"]
+    assert offsets["images"] == 10.0 and offsets["stage"] == ("refined" if trained.refiner is not None else "first")
+    assert np.asarray(offsets["model_px"]).shape == (19, 2) and np.isfinite(offsets["model_px"]).all()
+    assert set(offsets["leave_one_out"]) == {"unit", "mre_without", "mre_with", "sdr_without", "sdr_with"}
     if trained.refiner is None:
         from hf_landmark import LandmarkImageProcessor
 
         trained.add_refiner(128, ddpm=str(crops / "checkpoint-4"))
         trained.save_pretrained(out / "model")
-        LandmarkImageProcessor.from_model_config(trained.config).save_pretrained(out / "model")
+        processor = LandmarkImageProcessor.from_model_config(trained.config)
+        processor.set_landmark_offsets(offsets["model_px"], "refined")
+        processor.save_pretrained(out / "model")
     model_dir = out / "model"
     assert cli(["evaluate", "--model", str(model_dir), "--dataset", str(prepared), "--split", "test",
                 "--output", str(tmp_path / "m.json")]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "m.json").read_text())
+    # Without the offsets every landmark moves back by exactly them, scaled to each original frame.
+    assert cli(["evaluate", "--model", str(model_dir), "--dataset", str(prepared), "--split", "test", "--no-offset-correction",
+                "--output", str(tmp_path / "raw.json")]) == 0  # fmt: skip
+    raw = json.loads((tmp_path / "raw.json").read_text())["predictions"]
+    for image_id, xy in metrics["predictions"].items():
+        size = np.array(Image.open(synth_raw / "RawImage" / "TrainingData" / f"{image_id}.bmp").size, float)
+        np.testing.assert_allclose(np.array(raw[image_id]) - np.array(xy), np.asarray(offsets["model_px"]) * size / 32, atol=1e-4)  # float32 coordinates
     assert "first_stage" in metrics and len(metrics["first_stage"]["per_landmark"]) == 19
     assert "first-stage MRE" in (tmp_path / "m.md").read_text()
     ids = sorted(metrics["predictions"])

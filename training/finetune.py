@@ -112,14 +112,14 @@ RECIPES = {
         "train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 600, "eval_steps": 25,
         "early_stopping_patience": 8, "plateau_patience": 4, "self_train": 1, "few_labels_self_train": 2, "ema_decay": 0.99,
         "self_train_keep_each": 0.0, "few_labels_self_train_keep_each": 0.4, "few_labels_below": 5, "augment": "2,0.02,0.02", "few_labels_augment": "12,0.12,0.06,0.3", "shape_check": 2.5,
-        "refine_prior": 2.0, "few_labels_refine_prior": 1.0,
+        "refine_prior": 2.0, "few_labels_refine_prior": 1.0, "offset_correction": 10.0,
     },
     "paper": {
         "learning_rate": 1e-5, "scratch_learning_rate": 1e-4, "loss": "paper", "sigma_256": 5.0,
         "train_batch_size": 2, "gradient_accumulation_steps": 8, "max_epochs": 200, "eval_steps": None,
         "early_stopping_patience": 20, "plateau_patience": 10, "self_train": 0, "few_labels_self_train": 0, "ema_decay": 0.0,
         "self_train_keep_each": 0.0, "few_labels_self_train_keep_each": 0.0, "few_labels_below": 0, "augment": "2,0.02,0.02", "few_labels_augment": "2,0.02,0.02", "shape_check": 0.0,
-        "refine_prior": 0.0, "few_labels_refine_prior": 0.0,
+        "refine_prior": 0.0, "few_labels_refine_prior": 0.0, "offset_correction": 0.0,
     },
 }  # fmt: skip
 
@@ -178,6 +178,12 @@ class FinetuneArguments:
         "sit from the labeled images' mean shape mapped onto them by a similarity: a first-stage landmark farther than that from "
         "where the others put it is read again near there (0: off; default: the recipe's, 2.5 for default, 0 for paper)",
     })  # fmt: skip
+    offset_correction: float | None = field(default=None, metadata={
+        "help": "subtract from every prediction each landmark's mean error on the validation images, shrunk toward none as if "
+        "this many more images had measured none (n validation images keep n/(n+K) of it): the detector's systematic "
+        "displacement, e.g. toward where its first stage puts an ambiguous landmark (0: off; default: the recipe's, 10 for "
+        "default, 0 for paper)",
+    })  # fmt: skip
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
     pixel_range: str | None = field(default=None, metadata={
@@ -228,7 +234,8 @@ class FinetuneArguments:
         check_choice("--decoder", self.decoder, DECODERS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         recipe = RECIPES[self.recipe]
-        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "shape_check"):
+        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "shape_check",
+                    "offset_correction"):
             if getattr(self, key) is None:
                 setattr(self, key, recipe[key])
         check_choice("--loss", self.loss, LOSSES)
@@ -275,6 +282,8 @@ class FinetuneArguments:
             raise UserInputError(f"--self-train: rounds must be 0 (off) or more, got {self.self_train}")
         if not (math.isfinite(self.shape_check) and self.shape_check >= 0):
             raise UserInputError(f"--shape-check: a factor of 0 (off) or more, got {self.shape_check}")
+        if not (math.isfinite(self.offset_correction) and self.offset_correction >= 0):
+            raise UserInputError(f"--offset-correction: a number of images of 0 (off) or more, got {self.offset_correction}")
         if not (math.isfinite(self.refine_prior) and self.refine_prior >= 0):
             raise UserInputError(f"--refine-prior: a factor of 0 (off) or more, got {self.refine_prior}")
         if not 0 < self.self_train_keep <= 1:
@@ -417,8 +426,9 @@ def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor
 FLAG_POOL_LIMIT = 2000
 
 
-def calibrate_saved_model(model_dir: str, calibration, reference, decoder: str, pool=()) -> dict:
-    """Calibrate the saved best model's error radii (split conformal on ``calibration``, the
+def calibrate_saved_model(model_dir: str, calibration, reference, decoder: str, pool=(), offset_images: float = 0.0) -> dict:
+    """Calibrate the saved best model's landmark offsets (``offset_images`` > 0: each
+    landmark's shrunk mean error on ``calibration``), its error radii (split conformal on ``calibration``, the
     validation split, which the weights never trained on) and its low-confidence flag
     (``reference``: the labeled training images; ``pool``: images it never trained on, the
     unlabeled rest of the training split and the unlabeled split, at most
@@ -432,7 +442,7 @@ def calibrate_saved_model(model_dir: str, calibration, reference, decoder: str, 
     total = sum(len(p) for p in pool)
     if total > FLAG_POOL_LIMIT:
         pool = [p.subset(np.linspace(0, len(p) - 1, max(1, len(p) * FLAG_POOL_LIMIT // total)).round().astype(int)) for p in pool]
-    measured = calibrate_processor(model, processor, calibration, reference, decoder, pool=list(pool))
+    measured = calibrate_processor(model, processor, calibration, reference, decoder, pool=list(pool), offset_images=offset_images)
     with atomic_file(os.path.join(model_dir, PROCESSOR_FILE)) as tmp:
         processor.to_json_file(tmp)
     return measured
@@ -535,7 +545,11 @@ def finetune(args: FinetuneArguments) -> dict:
         pool = [train_all.subset(pool_idx)]
         if UNLABELED in dataset and len(dataset[UNLABELED]):
             pool.append(load_tensors(dataset[UNLABELED], size, processor.resample))
-        calibration = calibrate_saved_model(model_dir, val, train_all.subset(labeled_idx), args.decoder, pool)
+        calibration = calibrate_saved_model(model_dir, val, train_all.subset(labeled_idx), args.decoder, pool, args.offset_correction)
+        if calibration["offsets"]:
+            loo = calibration["offsets"]["leave_one_out"]
+            logger.info("landmark offsets from %d validation images (shrunk by %g): validation MRE %.3f -> %.3f %s, each image "
+                        "corrected by the offsets of the others", len(val), args.offset_correction, loo["mre_without"], loo["mre_with"], loo["unit"])  # fmt: skip
         logger.info("calibrated the error radii on %d validation images (alpha %.2f, radii at %.1f %%) and the low-confidence flag "
                     "on %d images (false alarms at most %.1f %%)", len(val), calibration["alpha"], 100 * calibration["radius_coverage"],
                     calibration["flag_calibration_images"], 100 * calibration["flag_false_alarm_rate"])  # fmt: skip
