@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import pytest
 import torch
 from diffusers import UNet2DModel
+from PIL import Image
 from safetensors.torch import load_file
 
 from hf_landmark import LandmarkDetector
