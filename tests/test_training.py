@@ -203,6 +203,9 @@ def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_mor
     # The refinement prior: 1 x the first stage's error below 5 labels, 2 x from 5 up, none in the paper's recipe.
     assert [args(n).refine_prior for n in (1, 4, 5, 10)] == [1.0, 1.0, 2.0, 2.0]
     assert args(1, recipe="paper").refine_prior == args(10, recipe="paper").refine_prior == 0.0 and args(1, refine_prior=3).refine_prior == 3
+    # Landmark offsets shrunk by 10 validation images' worth from 5 labels up (measured there), none below or in the paper's recipe.
+    assert [args(n).offset_correction for n in (1, 4, 5, 10)] == [0.0, 0.0, 10.0, 10.0]
+    assert args(10, recipe="paper").offset_correction == 0.0 and args(1, offset_correction=4).offset_correction == 4
     # Self-training rounds: two below 5 labels, one from 5 up, none in the paper's recipe; a flag wins.
     assert [args(n).self_train for n in (1, 4, 5, 10)] == [2, 2, 1, 1]
     assert args(1, recipe="paper").self_train == 0 and args(1, self_train=0).self_train == 0 and args(10, self_train=3).self_train == 3
@@ -285,7 +288,7 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
     assert json.loads((crops / "checkpoint-4" / "hf_landmark_pretraining.json").read_text())["crop_from"] == 128
     out = tmp_path / "ft"
     assert cli(["finetune", "--dataset", str(prepared), "--num-labels", "3", "--max-steps", "8", "--eval-steps", "4",
-                "--refine-max-steps", "8", "--refine-batch-size", "8", "--refine-init", str(crops),
+                "--refine-max-steps", "8", "--refine-batch-size", "8", "--refine-init", str(crops), "--offset-correction", "10",
                 "--report-to", "none", "--output-dir", str(out), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["refine"]["refine_size"] == 128 and summary["refine"]["crop"] == 32  # the crop DDPM's resolution
@@ -300,8 +303,8 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
     if trained.refiner is not None:  # its own first stage's prior (a self-training round's, where one was kept)
         assert len(trained.config.refine_prior) == 19 and min(trained.config.refine_prior) >= 1.0
     # Whatever validation chose, check the two-stage path on the model with its refiner.
-    # The default recipe subtracts each landmark's mean validation error, shrunk by 10 images' worth
-    # (5 validation images keep a third of it), measured on the stage the model kept.
+    # Each landmark's mean validation error, shrunk by 10 images' worth (5 validation images keep
+    # a third of it), measured on the stage the model kept, is subtracted from its predictions.
     offsets = summary["calibration"]["offsets"]
     assert offsets["images"] == 10.0 and offsets["stage"] == ("refined" if trained.refiner is not None else "first")
     assert np.asarray(offsets["model_px"]).shape == (19, 2) and np.isfinite(offsets["model_px"]).all()

@@ -112,14 +112,14 @@ RECIPES = {
         "train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 600, "eval_steps": 25,
         "early_stopping_patience": 8, "plateau_patience": 4, "self_train": 1, "few_labels_self_train": 2, "ema_decay": 0.99,
         "self_train_keep_each": 0.0, "few_labels_self_train_keep_each": 0.4, "few_labels_below": 5, "augment": "2,0.02,0.02", "few_labels_augment": "12,0.12,0.06,0.3", "shape_check": 2.5,
-        "refine_prior": 2.0, "few_labels_refine_prior": 1.0, "offset_correction": 10.0,
+        "refine_prior": 2.0, "few_labels_refine_prior": 1.0, "offset_correction": 10.0, "few_labels_offset_correction": 0.0,
     },
     "paper": {
         "learning_rate": 1e-5, "scratch_learning_rate": 1e-4, "loss": "paper", "sigma_256": 5.0,
         "train_batch_size": 2, "gradient_accumulation_steps": 8, "max_epochs": 200, "eval_steps": None,
         "early_stopping_patience": 20, "plateau_patience": 10, "self_train": 0, "few_labels_self_train": 0, "ema_decay": 0.0,
         "self_train_keep_each": 0.0, "few_labels_self_train_keep_each": 0.0, "few_labels_below": 0, "augment": "2,0.02,0.02", "few_labels_augment": "2,0.02,0.02", "shape_check": 0.0,
-        "refine_prior": 0.0, "few_labels_refine_prior": 0.0, "offset_correction": 0.0,
+        "refine_prior": 0.0, "few_labels_refine_prior": 0.0, "offset_correction": 0.0, "few_labels_offset_correction": 0.0,
     },
 }  # fmt: skip
 
@@ -182,7 +182,7 @@ class FinetuneArguments:
         "help": "subtract from every prediction each landmark's mean error on the validation images, shrunk toward none as if "
         "this many more images had measured none (n validation images keep n/(n+K) of it): the detector's systematic "
         "displacement, e.g. toward where its first stage puts an ambiguous landmark (0: off; default: the recipe's, 10 for "
-        "default, 0 for paper)",
+        "default from 5 labels up, 0 below 5 labels and for paper)",
     })  # fmt: skip
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
@@ -234,8 +234,7 @@ class FinetuneArguments:
         check_choice("--decoder", self.decoder, DECODERS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         recipe = RECIPES[self.recipe]
-        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "shape_check",
-                    "offset_correction"):
+        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "shape_check"):
             if getattr(self, key) is None:
                 setattr(self, key, recipe[key])
         check_choice("--loss", self.loss, LOSSES)
@@ -250,7 +249,8 @@ class FinetuneArguments:
         few = self.num_labels < recipe["few_labels_below"]
         # The refinement prior's factor was set on the unlabeled training images: flat from 1.5
         # to 2 at 10 labels; at 1 label the first stage's estimate is worth more, and 1 was best.
-        for key in ("augment", "self_train", "self_train_keep_each", "refine_prior"):
+        # The landmark offsets were measured from 5 labels up (ISBI, the unlabeled training images).
+        for key in ("augment", "self_train", "self_train_keep_each", "refine_prior", "offset_correction"):
             if getattr(self, key) is None:
                 setattr(self, key, recipe[f"few_labels_{key}" if few else key])
         self.augmentation = parse_augment("0,0,0" if self.no_augment else self.augment)
