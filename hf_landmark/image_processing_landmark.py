@@ -71,7 +71,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
             0 when the model has no refinement stage.
         refine_loss, refine_sigma: how the refiner's maps read as probabilities and scores.
         landmark_offsets: ``[N, 2]`` model pixels subtracted from the decoded landmarks of the
-            stage they were measured on (:meth:`calibrate_offsets`): each landmark's mean error
+            stage they were measured on (``hf_landmark.evaluation.calibrate_processor``): each landmark's mean error
             on held-out labeled images, shrunk toward none; ``None``: no correction.
         landmark_offsets_stage: that stage, ``"refined"`` (a two-stage model's refined
             landmarks) or ``"first"`` (a one-stage model's, or a two-stage model run without
