@@ -32,6 +32,67 @@ TRAINING = {
 }
 
 
+#: What ``prepare KIND`` does, for its own ``--help``.
+PREPARE_KINDS = {
+    "ceph": "the ISBI 2015 cephalometric layout: RawImage/..., AnnotationsByMD/400_senior|400_junior/NNN.txt",
+    "hand": "the Digital Hand Atlas layout: jpg/<id>.jpg and labels/all.csv",
+    "chest": "the Shenzhen chest layout: pngs/CHNCXR_NNNN_0.png and labels/CHNCXR_NNNN_0.txt",
+    "custom": "your images and one annotation file (our CSV/JSON or a CVAT, Label Studio, COCO Keypoints or labelme export): "
+    "annotated images go to train / validation / test (the file's split column, else --split-counts over sorted ids), "
+    "all the others to the unlabeled split",
+    "images": "a folder of images, none annotated: all in the unlabeled split (a pool to pre-train on and select from)",
+}
+
+
+def add_prepare_flags(p: argparse.ArgumentParser, kind: str | None = None) -> None:
+    """``prepare``'s flags: every kind's (``kind=None``), or those ``kind`` reads."""
+
+    def on(*kinds: str) -> bool:
+        return kind is None or kind in kinds
+
+    labeled = ("ceph", "hand", "chest", "custom")
+    p.add_argument("--root", required=True, help="the folder holding the dataset in its public layout (or your images)")
+    p.add_argument("--out", required=True, help="the prepared dataset folder to write (replaced atomically)")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="side the images are stored at; models whose size divides it see exactly the pipeline's pixels")  # fmt: skip
+    if on("ceph"):
+        p.add_argument("--annotator", default="mean", choices=["mean", "senior", "junior"], help="ceph ground truth")
+    if on("hand"):
+        p.add_argument("--wrist-indices", default="0,4", help="hand: 0-based wrist landmarks of the 50 mm convention")
+    if on("chest"):
+        p.add_argument("--chest-split", default="paper", choices=["paper", "code"],
+                       help="chest: the paper's 195/34/rest, or its code's, which first drops 9 listed images")  # fmt: skip
+    if on("custom"):
+        p.add_argument("--annotations", help="custom: the landmark file: our CSV or JSON, or a CVAT XML, Label Studio JSON "
+                       "(annotations, or predictions a person accepted), COCO Keypoints JSON export, or a labelme folder (detected by content)")
+        p.add_argument("--landmarks", help="custom: landmark names, in order (comma-separated, or a text file with one per line); "
+                       "default: the annotation file's")
+        p.add_argument("--coco-origin", choices=["corner", "center"], help="custom, COCO files: where pixel (0, 0) is (tools differ)")
+        p.add_argument("--drop-incomplete", action="store_true",
+                       help="custom: a partly annotated image joins the unlabeled pool (listed) instead of being an error")  # fmt: skip
+    if on(*labeled):
+        p.add_argument("--split-counts", help="train,validation[,test] image counts over sorted ids (default: the paper's; custom: "
+                       "the file's split column when it has one)")  # fmt: skip
+    if on("images"):
+        p.add_argument("--holdout", help="images: keep images out of the pool from the start, to test on once annotated: a number "
+                       "(drawn at random with --seed) or a file listing them; select adds them to its template as split test")
+        p.add_argument("--seed", type=int, default=0, help="images: the random draw of --holdout N")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed files (listed in the report)")
+    if on(*labeled):
+        p.add_argument("--allow-empty-splits", action="store_true", help="keep going when a split comes out empty (it is omitted)")
+        p.add_argument("--outside-image", default="error", choices=["error", "keep", "clamp"],
+                       help="a landmark outside its image: refuse (default), keep it, or clamp it to the image (both listed in the report)")  # fmt: skip
+    p.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict to the Hub as parquet")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private dataset repo")
+
+
+def prepare_help(kind: str) -> str:
+    """``hf-landmark prepare KIND --help``: what KIND reads and only the flags it takes."""
+    p = argparse.ArgumentParser(prog=f"hf-landmark prepare {kind}", description=PREPARE_KINDS[kind], allow_abbrev=False)
+    add_prepare_flags(p, kind)
+    return p.format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-landmark", description="Few-shot x-ray landmark detection with DDPM pre-training. "
@@ -46,32 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="bmp", choices=["bmp", "png", "jpg"], help="image file format (the ISBI originals are bmp)")
     p.add_argument("--variability", type=float, default=1.0, help="spread of shape, pose and exposure (1: mild; the demo uses 2.5)")
 
-    p = sub.add_parser("prepare", allow_abbrev=False, help="convert a benchmark's public layout (or custom data) into a prepared dataset")
+    p = sub.add_parser("prepare", allow_abbrev=False, help="convert a benchmark's public layout (or custom data) into a prepared dataset; "
+                       "hf-landmark prepare KIND --help lists KIND's flags")  # fmt: skip
     p.add_argument("kind", choices=DATASET_KINDS, help="the benchmark whose public layout --root holds; custom (your images and an "
                    "annotation file; images without annotations form the unlabeled split); or images (a folder, all unlabeled)")  # fmt: skip
-    p.add_argument("--root", required=True, help="the folder holding the dataset in its public layout (or your images)")
-    p.add_argument("--out", required=True, help="the prepared dataset folder to write (replaced atomically)")
-    p.add_argument("--image-size", type=int, default=256,
-                   help="side the images are stored at; models whose size divides it see exactly the pipeline's pixels")  # fmt: skip
-    p.add_argument("--annotator", default="mean", choices=["mean", "senior", "junior"], help="ceph ground truth")
-    p.add_argument("--wrist-indices", default="0,4", help="hand: 0-based wrist landmarks of the 50 mm convention")
-    p.add_argument("--chest-split", default="paper", choices=["paper", "code"],
-                   help="chest: the paper's 195/34/rest, or its code's, which first drops 9 listed images")  # fmt: skip
-    p.add_argument("--annotations", help="custom: the landmark file: our CSV or JSON, or a CVAT XML, Label Studio JSON, COCO "
-                   "Keypoints JSON export, or a labelme folder (detected by content)")
-    p.add_argument("--landmarks", help="custom: landmark names, in order (comma-separated, or a text file with one per line); "
-                   "default: the annotation file's")
-    p.add_argument("--coco-origin", choices=["corner", "center"], help="custom, COCO files: where pixel (0, 0) is (tools differ)")
-    p.add_argument("--drop-incomplete", action="store_true",
-                   help="custom: a partly annotated image joins the unlabeled pool (listed) instead of being an error")  # fmt: skip
-    p.add_argument("--split-counts", help="train,validation[,test] image counts over sorted ids (default: the paper's)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed files (listed in the report)")
-    p.add_argument("--allow-empty-splits", action="store_true", help="keep going when a split comes out empty (it is omitted)")
-    p.add_argument("--outside-image", default="error", choices=["error", "keep", "clamp"],
-                   help="a landmark outside its image: refuse (default), keep it, or clamp it to the image (both listed in the report)")  # fmt: skip
-    p.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict to the Hub as parquet")
-    p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private dataset repo")
-
+    add_prepare_flags(p)
     for name, (_, text) in TRAINING.items():
         sub.add_parser(name, help=text + "; see hf-landmark " + name + " --help", add_help=False)
 
@@ -117,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="unlabeled", help="the pool: unlabeled (default), or train with its labels hidden (experiments)")
     p.add_argument("--landmarks", help="landmark names for the template (comma-separated or a file); default: the model's or the dataset's")
     p.add_argument("--seed", type=int, default=0, help="random: the seed")
+    p.add_argument("--validation", type=int, help="how many of the chosen images validate (the template's split column; the "
+                   "others train): default a quarter, at least 1 from 3 images")
     p.add_argument("--out", default="choose.csv", help="the annotation template (the CSV prepare custom reads); a contact sheet "
                    "PNG is written beside it")  # fmt: skip
 
@@ -170,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: list[str]) -> int:
+    if argv[:1] == ["prepare"] and len(argv) > 2 and argv[1] in DATASET_KINDS and {"-h", "--help"} & set(argv[2:]):
+        print(prepare_help(argv[1]))
+        return 0
     if argv and argv[0] in TRAINING:
         import importlib
 

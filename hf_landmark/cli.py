@@ -59,6 +59,10 @@ def _cmd_prepare(args) -> int:
         raise UserInputError(f"--annotations, --landmarks, --drop-incomplete and --coco-origin are for prepare custom, not {args.kind}")
     if args.split_counts and args.kind == "images":
         raise UserInputError("--split-counts: prepare images makes only an unlabeled split")
+    if args.holdout and args.kind != "images":
+        raise UserInputError("--holdout is for prepare images (prepare custom keeps the rows whose split is test out of the pool)")
+    if args.kind == "images":
+        kwargs.update(holdout=args.holdout, seed=args.seed)
     if args.split_counts:
         try:
             counts = [int(v) if v.strip() not in ("", "rest") else None for v in args.split_counts.split(",")]
@@ -342,7 +346,7 @@ def _cmd_select(args) -> int:
     from .data.prepared import require_split
     from .evaluation import predict_split
     from .pipeline_landmark import load_detector
-    from .selection import choose, contact_sheet, coverage_score, pooled_features
+    from .selection import choose, contact_sheet, coverage_score, pool_outliers, pooled_features, represented
 
     if args.num < 1:
         raise UserInputError(f"--num: must be at least 1, got {args.num}")
@@ -371,7 +375,8 @@ def _cmd_select(args) -> int:
         radii = processor.radii(pred["spread"])
         radius = (radii if radii is not None else pred["spread"]).mean(axis=1)
         uncertainty = (np.array([f != "ok" for f in pred["flags"]]), radius)
-    chosen = choose(args.strategy, ids, args.num, features, args.seed, uncertainty)
+    outliers = pool_outliers(features, data.images[:, 0].numpy()) if features is not None else {}
+    chosen = choose(args.strategy, ids, args.num, features, args.seed, uncertainty, excluded=outliers)
     names = (read_landmark_names(args.landmarks) if args.landmarks else None) or (
         model.config.landmark_names if args.strategy == "uncertainty" else None) or info.get("landmark_names") or []  # fmt: skip
     if not names:
@@ -379,7 +384,14 @@ def _cmd_select(args) -> int:
     files = info.get("files", {})
     shown = pool_split.select(chosen)
     items = [{"file": files.get(ids[i], ids[i]), "landmarks": None, "width": w, "height": h} for i, (w, h) in zip(chosen, shown["original_size"])]
-    write_csv(items, names, args.out)
+    # The split of each row, in the template: the last --validation chosen images validate (the
+    # first chosen represent the pool best), the images prepare images held out test.
+    n_val = _validation_count(args.validation, len(items))
+    for k, item in enumerate(items):  # (with none to validate, prepare custom --split-counts splits them)
+        item["split"] = ("validation" if k >= len(items) - n_val else "train") if n_val else None
+    held_out = list(info.get("held_out") or [])
+    rows = items + [{"file": f, "landmarks": None, "split": "test"} for f in held_out]
+    write_csv(rows, names, args.out)
     # The same list for each tool, to import the images to annotate there.
     stem = os.path.splitext(args.out)[0]
     tool_files = {"cvat": stem + ".cvat.xml", "labelstudio": stem + ".labelstudio.json", "coco": stem + ".coco.json",
@@ -387,11 +399,17 @@ def _cmd_select(args) -> int:
     for kind, path in tool_files.items():
         write_annotations(kind, items, names, path, image_root=info.get("root", "."))
     # The contact sheet shows the chosen images as prepared (their full stored size), not the model's small copies.
+    why = [f"represents {r} of {len(ids)}" for r in represented(features, chosen)] if features is not None else None
     sheet = contact_sheet(load_tensors(shown, shown[0]["image"].size[0]).images, [it["file"] for it in items],
-                          os.path.splitext(args.out)[0] + "_sheet.png")  # fmt: skip
+                          os.path.splitext(args.out)[0] + "_sheet.png", notes=why)  # fmt: skip
     where = f" (under {info['root']})" if info.get("root") else ""
-    print(f"chose {len(chosen)} of {len(ids)} {args.split} images by {args.strategy}{where}: " + ", ".join(it["file"] for it in items[:10])
-          + (" ..." if len(items) > 10 else ""))  # fmt: skip
+    print(f"chose {len(chosen)} of {len(ids)} {args.split} images by {args.strategy}{where}:")
+    for k, item in enumerate(items):
+        print(f"  {k + 1}. {item['file']}" + (f" ({item['split']})" if item["split"] else "") + (f": the closest chosen image to {why[k][11:]} pool images" if why else ""))
+    for i, reason in outliers.items():
+        print(f"  not chosen: {files.get(ids[i], ids[i])}: {reason}" + (" (taken only because nothing else was left)" if i in chosen else ""))
+    if held_out:
+        print(f"  and the {len(held_out)} images held out by prepare images, as split test (annotate them too, to test on)")
     if features is not None:
         first = choose("first", ids, args.num)
         print(f"coverage of the pool (mean similarity to the closest chosen image): {coverage_score(features, chosen):.4f}, "
@@ -399,6 +417,15 @@ def _cmd_select(args) -> int:
     print(f"wrote the annotation template {args.out} ({len(names)} landmarks), the same list for the tools "
           f"({', '.join(tool_files.values())}) and the contact sheet {sheet}")  # fmt: skip
     return 0
+
+
+def _validation_count(asked: int | None, chosen: int) -> int:
+    """How many chosen images validate: ``asked``, else a quarter (at least one from 3 images on)."""
+    if asked is None:
+        return int(chosen / 4 + 0.5) if chosen >= 3 else 0
+    if not 0 <= asked < chosen:
+        raise UserInputError(f"--validation: {asked} of {chosen} chosen images would leave none to train on")
+    return asked
 
 
 def _cmd_annotate(args) -> int:

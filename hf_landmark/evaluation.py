@@ -97,9 +97,13 @@ def calibrate_processor(model, processor, calibration: LandmarkTensors, referenc
         scale = calibration.original_sizes.double().numpy()[:, None, :] / processor.size  # original px per model px
         offsets, held_out = mean_offsets((cal["coords"] - truth) / scale, offset_images)
         processor.set_landmark_offsets(offsets, stage)
-        corrected = cal["coords"] - held_out * scale
+        # As the processor applies them: clamped to the centres of the model's edge pixels.
+        low, high = 0.5 * scale - 0.5, (processor.size - 0.5) * scale - 0.5
+        shifted = cal["coords"] - held_out * scale
+        corrected = np.clip(shifted, low, high)
+        clamped = int(np.sum(np.any((shifted < low) | (shifted > high), axis=-1)))
         before, after = compute_metrics(cal["coords"], calibration, model.config), compute_metrics(corrected, calibration, model.config)
-        offsets_report = {"images": offset_images, "stage": stage, "model_px": offsets.tolist(),
+        offsets_report = {"images": offset_images, "stage": stage, "model_px": offsets.tolist(), "clamped_landmarks": clamped,
                           "leave_one_out": {"unit": after["unit"], "mre_without": before["mre"], "mre_with": after["mre"],
                                             "sdr_without": before["sdr"], "sdr_with": after["sdr"]}}  # fmt: skip
         cal["coords"] = corrected

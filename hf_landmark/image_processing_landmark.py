@@ -230,7 +230,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
     def _offset(self, coords: torch.Tensor, stage: str) -> torch.Tensor:
         if self.landmark_offsets is None or stage != self.landmark_offsets_stage:
             return coords
-        return coords - torch.as_tensor(self.landmark_offsets, dtype=coords.dtype, device=coords.device)
+        # A correction never carries a landmark off the picture: the centres of its edge pixels bound it.
+        moved = coords - torch.as_tensor(self.landmark_offsets, dtype=coords.dtype, device=coords.device)
+        return moved.clamp(0.0, self.size - 1.0)
 
     def set_landmark_offsets(self, offsets, stage: str = "refined") -> None:
         """Set (and check) the per-landmark offsets ``[N, 2]`` (model pixels) subtracted from

@@ -48,7 +48,6 @@ def _refused(capsys, folder, *parts):
         ({2: "im2.png,12,nan,22,28,train"}, ["lm.csv:4 (im2.png)", "landmark 'tip' y = 'nan' is not a finite number"]),
         ({2: "im2.png,12,,22,28,train"}, ["lm.csv:4 (im2.png)", "landmark 'tip' has no y coordinate"]),
         ({3: "im3.png,13,8,abc,27,validation"}, ["lm.csv:5 (im3.png)", "landmark 'base' x = 'abc' is not a number"]),
-        ({4: "im4.png,14,9,24,26,"}, ["lm.csv", "split is given for 5 of 6 annotated images but empty at", "lm.csv:6 (im4.png)"]),
         ({4: "im4.png,14,9,24,26,val"}, ["lm.csv:6 (im4.png)", "unknown split 'val'"]),
         ({5: "im0.png,15,10,25,25,test"}, ["lm.csv:7 (im0.png)", "listed twice (first at", "lm.csv:2 (im0.png)"]),
         ({1: "im1.png,11,6,60,29,train"}, ["im1.png", "landmark 'base' at (60, 29) outside the 50x40 image", "--outside-image"]),
@@ -147,10 +146,12 @@ def test_a_folder_with_4_of_11_annotated_prepares_a_pool_and_pretraining_uses_it
         out = tmp_path / f"choose-{len(capsys_out)}.csv"
         assert cli(["select", "--dataset", str(tmp_path / "prep"), "--num", "3", "--features", str(features), "--out", str(out)]) == 0
         lines = out.read_text().splitlines()
-        assert lines[0] == "image,tip_x,tip_y,base_x,base_y" and len(lines) == 4
+        assert lines[0] == "image,tip_x,tip_y,base_x,base_y,split" and len(lines) == 4
         chosen = [ln.split(",")[0] for ln in lines[1:]]
         assert set(chosen) <= {"img04.png", "img05.png", "img06.png", "img07.png", "more/img08.png", "more/img09.png", "more/img10.png"}
-        assert all(ln.endswith(",,,,") for ln in lines[1:]) and (tmp_path / f"choose-{len(capsys_out)}_sheet.png").is_file()
+        # 3 chosen: the last of them validates (a quarter, at least one), the first two train.
+        assert [ln.split(",", 1)[1] for ln in lines[1:]] == [",,,,train", ",,,,train", ",,,,validation"]
+        assert (tmp_path / f"choose-{len(capsys_out)}_sheet.png").is_file()
         # The same list for each tool: the chosen images, nothing annotated yet.
         from hf_landmark.data.formats import read_annotation_file
 
@@ -163,10 +164,10 @@ def test_a_folder_with_4_of_11_annotated_prepares_a_pool_and_pretraining_uses_it
     template = (tmp_path / "choose-0.csv").read_text().splitlines()
     filled = [template[0]] + [row.replace(",,,,", ",3,4,10,12") for row in template[1:]]
     (tmp_path / "choose-0.csv").write_text("\n".join(filled) + "\n")
-    dd2, _ = prepare("custom", tmp_path / "xrays", None, image_size=32, annotations=tmp_path / "choose-0.csv", split_counts=(2, 1, 0),
-                     allow_empty_splits=True)  # fmt: skip
+    dd2, _ = prepare("custom", tmp_path / "xrays", None, image_size=32, annotations=tmp_path / "choose-0.csv", allow_empty_splits=True)
     assert {s: len(dd2[s]) for s in dd2} == {"train": 2, "validation": 1, "unlabeled": 8}
-    assert sorted([*dd2["train"]["image_id"], *dd2["validation"]["image_id"]]) == sorted(c.removesuffix(".png") for c in capsys_out[0])
+    chosen_ids = [c.removesuffix(".png") for c in capsys_out[0]]
+    assert sorted(dd2["train"]["image_id"]) == sorted(chosen_ids[:2]) and dd2["validation"]["image_id"] == chosen_ids[2:]
 
 
 def test_facility_location_picks_the_images_that_represent_the_pool():
@@ -186,3 +187,16 @@ def test_facility_location_picks_the_images_that_represent_the_pool():
     # By hand: orthogonal groups have similarity (1 + 0) / 2 = 0.5, the same group ~1.
     assert coverage_score(feats, facility_location(feats, 3)) == pytest.approx(1.0, abs=1e-3)
     assert coverage_score(feats, [0]) == pytest.approx((5 * 1.0 + 5 * 0.5) / 10, abs=1e-3)
+
+
+def test_a_later_rounds_rows_without_a_split_train_and_unannotated_test_rows_stay_out_of_the_pool(images, capsys):
+    # Round two: im4 was annotated from the model's proposals (its split cell empty); im5 is a
+    # held-out test image not annotated yet; validation and test stay what round one made them.
+    (images / "lm.csv").write_text(_rows(override={4: "im4.png,14,9,24,26,", 5: "im5.png,,,,,test"}))
+    assert _prepare(images, images / "lm.csv") == 2
+    _refused(capsys, images, "the test split would be empty", "1 test rows of the file are not annotated yet")
+    assert _prepare(images, images / "lm.csv", "--allow-empty-splits") == 0
+    out = capsys.readouterr().out
+    assert "split to train: 1: im4.png" in out and "held out: 1: im5.png" in out
+    dd = load_prepared(images / "out")
+    assert {s: sorted(d["image_id"]) for s, d in dd.items()} == {"train": ["im0", "im1", "im2", "im4"], "validation": ["im3"]}

@@ -183,3 +183,18 @@ def test_landmark_offsets_move_the_stage_they_were_measured_on_and_are_saved(tmp
         loaded.set_landmark_offsets([[0, 0]] * 3)
     with pytest.raises(ValueError, match="'refined' or 'first'"):
         loaded.set_landmark_offsets(None, "final")
+
+
+def test_landmark_offsets_never_carry_a_landmark_off_the_picture():
+    processor = LandmarkImageProcessor(size=32, landmark_names=["menton", "sella"], loss="contour", sigma=1.0)
+    # Menton decoded near the bottom edge (model y 30.0), Sella in the middle.
+    outputs = LandmarkDetectorOutput(heatmaps=_bump_logits(32, [(16.0, 30.0), (10.0, 12.0)]))
+    before, _ = processor.post_process_coordinates(outputs, [[64, 300]], decoder="argmax")
+    # An offset of -3 model pixels in y would put Menton at model y 33, below the last row (31).
+    processor.set_landmark_offsets([[0.0, -3.0], [0.0, -3.0]], "first")
+    after, _ = processor.post_process_coordinates(outputs, [[64, 300]], decoder="argmax")
+    # Sella moves the full 3 model px = 3 * 300 / 32 original px; Menton stops at the centre of
+    # the last model row: (31 + 0.5) * 300 / 32 - 0.5 = 294.78125 original px, inside the 300-px image.
+    assert after[0, 1, 1] - before[0, 1, 1] == pytest.approx(3 * 300 / 32)
+    assert after[0, 0, 1] == pytest.approx(294.78125) and before[0, 0, 1] == pytest.approx(30.5 * 300 / 32 - 0.5)
+    assert after[0, 0, 0] == pytest.approx(before[0, 0, 0])

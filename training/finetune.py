@@ -78,7 +78,7 @@ from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
 from hf_landmark.backbones import IMAGENET_PIXEL_RANGE, SSL_METHODS, read_pretraining_info, resolve_ddpm_folder
 from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine, random_gamma
-from hf_landmark.data.prepared import UNLABELED, require_split
+from hf_landmark.data.prepared import UNLABELED, common_spacing, require_split
 from hf_landmark.data.specs import get_spec, unit_config
 from hf_landmark.errors import UserInputError, hub_load_error, require_folder_or_repo, resolve_folder_or_repo
 from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predict_tensors
@@ -481,8 +481,9 @@ def finetune(args: FinetuneArguments) -> dict:
     train_split = require_split(dataset, "train", args.dataset)
     val_split = require_split(dataset, "validation", args.dataset + " (fine-tuning selects its model on it)")
     first = train_split[0]
-    # Hand spacing differs per image (wrist convention), so only a fixed spacing goes in the config.
-    spacing = first["spacing"] if get_spec(first["dataset"]).unit_convention == "spacing" and first["dataset"] != "custom" else None
+    # Only a spacing that every labeled image shares goes in the config (hand: the wrist
+    # convention gives each image its own; custom data: the annotation file's, where it is one).
+    spacing = common_spacing(train_split, val_split) if get_spec(first["dataset"]).unit_convention == "spacing" else None
     model = build_model(args, len(first["landmark_names"]), first["landmark_names"], first["dataset"], spacing)
     processor = LandmarkImageProcessor.from_model_config(model.config)
     size = model.config.image_size

@@ -518,16 +518,18 @@ def coordinate_cell(v: float) -> str:
 
 
 def write_csv(items, names: Sequence[str], path) -> None:
-    """The CSV ``prepare custom`` reads; an image without landmarks is a row of empty cells."""
+    """The CSV ``prepare custom`` reads; an image without landmarks is a row of empty cells;
+    a ``split`` column where an item has one."""
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image", *[f"{n}_{a}" for n in names for a in "xy"]])
+    with_split = any(item.get("split") for item in items)
+    writer.writerow(["image", *[f"{n}_{a}" for n in names for a in "xy"], *(["split"] if with_split else [])])
     for item in items:
         lm = item.get("landmarks")
         cells = [""] * (2 * len(names)) if lm is None else [coordinate_cell(v) for p in lm for v in p]
-        writer.writerow([item["file"], *cells])
+        writer.writerow([item["file"], *cells, *([item.get("split") or ""] if with_split else [])])
     _write_text(buf.getvalue(), path)
 
 

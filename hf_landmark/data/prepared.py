@@ -86,6 +86,11 @@ class ConversionReport:
     incomplete: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    #: images kept out of every split to test on later (``prepare images --holdout``), or test
+    #: rows of an annotation file that are not annotated yet (left out, never the pool)
+    held_out: list[str] = field(default_factory=list)
+    #: annotated rows without a split in a file that gives splits (a later round's labels)
+    split_to_train: list[str] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -95,7 +100,7 @@ class ConversionReport:
         lines = [f"dataset: {self.dataset}", f"images found: {self.images_found}" + (f" (expected {self.expected_images})" if self.expected_images else "")]
         lines.append(f"annotated images used: {self.annotated}")
         for key in ("images_without_annotations", "annotations_without_images", "wrong_coordinate_counts", "outside_image",
-                    "clamped_at_border", "incomplete", "skipped", "excluded"):  # fmt: skip
+                    "clamped_at_border", "incomplete", "skipped", "excluded", "held_out", "split_to_train"):  # fmt: skip
             items = getattr(self, key)
             if items:
                 shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
@@ -292,3 +297,19 @@ def split_by_counts(ids: Sequence[str], counts: Iterable[int | None]) -> dict[st
             out[i] = split
         start = end
     return out
+
+
+def common_spacing(*splits):
+    """The spacing ``[sx, sy]`` (mm per original pixel) that every image of ``splits`` has,
+    or ``None`` when one has none or two differ (by more than 1e-6 of it): the one spacing a
+    detector trained on them may assume for an image that brings none."""
+    found = None
+    for split in splits:
+        for spacing in split["spacing"]:
+            if spacing is None:
+                return None
+            if found is None:
+                found = [float(v) for v in spacing]
+            elif not np.allclose(spacing, found, rtol=1e-6, atol=0):
+                return None
+    return found

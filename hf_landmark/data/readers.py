@@ -277,7 +277,7 @@ def read_custom(
             entry.landmarks = None
         else:
             annotated_entries.append(entry)
-    _check_custom_splits(annotated_entries, annotations)
+    _check_custom_splits(annotated_entries, annotations, report)
     records, listed = [], set()
     for entry in entries:
         path = root / entry.file
@@ -289,6 +289,9 @@ def read_custom(
             report.annotations_without_images.append(entry.file)
             continue
         listed.add(path.resolve())
+        if entry.landmarks is None and entry.split == "test":
+            report.held_out.append(entry.file)  # kept for testing: never the pool, not annotated yet
+            continue
         split = UNLABELED if entry.landmarks is None else entry.split or ""
         records.append(Record(str(path), _image_id(path, root), entry.landmarks, split, entry.spacing or _dicom_spacing(path)))
     unannotated = [p for p in files if p.resolve() not in listed]
@@ -306,27 +309,59 @@ def read_custom(
     return (_assign(labeled, split_counts, report) if labeled else []) + pool, names, report
 
 
-def _check_custom_splits(entries, path: Path) -> None:
-    given = [e for e in entries if e.split]
-    if given and len(given) != len(entries):
-        missing = [e.where for e in entries if not e.split]
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DatasetFormatError(
-            f"{path}: the split is given for {len(given)} of {len(entries)} annotated images but empty at {shown}; "
-            "fill it for every annotated image (train, validation or test) or leave it out entirely"
-        )
-    for e in given:
-        if e.split not in SPLITS:
+def _check_custom_splits(entries, path: Path, report: ConversionReport) -> None:
+    """Check the ``split`` cells of the annotated ``entries``. Where some give one, an annotated
+    row whose split is empty joins ``train`` (listed in the report): a later round's labels
+    (``annotate --model`` adds such rows) train the next model, and the validation and test
+    images stay those of the first round, so that rounds compare."""
+    for e in entries:
+        if e.split and e.split not in SPLITS:
             raise DatasetFormatError(f"{e.where}: unknown split {e.split!r}; use train, validation or test")
+    if any(e.split for e in entries):
+        for e in entries:
+            if not e.split:
+                e.split = "train"
+                report.split_to_train.append(e.file)
 
 
-def read_images(root: str | os.PathLike, skip_bad: bool = False):
+def read_images(root: str | os.PathLike, skip_bad: bool = False, holdout: int | str | os.PathLike | None = None, seed: int = 0):
     """Every image under ``root`` (recursive; PNG, JPEG, BMP, TIFF, DICOM), all in the
-    ``unlabeled`` split: a pool to pre-train on and to choose the images to annotate from."""
+    ``unlabeled`` split: a pool to pre-train on and to choose the images to annotate from.
+
+    ``holdout``: images kept out of the pool from the start, to test on once annotated (no
+    pre-training, selection or self-training sees them): a number (drawn at random with
+    ``seed``) or a text file listing them (paths under ``root``, one per line). They are
+    listed in the report (``held_out``); ``hf-landmark select`` adds them to its template
+    with the split ``test``."""
     root = Path(root)
     files = _image_files(root)
     report = ConversionReport(dataset="images", images_found=len(files))
-    return [Record(str(p), _image_id(p, root), None, UNLABELED, _dicom_spacing(p)) for p in files], [], report
+    names = [p.relative_to(root).as_posix() for p in files]
+    held = set(_holdout_files(holdout, names, seed))
+    report.held_out = sorted(held)
+    kept = [p for p, n in zip(files, names) if n not in held]
+    return [Record(str(p), _image_id(p, root), None, UNLABELED, _dicom_spacing(p)) for p in kept], [], report
+
+
+def _holdout_files(holdout, names: list[str], seed: int) -> list[str]:
+    """The images ``holdout`` names: a count drawn from ``names`` with ``seed``, or a list file."""
+    if holdout is None or holdout == 0:
+        return []
+    text = str(holdout).strip()
+    if text.isdigit():
+        count = int(text)
+        if count >= len(names):
+            raise DatasetFormatError(f"--holdout {count}: the folder has only {len(names)} images; keep some for the pool")
+        rng = np.random.default_rng(seed)
+        return sorted(names[i] for i in rng.choice(len(names), size=count, replace=False))
+    path = Path(text)
+    if not path.is_file():
+        raise DatasetFormatError(f"--holdout {text}: neither a number of images nor a file listing them")
+    listed = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip() and not ln.startswith("#")]
+    unknown = [n for n in listed if n not in set(names)]
+    if unknown:
+        raise DatasetFormatError(f"{path}: {len(unknown)} listed image(s) are not under the folder: {', '.join(unknown[:5])}")
+    return listed
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -393,6 +428,7 @@ def prepare(
         raise DatasetFormatError(
             f"{root}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty ({sizes} of {len(labeled)} "
             "annotated images); give --split-counts TRAIN,VAL[,TEST] (e.g. 26,6,8) or --allow-empty-splits"
+            + (f" ({len(report.held_out)} test rows of the file are not annotated yet: annotate them to test on)" if report.held_out else "")
         )
     dataset_name = "custom" if kind in ("custom", "images") else kind
     cache = tempfile.mkdtemp(prefix="hf-landmark-prepare-")
@@ -404,6 +440,7 @@ def prepare(
         info = {"kind": kind, "image_size": image_size, "landmark_names": names}
         if kind in ("custom", "images"):  # where each image came from, for annotation templates (hf-landmark select)
             info.update(root=str(Path(root).resolve()), files={r.image_id: Path(r.image_path).relative_to(root).as_posix() for r in records})
+            info["held_out"] = list(report.held_out)
         save_prepared(dd, out_dir, report, info=info)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
