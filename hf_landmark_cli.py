@@ -68,6 +68,8 @@ def add_prepare_flags(p: argparse.ArgumentParser, kind: str | None = None) -> No
         p.add_argument("--landmarks", help="custom: landmark names, in order (comma-separated, or a text file with one per line); "
                        "default: the annotation file's")
         p.add_argument("--coco-origin", choices=["corner", "center"], help="custom, COCO files: where pixel (0, 0) is (tools differ)")
+        p.add_argument("--accept-predictions", action="store_true",
+                       help="custom, Label Studio files: take tasks' predictions (pre-annotations) that no one submitted as labels")
         p.add_argument("--drop-incomplete", action="store_true",
                        help="custom: a partly annotated image joins the unlabeled pool (listed) instead of being an error")  # fmt: skip
     if on(*labeled):

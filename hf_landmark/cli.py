@@ -54,6 +54,7 @@ def _cmd_prepare(args) -> int:
             raise UserInputError("--annotations: prepare custom needs the landmark file (CSV, JSON, a tool's export); "
                                  "for a folder without annotations use prepare images")  # fmt: skip
         kwargs.update(annotations=args.annotations, drop_incomplete=args.drop_incomplete, coco_origin=args.coco_origin,
+                      accept_predictions=args.accept_predictions,
                       landmarks=read_landmark_names(args.landmarks) if args.landmarks else None)  # fmt: skip
     elif args.annotations or args.landmarks or args.drop_incomplete or args.coco_origin:
         raise UserInputError(f"--annotations, --landmarks, --drop-incomplete and --coco-origin are for prepare custom, not {args.kind}")
@@ -221,7 +222,14 @@ def _cmd_predict(args) -> int:
                     writer.writerow([image, i + 1, *(p.get(c, "") for c in columns)])
     if args.format:
         written = write_predictions_for_tool(args, results)
-        print(f"wrote the predictions as {args.format} to {written}; correct them in the tool, then prepare custom --annotations {written}")
+        if args.format == "labelstudio":
+            from .data.formats import labelstudio_config_path
+
+            print(f"wrote the predictions as Label Studio tasks to {written} and their labeling config to "
+                  f"{labelstudio_config_path(written)}: paste the config into the project (Settings > Labeling Interface > "
+                  "Code), import the tasks, correct and submit each, export JSON, then prepare custom --annotations <export>")  # fmt: skip
+        else:
+            print(f"wrote the predictions as {args.format} to {written}; correct them in the tool, then prepare custom --annotations {written}")
     low = sorted(image for image, flag in flags.items() if flag != "ok")
     if low:
         print(f"{len(low)} image(s) flagged low_confidence (unlike the training images; check them by hand): " + ", ".join(low[:10]))

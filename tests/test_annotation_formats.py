@@ -166,17 +166,39 @@ def test_partly_annotated_rows_and_border_points(folder, capsys):
     assert "splits: train 1, validation 0, test 0, unlabeled 2" in out
 
 
-def test_predict_format_cvat_reads_back_through_prepare_custom(folder, tmp_path_factory):
+@pytest.mark.parametrize("kind", ["csv", "json", "cvat", "coco", "labelstudio", "labelme"])
+def test_predict_in_each_format_reads_back_through_prepare_custom(folder, tmp_path_factory, capsys, kind):
+    """predict --format KIND, then exactly the command it prints (Label Studio: its tasks hold
+    predictions, which prepare custom refuses as labels unless told, and the labeling config
+    beside them names the same from_name / to_name and labels)."""
     from hf_landmark import LandmarkConfig, LandmarkDetector
+    from hf_landmark.data.formats import labelstudio_config_path
 
     model = tmp_path_factory.mktemp("m") / "model"
     LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=NAMES)).save_pretrained(model)
     for name in ("a.png", "b.png"):  # larger images, so that predictions are not on a 2-px grid
         Image.fromarray((np.random.default_rng(len(name)).random((40, 30)) * 255).astype(np.uint8)).save(folder / name)
+    written = folder / ("pred_labelme" if kind == "labelme" else f"pred.{kind}")
     assert cli(["predict", str(folder / "a.png"), str(folder / "b.png"), "--model", str(model), "--output", str(folder / "p.json"),
-                "--format", "cvat", "--format-output", str(folder / "pred.xml")]) == 0  # fmt: skip
+                "--format", kind, "--format-output", str(written), "--coco-origin", "corner"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
     predicted = json.loads((folder / "p.json").read_text())["predictions"]
-    dd, _ = prepare("custom", folder, None, image_size=8, annotations=folder / "pred.xml", split_counts=(1, 1, 0), allow_empty_splits=True)
+    command = ["prepare", "custom", "--root", str(folder), "--annotations", str(written), "--out", str(folder / "again"), "--image-size",
+               "8", "--split-counts", "1,1,0", "--allow-empty-splits", "--coco-origin", "corner"]  # fmt: skip
+    if kind == "labelstudio":
+        config = labelstudio_config_path(written).read_text()
+        assert '<KeyPointLabels name="kp" toName="image"' in config and '<Image name="image" value="$image"' in config
+        assert '<Label value="tip"/>' in config and '<Label value="base"/>' in config and str(labelstudio_config_path(written)) in printed
+        task = json.loads(written.read_text())[0]["predictions"][0]["result"][0]
+        assert (task["from_name"], task["to_name"]) == ("kp", "image")
+        assert cli(command) == 2
+        err = capsys.readouterr().err
+        assert "hold only a model's predictions" in err and "--accept-predictions" in err and not (folder / "again").exists()
+        command.append("--accept-predictions")
+    else:
+        assert f"prepare custom --annotations {written}" in printed
+    assert cli(command) == 0
+    dd = load_prepared(folder / "again")
     back = {row["image_id"]: row["landmarks"] for split in ("train", "validation") for row in dd[split]}
     for name in ("a", "b"):
         expected = [[p["x"], p["y"]] for p in predicted[str(folder / f"{name}.png")]]

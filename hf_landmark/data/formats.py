@@ -71,7 +71,8 @@ def _sniff(path: Path):
     return "json", data
 
 
-def read_annotation_file(path, root=None, landmarks: Sequence[str] | None = None, coco_origin: str | None = None):
+def read_annotation_file(path, root=None, landmarks: Sequence[str] | None = None, coco_origin: str | None = None,
+                         accept_predictions: bool = False):  # fmt: skip
     """``(entries, landmark names)`` of any supported annotation file or labelme folder.
     ``root``: the image folder that relative names refer to. ``landmarks``: the names, in
     order, when the file's own are not wanted (a subset or another order)."""
@@ -84,7 +85,7 @@ def read_annotation_file(path, root=None, landmarks: Sequence[str] | None = None
     elif kind == "cvat":
         entries, names = _read_cvat(path)
     elif kind == "labelstudio":
-        entries, names = _read_labelstudio(path, data, Path(root) if root else None)
+        entries, names = _read_labelstudio(path, data, Path(root) if root else None, accept_predictions)
     elif kind == "labelme":
         entries, names = _read_labelme(path, Path(root) if root else path)
     else:
@@ -323,9 +324,22 @@ def _labelstudio_file(task: dict, root: Path | None) -> str | None:
     return candidates[-1] if candidates else None
 
 
-def _read_labelstudio(path: Path, tasks: list, root: Path | None):
+def _read_labelstudio(path: Path, tasks: list, root: Path | None, accept_predictions: bool = False):
+    """Label Studio's JSON export. A task's last submitted annotation counts; its predictions
+    (pre-annotations a person has not submitted) count only with ``accept_predictions``, and
+    a file that holds predictions and no annotation at all is refused without it, saying how
+    to go on: such a file is ``predict --format labelstudio``'s, not yet corrected."""
     names: list[str] = []
     parsed = []
+    annotated = sum(bool([a for a in t.get("annotations") or [] if not a.get("was_cancelled")]) for t in tasks if isinstance(t, dict))
+    predicted = sum(bool(t.get("predictions")) for t in tasks if isinstance(t, dict))
+    if not annotated and predicted and not accept_predictions:
+        raise DatasetFormatError(
+            f"{path}: its {predicted} task(s) hold only a model's predictions (pre-annotations), no annotation a person "
+            f"submitted: import it into Label Studio with the labeling config {labelstudio_config_path(path)} (predict writes "
+            "it beside the tasks), correct and submit each task, export JSON and give that export; or pass "
+            "--accept-predictions to take the predictions as they are"
+        )
     for k, task in enumerate(tasks):
         where = f"{path}: task[{k}] (id {task.get('id')})" if isinstance(task, dict) else f"{path}: task[{k}]"
         if not isinstance(task, dict):
@@ -336,6 +350,8 @@ def _read_labelstudio(path: Path, tasks: list, root: Path | None):
         where = f"{where} ({file})"
         # The last submitted annotation counts; skipped (cancelled) ones and predictions do not.
         annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        if not annotations and accept_predictions:
+            annotations = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
         found: dict[str, tuple[float, float]] = {}
         if annotations:
             for r, result in enumerate(annotations[-1].get("result") or []):
@@ -379,6 +395,23 @@ def write_labelstudio(items, names: Sequence[str], path, model_version: str = "h
             task["predictions"] = [{"model_version": model_version, "score": item.get("score"), "result": result}]
         tasks.append(task)
     _write_text(json.dumps(tasks, indent=2, allow_nan=False) + "\n", path)
+    _write_text(labelstudio_config(names), labelstudio_config_path(path))
+
+
+def labelstudio_config_path(tasks_path) -> Path:
+    """Where the labeling config of a Label Studio tasks file goes: ``<stem>.config.xml`` beside it."""
+    tasks_path = Path(tasks_path)
+    return tasks_path.with_name(tasks_path.stem + ".config.xml")
+
+
+def labelstudio_config(names: Sequence[str]) -> str:
+    """The labeling config (Settings → Labeling Interface → Code) that the tasks' results
+    refer to: ``from_name="kp"``, ``to_name="image"``, one label per landmark."""
+    from xml.sax.saxutils import quoteattr
+
+    labels = "\n".join(f"    <Label value={quoteattr(n)}/>" for n in names)
+    return ('<View>\n  <Image name="image" value="$image" zoom="true" zoomControl="true"/>\n'
+            f'  <KeyPointLabels name="kp" toName="image" smart="false">\n{labels}\n  </KeyPointLabels>\n</View>\n')
 
 
 # --- labelme -----------------------------------------------------------------------------

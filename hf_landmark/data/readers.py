@@ -227,7 +227,7 @@ def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = F
 def read_custom(
     root: str | os.PathLike, annotations: str | os.PathLike, split_counts=None, val_fraction: float = 0.1,
     test_fraction: float = 0.2, skip_bad: bool = False, drop_incomplete: bool = False, landmarks: Sequence[str] | None = None,
-    coco_origin: str | None = None,
+    coco_origin: str | None = None, accept_predictions: bool = False,
 ):
     """A folder of images plus one annotation file: our CSV or JSON (the format is documented
     in the README, "Your own data"), or an export of CVAT, Label Studio, labelme or COCO
@@ -254,7 +254,8 @@ def read_custom(
     root, annotations = Path(root), Path(annotations)
     if not annotations.exists():
         raise DatasetFormatError(f"{annotations}: annotation file not found")
-    entries, names = read_annotation_file(annotations, root=root, landmarks=landmarks, coco_origin=coco_origin)
+    entries, names = read_annotation_file(annotations, root=root, landmarks=landmarks, coco_origin=coco_origin,
+                                          accept_predictions=accept_predictions)  # fmt: skip
     if not entries:
         raise DatasetFormatError(f"{annotations}: no images listed")
     files = _image_files(root)
