@@ -18,8 +18,10 @@ at every moment it is the previous version or the new one. Writers take an exclu
 (``fcntl.flock`` on a hidden ``.<name>.lock`` beside it) and re-read the file under it, so
 two pages on the same file never lose each other's images; on the *same* image the last
 save wins. Landmarks marked missing ("skip") are listed in a ``skipped`` column, which
-``prepare custom`` ignores (such an image is incomplete there: an error, or the pool with
-``--drop-incomplete``).
+``prepare custom`` ignores: an image with a landmark marked missing is incomplete, on the
+page (a reload opens on it) as in ``prepare custom`` (an error, or the pool with
+``--drop-incomplete``). A row this page adds to a file whose rows all share one spacing
+(``spacing_x`` / ``spacing_y``) gets that spacing too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -173,12 +176,22 @@ class AnnotationFile:
             header, rows = self._read_raw()
             row = next((r for r in rows if (r.get("image") or "").strip() == file), None)
             if row is None:
-                row = {"image": file}
+                row = {"image": file, **_shared_spacing(header, rows)}
                 rows.append(row)
             for n, (x, y) in zip(self.names, points):
                 row[f"{n}_x"], row[f"{n}_y"] = coordinate_cell(x), coordinate_cell(y)
             row[SKIPPED_COLUMN] = ";".join(n for n in self.names if n in skipped)
             self._write_raw(header, rows)
+
+
+def _shared_spacing(header, rows) -> dict:
+    """``{"spacing_x": ..., "spacing_y": ...}`` when every row of the file gives the same
+    spacing (an image added later comes from the same scanner), else nothing."""
+    cells = {(r.get("spacing_x") or "").strip() + "," + (r.get("spacing_y") or "").strip() for r in rows}
+    if "spacing_x" not in header or len(cells) != 1 or cells == {","}:
+        return {}
+    x, y = cells.pop().split(",")
+    return {"spacing_x": x, "spacing_y": y}
 
 
 # --- what to annotate -------------------------------------------------------------------
@@ -273,15 +286,27 @@ def _model_names(model: str | None) -> list[str]:
     return list(landmark_pipeline(model).model.config.landmark_names or [])
 
 
-def review_order(flags, radii, complete) -> list[int]:
-    """Images in the order to review them: incomplete before complete, then flagged (low
-    confidence) first, then by the largest calibrated radius, largest first."""
-    def key(i):
-        r = np.asarray(radii[i], dtype=np.float64)
-        r = r[np.isfinite(r)]
-        return (bool(complete[i]), not flags[i], -(float(r.max()) if r.size else 0.0), i)
+def review_scores(radii, sizes, scores) -> np.ndarray:
+    """How likely each image's predictions are wrong, to review the worst first: the mean over
+    its landmarks of the calibrated radius relative to the image's size and to that landmark's
+    median over the images (so every landmark weighs alike, whatever its usual radius); for a
+    model without radii, one minus the mean heatmap score. ``radii`` ``[M, N]`` original
+    pixels (NaN: none), ``sizes`` ``[M, 2]`` (W, H), ``scores`` ``[M, N]``."""
+    radii = np.asarray(radii, dtype=np.float64)
+    if radii.size and np.isfinite(radii).any():
+        relative = radii / np.asarray(sizes, dtype=np.float64).max(axis=1, keepdims=True)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            typical = np.nanmedian(relative, axis=0, keepdims=True)
+            score = np.nanmean(relative / np.where(typical > 0, typical, np.nan), axis=1)
+        return np.nan_to_num(score, nan=0.0)
+    return 1.0 - np.asarray(scores, dtype=np.float64).mean(axis=1)
 
-    return sorted(range(len(flags)), key=key)
+
+def review_order(scores, finished) -> list[int]:
+    """Images in the order to review them: those with work left first, the highest
+    :func:`review_scores` first; finished images last, in the same order."""
+    return sorted(range(len(scores)), key=lambda i: (bool(finished[i]), -float(scores[i]), i))
 
 
 # --- one page's work ----------------------------------------------------------------------
@@ -329,6 +354,11 @@ class AnnotationSession:
         return self.states[self.index]
 
     def complete(self, i: int) -> bool:
+        """Every landmark placed: what ``prepare custom`` takes as an annotated image."""
+        return bool(self.states[i].placed.all())
+
+    def finished(self, i: int) -> bool:
+        """Nothing left to do on the image: every landmark placed or marked missing."""
         s = self.states[i]
         return all(s.placed[k] or n in s.skipped for k, n in enumerate(self.names))
 
@@ -504,7 +534,10 @@ class AnnotationSession:
     def select_landmark(self, k: int) -> None:
         self.current = k
         pt = self.shown_points()[k]
-        self.zoom_centre = tuple(pt) if self.use_zoom and np.isfinite(pt).all() else self.zoom_centre
+        # The zoom follows the chosen landmark: on its point, else closed until the overview is clicked.
+        self.zoom_centre = tuple(pt) if self.use_zoom and np.isfinite(pt).all() else None
+        where = "click its new position" if np.isfinite(pt).all() else "click near it on the image"
+        self.message = f"{k + 1} {self.names[k]}: {where}" + (" (then the exact position in the zoom)." if self.use_zoom else ".")
 
     def next_landmark(self) -> None:
         self.current = (self.current + 1) % len(self.names)
@@ -520,22 +553,54 @@ class AnnotationSession:
         if not self.project.model:
             raise UserInputError("the review queue needs a model: open the images with one")
         n = len(self.project.files)
-        flags, radii = [], []
+        flags, radii, sizes, scores = [], [], [], []
         for i in range(n):
             if progress is not None:
                 progress((i, n), desc="predicting")
             preds = self.predictions(i)
             flags.append(preds[0].get("flag") == "low_confidence")
             radii.append([np.nan if p.get("radius") is None else p["radius"] for p in preds])
-        complete = [self.complete(i) for i in range(n)]
-        self.order = review_order(flags, radii, complete)
+            scores.append([p["score"] for p in preds])
+            sizes.append(self.image_size(i))
+        badness = review_scores(radii, sizes, scores)
+        finished = [self.finished(i) for i in range(n)]
+        self.order = review_order(badness, finished)
         self.pos = 0
         self._enter()
-        self.message = f"Review order: {sum(flags)} flagged image(s) first, then the largest radii."
-        self.review = [[k + 1, self.project.files[i], "low confidence" if flags[i] else "ok",
-                        _round(np.nanmax(radii[i]) if np.isfinite(radii[i]).any() else np.nan), "done" if complete[i] else ""]
+        todo = n - sum(finished)
+        self.message = (f"Review order: the {todo} image(s) with work left, the least certain predictions first (mean relative "
+                        f"radius), then the {n - todo} finished.")  # fmt: skip
+        self.review = [[k + 1, self.project.files[i], self.progress_label(i), _round(badness[i]), "low confidence" if flags[i] else ""]
                        for k, i in enumerate(self.order)]  # fmt: skip
         return self.review
+
+    def progress_label(self, i: int) -> str:
+        """``done`` (every landmark placed), ``in progress`` (some placed or marked missing) or empty."""
+        st = self.states[i]
+        return "done" if self.complete(i) else "in progress" if st.placed.any() or st.skipped else ""
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        from .preprocessing import image_size
+
+        w, h = image_size(self.project.root / self.project.files[i])
+        return int(w), int(h)
+
+    def thumbnail(self, i: int, side: int = 160) -> np.ndarray:
+        """Image ``i`` small, with the model's proposals (or the placed points) drawn on it."""
+        from .preprocessing import resize_image, to_uint8
+
+        img = self.image(i)
+        size, scale = display_scale(img.shape[1], img.shape[0], side=side)
+        rgb = Image.fromarray(to_uint8(resize_image(img, size)), mode="L").convert("RGB")
+        draw = ImageDraw.Draw(rgb)
+        preds = self.predictions(i) or []
+        st = self.states[i]
+        pts = np.where(st.placed[:, None], st.points, np.array([[p["x"], p["y"]] for p in preds]) if preds else np.nan)
+        for k, p in enumerate(pts):
+            if np.isfinite(p).all():
+                px, py = original_to_picture(p, scale)
+                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=_PLACED if st.placed[k] else _PROPOSED, outline=(0, 0, 0))
+        return np.asarray(rgb)
 
     # what the page shows
     def status(self) -> str:
@@ -549,6 +614,9 @@ class AnnotationSession:
                  f"### Landmark {k + 1} of {len(self.names)}: {self.names[k]}"]  # fmt: skip
         if self.complete(self.index):
             lines[1] += " · every landmark done here: **→** for the next image, or click a point to move it"
+        elif self.finished(self.index):
+            lines[1] += (" · nothing left to place, but a landmark marked missing leaves the image incomplete: prepare custom "
+                         "refuses it (or puts it in the pool with --drop-incomplete); **z** or the list to place it after all")
         if st.flag:
             lines.append("**The model flags this image as unlike its training images: check every proposal.**")
         if self.message:
@@ -601,8 +669,9 @@ class AnnotationSession:
                 continue
             colour = _PLACED if st.placed[k] else _UNSURE if st.unsure is not None and st.unsure[k] else _PROPOSED
             if self.show_radii and not st.placed[k] and st.radii is not None and np.isfinite(st.radii[k]):
-                r = st.radii[k] * sx
-                draw.ellipse([px - r, py - r, px + r, py + r], outline=(*_PROPOSED, 110), width=1)
+                r = st.radii[k] * sx  # two-tone: a dark halo under a light line reads on bone and on air alike
+                draw.ellipse([px - r, py - r, px + r, py + r], outline=(0, 0, 0, 200), width=4)
+                draw.ellipse([px - r + 1, py - r + 1, px + r - 1, py + r - 1], outline=(*_PROPOSED, 255), width=2)
             r = 4
             if cross:  # a crosshair with a gap, so the pixel itself stays visible
                 for a, b in (((px - 12, py), (px - 3, py)), ((px + 3, py), (px + 12, py)), ((px, py - 12), (px, py - 3)), ((px, py + 3), (px, py + 12))):
@@ -693,6 +762,8 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
                 overview = gr.Image(label="image (click near the landmark)", type="numpy", format="png", interactive=False, height=760,
                                     buttons=[], elem_id="annot-overview")  # fmt: skip
             with gr.Column(scale=2):
+                # Beside the image, so that choosing a landmark never scrolls the image away.
+                landmark = gr.Radio([], label="landmark", elem_id="annot-landmark")
                 zoom = gr.Image(label="zoom (click the exact position)", type="numpy", format="png", interactive=False, height=500,
                                 buttons=[], elem_id="annot-zoom")  # fmt: skip
                 with gr.Row():
@@ -711,17 +782,19 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
                     radii = gr.Checkbox(value=True, label="radii (r)", elem_id="annot-radii")
                 reference = gr.Image(label="where it is on a finished image", type="numpy", format="png", interactive=False, height=260,
                                      buttons=[], elem_id="annot-reference")  # fmt: skip
-        landmark = gr.Radio([], label="landmark", elem_id="annot-landmark")
+                gr.Markdown(_HELP, elem_id="annot-help")
         table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "status", "radius (px)"], label="this image", interactive=False,
                              elem_id="annot-table")
-        gr.Markdown(_HELP)
     with gr.Tab("Review", id="review"):
-        gr.Markdown("The model predicts every image; the queue puts images it flags as unlike its training images first, "
-                    "then the largest calibrated radii. The Annotate tab then walks the images in this order: accept or move "
-                    "each proposal, and the corrections go to the same file, ready for prepare custom and finetune again.")  # fmt: skip
+        gr.Markdown("The model predicts every image; the queue puts the images with work left first, the least certain "
+                    "predictions first (each landmark's calibrated radius relative to its usual one, averaged), and the "
+                    "finished images last. The Annotate tab then walks the images in this order: accept or move each "
+                    "proposal, and the corrections go to the same file, ready for prepare custom and finetune again.")  # fmt: skip
         rank = gr.Button("Rank the images, worst predictions first", elem_id="annot-rank")
-        queue = gr.Dataframe(headers=["#", "image", "flag", "largest radius (px)", "status"], label="review queue", interactive=False,
-                             elem_id="annot-queue")  # fmt: skip
+        queue = gr.Dataframe(headers=["#", "image", "status", "uncertainty (1 = typical)", "flag"], label="review queue",
+                             interactive=False, elem_id="annot-queue")  # fmt: skip
+        thumbnails = gr.Gallery(label="the queue, with the model's proposals (orange) and placed points (green)", columns=6,
+                                height=420, elem_id="annot-thumbnails", allow_preview=False)  # fmt: skip
 
     outputs = [state, status, overview, zoom, reference, landmark, table]
 
@@ -772,13 +845,15 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
             raise gr.Error("Open an image folder first (with a model).")
         try:
             rows = session.rank(progress)
+            pictures = [(session.thumbnail(i), f"{k + 1}. {session.project.files[i]} {session.progress_label(i)}".strip())
+                        for k, i in enumerate(session.order[:60])]  # fmt: skip
         except (UserInputError, ValueError, OSError) as err:
             raise gr.Error(str(err)) from err
-        return (*view(session), rows)
+        return (*view(session), rows, pictures)
 
     def on_queue(session, evt: gr.SelectData):
         def pick(s):
-            s.pos = int(evt.index[0])
+            s.pos = int(evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index)  # a table row or a thumbnail
             s._enter()
 
         return (*guarded(pick)(session), gr.Tabs(selected="annotate"))
@@ -800,8 +875,9 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
     landmark.input(guarded(lambda s, k: s.select_landmark(int(k))), [state, landmark], outputs)
     for box in (use_zoom, factor, radii):
         box.input(on_options, [state, use_zoom, factor, radii], outputs)
-    rank.click(on_rank, [state], [*outputs, queue])
+    rank.click(on_rank, [state], [*outputs, queue, thumbnails])
     queue.select(on_queue, [state], [*outputs, tabs])
+    thumbnails.select(on_queue, [state], [*outputs, tabs])
     demo.load(None, js=KEYBOARD_JS)
     if images and out:
         demo.load(do_open, [f_images, f_out, f_names, f_model, f_features], outputs)

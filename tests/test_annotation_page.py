@@ -287,24 +287,37 @@ def test_model_proposals_corrections_and_the_review_queue(tmp_path):
         ui.wait_status("Accepted 3 proposed landmark(s)")
         saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
         assert np.abs(saved[1:] - proposed["case0.png"][1:]).max() < 1e-3
-        # The review queue: the flagged image first, then the rest by their largest radius.
+        # case1 in progress: one landmark placed.
+        page.keyboard.press("ArrowRight")
+        ui.wait_status("case1.png")
+        ui.place(truth(1)[0], "Sella")
+        # The review queue: images with work left first, the least certain first; finished ones last.
         page.get_by_role("tab", name="Review").click()
         page.get_by_role("button", name="Rank the images, worst predictions first").click()
-        rows = ui.rows("annot-queue", "low confidence")
-        assert "tiny.png" in rows[0] and "low confidence" in rows[0]
+        rows = ui.rows("annot-queue", "done")
         assert "case0.png" in rows[-1] and "done" in rows[-1]  # complete images go last
+        assert any("case1.png" in r and "in progress" in r for r in rows[:2]) and any("tiny.png" in r and "low confidence" in r for r in rows)
+        page.wait_for_selector("#annot-thumbnails img")
+        assert page.locator("#annot-thumbnails img").count() == 3
         page.get_by_role("tab", name="Annotate").click()
-        ui.wait_status("review order")
-        assert "Image 1 of 3" in ui.status() and "tiny.png" in ui.status() and "unlike its training images" in ui.status()
+        ui.wait_status("Review order")
+        assert "Image 1 of 3" in ui.status() and rows[0].split()[1] in ui.status()
         page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
 
 
 def test_review_order():
-    # flagged first, then the largest radius; complete images last; NaN radii count as none.
-    flags = [False, True, False, False]
-    radii = [[1.0, 9.0], [2.0, 1.0], [np.nan, 12.0], [np.nan, np.nan]]
-    assert review_order(flags, radii, [False] * 4) == [1, 2, 0, 3]
-    assert review_order(flags, radii, [False, True, False, False]) == [2, 0, 3, 1]
+    from hf_landmark.annotation import review_scores
+
+    # Two landmarks on three 100-px images and one 200-px image. Landmark 1's radii are usually 10x
+    # landmark 0's; relative to each landmark's median, image 2 is the least certain: (2 + 1) / 2.
+    radii = [[1.0, 10.0], [1.0, 10.0], [2.0, 10.0], [2.0, 20.0]]
+    sizes = [[100, 80], [100, 90], [100, 100], [200, 150]]
+    np.testing.assert_allclose(review_scores(radii, sizes, np.zeros((4, 2))), [1.0, 1.0, 1.5, 1.0])
+    # A NaN radius counts as none; a model without radii ranks by its heatmap scores.
+    np.testing.assert_allclose(review_scores([[np.nan, 10.0], [1.0, 10.0]], [[100, 100]] * 2, np.zeros((2, 2))), [1.0, 1.0])
+    np.testing.assert_allclose(review_scores([[np.nan] * 2] * 2, [[10, 10]] * 2, [[0.9, 0.7], [0.2, 0.4]]), [0.2, 0.7])
+    # Work left first, the least certain first; finished images last.
+    assert review_order([1.0, 3.0, 2.0, 5.0], [False, False, False, True]) == [1, 2, 0, 3]
 
 
 def test_clicks_map_to_original_pixels():
