@@ -400,12 +400,12 @@ class AnnotationSession:
         """With the model's proposals, the zoom opens on the current landmark's proposal:
         one click there moves it, Enter accepts it."""
         st = self.state
-        if self.use_zoom and st.proposals is not None and not st.placed[self.current]:
+        if self.use_zoom and st.proposals is not None and not st.placed[self.current] and np.isfinite(st.proposals[self.current]).all():
             self.zoom_centre = tuple(st.proposals[self.current])
 
     def _matched_proposals(self) -> None:
         """Proposals from the first finished image, its landmarks matched into this one; a
-        match that does not map back to its landmark is marked unsure."""
+        match that does not map back to its landmark (not cycle-consistent) is not proposed."""
         from .matching import FeatureExtractor, match_images
 
         st = self.state
@@ -415,9 +415,12 @@ class AnnotationSession:
         if self.extractor is None:
             self.extractor = FeatureExtractor.from_ddpm(self.project.features)
         m = match_images(self.extractor, self.image(ref), self.states[ref].points, [self.image()])[0]
-        st.proposals, st.unsure = m["xy"], ~m["consistent"]
-        self.message = (f"Proposals matched from {self.project.files[ref]}; {int(st.unsure.sum())} unsure (their match does not map "
-                        "back to the landmark): check those first.")  # fmt: skip
+        # Only a match that maps back to its landmark is shown: a far-off proposal is worse than none.
+        consistent = np.asarray(m["consistent"], bool)
+        st.proposals = np.where(consistent[:, None], m["xy"], np.nan)
+        st.unsure = np.zeros(len(consistent), bool)
+        self.message = (f"Proposals matched from {self.project.files[ref]} for {int(consistent.sum())} of {len(consistent)} landmarks; "
+                        f"the other {int((~consistent).sum())} did not map back to their landmark and are not shown: place them.")  # fmt: skip
 
     def _next_todo(self, after: int) -> int:
         st, n = self.state, len(self.names)
@@ -508,7 +511,7 @@ class AnnotationSession:
     def accept_one(self) -> None:
         """Accept the model's proposal for the current landmark."""
         st, k = self.state, self.current
-        if st.proposals is None or st.placed[k] or self.names[k] in st.skipped:
+        if st.proposals is None or st.placed[k] or self.names[k] in st.skipped or not np.isfinite(st.proposals[k]).all():
             self.message = "No proposal to accept for this landmark."
             return
         self._remember(k)
@@ -523,7 +526,7 @@ class AnnotationSession:
         if st.proposals is None:
             self.message = "No model proposals to accept (open with a model)."
             return
-        todo = [k for k in range(len(self.names)) if not st.placed[k] and self.names[k] not in st.skipped]
+        todo = [k for k in range(len(self.names)) if not st.placed[k] and self.names[k] not in st.skipped and np.isfinite(st.proposals[k]).all()]
         for k in todo:
             self._remember(k)
             st.points[k], st.placed[k] = st.proposals[k], True
@@ -631,7 +634,7 @@ class AnnotationSession:
                 x, y, what = *st.points[k], "placed"
             elif n in st.skipped:
                 x, y, what = np.nan, np.nan, "missing"
-            elif st.proposals is not None:
+            elif st.proposals is not None and np.isfinite(st.proposals[k]).all():
                 x, y, what = *st.proposals[k], "proposed (unsure)" if st.unsure is not None and st.unsure[k] else "proposed"
             else:
                 x, y, what = np.nan, np.nan, ""

@@ -118,7 +118,7 @@ def test_match_command(ddpm_and_images, tmp_path):
 
 def test_annotation_proposals_matched_from_the_first_finished_image(ddpm_and_images, tmp_path):
     """annotate --features: once one image is finished, the next starts from its landmarks
-    matched into it; unsure ones (not cycle-consistent) are marked."""
+    matched into it; only the sure ones (cycle-consistent) are proposed."""
     from PIL import Image
 
     from hf_landmark.annotation import AnnotationSession, open_project
@@ -135,8 +135,10 @@ def test_annotation_proposals_matched_from_the_first_finished_image(ddpm_and_ima
         session.place(x, y)
     session.go(+1)
     st = session.state
-    sure = ~st.unsure
+    # Only the cycle-consistent matches are proposed; the others are left to place.
+    sure = np.isfinite(st.proposals).all(axis=1)
     assert sure.sum() >= len(lm) - 1 and np.abs(st.proposals[sure] - (lm[sure] + SHIFT)).max() <= 1.0
-    assert [r[4] for r in session.table()] == ["proposed (unsure)" if u else "proposed" for u in st.unsure]
+    assert [r[4] for r in session.table()] == ["proposed" if s else "" for s in sure]
     session.accept()  # the proposals become the annotation, as with a model's
-    assert np.abs(session.project.store.read()["b.png"][0] - st.proposals).max() < 1e-3
+    saved = session.project.store.read()["b.png"][0]
+    assert np.abs(saved[sure] - st.proposals[sure]).max() < 1e-3 and np.isnan(saved[~sure]).all()
