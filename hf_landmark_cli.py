@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="unlabeled", help="the pool: unlabeled (default), or train with its labels hidden (experiments)")
     p.add_argument("--landmarks", help="landmark names for the template (comma-separated or a file); default: the model's or the dataset's")
     p.add_argument("--seed", type=int, default=0, help="random: the seed")
+    p.add_argument("--spacing", help="mm per original pixel of these images (one number, or SX,SY), written in the template's "
+                   "spacing columns, for millimetres after training (PNG and JPEG carry none; DICOM's own is used anyway)")
     p.add_argument("--validation", type=int, help="how many of the chosen images validate (the template's split column; the "
                    "others train): default a quarter, at least 1 from 3 images")
     p.add_argument("--out", default="choose.csv", help="the annotation template (the CSV prepare custom reads); a contact sheet "

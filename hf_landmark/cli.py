@@ -399,6 +399,14 @@ def _cmd_select(args) -> int:
         item["split"] = ("validation" if k >= len(items) - n_val else "train") if n_val else None
     held_out = list(info.get("held_out") or [])
     rows = items + [{"file": f, "landmarks": None, "split": "test"} for f in held_out]
+    if args.spacing:
+        from .training_utils import parse_float_pair
+
+        spacing = parse_float_pair(args.spacing if "," in args.spacing else f"{args.spacing},{args.spacing}", "--spacing")
+        if not all(v > 0 for v in spacing):
+            raise UserInputError(f"--spacing: mm per pixel must be positive, got {args.spacing!r}")
+        for row in rows:
+            row["spacing"] = spacing
     write_csv(rows, names, args.out)
     # The same list for each tool, to import the images to annotate there.
     stem = os.path.splitext(args.out)[0]

@@ -82,7 +82,7 @@ def _low_outliers(values: np.ndarray) -> np.ndarray:
     """Where ``values`` sit more than :data:`OUTLIER_Z` robust deviations below their median."""
     median = np.median(values)
     spread = 1.4826 * np.median(np.abs(values - median))
-    spread = max(spread, 1e-3 * max(abs(median), 1e-6))
+    spread = max(spread, 0.05 * max(abs(median), 1e-6))  # a tight pool: 5 % of the median is the least spread
     return (median - values) / spread > OUTLIER_Z
 
 

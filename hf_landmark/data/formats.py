@@ -552,17 +552,20 @@ def coordinate_cell(v: float) -> str:
 
 def write_csv(items, names: Sequence[str], path) -> None:
     """The CSV ``prepare custom`` reads; an image without landmarks is a row of empty cells;
-    a ``split`` column where an item has one."""
+    ``spacing_x`` / ``spacing_y`` and ``split`` columns where an item has them."""
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     with_split = any(item.get("split") for item in items)
-    writer.writerow(["image", *[f"{n}_{a}" for n in names for a in "xy"], *(["split"] if with_split else [])])
+    with_spacing = any(item.get("spacing") is not None for item in items)
+    writer.writerow(["image", *[f"{n}_{a}" for n in names for a in "xy"], *(["spacing_x", "spacing_y"] if with_spacing else []),
+                     *(["split"] if with_split else [])])  # fmt: skip
     for item in items:
         lm = item.get("landmarks")
         cells = [""] * (2 * len(names)) if lm is None else [coordinate_cell(v) for p in lm for v in p]
-        writer.writerow([item["file"], *cells, *([item.get("split") or ""] if with_split else [])])
+        spacing = [f"{v:g}" for v in item["spacing"]] if item.get("spacing") is not None else ["", ""]
+        writer.writerow([item["file"], *cells, *(spacing if with_spacing else []), *([item.get("split") or ""] if with_split else [])])
     _write_text(buf.getvalue(), path)
 
 
