@@ -96,3 +96,21 @@ def test_a_mistaken_command_line_is_one_error_line(places, line, words, capsys):
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
     for word in words:
         assert fill(word) in lines[0], (word, lines[0])
+
+
+def test_prepare_kind_help_lists_that_kinds_flags(capsys):
+    from hf_landmark_cli import main
+
+    assert main(["prepare", "images", "--help"]) == 0
+    images = capsys.readouterr().out
+    assert images.startswith("usage: hf-landmark prepare images") and "--holdout" in images and "a folder of images" in images
+    assert "--annotations" not in images and "--split-counts" not in images and "--annotator" not in images
+    assert main(["prepare", "custom", "-h"]) == 0
+    custom = capsys.readouterr().out
+    assert "--annotations" in custom and "--accept-predictions" in custom and "--holdout" not in custom and "--wrist-indices" not in custom
+
+
+def test_pretrain_help_says_it_trains_on_the_unlabeled_split_too():
+    import hf_landmark.training.pretrain as pretrain
+
+    assert "unlabeled, train and validation splits" in pretrain.__doc__ and "Only the train and validation" not in pretrain.__doc__

@@ -200,3 +200,44 @@ def test_a_later_rounds_rows_without_a_split_train_and_unannotated_test_rows_sta
     assert "split to train: 1: im4.png" in out and "held out: 1: im5.png" in out
     dd = load_prepared(images / "out")
     assert {s: sorted(d["image_id"]) for s, d in dd.items()} == {"train": ["im0", "im1", "im2", "im4"], "validation": ["im3"]}
+
+
+def test_prepare_images_holdout_keeps_images_out_of_the_pool(tmp_path, capsys):
+    from hf_landmark.data.readers import read_images
+
+    for i in range(6):
+        Image.fromarray(np.full((20, 20), 40 * i, np.uint8)).save(tmp_path / f"x{i}.png")
+    records, _, report = read_images(tmp_path, holdout=2, seed=3)
+    assert len(records) == 4 and len(report.held_out) == 2
+    assert not {r.image_id + ".png" for r in records} & set(report.held_out)
+    assert read_images(tmp_path, holdout=2, seed=3)[2].held_out == report.held_out  # the same seed draws the same images
+    (tmp_path / "list.txt").write_text("x1.png\nx4.png\n")
+    assert read_images(tmp_path, holdout=tmp_path / "list.txt")[2].held_out == ["x1.png", "x4.png"]
+    (tmp_path / "bad.txt").write_text("x9.png\n")
+    assert cli(["prepare", "images", "--root", str(tmp_path), "--out", str(tmp_path / "p"), "--holdout", str(tmp_path / "bad.txt")]) == 2
+    assert "bad.txt: 1 listed image(s) are not under the folder: x9.png" in capsys.readouterr().err
+    assert cli(["prepare", "images", "--root", str(tmp_path), "--out", str(tmp_path / "p"), "--holdout", "6"]) == 2
+
+
+def test_the_spacing_every_labeled_image_shares_is_the_models():
+    from hf_landmark.data.prepared import common_spacing
+
+    assert common_spacing({"spacing": [[0.35, 0.35], [0.35, 0.35]]}, {"spacing": [[0.35, 0.35]]}) == [0.35, 0.35]
+    assert common_spacing({"spacing": [[0.35, 0.35], [0.2, 0.2]]}) is None  # two scanners: no one spacing to assume
+    assert common_spacing({"spacing": [[0.35, 0.35], None]}) is None
+
+
+def test_select_does_not_spend_a_label_on_a_washed_out_image():
+    from hf_landmark.selection import choose, pool_outliers
+
+    rng = np.random.default_rng(0)
+    # 12 alike images; image 5 is washed out (grey 0.79-1.0): coverage would take it for covering itself.
+    feats = rng.normal(size=(12, 8)) * 0.05 + 1.0
+    feats[5] = rng.normal(size=8)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    images = rng.random((12, 16, 16))
+    images[5] = 0.79 + 0.21 * images[5]
+    out = pool_outliers(feats, images)
+    assert set(out) == {5} and "far from every other image" in out[5] and "low contrast" in out[5]
+    assert 5 in choose("coverage", [f"i{k}" for k in range(12)], 2, feats)
+    assert 5 not in choose("coverage", [f"i{k}" for k in range(12)], 2, feats, excluded=out)

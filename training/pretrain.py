@@ -7,7 +7,8 @@
 linear β, ε-prediction with MSE, AdamW lr 1e-4, batch 4 × 8 accumulation, EMA 0.995,
 gradient clipping. ``--recipe paper`` additionally reproduces the paper code's details
 (intensities in [0, 1] instead of [-1, 1], t drawn from 1..499, clipping by value 1.0).
-Only the train and validation splits are used, never test.
+It trains on the unlabeled, train and validation splits (their images, never their labels),
+never on test.
 
 Every ``--save-steps`` step writes ``OUT/checkpoint-<step>/``, renamed into place only when
 complete: a diffusers ``DDPMPipeline`` of the EMA weights (``model_index.json``, ``unet/``,
