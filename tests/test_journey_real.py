@@ -123,7 +123,26 @@ def annotate_image(ui: Page, page, name: str, start: int = 0, stop_after: int | 
 
 @pytest.mark.skipif(not CHEST.is_dir(), reason=f"needs the real chest radiographs in {CHEST} (shared/realdata)")
 @pytest.mark.skipif(None in _browser(), reason="needs Debian's chromium and the playwright package (.ci/run installs both)")
-def test_the_readme_journey_on_real_chest_radiographs(tmp_path):
+def test_the_readme_journey_on_real_chest_radiographs(tmp_path, monkeypatch):
+    started = []
+    real_serve = serve
+
+    def serve_and_remember(args, port):
+        proc = real_serve(args, port)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setitem(globals(), "serve", serve_and_remember)
+    try:
+        walk(tmp_path)
+    finally:  # a failed step leaves no server behind
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+def walk(tmp_path):
     from PIL import Image
 
     started = time.time()
