@@ -194,7 +194,7 @@ def test_landmark_offsets_never_carry_a_landmark_off_the_picture():
     processor.set_landmark_offsets([[0.0, -3.0], [0.0, -3.0]], "first")
     after, _ = processor.post_process_coordinates(outputs, [[64, 300]], decoder="argmax")
     # Sella moves the full 3 model px = 3 * 300 / 32 original px; Menton stops at the centre of
-    # the last model row: (31 + 0.5) * 300 / 32 - 0.5 = 294.78125 original px, inside the 300-px image.
+    # the last model row: (31 + 0.5) * 300 / 32 - 0.5 = 294.8125 original px, inside the 300-px image.
     assert after[0, 1, 1] - before[0, 1, 1] == pytest.approx(3 * 300 / 32)
-    assert after[0, 0, 1] == pytest.approx(294.78125) and before[0, 0, 1] == pytest.approx(30.5 * 300 / 32 - 0.5)
+    assert after[0, 0, 1] == pytest.approx(294.8125) and before[0, 0, 1] == pytest.approx(30.5 * 300 / 32 - 0.5)
     assert after[0, 0, 0] == pytest.approx(before[0, 0, 0])
