@@ -278,6 +278,93 @@ def open_project(images: str, out: str, landmarks=None, model: str | None = None
     return Project(root, files, names, store, model or None, note, features or None)
 
 
+#: What the upload box takes (the image formats :func:`hf_landmark.preprocessing.load_image` reads).
+UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"]
+#: The temporary folders of upload sessions start with this.
+UPLOAD_PREFIX = "hf-landmark-annotate-"
+
+
+def uploads_project(files, names: list[str], model: str | None = None) -> Project:
+    """A project of a visitor's uploaded images: copied into a new temporary folder of their
+    own (each under its own name; two uploads of one name are numbered), annotated into
+    ``annotations.csv`` there. ``names``: the landmarks to place."""
+    import shutil
+    import tempfile
+
+    from .preprocessing import IMAGE_EXTENSIONS
+
+    if not files:
+        raise UserInputError("upload the x-rays to annotate first")
+    if not names:
+        raise UserInputError("name the landmarks to place, in order, separated by commas")
+    if len(set(names)) != len(names):
+        raise UserInputError("each landmark needs its own name")
+    folder = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX))
+    try:
+        taken: set[str] = set()
+        for f in files:
+            source = Path(f if isinstance(f, (str, Path)) else getattr(f, "name", f))
+            if source.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise UserInputError(f"{source.name}: not an image this page reads (PNG, JPEG, BMP, TIFF, DICOM)")
+            name, k = source.name, 1
+            while name.lower() in taken:
+                k += 1
+                name = f"{source.stem}-{k}{source.suffix}"
+            taken.add(name.lower())
+            shutil.copyfile(source, folder / name)
+        return open_project(str(folder), str(folder / "annotations.csv"), names, model=model)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+#: Each page session's upload projects, to delete when the visitor leaves (``demo.unload``);
+#: the session state's own delete callback is the backstop (Gradio drops closed sessions' state
+#: an hour later).
+_UPLOAD_SESSIONS: dict[str, list] = {}
+
+
+def _forget_uploads(session) -> None:
+    """Delete an upload session's temporary folder (its images, its file, its exports)."""
+    import shutil
+    import tempfile
+
+    root = getattr(getattr(session, "project", None), "root", None)
+    if root is not None and root.name.startswith(UPLOAD_PREFIX) and root.parent == Path(tempfile.gettempdir()):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def export_annotations(project: Project) -> list[str]:
+    """The project's annotation CSV, and the same in each tool's format, in ``export/`` beside
+    it: complete images with their landmarks, the others as images to annotate (the CSV keeps
+    every placed point and the landmarks marked missing)."""
+    import shutil
+
+    from .data.formats import labelstudio_config_path, write_annotations
+    from .preprocessing import image_size
+
+    out = project.store.path.parent / "export"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    saved = project.store.read()
+    items = []
+    for f in project.files:
+        points = saved.get(f, (np.full((len(project.names), 2), np.nan), set()))[0]
+        w, h = image_size(project.root / f)
+        items.append({"file": f, "width": int(w), "height": int(h), "landmarks": points if np.isfinite(points).all() else None})
+    shutil.copyfile(project.store.path, out / "annotations.csv")
+    written = [out / "annotations.csv"]
+    for kind, name in (("cvat", "annotations.cvat.xml"), ("coco", "annotations.coco.json"), ("labelstudio", "annotations.labelstudio.json"),
+                       ("json", "annotations.json")):  # fmt: skip
+        write_annotations(kind, items, project.names, out / name, image_root=project.root, coco_origin="corner")
+        written.append(out / name)
+        if kind == "labelstudio":
+            written.append(labelstudio_config_path(out / name))
+    write_annotations("labelme", items, project.names, out / "labelme", image_root=project.root)
+    written.append(Path(shutil.make_archive(str(out / "annotations_labelme"), "zip", out / "labelme")))
+    return [str(p) for p in written]
+
+
 def _model_names(model: str | None) -> list[str]:
     if not model:
         return []
@@ -744,22 +831,43 @@ _HELP = ("Click the overview near the landmark asked for; the zoom opens there, 
 
 
 def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | None = None, landmarks=None, model: str | None = None,
-                        features: str | None = None):  # fmt: skip
+                        features: str | None = None, uploads: bool = False):  # fmt: skip
     """The *Annotate* and *Review* tabs, inside ``demo`` (a ``gr.Blocks``) and its ``tabs``.
-    With ``images`` and ``out`` given, each page load opens them (continuing the file)."""
+    With ``images`` and ``out`` given, each page load opens them (continuing the file).
+
+    ``uploads``: for a public page (the web demo, a Space): the visitor uploads their own images
+    into a temporary folder of their session, names the landmarks, and downloads the
+    annotation file (CSV and each tool's format); no path on the server is ever typed, and no
+    visitor sees another's images or file. The folder is deleted when the session ends. With
+    ``model`` (the page owner's), the visitor may start from its predictions."""
     with gr.Tab("Annotate", id="annotate"):
-        state = gr.State(None)  # inside a tab: anything else directly in gr.Tabs upsets its tab list
-        with gr.Accordion("Images, annotation file, landmarks, model", open=not (images and out)):
-            with gr.Row():
-                f_images = gr.Textbox(value=images or "", label="image folder or prepared dataset")
-                f_out = gr.Textbox(value=out or "", label="annotation CSV (continued if it exists; select's template too)")
-            with gr.Row():
-                f_names = gr.Textbox(value=",".join(landmarks or []), label="landmarks (comma-separated or a file; default: the CSV's or the model's)")
-                f_model = gr.Textbox(value=model or "", label="model (optional: proposals, radii, review queue)")
-                f_features = gr.Textbox(value=features or "", label="pre-trained DDPM (optional, without a model: proposals matched "
-                                        "from the first finished image)")
-            open_button = gr.Button("Open", elem_id="annot-open")
-        status = gr.Markdown("Open an image folder to start.", elem_id="annot-status")
+        # inside a tab: anything else directly in gr.Tabs upsets its tab list
+        state = gr.State(None, delete_callback=_forget_uploads if uploads else None)
+        if uploads:
+            with gr.Accordion("Your x-rays and the landmarks to place", open=True):
+                with gr.Row():
+                    u_files = gr.File(file_count="multiple", file_types=UPLOAD_TYPES, type="filepath", label="x-rays (PNG, JPEG, BMP, "
+                                      "TIFF, DICOM); kept only while this page is open", elem_id="annot-uploads")  # fmt: skip
+                    with gr.Column():
+                        u_names = gr.Textbox(value=",".join(landmarks or []), label="landmarks, in order (comma-separated)",
+                                             elem_id="annot-names")  # fmt: skip
+                        u_model = gr.Checkbox(value=False, visible=bool(model), elem_id="annot-use-model",
+                                              label=f"start each image from the model's predictions ({model})")  # fmt: skip
+                        open_button = gr.Button("Start annotating", elem_id="annot-open", variant="primary")
+        else:
+            with gr.Accordion("Images, annotation file, landmarks, model", open=not (images and out)):
+                with gr.Row():
+                    f_images = gr.Textbox(value=images or "", label="image folder or prepared dataset")
+                    f_out = gr.Textbox(value=out or "", label="annotation CSV (continued if it exists; select's template too)")
+                with gr.Row():
+                    f_names = gr.Textbox(value=",".join(landmarks or []),
+                                         label="landmarks (comma-separated or a file; default: the CSV's or the model's)")  # fmt: skip
+                    f_model = gr.Textbox(value=model or "", label="model (optional: proposals, radii, review queue)")
+                    f_features = gr.Textbox(value=features or "", label="pre-trained DDPM (optional, without a model: proposals matched "
+                                            "from the first finished image)")
+                open_button = gr.Button("Open", elem_id="annot-open")
+        status = gr.Markdown("Upload your x-rays and name the landmarks to start." if uploads else "Open an image folder to start.",
+                             elem_id="annot-status")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=3):
                 overview = gr.Image(label="image (click near the landmark)", type="numpy", format="png", interactive=False, height=760,
@@ -788,6 +896,12 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
                 gr.Markdown(_HELP, elem_id="annot-help")
         table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "status", "radius (px)"], label="this image", interactive=False,
                              elem_id="annot-table")
+        if uploads:
+            with gr.Row():
+                export = gr.Button("Download the annotations", elem_id="annot-export")
+                exported = gr.File(label="annotations.csv and the same in each tool's format (CVAT XML, COCO Keypoints with "
+                                   "corner origin, Label Studio tasks and config, labelme zip, JSON)", file_count="multiple",
+                                   elem_id="annot-exported")  # fmt: skip
     with gr.Tab("Review", id="review"):
         gr.Markdown("The model predicts every image; the queue puts the images with work left first, the least certain "
                     "predictions first (each landmark's calibrated radius relative to its usual one, averaged), and the "
@@ -832,6 +946,23 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
         session.message = f"Annotating {project.note}; saving to {project.store.path}."
         return view(session)
 
+    def do_upload(files, names, use_model, previous, request):
+        names = [n.strip() for n in (names or "").split(",") if n.strip()]  # never a file on the server
+        try:
+            session = AnnotationSession(uploads_project(files or [], names, model if use_model else None))
+        except (UserInputError, ValueError, OSError) as err:
+            raise gr.Error(str(err)) from err
+        _forget_uploads(previous)
+        _UPLOAD_SESSIONS.setdefault(request.session_hash, []).append(session)
+        session.message = (f"Annotating your {len(session.project.files)} image(s); every click is saved on the server only while this "
+                           "page is open: **Download the annotations** below keeps your work.")  # fmt: skip
+        return view(session)
+
+    def do_export(session):
+        if session is None:
+            raise gr.Error("Upload your x-rays and start annotating first.")
+        return export_annotations(session.project)
+
     def on_overview(session, evt: gr.SelectData):
         return guarded(lambda s: s.click_overview(evt.index))(session)
 
@@ -865,7 +996,20 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
     # not this module's postponed string).
     for fn in (on_overview, on_zoom, on_queue):
         fn.__annotations__["evt"] = gr.SelectData
-    open_button.click(do_open, [f_images, f_out, f_names, f_model, f_features], outputs)
+    do_upload.__annotations__["request"] = gr.Request
+
+    def on_leave(request):
+        """A visitor closed the page: their uploads and their file go at once."""
+        for session in _UPLOAD_SESSIONS.pop(request.session_hash, []):
+            _forget_uploads(session)
+
+    on_leave.__annotations__["request"] = gr.Request
+    if uploads:
+        open_button.click(do_upload, [u_files, u_names, u_model, state], outputs)
+        export.click(do_export, [state], [exported])
+        demo.unload(on_leave)
+    else:
+        open_button.click(do_open, [f_images, f_out, f_names, f_model, f_features], outputs)
     overview.select(on_overview, [state], outputs)
     zoom.select(on_zoom, [state], outputs)
     undo.click(guarded(lambda s: s.undo()), [state], outputs)
@@ -882,5 +1026,5 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
     queue.select(on_queue, [state], [*outputs, tabs])
     thumbnails.select(on_queue, [state], [*outputs, tabs])
     demo.load(None, js=KEYBOARD_JS)
-    if images and out:
+    if images and out and not uploads:
         demo.load(do_open, [f_images, f_out, f_names, f_model, f_features], outputs)

@@ -94,11 +94,19 @@ def _mm(value):
     return "" if value is None else round(value, 2)
 
 
-def build_demo(default_model: str | None = None, examples: list[str] | None = None, annotate: dict | None = None):
+def build_demo(default_model: str | None = None, examples: list[str] | None = None, annotate: dict | None = None,
+               annotate_uploads: bool | None = None):  # fmt: skip
     """The web app: *Detect* (any image, any model); with ``annotate`` (the arguments of
     :func:`hf_landmark.annotation.build_annotate_tabs`, which needs hf_landmark) also
-    *Annotate* and *Review*, and the page opens on *Annotate*."""
+    *Annotate* and *Review*, and the page opens on *Annotate*. ``annotate_uploads`` (default:
+    where hf_landmark is installed and no ``annotate`` is given) adds *Annotate* for the
+    visitor's own uploads, in a temporary folder of their session, downloaded when done."""
     import gradio as gr
+
+    if annotate_uploads is None:
+        annotate_uploads = annotate is None and _package_available()
+    if annotate_uploads and annotate is None:
+        annotate = {"uploads": True, "model": default_model or None}
 
     def run_predict(image_path, model, decoder, radii=True):
         # Gradio shows only gr.Error messages to the user; anything else becomes a bare "Error".
@@ -115,7 +123,7 @@ def build_demo(default_model: str | None = None, examples: list[str] | None = No
                     "table. Research use only, not a medical device.")  # fmt: skip
         # Tabs only beside the annotation page; the demo alone is one page, as it always was.
         tabbed = annotate is not None
-        with gr.Tabs(selected="annotate") if tabbed else contextlib.nullcontext() as tabs:
+        with gr.Tabs(selected="detect" if annotate_uploads else "annotate") if tabbed else contextlib.nullcontext() as tabs:
             with gr.Tab("Detect", id="detect") if tabbed else contextlib.nullcontext():
                 with gr.Row():
                     with gr.Column():

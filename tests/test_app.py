@@ -156,12 +156,17 @@ def test_radii_are_thin_translucent_and_can_be_hidden(tmp_path):
 
 
 def test_only_the_annotate_command_serves_the_annotation_page(model_and_image, tmp_path):
-    """The annotation page opens and writes files where it runs: never part of the public demo."""
+    """The annotation page on a folder opens and writes files where it runs: never part of the
+    public demo, which annotates uploads only."""
     from hf_landmark.app import build_demo
 
     model, image = model_and_image
     ids = lambda demo: {getattr(b, "elem_id", None) for b in demo.blocks.values()}  # noqa: E731
-    assert "annot-open" not in ids(build_demo(str(model)))
+    public = build_demo(str(model))
+    labels = {getattr(b, "label", None) for b in public.blocks.values()}
+    # The public demo annotates only the visitor's own uploads: no folder or file of the server to type.
+    assert "annot-uploads" in ids(public) and "image folder or prepared dataset" not in labels
+    assert not any("annotation CSV" in str(label) for label in labels)
     annotate = {"images": str(image.parent), "out": str(tmp_path / "a.csv"), "landmarks": ["Sella", "Nasion"], "model": None}
     assert {"annot-open", "annot-overview", "annot-zoom", "annot-queue"} <= ids(build_demo(str(model), annotate=annotate))
 
