@@ -22,10 +22,10 @@ def main(argv=None) -> dict:
     from scipy.stats import spearmanr
 
     from hf_landmark.annotation import review_scores
+    from hf_landmark.app import landmark_pipeline
     from hf_landmark.data import load_prepared
     from hf_landmark.data.prepared import require_split
     from hf_landmark.fileio import write_json_atomic
-    from hf_landmark.app import landmark_pipeline
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
