@@ -226,9 +226,9 @@ def _run(argv: list[str]) -> int:
         importlib.import_module(f"hf_landmark.training.{TRAINING[argv[0]][0]}").main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
-    from hf_landmark import cli
+    from hf_landmark.cli import run_command
 
-    return int(getattr(cli, "_cmd_" + args.command)(args) or 0)
+    return run_command(args)
 
 
 def main(argv=None) -> int:

@@ -368,7 +368,7 @@ def export_annotations(project: Project) -> list[str]:
 def _model_names(model: str | None) -> list[str]:
     if not model:
         return []
-    from .app import landmark_pipeline
+    from .pipeline_landmark import detection_pipeline as landmark_pipeline
 
     return list(landmark_pipeline(model).model.config.landmark_names or [])
 
@@ -464,7 +464,7 @@ class AnnotationSession:
         if not self.project.model:
             return None
         if i not in self._predictions:
-            from .app import landmark_pipeline
+            from .pipeline_landmark import detection_pipeline as landmark_pipeline
 
             self._predictions[i] = landmark_pipeline(self.project.model)(str(self.project.root / self.project.files[i]))
         return self._predictions[i]
@@ -935,7 +935,7 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
         return run
 
     def do_open(images, out, names, model, features):
-        from .cli import read_landmark_names
+        from .data.formats import read_landmark_names
 
         try:
             project = open_project(images.strip(), out.strip(), read_landmark_names(names) if names.strip() else None, model.strip() or None,

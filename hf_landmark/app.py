@@ -39,10 +39,9 @@ def landmark_pipeline(model: str):
     from transformers import pipeline
 
     if _package_available():
-        from hf_landmark.pipeline_landmark import load_detector
+        from hf_landmark.pipeline_landmark import detection_pipeline
 
-        detector, processor = load_detector(model)
-        return pipeline("landmark-detection", model=detector, image_processor=processor)
+        return detection_pipeline(model)
     if model not in trusted_models():
         raise ValueError(
             f"{model}: this demo runs only its own models ({', '.join(trusted_models()) or 'none set'}), "

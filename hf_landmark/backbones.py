@@ -237,7 +237,7 @@ def resolve_ddpm_folder(path_or_repo: str | os.PathLike, arg: str = "") -> str:
     prefix = f"{arg}: " if arg else ""
     if not os.path.isdir(path) or any(os.path.isfile(os.path.join(path, f)) for f in ("model_index.json", "config.json")):
         return path
-    from .training_utils import list_checkpoints  # here: model code that loads no DDPM does not need it
+    from .fileio import list_checkpoints
 
     checkpoints = list_checkpoints(path)
     if not checkpoints:

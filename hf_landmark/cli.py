@@ -11,6 +11,7 @@ import math
 import os
 import sys
 
+from .data.formats import read_landmark_names
 from .errors import UserInputError
 
 
@@ -24,18 +25,6 @@ def _cmd_synth(args) -> int:
     out = write_synthetic_isbi(args.out, num_images=args.num_images, seed=args.seed, image_format=args.format, variability=args.variability)
     print(f"wrote {args.num_images} synthetic cephalograms in the ISBI 2015 layout to {out}")
     return 0
-
-
-def read_landmark_names(text: str) -> list[str]:
-    """``--landmarks``: a text file with one name per line, or comma-separated names."""
-    if os.path.isfile(text):
-        with open(text, encoding="utf-8") as fh:
-            names = [ln.strip() for ln in fh if ln.strip()]
-    else:
-        names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names or len(set(names)) != len(names):
-        raise UserInputError(f"--landmarks: expected distinct names (comma-separated or one per line in a file), got {text!r}")
-    return names
 
 
 def _cmd_prepare(args) -> int:
@@ -514,12 +503,14 @@ def _cmd_push(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    """``hf-landmark ARGS``: the parser and the error handling are in :mod:`hf_landmark_cli`."""
-    import hf_landmark_cli
+#: Each subcommand's handler, for the parser (:mod:`hf_landmark_cli`) to dispatch to; the training
+#: commands run their own files' ``main``.
+COMMANDS = {
+    "synth": _cmd_synth, "prepare": _cmd_prepare, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "match": _cmd_match,
+    "select": _cmd_select, "annotate": _cmd_annotate, "card": _cmd_card, "push": _cmd_push,
+}  # fmt: skip
 
-    return hf_landmark_cli.main(argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run_command(args) -> int:
+    """Run the parsed command ``args.command``."""
+    return int(COMMANDS[args.command](args) or 0)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 #: Name prefix of a replaced folder while its successor is renamed into place.
 SET_ASIDE_PREFIX = ".old-"
@@ -107,3 +109,18 @@ def json_text(obj, **kwargs) -> str:
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
     write_text_atomic(json_text(obj), path)
+
+
+#: A complete checkpoint folder's name: ``checkpoint-<step>``.
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints ``checkpoint-<step>`` in ``output_dir``, by step. A checkpoint
+    is written under a temporary name and renamed when complete, so a folder with this name
+    is always whole."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))]
+    return sorted(found)

@@ -6,6 +6,7 @@ Processor → model → processor: ``LandmarkImageProcessor.preprocess``, the de
 
 from __future__ import annotations
 
+import functools
 import os
 
 from transformers import Pipeline
@@ -94,6 +95,16 @@ def load_detector(path: str):
             raise hub_load_error(path, "--model", "model", err) from err
         raise UserInputError(f"{path}: cannot load a detector ({err})") from err
     return model, processor_for_model(model)
+
+
+@functools.lru_cache(maxsize=4)
+def detection_pipeline(model: str):
+    """The ``landmark-detection`` pipeline of a model folder or Hub repo (safetensors only; no
+    repository code runs), cached: the annotation page and the web demo ask for it per image."""
+    from transformers import pipeline
+
+    detector, processor = load_detector(model)
+    return pipeline("landmark-detection", model=detector, image_processor=processor)
 
 
 def register_pipeline() -> None:

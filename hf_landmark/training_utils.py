@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 import torch
 
 from .errors import UserInputError
-from .fileio import SET_ASIDE_PREFIX, replace_directory
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+from .fileio import CHECKPOINT_NAME as _CHECKPOINT
+from .fileio import SET_ASIDE_PREFIX, list_checkpoints, replace_directory
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 MIXED_PRECISION_HELP = ("auto: fp16 on CUDA; on a CPU with bf16 instructions, whichever of bf16 and fp32 a timed training step "
@@ -146,17 +144,6 @@ def make_accelerator(mixed_precision: str, **kwargs):
         return contextlib.nullcontext()
 
     return accelerator, autocast, precision
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints ``checkpoint-<step>`` in ``output_dir``, by step. A checkpoint
-    is written under a temporary name and renamed when complete, so a folder with this name
-    is always whole."""
-    out = Path(output_dir)
-    if not out.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
-    return sorted(found)
 
 
 def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> tuple[int, Path] | None:

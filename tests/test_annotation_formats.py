@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_landmark.cli import main as cli
 from hf_landmark.data import load_prepared, prepare
 from hf_landmark.data.formats import read_annotation_file, write_annotations
+from hf_landmark_cli import main as cli
 
 NAMES = ["tip", "base"]
 # ours: tip at the centre of pixel (1, 0), base at the centre of pixel (0, 1); in a corner tool +0.5.

@@ -238,7 +238,7 @@ def test_annotate_three_images_by_clicking(tmp_path):
     assert np.abs(got["case1.png"] - truth(1)).max() <= 0.5
     assert np.abs(got["case2.png"] - truth(2)).max() <= max(W, H) / 720
     # The file is what prepare custom reads, and a detector trains on it.
-    from hf_landmark.cli import main as cli
+    from hf_landmark_cli import main as cli
 
     assert cli(["prepare", "custom", "--root", str(images), "--annotations", str(out), "--out", str(tmp_path / "mine"),
                 "--image-size", "64", "--split-counts", "2,1,0", "--allow-empty-splits"]) == 0  # fmt: skip
@@ -364,7 +364,7 @@ def test_a_killed_save_leaves_a_readable_file(tmp_path):
 
 def test_open_a_prepared_dataset_a_template_and_continue(tmp_path):
     from hf_landmark.annotation import AnnotationSession, open_project
-    from hf_landmark.cli import main as cli
+    from hf_landmark_cli import main as cli
 
     images = tmp_path / "xrays"
     write_images(images)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, UserInputError
-from hf_landmark.cli import main as cli
+from hf_landmark_cli import main as cli
 
 pytestmark = pytest.mark.baselines
 # Where the extra is missing (an -m that selects these in the core environment), say so.

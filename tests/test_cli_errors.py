@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from hf_landmark import LandmarkConfig, LandmarkDetector
-from hf_landmark.cli import main as cli
+from hf_landmark_cli import main as cli
 
 
 def _one_error_line(capsys, *names):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_landmark.cli import main as cli
 from hf_landmark.data import load_prepared
+from hf_landmark_cli import main as cli
 
 HEADER = "image,tip_x,tip_y,base_x,base_y,split\n"
 

@@ -5,9 +5,9 @@ predict --format cvat -> read back through prepare custom."""
 import numpy as np
 import pytest
 
-from hf_landmark.cli import main as cli
 from hf_landmark.data import CEPH_LANDMARKS, load_prepared, write_synthetic_isbi
 from hf_landmark.data.readers import read_isbi_annotation
+from hf_landmark_cli import main as cli
 
 pytestmark = pytest.mark.slow
 

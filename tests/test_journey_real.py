@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from hf_landmark.annotation import AnnotationFile
-from hf_landmark.cli import main as cli
 from hf_landmark.data import load_prepared
 from hf_landmark.data.readers import read_chest_annotation
+from hf_landmark_cli import main as cli
 
 from .test_annotation_page import Page, _browser, _free_port, serve, stop
 

@@ -96,8 +96,8 @@ def test_a_shifted_copy_is_matched_by_the_shift(ddpm_and_images):
 
 
 def test_match_command(ddpm_and_images, tmp_path):
-    from hf_landmark.cli import main as cli
     from hf_landmark.data.formats import read_annotation_file
+    from hf_landmark_cli import main as cli
 
     tmp, _, _, lm = ddpm_and_images
     names = [f"L{j}" for j in range(len(lm))]

@@ -7,8 +7,8 @@ from PIL import Image
 from transformers import pipeline
 
 from hf_landmark import LandmarkConfig, LandmarkDetector
-from hf_landmark.cli import main as cli
 from hf_landmark.preprocessing import original_to_model
+from hf_landmark_cli import main as cli
 
 
 @pytest.fixture(scope="module")

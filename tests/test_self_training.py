@@ -109,9 +109,9 @@ def prepared128(synth_raw, tmp_path_factory):
 @pytest.mark.slow
 def test_self_training_on_the_pool_of_synthetic_images(prepared128, tmp_path):
     from hf_landmark import LandmarkDetector
-    from hf_landmark.cli import main as cli
     from hf_landmark.data import load_prepared, load_tensors
     from hf_landmark.training.finetune import pseudo_labels
+    from hf_landmark_cli import main as cli
 
     out = tmp_path / "ft"
     assert cli(["finetune", "--dataset", str(prepared128), "--num-labels", "3", "--init", "scratch", "--preset", "tiny",
@@ -178,8 +178,8 @@ def test_self_training_stops_at_the_first_round_that_is_not_better(prepared128, 
     """With ROUNDS > 1, a round whose model is worse on validation ends self-training: the next
     round would pseudo-label the pool with the same model, and another draw of training noise
     chosen on validation is not a gain. The model of the first pass stays."""
-    from hf_landmark.cli import main as cli
     from hf_landmark.training import finetune as ft
+    from hf_landmark_cli import main as cli
 
     real = ft.train_two_stages
     tags = []

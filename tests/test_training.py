@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hf_landmark import LandmarkDetector
-from hf_landmark.cli import main as cli
 from hf_landmark.data import load_prepared, load_tensors
+from hf_landmark_cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = str(ROOT / "training" / "pretrain.py")

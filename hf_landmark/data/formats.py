@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserInputError
 from .prepared import SPLITS, DatasetFormatError
 
 #: The formats ``predict --format`` writes and ``prepare custom`` reads.
@@ -597,3 +598,15 @@ def write_annotations(kind: str, items, names: Sequence[str], path, image_root="
 
 
 __all__ = ["FORMATS", "SPLITS", "Entry", "detect_format", "read_annotation_file", "write_annotations"]
+
+
+def read_landmark_names(text: str) -> list[str]:
+    """``--landmarks``: a text file with one name per line, or comma-separated names."""
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as fh:
+            names = [ln.strip() for ln in fh if ln.strip()]
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise UserInputError(f"--landmarks: expected distinct names (comma-separated or one per line in a file), got {text!r}")
+    return names
