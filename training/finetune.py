@@ -19,21 +19,11 @@ stopping and the choice of the best checkpoint (lowest validation mean radial er
 original image frame, measured through the image processor exactly as users run the model).
 The best model and its image processor are saved to ``OUT/model``.
 
-Recipes (every value can be overridden by its flag):
-
-- ``default``: AdamW lr 1e-4 for both initialisations, batch 4, the contour-hugging loss
-  (2-D softmax per landmark, NLL against a Gaussian of σ = 6 px at 256 px, scaled with the
-  resolution), up to 600 steps, validation every 25 steps, early stopping after 8
-  evaluations without improvement; from 5 labels up each stage is validated and saved as the
-  moving average of its weights (``--ema-decay`` 0.99); below 5 labels stronger augmentation:
-  rotations within ±12°, scaling within ±12 %, shifts within ±6 % and an intensity power within
-  1/1.3–1.3 (``--augment 12,0.12,0.06,0.3``; from 5 labels up the paper's ±2° / ±2 % / ±2 %).
-  Measured better than the paper's recipe at few labels.
-- ``paper``: the paper's: AdamW lr 1e-5 (1e-4 from scratch), cross-entropy across channels
-  with binary disks (σ = 5 px at 256 px), batch 2 × 8 accumulation, up to 200 epochs,
-  validation every epoch, early stopping after 20 epochs without improvement.
-
-Both use ``ReduceLROnPlateau`` on the validation loss.
+Recipes: ``--recipe default`` (built on the paper's for 1-10 labels; its values differ below 5
+labels) or ``paper``. Every value is a flag's default, held in one table,
+:mod:`hf_landmark.recipes` (``hf-landmark finetune --show-recipe N [--recipe paper]`` prints
+the values N labels get; ``docs/design.md`` shows the table). Both use ``ReduceLROnPlateau``
+on the validation loss.
 
 Then, by default, the refinement stage: a U-Net shared by all landmarks re-locates each one
 on a crop (``--refine-crop`` px, default 64) of the image resized to ``--refine-size``
@@ -44,12 +34,12 @@ DDPM pre-trained on crops (``--refine-init``, ``hf-landmark pretrain --crop-from
 replaces the first-stage model only if the two stages are better on validation.
 ``--no-refine`` trains the first stage alone.
 
-Then, with the default recipe, one round of self-training (two below 5 labels; ``--self-train ROUNDS``, 0: off): the best model
+Then, with the default recipe, self-training (``--self-train ROUNDS``; 0: off): the best model
 predicts the pool (the training split's unlabeled images and the ``unlabeled`` split; never
 validation or test), keeps the ``--self-train-keep`` share of predicted landmarks with the
 smallest expected error (heatmap spread times the landmark's median error-to-spread ratio on
-validation) as pseudo-labels (below 5 labels also each landmark's own best 40 %,
-``--self-train-keep-each``), and trains both stages again from ``--init`` on the labeled
+validation) as pseudo-labels (and each landmark's own best ``--self-train-keep-each``
+share), and trains both stages again from ``--init`` on the labeled
 images (half of each batch) plus those (the rejected landmarks left out of the losses). A
 round's model replaces the best only if it is better on validation, and the first round that
 is not ends self-training (the next would pseudo-label with the same model); the training record
@@ -63,6 +53,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,6 +77,7 @@ from hf_landmark.fileio import atomic_directory, json_text, write_json_atomic
 from hf_landmark.heatmaps import DECODERS
 from hf_landmark.losses import LOSSES
 from hf_landmark.preprocessing import crop_patches, to_pixel_values
+from hf_landmark.recipes import Recipe, describe_recipe, resolve_recipe
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
     MIXED_PRECISION_HELP,
@@ -106,22 +98,6 @@ logger = get_logger(__name__)
 #: Written beside a fine-tuned detector: its data, labels and initialisation (for its card).
 TRAINING_RECORD = "hf_landmark_training.json"
 
-RECIPES = {
-    "default": {
-        "learning_rate": 1e-4, "scratch_learning_rate": 1e-4, "loss": "contour", "sigma_256": 6.0,
-        "train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 600, "eval_steps": 25,
-        "early_stopping_patience": 8, "plateau_patience": 4, "self_train": 1, "few_labels_self_train": 2, "ema_decay": 0.99,
-        "self_train_keep_each": 0.0, "few_labels_self_train_keep_each": 0.4, "few_labels_below": 5, "augment": "2,0.02,0.02", "few_labels_augment": "12,0.12,0.06,0.3", "shape_check": 2.5,
-        "refine_prior": 2.0, "few_labels_refine_prior": 1.0, "offset_correction": 10.0, "few_labels_offset_correction": 0.0,
-    },
-    "paper": {
-        "learning_rate": 1e-5, "scratch_learning_rate": 1e-4, "loss": "paper", "sigma_256": 5.0,
-        "train_batch_size": 2, "gradient_accumulation_steps": 8, "max_epochs": 200, "eval_steps": None,
-        "early_stopping_patience": 20, "plateau_patience": 10, "self_train": 0, "few_labels_self_train": 0, "ema_decay": 0.0,
-        "self_train_keep_each": 0.0, "few_labels_self_train_keep_each": 0.0, "few_labels_below": 0, "augment": "2,0.02,0.02", "few_labels_augment": "2,0.02,0.02", "shape_check": 0.0,
-        "refine_prior": 0.0, "few_labels_refine_prior": 0.0, "offset_correction": 0.0, "few_labels_offset_correction": 0.0,
-    },
-}  # fmt: skip
 
 
 @dataclass
@@ -149,40 +125,39 @@ class FinetuneArguments:
     seed: int = field(default=0, metadata={"help": "seed of the head initialisation, augmentation and batch sampling"})
     preset: str = field(default="base", metadata={"help": f"U-Net preset for --init scratch: {', '.join(sorted(UNET_PRESETS))}"})
     recipe: Literal["default", "paper"] = field(default="default", metadata={"help": "see the description above"})
-    loss: str | None = field(default=None, metadata={"help": f"heatmap loss: {', '.join(LOSSES)} (default: the recipe's)"})
+    loss: str | None = field(default=None, metadata={"help": f"heatmap loss: {', '.join(LOSSES)} (default: the recipe's; hf-landmark finetune --show-recipe N prints it)"})
     resolution: int | None = field(default=None, metadata={"help": "model input size (default: the checkpoint's, else 256)"})
     sigma: float | None = field(default=None, metadata={"help": "target sigma in model pixels (default: the recipe's sigma at 256 px, scaled)"})
-    learning_rate: float | None = field(default=None, metadata={"help": "AdamW learning rate (default: the recipe's)"})
-    train_batch_size: int | None = field(default=None, metadata={"help": "images per step (default: the recipe's; never more than the labels)"})
-    gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "batches per optimiser step (default: the recipe's)"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimiser steps"})
-    max_epochs: int | None = field(default=None, metadata={"help": "epochs over the labeled images (paper recipe)"})
-    eval_steps: int | None = field(default=None, metadata={"help": "validate every N optimiser steps"})
-    early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
-    plateau_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement before the learning rate drops"})
+    learning_rate: float | None = field(default=None, metadata={"help": "AdamW learning rate (default: the recipe's; hf-landmark finetune --show-recipe N prints it)"})
+    train_batch_size: int | None = field(default=None, metadata={"help": "images per step (default: the recipe's; hf-landmark finetune --show-recipe N prints it; never more than the labels)"})
+    gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "batches per optimiser step (default: the recipe's; hf-landmark finetune --show-recipe N prints it)"})
+    max_steps: int | None = field(default=None, metadata={"help": "optimiser steps (default: the recipe's; hf-landmark finetune --show-recipe N prints it)"})
+    max_epochs: int | None = field(default=None, metadata={"help": "epochs over the labeled images (paper recipe) (default: the recipe's; hf-landmark finetune --show-recipe N prints it)"})
+    eval_steps: int | None = field(default=None, metadata={"help": "validate every N optimiser steps (default: the recipe's; hf-landmark finetune --show-recipe N prints it)"})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement (default: the recipe's; hf-landmark finetune --show-recipe N prints it)"})
+    plateau_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement before the learning rate drops (default: the recipe's; hf-landmark finetune --show-recipe N prints it)"})
     plateau_factor: float = field(default=0.5, metadata={"help": "learning-rate factor at a plateau"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
     ema_decay: float | None = field(default=None, metadata={
         "help": "validate and save an exponential moving average of each stage's weights with this decay (warmed up as "
-        "(1 + step) / (10 + step)); 0: the raw weights (default: the recipe's: 0.99 for default from 5 labels up, 0 below; 0 for paper)",
+        "(1 + step) / (10 + step)); 0: the raw weights (default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
     })  # fmt: skip
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clipping (0: none)"})
     decoder: str = field(default="centroid", metadata={"help": f"decoder for validation: {', '.join(DECODERS)}"})
     augment: str | None = field(default=None, metadata={
         "help": "training augmentation 'DEG,SCALE,SHIFT[,GAMMA]': rotation in ±DEG degrees, scale in 1 ± SCALE, shift in ± SHIFT "
-        "x the side, and an intensity power in [1/(1+GAMMA), 1+GAMMA] (default: the recipe's: for default 12,0.12,0.06,0.3 below 5 labels and the paper's 2,0.02,0.02 from 5 up; for paper the paper's)",
+        "x the side, and an intensity power in [1/(1+GAMMA), 1+GAMMA] (default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
     })  # fmt: skip
     no_augment: bool = field(default=False, metadata={"help": "no training augmentation (--augment 0,0,0)"})
     shape_check: float | None = field(default=None, metadata={
         "help": "the shape check's tolerance as a multiple of the 90th percentile of how far the validation images' true landmarks "
         "sit from the labeled images' mean shape mapped onto them by a similarity: a first-stage landmark farther than that from "
-        "where the others put it is read again near there (0: off; default: the recipe's, 2.5 for default, 0 for paper)",
+        "where the others put it is read again near there (0: off; default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
     })  # fmt: skip
     offset_correction: float | None = field(default=None, metadata={
         "help": "subtract from every prediction each landmark's mean error on the validation images, shrunk toward none as if "
         "this many more images had measured none (n validation images keep n/(n+K) of it): the detector's systematic "
-        "displacement, e.g. toward where its first stage puts an ambiguous landmark (0: off; default: the recipe's, 10 for "
-        "default from 5 labels up, 0 below 5 labels and for paper)",
+        "displacement, e.g. toward where its first stage puts an ambiguous landmark (0: off; default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
     })  # fmt: skip
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
@@ -203,8 +178,7 @@ class FinetuneArguments:
     refine_prior: float | None = field(default=None, metadata={
         "help": "each refiner map is multiplied by a Gaussian around the first-stage estimate whose sigma is this factor x the "
         "first stage's root-mean-square validation error of that landmark (the errors the refiner trains to undo), so that "
-        "the refiner moves a landmark far only where it is much surer there (0: off; default: the recipe's, 2 for default, 1 "
-        "below 5 labels, 0 for paper)",
+        "the refiner moves a landmark far only where it is much surer there (0: off; default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
     })  # fmt: skip
     refine_max_steps: int = field(default=1200, metadata={
         "help": "refiner optimiser steps: the learning rate's cosine decay spans them, and early stopping (--early-stopping-patience "
@@ -215,7 +189,7 @@ class FinetuneArguments:
     self_train: int | None = field(default=None, metadata={
         "help": "rounds of self-training on the pool (the unlabeled rest of the training split and the unlabeled split; never "
         "validation or test): the best model predicts it, the landmarks whose expected error is smallest become pseudo-labels, "
-        "and both stages are fine-tuned again on the labels plus them; a round's model is kept only if better on validation, and the first round that is not ends it (0: off; default: the recipe's: 1, 2 below 5 labels; 0 for paper)",
+        "and both stages are fine-tuned again on the labels plus them; a round's model is kept only if better on validation, and the first round that is not ends it (0: off; default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
     })  # fmt: skip
     self_train_keep: float = field(default=0.4, metadata={
         "help": "share of the pool's predicted landmarks kept as pseudo-labels each round: those with the smallest expected error "
@@ -224,7 +198,7 @@ class FinetuneArguments:
     self_train_keep_each: float | None = field(default=None, metadata={
         "help": "besides the shared threshold, each landmark keeps at least this share of its own pool predictions (those "
         "with the smallest expected error), so that the landmarks the model is least sure of get pseudo-labels too (0: off; "
-        "default: the recipe's: 0.4 below 5 labels, 0 from 5)",
+        "default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
     })  # fmt: skip
     self_train_labeled_share: float = field(default=0.5, metadata={"help": "share of each batch drawn from the labeled images during self-training"})
     self_train_pool: int = field(default=500, metadata={"help": "at most this many pool images are predicted each round (evenly spaced)"})
@@ -233,29 +207,15 @@ class FinetuneArguments:
         check_choice("--preset", self.preset, UNET_PRESETS)
         check_choice("--decoder", self.decoder, DECODERS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
-        recipe = RECIPES[self.recipe]
-        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience", "shape_check"):
+        # Every argument left unset takes the recipe's value for this many labels (hf_landmark.recipes).
+        recipe = self.resolved_recipe
+        for key in ("loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience",
+                    "shape_check", "augment", "self_train", "self_train_keep_each", "refine_prior", "offset_correction", "ema_decay",
+                    "eval_steps"):  # fmt: skip
             if getattr(self, key) is None:
-                setattr(self, key, recipe[key])
+                setattr(self, key, getattr(recipe, key))
         check_choice("--loss", self.loss, LOSSES)
-        # Measured on ISBI: below 5 labels the stronger augmentation gains (its self-training
-        # rounds are kept) and the weight average loses (the rounds lose to the first pass with
-        # it); at 5 and 10 labels the average gains and the stronger augmentation does not.
-        # Also below 5 labels: a second round's pseudo-labels are much better than the first's
-        # (the first pass is weak; the second round was kept in 4 of 6 runs on ISBI), and the
-        # shared threshold keeps no pseudo-label of the landmarks the model is least sure of (at
-        # 1 label: none of Porion, Gonion, Menton...), which then learn from the labeled images
-        # alone; each landmark's own best 40 % gained (2.59 -> 2.44 mm).
-        few = self.num_labels < recipe["few_labels_below"]
-        # The refinement prior's factor was set on the unlabeled training images: flat from 1.5
-        # to 2 at 10 labels; at 1 label the first stage's estimate is worth more, and 1 was best.
-        # The landmark offsets were measured from 5 labels up (ISBI, the unlabeled training images).
-        for key in ("augment", "self_train", "self_train_keep_each", "refine_prior", "offset_correction"):
-            if getattr(self, key) is None:
-                setattr(self, key, recipe[f"few_labels_{key}" if few else key])
         self.augmentation = parse_augment("0,0,0" if self.no_augment else self.augment)
-        if self.ema_decay is None:
-            self.ema_decay = 0.0 if few else recipe["ema_decay"]
         self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
         self.init_kind, self.init_source = parse_init(self.init)
         if self.subset == "coverage" and self.init_kind == "scratch":
@@ -265,11 +225,9 @@ class FinetuneArguments:
         if self.refine_init != "scratch":
             self.refine_init = resolve_ddpm_folder(resolve_folder_or_repo(self.refine_init, "--refine-init", "pre-trained DDPM", REFINE_INIT_HINT), "--refine-init")
         if self.learning_rate is None:
-            self.learning_rate = recipe["scratch_learning_rate"] if self.init == "scratch" else recipe["learning_rate"]
-        if self.eval_steps is None:
-            self.eval_steps = recipe["eval_steps"]
+            self.learning_rate = recipe.scratch_learning_rate if self.init == "scratch" else recipe.learning_rate
         if self.max_steps is None and self.max_epochs is None:
-            self.max_steps, self.max_epochs = recipe.get("max_steps"), recipe.get("max_epochs")
+            self.max_steps, self.max_epochs = recipe.max_steps, recipe.max_epochs
         if self.num_labels < 1:
             raise UserInputError(f"--num-labels: must be at least 1, got {self.num_labels}")
         if self.resolution is not None and self.resolution % 8:
@@ -299,8 +257,13 @@ class FinetuneArguments:
                                  "rejected pseudo-labels; use --loss contour (the default recipe's) or bce")  # fmt: skip
 
     @property
+    def resolved_recipe(self) -> Recipe:
+        """The recipe's defaults for this many labels (:func:`hf_landmark.recipes.resolve_recipe`)."""
+        return resolve_recipe(self.recipe, self.num_labels)
+
+    @property
     def sigma_256(self) -> float:
-        return RECIPES[self.recipe]["sigma_256"]
+        return self.resolved_recipe.sigma_256
 
 
 def parse_augment(text: str) -> tuple[float, float, float, float]:
@@ -467,7 +430,8 @@ def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_c
     return {
         "dataset": dataset_name, "dataset_repo_id": None if dataset_local else args.dataset, "num_labels": len(train_ids),
         "labeled_image_ids": list(train_ids), "validation_images": val_count, "subset": args.subset, "seed": args.seed,
-        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "ema_decay": args.ema_decay,
+        "recipe": args.recipe, "recipe_defaults": args.resolved_recipe.as_dict(), "loss": args.loss, "learning_rate": args.learning_rate,
+        "ema_decay": args.ema_decay,
         "augment": ",".join(f"{v:g}" for v in args.augmentation), "init": init,
     }  # fmt: skip
 
@@ -556,7 +520,8 @@ def finetune(args: FinetuneArguments) -> dict:
                     calibration["flag_calibration_images"], 100 * calibration["flag_false_alarm_rate"])  # fmt: skip
     summary = {
         "labeled_image_ids": train.image_ids, "num_labels": args.num_labels, "seed": args.seed, "init": args.init,
-        "recipe": args.recipe, "loss": args.loss, "learning_rate": args.learning_rate, "resolution": size, "steps": result["steps"],
+        "recipe": args.recipe, "recipe_defaults": args.resolved_recipe.as_dict(), "loss": args.loss, "learning_rate": args.learning_rate,
+        "resolution": size, "steps": result["steps"],
         "mixed_precision": mixed_precision, "precision_probe": probe, "seconds": time.perf_counter() - start, "best": best,
         "first_stage": result["first_stage"], "refine": result["refine"], "self_training": self_training,
         "mean_shape_val_mre": floor["mre"], "history": result["history"], "calibration": calibration,
@@ -1055,9 +1020,23 @@ def train_refiner(args: FinetuneArguments, accelerator, autocast, model_dir: str
     return summary, best
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--show-recipe" in argv:  # the defaults a label count gets, without training
+        return show_recipe(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     return finetune(parse_arguments(parser(), FinetuneArguments, argv))
+
+
+def show_recipe(argv: list[str]) -> None:
+    """``hf-landmark finetune --show-recipe N [--recipe paper]``: print the resolved recipe."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="hf-landmark finetune --show-recipe", allow_abbrev=False)
+    p.add_argument("--show-recipe", type=int, required=True, metavar="NUM_LABELS")
+    p.add_argument("--recipe", default="default", choices=["default", "paper"])
+    args, _ = p.parse_known_args(argv)
+    print(describe_recipe(resolve_recipe(args.recipe, args.show_recipe)), end="")
 
 
 if __name__ == "__main__":
