@@ -13,7 +13,9 @@ __version__ = "0.4.0"
 AutoConfig.register(LandmarkConfig.model_type, LandmarkConfig)
 AutoModel.register(LandmarkConfig, LandmarkDetector)
 # One class serves both backends: it needs neither torchvision nor an accelerator.
-AutoImageProcessor.register(LandmarkConfig, image_processor_classes={"pil": LandmarkImageProcessor, "torchvision": LandmarkImageProcessor})
+AutoImageProcessor.register(
+    LandmarkConfig, image_processor_classes={"pil": LandmarkImageProcessor, "torchvision": LandmarkImageProcessor}
+)
 # Saved models carry `auto_map` and their modelling files, so that they also load with
 # `AutoModel.from_pretrained(path_or_repo, trust_remote_code=True)` where hf_landmark is absent.
 LandmarkConfig.register_for_auto_class()
@@ -21,7 +23,12 @@ LandmarkDetector.register_for_auto_class("AutoModel")
 LandmarkImageProcessor.register_for_auto_class("AutoImageProcessor")
 register_pipeline()
 
-_TRAINING = {"pretrain": "pretrain", "pretrain_ssl": "pretrain_ssl", "finetune": "finetune", "benchmark": "fewshot_benchmark"}
+_TRAINING = {
+    "pretrain": "pretrain",
+    "pretrain_ssl": "pretrain_ssl",
+    "finetune": "finetune",
+    "benchmark": "fewshot_benchmark",
+}
 
 
 def __getattr__(name):

@@ -161,10 +161,16 @@ class AnnotationFile:
 
         entries, names = read_annotation_file(self.path, landmarks=self.names)
         _, rows = self._read_raw()
-        skipped = {r.get("image", "").strip(): {s for s in (r.get(SKIPPED_COLUMN) or "").split(";") if s} for r in rows}
+        skipped = {
+            r.get("image", "").strip(): {s for s in (r.get(SKIPPED_COLUMN) or "").split(";") if s} for r in rows
+        }
         out = {}
         for e in entries:
-            lm = np.full((len(self.names), 2), np.nan) if e.landmarks is None else np.asarray(e.landmarks, dtype=np.float64)
+            lm = (
+                np.full((len(self.names), 2), np.nan)
+                if e.landmarks is None
+                else np.asarray(e.landmarks, dtype=np.float64)
+            )
             out[e.file] = (lm, skipped.get(e.file, set()) & set(names))
         return out
 
@@ -200,13 +206,23 @@ def _shared_spacing(header, rows) -> dict:
 class Project:
     """The images to annotate (paths relative to ``root``), the landmark names, the file."""
 
-    def __init__(self, root: Path, files: list[str], names: list[str], store: AnnotationFile, model: str | None, note: str,
-                 features: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        files: list[str],
+        names: list[str],
+        store: AnnotationFile,
+        model: str | None,
+        note: str,
+        features: str | None = None,
+    ):
         self.root, self.files, self.names, self.store, self.model, self.note = root, files, names, store, model, note
         self.features = features
 
 
-def open_project(images: str, out: str, landmarks=None, model: str | None = None, features: str | None = None) -> Project:
+def open_project(
+    images: str, out: str, landmarks=None, model: str | None = None, features: str | None = None
+) -> Project:
     """``images``: an image folder (every image under it) or a prepared dataset (its images,
     under the folder it was prepared from). ``out``: the annotation CSV; if it exists
     (``select``'s template, or an earlier session) its images come first, in its order, and
@@ -224,14 +240,18 @@ def open_project(images: str, out: str, landmarks=None, model: str | None = None
     path = Path(images)
     info = {}
     if path.is_file():
-        raise UserInputError(f"--images {images}: give the image folder; a template CSV (from hf-landmark select) is --out")
+        raise UserInputError(
+            f"--images {images}: give the image folder; a template CSV (from hf-landmark select) is --out"
+        )
     if not path.is_dir():
         raise UserInputError(f"--images {images}: no such folder")
     if (path / INFO_FILE).is_file():
         info = dataset_info(path)
         if not info.get("root") or not Path(info["root"]).is_dir():
-            raise UserInputError(f"--images {images}: this prepared dataset does not record an image folder that exists here "
-                                 f"({info.get('root') or 'none'}); give the image folder itself")  # fmt: skip
+            raise UserInputError(
+                f"--images {images}: this prepared dataset does not record an image folder that exists here "
+                f"({info.get('root') or 'none'}); give the image folder itself"
+            )
         root = Path(info["root"])
         folder_files = sorted(info.get("files", {}).values())
     else:
@@ -239,7 +259,9 @@ def open_project(images: str, out: str, landmarks=None, model: str | None = None
         folder_files = [p.relative_to(root).as_posix() for p in _image_files(root)]
     out_path = Path(out)
     if out_path.suffix.lower() != ".csv":
-        raise UserInputError(f"--out {out}: the annotation file is a CSV (name it .csv); predict --format and prepare custom convert others")
+        raise UserInputError(
+            f"--out {out}: the annotation file is a CSV (name it .csv); predict --format and prepare custom convert others"
+        )
     file_names = None
     if out_path.exists():
         from .data.formats import read_annotation_file
@@ -251,20 +273,28 @@ def open_project(images: str, out: str, landmarks=None, model: str | None = None
     if not names:
         raise UserInputError("--landmarks: name the landmarks to place (comma-separated, or a file with one per line)")
     if model_names and names != model_names:
-        raise UserInputError(f"--model {model}: its landmarks ({', '.join(model_names)}) are not the ones to place ({', '.join(names)})")
+        raise UserInputError(
+            f"--model {model}: its landmarks ({', '.join(model_names)}) are not the ones to place ({', '.join(names)})"
+        )
     if file_names and names != file_names:
-        raise UserInputError(f"{out}: its landmarks ({', '.join(file_names)}) are not --landmarks ({', '.join(names)})")
+        raise UserInputError(
+            f"{out}: its landmarks ({', '.join(file_names)}) are not --landmarks ({', '.join(names)})"
+        )
     if out_path.exists():
         missing = [f for f in listed if not (root / f).is_file()]
         if missing:
-            raise UserInputError(f"{out}: {len(missing)} listed image(s) not found under {root}: {', '.join(missing[:5])}"
-                                 + (" ..." if len(missing) > 5 else ""))  # fmt: skip
+            raise UserInputError(
+                f"{out}: {len(missing)} listed image(s) not found under {root}: {', '.join(missing[:5])}"
+                + (" ..." if len(missing) > 5 else "")
+            )
         # The file's images first, in its order (select's choice); the others after them, so that
         # a later round (a model's worst predictions) goes to the same file.
         listed_set = set(listed)
         rest = [f for f in folder_files if f not in listed_set]
         files = listed + rest
-        note = f"the {len(listed)} images listed in {out_path.name}" + (f", then the {len(rest)} others under {root}" if rest else "")
+        note = f"the {len(listed)} images listed in {out_path.name}" + (
+            f", then the {len(rest)} others under {root}" if rest else ""
+        )
     else:
         if not folder_files:
             raise UserInputError(f"--images {images}: no images (PNG, JPEG, BMP, TIFF, DICOM) found")
@@ -351,11 +381,17 @@ def export_annotations(project: Project) -> list[str]:
     for f in project.files:
         points = saved.get(f, (np.full((len(project.names), 2), np.nan), set()))[0]
         w, h = image_size(project.root / f)
-        items.append({"file": f, "width": int(w), "height": int(h), "landmarks": points if np.isfinite(points).all() else None})
+        items.append(
+            {"file": f, "width": int(w), "height": int(h), "landmarks": points if np.isfinite(points).all() else None}
+        )
     shutil.copyfile(project.store.path, out / "annotations.csv")
     written = [out / "annotations.csv"]
-    for kind, name in (("cvat", "annotations.cvat.xml"), ("coco", "annotations.coco.json"), ("labelstudio", "annotations.labelstudio.json"),
-                       ("json", "annotations.json")):  # fmt: skip
+    for kind, name in (
+        ("cvat", "annotations.cvat.xml"),
+        ("coco", "annotations.coco.json"),
+        ("labelstudio", "annotations.labelstudio.json"),
+        ("json", "annotations.json"),
+    ):
         write_annotations(kind, items, project.names, out / name, image_root=project.root, coco_origin="corner")
         written.append(out / name)
         if kind == "labelstudio":
@@ -418,7 +454,9 @@ class AnnotationSession:
         self.project = project
         self.names = project.names
         saved = project.store.read()
-        self.states = [ImageState(*saved.get(f, (np.full((len(self.names), 2), np.nan), set()))) for f in project.files]
+        self.states = [
+            ImageState(*saved.get(f, (np.full((len(self.names), 2), np.nan), set()))) for f in project.files
+        ]
         self.order = list(range(len(project.files)))
         self.review = None  # rows of the review queue once ranked
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -466,7 +504,9 @@ class AnnotationSession:
         if i not in self._predictions:
             from .pipeline_landmark import detection_pipeline as landmark_pipeline
 
-            self._predictions[i] = landmark_pipeline(self.project.model)(str(self.project.root / self.project.files[i]))
+            self._predictions[i] = landmark_pipeline(self.project.model)(
+                str(self.project.root / self.project.files[i])
+            )
         return self._predictions[i]
 
     def _enter(self) -> None:
@@ -487,7 +527,12 @@ class AnnotationSession:
         """With the model's proposals, the zoom opens on the current landmark's proposal:
         one click there moves it, Enter accepts it."""
         st = self.state
-        if self.use_zoom and st.proposals is not None and not st.placed[self.current] and np.isfinite(st.proposals[self.current]).all():
+        if (
+            self.use_zoom
+            and st.proposals is not None
+            and not st.placed[self.current]
+            and np.isfinite(st.proposals[self.current]).all()
+        ):
             self.zoom_centre = tuple(st.proposals[self.current])
 
     def _matched_proposals(self) -> None:
@@ -496,7 +541,14 @@ class AnnotationSession:
         from .matching import FeatureExtractor, match_images
 
         st = self.state
-        ref = next((i for i in range(len(self.states)) if i != self.index and self.complete(i) and self.states[i].placed.all()), None)
+        ref = next(
+            (
+                i
+                for i in range(len(self.states))
+                if i != self.index and self.complete(i) and self.states[i].placed.all()
+            ),
+            None,
+        )
         if ref is None:
             return
         if self.extractor is None:
@@ -506,8 +558,10 @@ class AnnotationSession:
         consistent = np.asarray(m["consistent"], bool)
         st.proposals = np.where(consistent[:, None], m["xy"], np.nan)
         st.unsure = np.zeros(len(consistent), bool)
-        self.message = (f"Proposals matched from {self.project.files[ref]} for {int(consistent.sum())} of {len(consistent)} landmarks; "
-                        f"the other {int((~consistent).sum())} did not map back to their landmark and are not shown: place them.")  # fmt: skip
+        self.message = (
+            f"Proposals matched from {self.project.files[ref]} for {int(consistent.sum())} of {len(consistent)} landmarks; "
+            f"the other {int((~consistent).sum())} did not map back to their landmark and are not shown: place them."
+        )
 
     def _next_todo(self, after: int) -> int:
         st, n = self.state, len(self.names)
@@ -527,7 +581,9 @@ class AnnotationSession:
 
     def _save(self) -> None:
         st = self.state
-        self.project.store.save_image(self.project.files[self.index], np.where(st.placed[:, None], st.points, np.nan), st.skipped)
+        self.project.store.save_image(
+            self.project.files[self.index], np.where(st.placed[:, None], st.points, np.nan), st.skipped
+        )
 
     def _remember(self, k: int) -> None:
         st = self.state
@@ -598,7 +654,12 @@ class AnnotationSession:
     def accept_one(self) -> None:
         """Accept the model's proposal for the current landmark."""
         st, k = self.state, self.current
-        if st.proposals is None or st.placed[k] or self.names[k] in st.skipped or not np.isfinite(st.proposals[k]).all():
+        if (
+            st.proposals is None
+            or st.placed[k]
+            or self.names[k] in st.skipped
+            or not np.isfinite(st.proposals[k]).all()
+        ):
             self.message = "No proposal to accept for this landmark."
             return
         self._remember(k)
@@ -613,7 +674,11 @@ class AnnotationSession:
         if st.proposals is None:
             self.message = "No model proposals to accept (open with a model)."
             return
-        todo = [k for k in range(len(self.names)) if not st.placed[k] and self.names[k] not in st.skipped and np.isfinite(st.proposals[k]).all()]
+        todo = [
+            k
+            for k in range(len(self.names))
+            if not st.placed[k] and self.names[k] not in st.skipped and np.isfinite(st.proposals[k]).all()
+        ]
         for k in todo:
             self._remember(k)
             st.points[k], st.placed[k] = st.proposals[k], True
@@ -627,7 +692,9 @@ class AnnotationSession:
         # The zoom follows the chosen landmark: on its point, else closed until the overview is clicked.
         self.zoom_centre = tuple(pt) if self.use_zoom and np.isfinite(pt).all() else None
         where = "click its new position" if np.isfinite(pt).all() else "click near it on the image"
-        self.message = f"{k + 1} {self.names[k]}: {where}" + (" (then the exact position in the zoom)." if self.use_zoom else ".")
+        self.message = f"{k + 1} {self.names[k]}: {where}" + (
+            " (then the exact position in the zoom)." if self.use_zoom else "."
+        )
 
     def next_landmark(self) -> None:
         self.current = (self.current + 1) % len(self.names)
@@ -658,10 +725,20 @@ class AnnotationSession:
         self.pos = 0
         self._enter()
         todo = n - sum(finished)
-        self.message = (f"Review order: the {todo} image(s) with work left, the least certain predictions first (mean relative "
-                        f"radius), then the {n - todo} finished.")  # fmt: skip
-        self.review = [[k + 1, self.project.files[i], self.progress_label(i), _round(badness[i]), "low confidence" if flags[i] else ""]
-                       for k, i in enumerate(self.order)]  # fmt: skip
+        self.message = (
+            f"Review order: the {todo} image(s) with work left, the least certain predictions first (mean relative "
+            f"radius), then the {n - todo} finished."
+        )
+        self.review = [
+            [
+                k + 1,
+                self.project.files[i],
+                self.progress_label(i),
+                _round(badness[i]),
+                "low confidence" if flags[i] else "",
+            ]
+            for k, i in enumerate(self.order)
+        ]
         return self.review
 
     def progress_label(self, i: int) -> str:
@@ -689,7 +766,9 @@ class AnnotationSession:
         for k, p in enumerate(pts):
             if np.isfinite(p).all():
                 px, py = original_to_picture(p, scale)
-                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=_PLACED if st.placed[k] else _PROPOSED, outline=(0, 0, 0))
+                draw.ellipse(
+                    [px - 2, py - 2, px + 2, py + 2], fill=_PLACED if st.placed[k] else _PROPOSED, outline=(0, 0, 0)
+                )
         return np.asarray(rgb)
 
     # what the page shows
@@ -698,15 +777,20 @@ class AnnotationSession:
         placed = int(st.placed.sum())
         done = sum(self.complete(i) for i in range(len(self.states)))
         order = " (review order: worst predictions first)" if self.review else ""
-        lines = [f"**Image {self.pos + 1} of {len(self.order)}**{order} · `{self.project.files[self.index]}` · "
-                 f"{placed} of {len(self.names)} landmarks placed" + (f", {len(st.skipped)} missing" if st.skipped else "")
-                 + f" · {done} of {len(self.states)} images complete",
-                 f"### Landmark {k + 1} of {len(self.names)}: {self.names[k]}"]  # fmt: skip
+        lines = [
+            f"**Image {self.pos + 1} of {len(self.order)}**{order} · `{self.project.files[self.index]}` · "
+            f"{placed} of {len(self.names)} landmarks placed"
+            + (f", {len(st.skipped)} missing" if st.skipped else "")
+            + f" · {done} of {len(self.states)} images complete",
+            f"### Landmark {k + 1} of {len(self.names)}: {self.names[k]}",
+        ]
         if self.complete(self.index):
             lines[1] += " · every landmark done here: **→** for the next image, or click a point to move it"
         elif self.finished(self.index):
-            lines[1] += (" · nothing left to place, but a landmark marked missing leaves the image incomplete: prepare custom "
-                         "refuses it (or puts it in the pool with --drop-incomplete); **z** or the list to place it after all")
+            lines[1] += (
+                " · nothing left to place, but a landmark marked missing leaves the image incomplete: prepare custom "
+                "refuses it (or puts it in the pool with --drop-incomplete); **z** or the list to place it after all"
+            )
         if st.flag:
             lines.append("**The model flags this image as unlike its training images: check every proposal.**")
         if self.message:
@@ -722,7 +806,10 @@ class AnnotationSession:
             elif n in st.skipped:
                 x, y, what = np.nan, np.nan, "missing"
             elif st.proposals is not None and np.isfinite(st.proposals[k]).all():
-                x, y, what = *st.proposals[k], "proposed (unsure)" if st.unsure is not None and st.unsure[k] else "proposed"
+                x, y, what = (
+                    *st.proposals[k],
+                    "proposed (unsure)" if st.unsure is not None and st.unsure[k] else "proposed",
+                )
             else:
                 x, y, what = np.nan, np.nan, ""
             radius = st.radii[k] if st.radii is not None else np.nan
@@ -764,7 +851,12 @@ class AnnotationSession:
                 draw.ellipse([px - r + 1, py - r + 1, px + r - 1, py + r - 1], outline=(*_PROPOSED, 255), width=2)
             r = 4
             if cross:  # a crosshair with a gap, so the pixel itself stays visible
-                for a, b in (((px - 12, py), (px - 3, py)), ((px + 3, py), (px + 12, py)), ((px, py - 12), (px, py - 3)), ((px, py + 3), (px, py + 12))):
+                for a, b in (
+                    ((px - 12, py), (px - 3, py)),
+                    ((px + 3, py), (px + 12, py)),
+                    ((px, py - 12), (px, py - 3)),
+                    ((px, py + 3), (px, py + 12)),
+                ):
                     draw.line([a, b], fill=(*colour, 255), width=1)
             elif st.placed[k]:
                 draw.ellipse([px - r, py - r, px + r, py + r], fill=(*colour, 230), outline=(0, 0, 0, 255))
@@ -772,7 +864,14 @@ class AnnotationSession:
                 draw.ellipse([px - r, py - r, px + r, py + r], outline=(*colour, 255), width=2)
             if k == self.current:
                 draw.ellipse([px - 9, py - 9, px + 9, py + 9], outline=(*_CURRENT, 255), width=2)
-            draw.text((px + 7, py - 20), str(k + 1), fill=(255, 255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0, 255))
+            draw.text(
+                (px + 7, py - 20),
+                str(k + 1),
+                fill=(255, 255, 255, 255),
+                font=font,
+                stroke_width=2,
+                stroke_fill=(0, 0, 0, 255),
+            )
         if cross and self.zoom_centre is not None:  # where the overview was clicked
             cx, cy = original_to_picture(np.round(self.zoom_centre), scale, origin)
             m = scale / 2 + 3  # around the pixel, never over it
@@ -784,7 +883,10 @@ class AnnotationSession:
         from .preprocessing import resize_image, to_uint8
 
         k = self.current
-        ref = next((i for i in range(len(self.states)) if i != self.index and self.states[i].placed[k] and self.complete(i)), None)
+        ref = next(
+            (i for i in range(len(self.states)) if i != self.index and self.states[i].placed[k] and self.complete(i)),
+            None,
+        )
         if ref is None:
             return None
         img = self.image(ref)
@@ -823,15 +925,26 @@ KEYBOARD_JS = """
 }
 """
 
-_HELP = ("Click the overview near the landmark asked for; the zoom opens there, and a click in the zoom places it "
-         "(saved at once). Keys: **n** next landmark, **s** missing, **z** undo; with a model, the zoom opens on its "
-         "proposal: **Enter** accepts it, **a** accepts all; "
-         "**← →** previous / next image, **r** radii on/off. Once every landmark is placed, a click on one selects it to move it; "
-         "the list selects any landmark.")  # fmt: skip
+_HELP = (
+    "Click the overview near the landmark asked for; the zoom opens there, and a click in the zoom places it "
+    "(saved at once). Keys: **n** next landmark, **s** missing, **z** undo; with a model, the zoom opens on its "
+    "proposal: **Enter** accepts it, **a** accepts all; "
+    "**← →** previous / next image, **r** radii on/off. Once every landmark is placed, a click on one selects it to move it; "
+    "the list selects any landmark."
+)
 
 
-def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | None = None, landmarks=None, model: str | None = None,
-                        features: str | None = None, uploads: bool = False):  # fmt: skip
+def build_annotate_tabs(
+    gr,
+    demo,
+    tabs,
+    images: str | None = None,
+    out: str | None = None,
+    landmarks=None,
+    model: str | None = None,
+    features: str | None = None,
+    uploads: bool = False,
+):
     """The *Annotate* and *Review* tabs, inside ``demo`` (a ``gr.Blocks``) and its ``tabs``.
     With ``images`` and ``out`` given, each page load opens them (continuing the file).
 
@@ -846,37 +959,72 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
         if uploads:
             with gr.Accordion("Your x-rays and the landmarks to place", open=True):
                 with gr.Row():
-                    u_files = gr.File(file_count="multiple", file_types=UPLOAD_TYPES, type="filepath", label="x-rays (PNG, JPEG, BMP, "
-                                      "TIFF, DICOM); kept only while this page is open", elem_id="annot-uploads")  # fmt: skip
+                    u_files = gr.File(
+                        file_count="multiple",
+                        file_types=UPLOAD_TYPES,
+                        type="filepath",
+                        label="x-rays (PNG, JPEG, BMP, TIFF, DICOM); kept only while this page is open",
+                        elem_id="annot-uploads",
+                    )
                     with gr.Column():
-                        u_names = gr.Textbox(value=",".join(landmarks or []), label="landmarks, in order (comma-separated)",
-                                             elem_id="annot-names")  # fmt: skip
-                        u_model = gr.Checkbox(value=False, visible=bool(model), elem_id="annot-use-model",
-                                              label=f"start each image from the model's predictions ({model})")  # fmt: skip
+                        u_names = gr.Textbox(
+                            value=",".join(landmarks or []),
+                            label="landmarks, in order (comma-separated)",
+                            elem_id="annot-names",
+                        )
+                        u_model = gr.Checkbox(
+                            value=False,
+                            visible=bool(model),
+                            elem_id="annot-use-model",
+                            label=f"start each image from the model's predictions ({model})",
+                        )
                         open_button = gr.Button("Start annotating", elem_id="annot-open", variant="primary")
         else:
             with gr.Accordion("Images, annotation file, landmarks, model", open=not (images and out)):
                 with gr.Row():
                     f_images = gr.Textbox(value=images or "", label="image folder or prepared dataset")
-                    f_out = gr.Textbox(value=out or "", label="annotation CSV (continued if it exists; select's template too)")
+                    f_out = gr.Textbox(
+                        value=out or "", label="annotation CSV (continued if it exists; select's template too)"
+                    )
                 with gr.Row():
-                    f_names = gr.Textbox(value=",".join(landmarks or []),
-                                         label="landmarks (comma-separated or a file; default: the CSV's or the model's)")  # fmt: skip
+                    f_names = gr.Textbox(
+                        value=",".join(landmarks or []),
+                        label="landmarks (comma-separated or a file; default: the CSV's or the model's)",
+                    )
                     f_model = gr.Textbox(value=model or "", label="model (optional: proposals, radii, review queue)")
-                    f_features = gr.Textbox(value=features or "", label="pre-trained DDPM (optional, without a model: proposals matched "
-                                            "from the first finished image)")
+                    f_features = gr.Textbox(
+                        value=features or "",
+                        label="pre-trained DDPM (optional, without a model: proposals matched "
+                        "from the first finished image)",
+                    )
                 open_button = gr.Button("Open", elem_id="annot-open")
-        status = gr.Markdown("Upload your x-rays and name the landmarks to start." if uploads else "Open an image folder to start.",
-                             elem_id="annot-status")  # fmt: skip
+        status = gr.Markdown(
+            "Upload your x-rays and name the landmarks to start." if uploads else "Open an image folder to start.",
+            elem_id="annot-status",
+        )
         with gr.Row():
             with gr.Column(scale=3):
-                overview = gr.Image(label="image (click near the landmark)", type="numpy", format="png", interactive=False, height=760,
-                                    buttons=[], elem_id="annot-overview")  # fmt: skip
+                overview = gr.Image(
+                    label="image (click near the landmark)",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=760,
+                    buttons=[],
+                    elem_id="annot-overview",
+                )
             with gr.Column(scale=2):
                 # Beside the image, so that choosing a landmark never scrolls the image away.
                 landmark = gr.Radio([], label="landmark", elem_id="annot-landmark")
-                zoom = gr.Image(label="zoom (click the exact position)", type="numpy", format="png", interactive=False, height=500,
-                                buttons=[], elem_id="annot-zoom")  # fmt: skip
+                zoom = gr.Image(
+                    label="zoom (click the exact position)",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=500,
+                    buttons=[],
+                    elem_id="annot-zoom",
+                )
                 with gr.Row():
                     undo = gr.Button("Undo (z)", elem_id="annot-undo", size="sm")
                     skip = gr.Button("Missing (s)", elem_id="annot-skip", size="sm")
@@ -889,29 +1037,59 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
                     next_image = gr.Button("Next image →", elem_id="annot-next-image", size="sm")
                 with gr.Row():
                     use_zoom = gr.Checkbox(value=True, label="zoom before placing", elem_id="annot-use-zoom")
-                    factor = gr.Radio([str(f) for f in ZOOM_FACTORS], value=str(ZOOM_FACTORS[1]), label="zoom ×", elem_id="annot-factor")
+                    factor = gr.Radio(
+                        [str(f) for f in ZOOM_FACTORS],
+                        value=str(ZOOM_FACTORS[1]),
+                        label="zoom ×",
+                        elem_id="annot-factor",
+                    )
                     radii = gr.Checkbox(value=True, label="radii (r)", elem_id="annot-radii")
-                reference = gr.Image(label="where it is on a finished image", type="numpy", format="png", interactive=False, height=260,
-                                     buttons=[], elem_id="annot-reference")  # fmt: skip
+                reference = gr.Image(
+                    label="where it is on a finished image",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=260,
+                    buttons=[],
+                    elem_id="annot-reference",
+                )
                 gr.Markdown(_HELP, elem_id="annot-help")
-        table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "status", "radius (px)"], label="this image", interactive=False,
-                             elem_id="annot-table")
+        table = gr.Dataframe(
+            headers=["#", "landmark", "x (px)", "y (px)", "status", "radius (px)"],
+            label="this image",
+            interactive=False,
+            elem_id="annot-table",
+        )
         if uploads:
             with gr.Row():
                 export = gr.Button("Download the annotations", elem_id="annot-export")
-                exported = gr.File(label="annotations.csv and the same in each tool's format (CVAT XML, COCO Keypoints with "
-                                   "corner origin, Label Studio tasks and config, labelme zip, JSON)", file_count="multiple",
-                                   elem_id="annot-exported")  # fmt: skip
+                exported = gr.File(
+                    label="annotations.csv and the same in each tool's format (CVAT XML, COCO Keypoints with "
+                    "corner origin, Label Studio tasks and config, labelme zip, JSON)",
+                    file_count="multiple",
+                    elem_id="annot-exported",
+                )
     with gr.Tab("Review", id="review"):
-        gr.Markdown("The model predicts every image; the queue puts the images with work left first, the least certain "
-                    "predictions first (each landmark's calibrated radius relative to its usual one, averaged), and the "
-                    "finished images last. The Annotate tab then walks the images in this order: accept or move each "
-                    "proposal, and the corrections go to the same file, ready for prepare custom and finetune again.")  # fmt: skip
+        gr.Markdown(
+            "The model predicts every image; the queue puts the images with work left first, the least certain "
+            "predictions first (each landmark's calibrated radius relative to its usual one, averaged), and the "
+            "finished images last. The Annotate tab then walks the images in this order: accept or move each "
+            "proposal, and the corrections go to the same file, ready for prepare custom and finetune again."
+        )
         rank = gr.Button("Rank the images, worst predictions first", elem_id="annot-rank")
-        queue = gr.Dataframe(headers=["#", "image", "status", "uncertainty (1 = typical)", "flag"], label="review queue",
-                             interactive=False, elem_id="annot-queue")  # fmt: skip
-        thumbnails = gr.Gallery(label="the queue, with the model's proposals (orange) and placed points (green)", columns=6,
-                                height=420, elem_id="annot-thumbnails", allow_preview=False)  # fmt: skip
+        queue = gr.Dataframe(
+            headers=["#", "image", "status", "uncertainty (1 = typical)", "flag"],
+            label="review queue",
+            interactive=False,
+            elem_id="annot-queue",
+        )
+        thumbnails = gr.Gallery(
+            label="the queue, with the model's proposals (orange) and placed points (green)",
+            columns=6,
+            height=420,
+            elem_id="annot-thumbnails",
+            allow_preview=False,
+        )
 
     outputs = [state, status, overview, zoom, reference, landmark, table]
 
@@ -919,8 +1097,15 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
         if session is None:
             return None, "Open an image folder to start.", None, None, None, gr.Radio(choices=[], value=None), []
         choices = [(f"{k + 1} {n}", k) for k, n in enumerate(session.names)]
-        return (session, session.status(), session.overview(), session.zoom(), session.reference(),
-                gr.Radio(choices=choices, value=session.current), session.table())  # fmt: skip
+        return (
+            session,
+            session.status(),
+            session.overview(),
+            session.zoom(),
+            session.reference(),
+            gr.Radio(choices=choices, value=session.current),
+            session.table(),
+        )
 
     def guarded(fn):
         def run(session, *args):
@@ -938,8 +1123,13 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
         from .data.formats import read_landmark_names
 
         try:
-            project = open_project(images.strip(), out.strip(), read_landmark_names(names) if names.strip() else None, model.strip() or None,
-                                   features.strip() or None)  # fmt: skip
+            project = open_project(
+                images.strip(),
+                out.strip(),
+                read_landmark_names(names) if names.strip() else None,
+                model.strip() or None,
+                features.strip() or None,
+            )
             session = AnnotationSession(project)
         except (UserInputError, ValueError, OSError) as err:
             raise gr.Error(str(err)) from err
@@ -954,8 +1144,10 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
             raise gr.Error(str(err)) from err
         _forget_uploads(previous)
         _UPLOAD_SESSIONS.setdefault(request.session_hash, []).append(session)
-        session.message = (f"Annotating your {len(session.project.files)} image(s); every click is saved on the server only while this "
-                           "page is open: **Download the annotations** below keeps your work.")  # fmt: skip
+        session.message = (
+            f"Annotating your {len(session.project.files)} image(s); every click is saved on the server only while this "
+            "page is open: **Download the annotations** below keeps your work."
+        )
         return view(session)
 
     def do_export(session):
@@ -979,15 +1171,19 @@ def build_annotate_tabs(gr, demo, tabs, images: str | None = None, out: str | No
             raise gr.Error("Open an image folder first (with a model).")
         try:
             rows = session.rank(progress)
-            pictures = [(session.thumbnail(i), f"{k + 1}. {session.project.files[i]} {session.progress_label(i)}".strip())
-                        for k, i in enumerate(session.order[:60])]  # fmt: skip
+            pictures = [
+                (session.thumbnail(i), f"{k + 1}. {session.project.files[i]} {session.progress_label(i)}".strip())
+                for k, i in enumerate(session.order[:60])
+            ]
         except (UserInputError, ValueError, OSError) as err:
             raise gr.Error(str(err)) from err
         return (*view(session), rows, pictures)
 
     def on_queue(session, evt: gr.SelectData):
         def pick(s):
-            s.pos = int(evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index)  # a table row or a thumbnail
+            s.pos = int(
+                evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            )  # a table row or a thumbnail
             s._enter()
 
         return (*guarded(pick)(session), gr.Tabs(selected="annotate"))

@@ -62,30 +62,51 @@ def predict(image_path: str | None, model: str, decoder: str = "centroid", radii
     # Without radii: the same landmarks, drawn as if the model had none.
     drawn = preds if radii else [{k: v for k, v in p.items() if k != "radius"} for p in preds]
     overlay = pipe.draw_overlay(image_path, drawn, min_side=DISPLAY_MIN_SIDE)
-    rows = [[i + 1, p["label"], round(p["x"], 1), round(p["y"], 1), _mm(p.get("x_mm")), _mm(p.get("y_mm")), _mm(p.get("radius_mm", p.get("radius"))),
-             round(p["score"], 3)] for i, p in enumerate(preds)]  # fmt: skip
+    rows = [
+        [
+            i + 1,
+            p["label"],
+            round(p["x"], 1),
+            round(p["y"], 1),
+            _mm(p.get("x_mm")),
+            _mm(p.get("y_mm")),
+            _mm(p.get("radius_mm", p.get("radius"))),
+            round(p["score"], 3),
+        ]
+        for i, p in enumerate(preds)
+    ]
     notes = []
     if preds and preds[0].get("flag") == "low_confidence":
-        notes.append("**Low confidence: this image is unlike the model's training images** (another anatomy, a blank or a "
-                     "tiny image?). Do not use these coordinates without checking every one.")  # fmt: skip
+        notes.append(
+            "**Low confidence: this image is unlike the model's training images** (another anatomy, a blank or a "
+            "tiny image?). Do not use these coordinates without checking every one."
+        )
     moved = [str(i + 1) for i, p in enumerate(preds) if p.get("shape_moved")]
     if moved:
-        notes.append(f"Landmark{'s' if len(moved) > 1 else ''} {', '.join(moved)}: the first guess lay far from where the other "
-                     "landmarks put it (another structure?), so the model read it again near there. Check it.")  # fmt: skip
+        notes.append(
+            f"Landmark{'s' if len(moved) > 1 else ''} {', '.join(moved)}: the first guess lay far from where the other "
+            "landmarks put it (another structure?), so the model read it again near there. Check it."
+        )
     if preds and "radius" in preds[0] and radii:
-        notes.append("Circles: calibrated error radii; the true landmark lies inside with the stated probability "
-                     "(see the model card). A large circle means: look twice.")  # fmt: skip
+        notes.append(
+            "Circles: calibrated error radii; the true landmark lies inside with the stated probability "
+            "(see the model card). A large circle means: look twice."
+        )
     note = ""
     if any(p.get("spacing_assumed") for p in preds):
-        note = ("The file carries no pixel spacing: the mm columns assume the spacing of the model's training data. "
-                "Check it against your scanner before using them.")  # fmt: skip
+        note = (
+            "The file carries no pixel spacing: the mm columns assume the spacing of the model's training data. "
+            "Check it against your scanner before using them."
+        )
     elif not any("x_mm" in p for p in preds):
         note = "No pixel spacing is known for this image or model: coordinates are in pixels only."
     note = "\n\n".join(notes + ([note] if note else []))
     fd, path = tempfile.mkstemp(prefix="landmarks-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         # Strict JSON: a radius that does not exist is null, never Infinity.
-        json.dump({"image": os.path.basename(image_path), "model": model, "landmarks": preds}, fh, indent=2, allow_nan=False)
+        json.dump(
+            {"image": os.path.basename(image_path), "model": model, "landmarks": preds}, fh, indent=2, allow_nan=False
+        )
     return overlay, rows, note, path
 
 
@@ -93,8 +114,12 @@ def _mm(value):
     return "" if value is None else round(value, 2)
 
 
-def build_demo(default_model: str | None = None, examples: list[str] | None = None, annotate: dict | None = None,
-               annotate_uploads: bool | None = None):  # fmt: skip
+def build_demo(
+    default_model: str | None = None,
+    examples: list[str] | None = None,
+    annotate: dict | None = None,
+    annotate_uploads: bool | None = None,
+):
     """The web app: *Detect* (any image, any model); with ``annotate`` (the arguments of
     :func:`hf_landmark.annotation.build_annotate_tabs`, which needs hf_landmark) also
     *Annotate* and *Review*, and the page opens on *Annotate*. ``annotate_uploads`` (default:
@@ -117,26 +142,50 @@ def build_demo(default_model: str | None = None, examples: list[str] | None = No
             raise gr.Error(message) from err
 
     with gr.Blocks(title="hf-landmark: x-ray landmark detection") as demo:
-        gr.Markdown("# X-ray landmark detection\nUpload a radiograph (PNG, JPEG, BMP, TIFF or DICOM), choose a model "
-                    "(a local folder or a Hub repo) and get its landmarks, numbered on the picture and listed in the "
-                    "table. Research use only, not a medical device.")  # fmt: skip
+        gr.Markdown(
+            "# X-ray landmark detection\nUpload a radiograph (PNG, JPEG, BMP, TIFF or DICOM), choose a model "
+            "(a local folder or a Hub repo) and get its landmarks, numbered on the picture and listed in the "
+            "table. Research use only, not a medical device."
+        )
         # Tabs only beside the annotation page; the demo alone is one page, as it always was.
         tabbed = annotate is not None
-        with gr.Tabs(selected="detect" if annotate_uploads else "annotate") if tabbed else contextlib.nullcontext() as tabs:
+        with (
+            gr.Tabs(selected="detect" if annotate_uploads else "annotate")
+            if tabbed
+            else contextlib.nullcontext() as tabs
+        ):
             with gr.Tab("Detect", id="detect") if tabbed else contextlib.nullcontext():
                 with gr.Row():
                     with gr.Column():
                         image = gr.File(label="x-ray", file_types=FILE_TYPES, type="filepath")
-                        model = gr.Textbox(value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""), label="model folder or Hub repo")
+                        model = gr.Textbox(
+                            value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""),
+                            label="model folder or Hub repo",
+                        )
                         decoder = gr.Dropdown(["centroid", "argmax", "soft_argmax"], value="centroid", label="decoder")
                         radii = gr.Checkbox(value=True, label="draw the error radii")
                         run = gr.Button("Detect landmarks", variant="primary")
                         if examples:
-                            gr.Examples(examples=[[e] for e in examples], inputs=[image], label="examples (synthetic cephalograms)")
+                            gr.Examples(
+                                examples=[[e] for e in examples],
+                                inputs=[image],
+                                label="examples (synthetic cephalograms)",
+                            )
                     with gr.Column():
                         overlay = gr.Image(type="pil", format="png", label="landmarks (red, numbered as in the table)")
-                        table = gr.Dataframe(headers=["#", "landmark", "x (px)", "y (px)", "x (mm)", "y (mm)", "radius (mm, else px)", "score"],
-                                             label="coordinates")  # fmt: skip
+                        table = gr.Dataframe(
+                            headers=[
+                                "#",
+                                "landmark",
+                                "x (px)",
+                                "y (px)",
+                                "x (mm)",
+                                "y (mm)",
+                                "radius (mm, else px)",
+                                "score",
+                            ],
+                            label="coordinates",
+                        )
                         note = gr.Markdown()
                         download = gr.File(label="JSON")
             if tabbed:

@@ -39,7 +39,11 @@ class UNet2DBackbone(nn.Module):
     def __init__(self, config: LandmarkConfig, refiner: bool = False):
         super().__init__()
         # The refiner sees crops of refine_crop px; its head has a channel per landmark too.
-        unet_config, size = (config.refine_backbone_config, config.refine_crop) if refiner else (config.backbone_config, config.image_size)
+        unet_config, size = (
+            (config.refine_backbone_config, config.refine_crop)
+            if refiner
+            else (config.backbone_config, config.image_size)
+        )
         self.unet = UNet2DModel(**unet_kwargs(unet_config, size, config.num_landmarks))
         self.timestep = int(config.timestep)
         self._embedding = None
@@ -73,8 +77,11 @@ class UNet2DBackbone(nn.Module):
     @staticmethod
     def config_from_ddpm(unet: UNet2DModel) -> dict:
         """The ``backbone_config`` that rebuilds ``unet``'s architecture."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in unet.config.items()
-                if not k.startswith("_") and k not in ("sample_size", "out_channels")}  # fmt: skip
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in unet.config.items()
+            if not k.startswith("_") and k not in ("sample_size", "out_channels")
+        }
 
     def load_ddpm_weights(self, unet: UNet2DModel, source: str) -> None:
         """Copy every tensor of a DDPM U-Net except the head (whose shape differs)."""
@@ -95,7 +102,9 @@ def import_smp():
     try:
         import segmentation_models_pytorch as smp
     except ImportError as err:  # torchvision missing or mismatched counts too
-        raise MissingExtraError(f"the smp_unet backbone needs segmentation_models_pytorch ({err}); {BASELINES_HINT}") from err
+        raise MissingExtraError(
+            f"the smp_unet backbone needs segmentation_models_pytorch ({err}); {BASELINES_HINT}"
+        ) from err
     return smp
 
 
@@ -115,9 +124,13 @@ class SmpUNetBackbone(nn.Module):
         smp = import_smp()
         c = config.backbone_config
         self.net = smp.Unet(
-            encoder_name=c["encoder_name"], encoder_depth=int(c["encoder_depth"]), encoder_weights=None,
-            decoder_channels=tuple(c["decoder_channels"]), in_channels=int(c["in_channels"]), classes=config.num_landmarks,
-        )  # fmt: skip
+            encoder_name=c["encoder_name"],
+            encoder_depth=int(c["encoder_depth"]),
+            encoder_weights=None,
+            decoder_channels=tuple(c["decoder_channels"]),
+            in_channels=int(c["in_channels"]),
+            classes=config.num_landmarks,
+        )
         self._embedding = None
         self.net.encoder.register_forward_hook(self._keep_embedding)
 
@@ -149,7 +162,9 @@ def encoder_embedding(features) -> torch.Tensor:
 
 
 #: torchvision's pre-1.0 DenseNet names (``norm.1``), which smp's own loader also accepts.
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def encoder_state_dict(state: dict[str, torch.Tensor], encoder: nn.Module, source: str) -> dict[str, torch.Tensor]:
@@ -168,9 +183,11 @@ def encoder_state_dict(state: dict[str, torch.Tensor], encoder: nn.Module, sourc
     missing = sorted(set(own) - set(out))
     unexpected = sorted(set(out) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{source}: encoder weights do not match the {type(encoder).__name__} "
-                         f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''} of {len(missing)}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} of {len(unexpected)})")  # fmt: skip
+        raise ValueError(
+            f"{source}: encoder weights do not match the {type(encoder).__name__} "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''} of {len(missing)}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} of {len(unexpected)})"
+        )
     for key, value in out.items():
         target = own[key].shape
         if value.ndim == 4 and value.shape[1] == 3 and target[1] == 1 and value.shape[0] == target[0]:
@@ -200,7 +217,11 @@ def read_encoder_weights(path_or_repo: str | os.PathLike, what: str = "encoder w
         file = os.path.join(path, ENCODER_WEIGHTS_FILE)
         if not os.path.isfile(file):
             pickles = [p for p in _PICKLES if os.path.isfile(os.path.join(path, p))]
-            why = f"it holds only pickled weights ({', '.join(pickles)}), which hf_landmark never loads" if pickles else "no such file"
+            why = (
+                f"it holds only pickled weights ({', '.join(pickles)}), which hf_landmark never loads"
+                if pickles
+                else "no such file"
+            )
             raise FileNotFoundError(f"{path}: {what} must be a {ENCODER_WEIGHTS_FILE}; {why}")
     elif os.path.isfile(path):
         if not path.endswith(".safetensors"):
@@ -235,14 +256,18 @@ def resolve_ddpm_folder(path_or_repo: str | os.PathLike, arg: str = "") -> str:
     :class:`UserInputError` naming it (and ``arg``, the option that gave it)."""
     path = os.fspath(path_or_repo)
     prefix = f"{arg}: " if arg else ""
-    if not os.path.isdir(path) or any(os.path.isfile(os.path.join(path, f)) for f in ("model_index.json", "config.json")):
+    if not os.path.isdir(path) or any(
+        os.path.isfile(os.path.join(path, f)) for f in ("model_index.json", "config.json")
+    ):
         return path
     from .fileio import list_checkpoints
 
     checkpoints = list_checkpoints(path)
     if not checkpoints:
-        raise UserInputError(f"{prefix}{path}: not a pre-trained DDPM folder: no model_index.json or config.json in it, and no "
-                             "checkpoint-<step> folder of hf-landmark pretrain")  # fmt: skip
+        raise UserInputError(
+            f"{prefix}{path}: not a pre-trained DDPM folder: no model_index.json or config.json in it, and no "
+            "checkpoint-<step> folder of hf-landmark pretrain"
+        )
     newest = os.fspath(checkpoints[-1][1])
     if not os.path.isfile(os.path.join(newest, "model_index.json")):
         raise UserInputError(f"{prefix}{newest}: not a pre-trained DDPM checkpoint (no model_index.json in it)")
@@ -276,7 +301,11 @@ def read_pretraining_info(path_or_repo, subfolder: str | None = None) -> dict:
     """The ``hf_landmark_pretraining.json`` record of a DDPM checkpoint, or ``{}``."""
     path = os.fspath(path_or_repo)
     if os.path.isdir(path):
-        file = os.path.join(path, subfolder, PRETRAINING_INFO_FILE) if subfolder else os.path.join(path, PRETRAINING_INFO_FILE)
+        file = (
+            os.path.join(path, subfolder, PRETRAINING_INFO_FILE)
+            if subfolder
+            else os.path.join(path, PRETRAINING_INFO_FILE)
+        )
         if not os.path.isfile(file):
             return {}
     else:

@@ -22,7 +22,9 @@ def _cmd_synth(args) -> int:
         raise UserInputError(f"--num-images: must be at least 1, got {args.num_images}")
     if not args.variability >= 0:
         raise UserInputError(f"--variability: must be a number >= 0, got {args.variability}")
-    out = write_synthetic_isbi(args.out, num_images=args.num_images, seed=args.seed, image_format=args.format, variability=args.variability)
+    out = write_synthetic_isbi(
+        args.out, num_images=args.num_images, seed=args.seed, image_format=args.format, variability=args.variability
+    )
     print(f"wrote {args.num_images} synthetic cephalograms in the ISBI 2015 layout to {out}")
     return 0
 
@@ -40,27 +42,47 @@ def _cmd_prepare(args) -> int:
         kwargs["split"] = args.chest_split
     if args.kind == "custom":
         if not args.annotations:
-            raise UserInputError("--annotations: prepare custom needs the landmark file (CSV, JSON, a tool's export); "
-                                 "for a folder without annotations use prepare images")  # fmt: skip
-        kwargs.update(annotations=args.annotations, drop_incomplete=args.drop_incomplete, coco_origin=args.coco_origin,
-                      accept_predictions=args.accept_predictions,
-                      landmarks=read_landmark_names(args.landmarks) if args.landmarks else None)  # fmt: skip
+            raise UserInputError(
+                "--annotations: prepare custom needs the landmark file (CSV, JSON, a tool's export); "
+                "for a folder without annotations use prepare images"
+            )
+        kwargs.update(
+            annotations=args.annotations,
+            drop_incomplete=args.drop_incomplete,
+            coco_origin=args.coco_origin,
+            accept_predictions=args.accept_predictions,
+            landmarks=read_landmark_names(args.landmarks) if args.landmarks else None,
+        )
     elif args.annotations or args.landmarks or args.drop_incomplete or args.coco_origin:
-        raise UserInputError(f"--annotations, --landmarks, --drop-incomplete and --coco-origin are for prepare custom, not {args.kind}")
+        raise UserInputError(
+            f"--annotations, --landmarks, --drop-incomplete and --coco-origin are for prepare custom, not {args.kind}"
+        )
     if args.split_counts and args.kind == "images":
         raise UserInputError("--split-counts: prepare images makes only an unlabeled split")
     if args.holdout and args.kind != "images":
-        raise UserInputError("--holdout is for prepare images (prepare custom keeps the rows whose split is test out of the pool)")
+        raise UserInputError(
+            "--holdout is for prepare images (prepare custom keeps the rows whose split is test out of the pool)"
+        )
     if args.kind == "images":
         kwargs.update(holdout=args.holdout, seed=args.seed)
     if args.split_counts:
         try:
             counts = [int(v) if v.strip() not in ("", "rest") else None for v in args.split_counts.split(",")]
         except ValueError as err:
-            raise UserInputError(f"--split-counts: expected TRAIN,VAL[,TEST] integers (or 'rest'), got {args.split_counts!r}") from err
+            raise UserInputError(
+                f"--split-counts: expected TRAIN,VAL[,TEST] integers (or 'rest'), got {args.split_counts!r}"
+            ) from err
         kwargs["split_counts"] = tuple(counts + [None] * (3 - len(counts)))
-    dd, report = prepare(args.kind, args.root, args.out, image_size=args.image_size, skip_bad=args.skip_bad,
-                         allow_empty_splits=args.allow_empty_splits, outside_image=args.outside_image, **kwargs)  # fmt: skip
+    dd, report = prepare(
+        args.kind,
+        args.root,
+        args.out,
+        image_size=args.image_size,
+        skip_bad=args.skip_bad,
+        allow_empty_splits=args.allow_empty_splits,
+        outside_image=args.outside_image,
+        **kwargs,
+    )
     print(report.summary())
     print(f"saved to {args.out}")
     if args.push_to_hub:
@@ -98,13 +120,19 @@ def _cmd_evaluate(args) -> int:
     if args.exclude_training_labels:
         record = os.path.join(args.model, "hf_landmark_training.json")
         if not os.path.isfile(record):
-            raise UserInputError(f"{args.model}: --exclude-training-labels needs the training record hf_landmark_training.json")
+            raise UserInputError(
+                f"{args.model}: --exclude-training-labels needs the training record hf_landmark_training.json"
+            )
         with open(record, encoding="utf-8") as fh:
             labeled = set(json.load(fh)["labeled_image_ids"])
         data = data.subset([i for i, image_id in enumerate(data.image_ids) if image_id not in labeled])
         if len(data) == 0:
-            raise UserInputError(f"{args.dataset}: every {args.split} image was a training label; nothing is left to evaluate")
-    pred = predict_split(model, processor, data, args.decoder, batch_size=args.batch_size, refine=False if args.no_refine else None)
+            raise UserInputError(
+                f"{args.dataset}: every {args.split} image was a training label; nothing is left to evaluate"
+            )
+    pred = predict_split(
+        model, processor, data, args.decoder, batch_size=args.batch_size, refine=False if args.no_refine else None
+    )
     thresholds = None
     if args.thresholds:
         try:
@@ -117,34 +145,60 @@ def _cmd_evaluate(args) -> int:
         metrics["first_stage"] = compute_metrics(pred["first_stage_coords"], data, model.config, mode, thresholds)
         metrics["first_stage"].pop("errors")
     uncertainty = uncertainty_metrics(pred, data, processor, model.config)
-    metrics.update(model=os.fspath(args.model), dataset=os.fspath(args.dataset), split=args.split, decoder=args.decoder or processor.decoder,
-                   mean_score=float(pred["scores"].mean()), uncertainty=uncertainty, shape_moved=int(pred["shape_moved"].sum()),
-                   predictions={i: p.tolist() for i, p in zip(data.image_ids, pred["coords"])})  # fmt: skip
+    metrics.update(
+        model=os.fspath(args.model),
+        dataset=os.fspath(args.dataset),
+        split=args.split,
+        decoder=args.decoder or processor.decoder,
+        mean_score=float(pred["scores"].mean()),
+        uncertainty=uncertainty,
+        shape_moved=int(pred["shape_moved"].sum()),
+        predictions={i: p.tolist() for i, p in zip(data.image_ids, pred["coords"])},
+    )
     write_json_atomic(metrics, args.output)
     stem = os.path.splitext(args.output)[0]
     table = markdown_table(metrics, f"{args.model} on {args.dataset} ({args.split}, {mode})")
     write_text_atomic(table, stem + ".md")
-    written = [args.output, stem + ".md", save_cumulative_error_plot({os.path.basename(os.path.normpath(args.model)): metrics["errors"]},
-                                                                    metrics["unit"], stem + "_ced.png")]  # fmt: skip
+    written = [
+        args.output,
+        stem + ".md",
+        save_cumulative_error_plot(
+            {os.path.basename(os.path.normpath(args.model)): metrics["errors"]}, metrics["unit"], stem + "_ced.png"
+        ),
+    ]
     if uncertainty.get("reliability"):
-        written.append(save_reliability_plot(uncertainty["reliability"], stem + "_reliability.png", f"{args.split}, {len(data)} images"))
+        written.append(
+            save_reliability_plot(
+                uncertainty["reliability"], stem + "_reliability.png", f"{args.split}, {len(data)} images"
+            )
+        )
     if args.overlay_dir:
-        save_overlays(data, pred["coords"], args.overlay_dir, image_dir=args.image_dir, radii=processor.radii(pred["spread"]))
+        save_overlays(
+            data, pred["coords"], args.overlay_dir, image_dir=args.image_dir, radii=processor.radii(pred["spread"])
+        )
     print(table)
     if "first_stage" in metrics:
-        print(f"first stage: MRE {metrics['first_stage']['mre']:.3f} ± {metrics['first_stage']['mre_std']:.3f} {metrics['unit']}")
+        print(
+            f"first stage: MRE {metrics['first_stage']['mre']:.3f} ± {metrics['first_stage']['mre_std']:.3f} {metrics['unit']}"
+        )
     print(f"MRE {metrics['mre']:.3f} ± {metrics['mre_std']:.3f} {metrics['unit']} over {metrics['num_images']} images")
     if model.config.reference_shape is not None:
-        print(f"shape check: {metrics['shape_moved']} of {pred['coords'].shape[0] * pred['coords'].shape[1]} first-stage landmarks "
-              "were read again near where the other landmarks put them")  # fmt: skip
+        print(
+            f"shape check: {metrics['shape_moved']} of {pred['coords'].shape[0] * pred['coords'].shape[1]} first-stage landmarks "
+            "were read again near where the other landmarks put them"
+        )
     if "radius_alpha" in uncertainty:
         print(describe_radii(uncertainty, len(model.config.landmark_names or []) or pred["coords"].shape[1]))
     if "flag_calibration_images" in uncertainty:
-        print(f"low-confidence flag: {uncertainty['flagged_images']} of {len(data)} images flagged; calibrated on "
-              f"{uncertainty['flag_calibration_images']} images for an expected false-alarm rate of at most "
-              f"{100 * uncertainty['flag_false_alarm_rate']:.1f} % on images like them")  # fmt: skip
+        print(
+            f"low-confidence flag: {uncertainty['flagged_images']} of {len(data)} images flagged; calibrated on "
+            f"{uncertainty['flag_calibration_images']} images for an expected false-alarm rate of at most "
+            f"{100 * uncertainty['flag_false_alarm_rate']:.1f} % on images like them"
+        )
     elif uncertainty["flagged_images"]:
-        print(f"{uncertainty['flagged_images']} of {len(data)} images flagged low_confidence (unlike the training images)")
+        print(
+            f"{uncertainty['flagged_images']} of {len(data)} images flagged low_confidence (unlike the training images)"
+        )
     print("wrote " + ", ".join(written))
     return 0
 
@@ -162,12 +216,16 @@ def describe_radii(uncertainty: dict, num_landmarks: int) -> str:
     k = uncertainty["landmarks_with_radius"]
     if not k:
         return text + ": no landmark has a finite radius"
-    text += (f": coverage {100 * uncertainty['coverage']:.1f} %, mean radius {uncertainty['mean_radius']:.2f} {uncertainty['unit']} "
-             f"over {k} of {num_landmarks} landmarks")  # fmt: skip
+    text += (
+        f": coverage {100 * uncertainty['coverage']:.1f} %, mean radius {uncertainty['mean_radius']:.2f} {uncertainty['unit']} "
+        f"over {k} of {num_landmarks} landmarks"
+    )
     if k < num_landmarks:
         text += f" ({num_landmarks - k} have no radius: too few calibration images)"
-    return text + (f"; Spearman(score, error) {uncertainty['spearman_score_error']:+.2f}, "
-                   f"Spearman(spread, error) {uncertainty['spearman_spread_error']:+.2f}")  # fmt: skip
+    return text + (
+        f"; Spearman(score, error) {uncertainty['spearman_score_error']:+.2f}, "
+        f"Spearman(spread, error) {uncertainty['spearman_spread_error']:+.2f}"
+    )
 
 
 def _cmd_predict(args) -> int:
@@ -198,13 +256,30 @@ def _cmd_predict(args) -> int:
             with atomic_file(os.path.join(args.overlay_dir, path.stem + ".png")) as tmp:
                 pipe.draw_overlay(str(path), results[str(path)]).save(tmp)
     if args.overlay_dir and results:
-        write_text_atomic("\n".join(legend_lines(processor.landmark_names or [])) + "\n", os.path.join(args.overlay_dir, "legend.txt"))
+        write_text_atomic(
+            "\n".join(legend_lines(processor.landmark_names or [])) + "\n",
+            os.path.join(args.overlay_dir, "legend.txt"),
+        )
     flags = {image: preds[0]["flag"] for image, preds in results.items() if preds}
-    write_json_atomic({"model": os.fspath(args.model), "predictions": results, "flags": flags, "errors": errors}, args.output)
+    write_json_atomic(
+        {"model": os.fspath(args.model), "predictions": results, "flags": flags, "errors": errors}, args.output
+    )
     if args.csv:
         with atomic_file(args.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            columns = ["label", "x", "y", "score", "radius", "x_mm", "y_mm", "radius_mm", "spacing_assumed", "flag", "shape_moved"]
+            columns = [
+                "label",
+                "x",
+                "y",
+                "score",
+                "radius",
+                "x_mm",
+                "y_mm",
+                "radius_mm",
+                "spacing_assumed",
+                "flag",
+                "shape_moved",
+            ]
             writer.writerow(["image", "number", *columns])
             for image, preds in results.items():
                 for i, p in enumerate(preds):
@@ -214,14 +289,21 @@ def _cmd_predict(args) -> int:
         if args.format == "labelstudio":
             from .data.formats import labelstudio_config_path
 
-            print(f"wrote the predictions as Label Studio tasks to {written} and their labeling config to "
-                  f"{labelstudio_config_path(written)}: paste the config into the project (Settings > Labeling Interface > "
-                  "Code), import the tasks, correct and submit each, export JSON, then prepare custom --annotations <export>")  # fmt: skip
+            print(
+                f"wrote the predictions as Label Studio tasks to {written} and their labeling config to "
+                f"{labelstudio_config_path(written)}: paste the config into the project (Settings > Labeling Interface > "
+                "Code), import the tasks, correct and submit each, export JSON, then prepare custom --annotations <export>"
+            )
         else:
-            print(f"wrote the predictions as {args.format} to {written}; correct them in the tool, then prepare custom --annotations {written}")
+            print(
+                f"wrote the predictions as {args.format} to {written}; correct them in the tool, then prepare custom --annotations {written}"
+            )
     low = sorted(image for image, flag in flags.items() if flag != "ok")
     if low:
-        print(f"{len(low)} image(s) flagged low_confidence (unlike the training images; check them by hand): " + ", ".join(low[:10]))
+        print(
+            f"{len(low)} image(s) flagged low_confidence (unlike the training images; check them by hand): "
+            + ", ".join(low[:10])
+        )
     print(f"{len(results)} images predicted, {len(errors)} failed; wrote {args.output}")
     return 1 if errors and not args.skip_bad else 0
 
@@ -262,9 +344,13 @@ def _cmd_match(args) -> int:
         raise UserInputError(f"--template {template}: no such image")
     entries, names = read_annotation_file(Path(args.landmarks), root=template.parent, coco_origin=args.coco_origin)
     annotated = [e for e in entries if e.landmarks is not None and np.isfinite(e.landmarks).all()]
-    entry = next((e for e in annotated if Path(e.file).name == template.name), None) or (annotated[0] if len(annotated) == 1 else None)
+    entry = next((e for e in annotated if Path(e.file).name == template.name), None) or (
+        annotated[0] if len(annotated) == 1 else None
+    )
     if entry is None:
-        raise UserInputError(f"--landmarks {args.landmarks}: no complete row for {template.name} (and not exactly one annotated image)")
+        raise UserInputError(
+            f"--landmarks {args.landmarks}: no complete row for {template.name} (and not exactly one annotated image)"
+        )
     files = image_inputs(args.images)
     features = resolve_folder_or_repo(args.features, "--features", "pre-trained DDPM")
     try:
@@ -281,16 +367,32 @@ def _cmd_match(args) -> int:
             print(f"error: {err}", file=sys.stderr)
             continue
         m = match_images(extractor, template01, entry.landmarks, [target], cycle_radius=args.cycle_radius)[0]
-        results[str(path)] = [{"label": n, "x": float(x), "y": float(y), "score": float(s), "cycle_error": float(c), "consistent": bool(ok)}
-                              for n, (x, y), s, c, ok in zip(names, m["xy"], m["similarity"], m["cycle_error"], m["consistent"])]  # fmt: skip
+        results[str(path)] = [
+            {
+                "label": n,
+                "x": float(x),
+                "y": float(y),
+                "score": float(s),
+                "cycle_error": float(c),
+                "consistent": bool(ok),
+            }
+            for n, (x, y), s, c, ok in zip(names, m["xy"], m["similarity"], m["cycle_error"], m["consistent"])
+        ]
     consistent = [p["consistent"] for preds in results.values() for p in preds]
-    write_json_atomic({"template": str(template), "features": os.fspath(args.features), "predictions": results, "errors": errors}, args.output)
+    write_json_atomic(
+        {"template": str(template), "features": os.fspath(args.features), "predictions": results, "errors": errors},
+        args.output,
+    )
     if args.format:
         written = write_predictions_for_tool(args, results)
-        print(f"wrote the matches as {args.format} to {written}; correct them (hf-landmark annotate, or the tool), then prepare custom")
+        print(
+            f"wrote the matches as {args.format} to {written}; correct them (hf-landmark annotate, or the tool), then prepare custom"
+        )
     share = 100 * sum(consistent) / max(len(consistent), 1)
-    print(f"{len(results)} images matched to {template.name}, {len(errors)} failed; {share:.1f} % of the landmarks cycle-consistent "
-          f"(the others' matches did not map back to the template's landmark: check them first); wrote {args.output}")  # fmt: skip
+    print(
+        f"{len(results)} images matched to {template.name}, {len(errors)} failed; {share:.1f} % of the landmarks cycle-consistent "
+        f"(the others' matches did not map back to the template's landmark: check them first); wrote {args.output}"
+    )
     return 1 if errors and not args.skip_bad else 0
 
 
@@ -303,9 +405,17 @@ def write_predictions_for_tool(args, results: dict) -> str:
     from .preprocessing import image_size
 
     paths = [Path(p).resolve() for p in results]
-    root = Path(args.image_root).resolve() if args.image_root else Path(os.path.commonpath([p.parent for p in paths])) if paths else Path(".")
+    root = (
+        Path(args.image_root).resolve()
+        if args.image_root
+        else Path(os.path.commonpath([p.parent for p in paths]))
+        if paths
+        else Path(".")
+    )
     ext = {"csv": ".csv", "cvat": ".xml", "labelme": ""}.get(args.format, ".json")
-    out = args.format_output or (os.path.splitext(args.output)[0] + ("_labelme" if args.format == "labelme" else "") + ext)
+    out = args.format_output or (
+        os.path.splitext(args.output)[0] + ("_labelme" if args.format == "labelme" else "") + ext
+    )
     items = []
     for path, preds in zip(paths, results.values()):
         try:
@@ -313,8 +423,15 @@ def write_predictions_for_tool(args, results: dict) -> str:
         except ValueError as err:
             raise UserInputError(f"--image-root: {path} is not under {root}") from err
         w, h = image_size(path)
-        items.append({"file": name, "width": int(w), "height": int(h), "landmarks": [(p["x"], p["y"]) for p in preds],
-                      "score": float(sum(p["score"] for p in preds) / max(len(preds), 1))})  # fmt: skip
+        items.append(
+            {
+                "file": name,
+                "width": int(w),
+                "height": int(h),
+                "landmarks": [(p["x"], p["y"]) for p in preds],
+                "score": float(sum(p["score"] for p in preds) / max(len(preds), 1)),
+            }
+        )
     names = [p["label"] for p in next(iter(results.values()), [])]
     write_annotations(args.format, items, names, out, image_root=root, coco_origin=args.coco_origin)
     return out
@@ -350,17 +467,25 @@ def _cmd_select(args) -> int:
     if args.split == "test":
         raise UserInputError("--split: the test split is never a pool to choose from")
     dataset = load_prepared(args.dataset)
-    pool_split = require_split(dataset, args.split, args.dataset + " (prepare custom puts the images without annotations there, "
-                               "prepare images all of them; --split train hides the training labels instead)")  # fmt: skip
+    pool_split = require_split(
+        dataset,
+        args.split,
+        args.dataset + " (prepare custom puts the images without annotations there, "
+        "prepare images all of them; --split train hides the training labels instead)",
+    )
     info = dataset_info(args.dataset)
     model = processor = features = uncertainty = None
     if args.strategy == "coverage":
         if not args.features:
-            raise UserInputError("--features: the coverage strategy embeds the pool with a pre-trained DDPM (hf-landmark pretrain) or a detector")
+            raise UserInputError(
+                "--features: the coverage strategy embeds the pool with a pre-trained DDPM (hf-landmark pretrain) or a detector"
+            )
         model, processor = feature_model(args.features)
     if args.strategy == "uncertainty":
         if not args.model:
-            raise UserInputError("--model: the uncertainty strategy ranks the pool by a fine-tuned detector's confidence")
+            raise UserInputError(
+                "--model: the uncertainty strategy ranks the pool by a fine-tuned detector's confidence"
+            )
         model, processor = load_detector(args.model)
     ids = list(pool_split["image_id"])
     # Only coverage and uncertainty look at every pool image; first and random need their ids.
@@ -374,13 +499,22 @@ def _cmd_select(args) -> int:
         uncertainty = (np.array([f != "ok" for f in pred["flags"]]), radius)
     outliers = pool_outliers(features, data.images[:, 0].numpy()) if features is not None else {}
     chosen = choose(args.strategy, ids, args.num, features, args.seed, uncertainty, excluded=outliers)
-    names = (read_landmark_names(args.landmarks) if args.landmarks else None) or (
-        model.config.landmark_names if args.strategy == "uncertainty" else None) or info.get("landmark_names") or []  # fmt: skip
+    names = (
+        (read_landmark_names(args.landmarks) if args.landmarks else None)
+        or (model.config.landmark_names if args.strategy == "uncertainty" else None)
+        or info.get("landmark_names")
+        or []
+    )
     if not names:
-        raise UserInputError("--landmarks: name the landmarks to annotate (comma-separated or a file with one per line)")
+        raise UserInputError(
+            "--landmarks: name the landmarks to annotate (comma-separated or a file with one per line)"
+        )
     files = info.get("files", {})
     shown = pool_split.select(chosen)
-    items = [{"file": files.get(ids[i], ids[i]), "landmarks": None, "width": w, "height": h} for i, (w, h) in zip(chosen, shown["original_size"])]
+    items = [
+        {"file": files.get(ids[i], ids[i]), "landmarks": None, "width": w, "height": h}
+        for i, (w, h) in zip(chosen, shown["original_size"])
+    ]
     # The split of each row, in the template: the last --validation chosen images validate (the
     # first chosen represent the pool best), the images prepare images held out test.
     n_val = _validation_count(args.validation, len(items))
@@ -391,7 +525,9 @@ def _cmd_select(args) -> int:
     if args.spacing:
         from .training_utils import parse_float_pair
 
-        spacing = parse_float_pair(args.spacing if "," in args.spacing else f"{args.spacing},{args.spacing}", "--spacing")
+        spacing = parse_float_pair(
+            args.spacing if "," in args.spacing else f"{args.spacing},{args.spacing}", "--spacing"
+        )
         if not all(v > 0 for v in spacing):
             raise UserInputError(f"--spacing: mm per pixel must be positive, got {args.spacing!r}")
         for row in rows:
@@ -399,28 +535,49 @@ def _cmd_select(args) -> int:
     write_csv(rows, names, args.out)
     # The same list for each tool, to import the images to annotate there.
     stem = os.path.splitext(args.out)[0]
-    tool_files = {"cvat": stem + ".cvat.xml", "labelstudio": stem + ".labelstudio.json", "coco": stem + ".coco.json",
-                  "labelme": stem + "_labelme"}  # fmt: skip
+    tool_files = {
+        "cvat": stem + ".cvat.xml",
+        "labelstudio": stem + ".labelstudio.json",
+        "coco": stem + ".coco.json",
+        "labelme": stem + "_labelme",
+    }
     for kind, path in tool_files.items():
         write_annotations(kind, items, names, path, image_root=info.get("root", "."))
     # The contact sheet shows the chosen images as prepared (their full stored size), not the model's small copies.
     why = [f"represents {r} of {len(ids)}" for r in represented(features, chosen)] if features is not None else None
-    sheet = contact_sheet(load_tensors(shown, shown[0]["image"].size[0]).images, [it["file"] for it in items],
-                          os.path.splitext(args.out)[0] + "_sheet.png", notes=why)  # fmt: skip
+    sheet = contact_sheet(
+        load_tensors(shown, shown[0]["image"].size[0]).images,
+        [it["file"] for it in items],
+        os.path.splitext(args.out)[0] + "_sheet.png",
+        notes=why,
+    )
     where = f" (under {info['root']})" if info.get("root") else ""
     print(f"chose {len(chosen)} of {len(ids)} {args.split} images by {args.strategy}{where}:")
     for k, item in enumerate(items):
-        print(f"  {k + 1}. {item['file']}" + (f" ({item['split']})" if item["split"] else "") + (f": the closest chosen image to {why[k][11:]} pool images" if why else ""))
+        print(
+            f"  {k + 1}. {item['file']}"
+            + (f" ({item['split']})" if item["split"] else "")
+            + (f": the closest chosen image to {why[k][11:]} pool images" if why else "")
+        )
     for i, reason in outliers.items():
-        print(f"  not chosen: {files.get(ids[i], ids[i])}: {reason}" + (" (taken only because nothing else was left)" if i in chosen else ""))
+        print(
+            f"  not chosen: {files.get(ids[i], ids[i])}: {reason}"
+            + (" (taken only because nothing else was left)" if i in chosen else "")
+        )
     if held_out:
-        print(f"  and the {len(held_out)} images held out by prepare images, as split test (annotate them too, to test on)")
+        print(
+            f"  and the {len(held_out)} images held out by prepare images, as split test (annotate them too, to test on)"
+        )
     if features is not None:
         first = choose("first", ids, args.num)
-        print(f"coverage of the pool (mean similarity to the closest chosen image): {coverage_score(features, chosen):.4f}, "
-              f"first {args.num} sorted: {coverage_score(features, first):.4f}")  # fmt: skip
-    print(f"wrote the annotation template {args.out} ({len(names)} landmarks), the same list for the tools "
-          f"({', '.join(tool_files.values())}) and the contact sheet {sheet}")  # fmt: skip
+        print(
+            f"coverage of the pool (mean similarity to the closest chosen image): {coverage_score(features, chosen):.4f}, "
+            f"first {args.num} sorted: {coverage_score(features, first):.4f}"
+        )
+    print(
+        f"wrote the annotation template {args.out} ({len(names)} landmarks), the same list for the tools "
+        f"({', '.join(tool_files.values())}) and the contact sheet {sheet}"
+    )
     return 0
 
 
@@ -442,13 +599,27 @@ def _cmd_annotate(args) -> int:
     from .app import build_demo
 
     names = read_landmark_names(args.landmarks) if args.landmarks else None
-    project = open_project(args.images, args.out, names, args.model, args.features)  # a mistake is reported here, before serving
-    demo = build_demo(args.model, annotate={"images": args.images, "out": args.out, "landmarks": project.names, "model": args.model,
-                                            "features": args.features})  # fmt: skip
+    project = open_project(
+        args.images, args.out, names, args.model, args.features
+    )  # a mistake is reported here, before serving
+    demo = build_demo(
+        args.model,
+        annotate={
+            "images": args.images,
+            "out": args.out,
+            "landmarks": project.names,
+            "model": args.model,
+            "features": args.features,
+        },
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: --host {args.host}: anyone who reaches this address can open and write files on this machine as you")
-    print(f"annotating {project.note} ({len(project.names)} landmarks), saving to {args.out}; "
-          f"open http://{args.host}:{args.port}/ (Ctrl+C stops)")  # fmt: skip
+        print(
+            f"warning: --host {args.host}: anyone who reaches this address can open and write files on this machine as you"
+        )
+    print(
+        f"annotating {project.note} ({len(project.names)} landmarks), saving to {args.out}; "
+        f"open http://{args.host}:{args.port}/ (Ctrl+C stops)"
+    )
     demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser, quiet=True)
     return 0
 
@@ -468,7 +639,9 @@ def _cmd_card(args) -> int:
         with open(args.metrics, encoding="utf-8") as fh:
             metrics = json.load(fh)
     except (OSError, json.JSONDecodeError) as err:
-        raise UserInputError(f"{args.metrics}: cannot read the metrics file ({err}); write one with hf-landmark evaluate") from err
+        raise UserInputError(
+            f"{args.metrics}: cannot read the metrics file ({err}); write one with hf-landmark evaluate"
+        ) from err
     record_file = os.path.join(args.model_dir, "hf_landmark_training.json")
     record = None
     if os.path.isfile(record_file):
@@ -480,11 +653,18 @@ def _cmd_card(args) -> int:
 
         processor = LandmarkImageProcessor.from_pretrained(args.model_dir)
         if processor.calibration_scores:
-            calibration = {"alpha": processor.alpha, "images": processor.calibration_size, "level": 1.0 - processor.radius_alpha,
-                           "flags": processor.ood_threshold is not None, "flag_images": processor.flag_calibration_images,
-                           "flag_false_alarm_rate": processor.flag_false_alarm_rate}  # fmt: skip
+            calibration = {
+                "alpha": processor.alpha,
+                "images": processor.calibration_size,
+                "level": 1.0 - processor.radius_alpha,
+                "flags": processor.ood_threshold is not None,
+                "flag_images": processor.flag_calibration_images,
+                "flag_false_alarm_rate": processor.flag_false_alarm_rate,
+            }
     repo_id = args.repo_id or os.path.basename(os.path.normpath(args.model_dir))
-    path = write_card(detector_card(config, metrics, repo_id, training=record, calibration=calibration), args.model_dir)
+    path = write_card(
+        detector_card(config, metrics, repo_id, training=record, calibration=calibration), args.model_dir
+    )
     print(f"wrote {path}")
     return 0
 
@@ -497,8 +677,12 @@ def _cmd_push(args) -> int:
     api = HfApi()
     api.create_repo(args.repo_id, private=args.private, exist_ok=True)
     # A pre-training checkpoint's state/ holds Accelerate's pickles: never published.
-    api.upload_folder(folder_path=args.model_dir, repo_id=args.repo_id, commit_message=args.message,
-                      ignore_patterns=["state/*", ".*", "logs/*"])  # fmt: skip
+    api.upload_folder(
+        folder_path=args.model_dir,
+        repo_id=args.repo_id,
+        commit_message=args.message,
+        ignore_patterns=["state/*", ".*", "logs/*"],
+    )
     print(f"pushed {args.model_dir} to https://huggingface.co/{args.repo_id}")
     return 0
 
@@ -506,9 +690,16 @@ def _cmd_push(args) -> int:
 #: Each subcommand's handler, for the parser (:mod:`hf_landmark_cli`) to dispatch to; the training
 #: commands run their own files' ``main``.
 COMMANDS = {
-    "synth": _cmd_synth, "prepare": _cmd_prepare, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "match": _cmd_match,
-    "select": _cmd_select, "annotate": _cmd_annotate, "card": _cmd_card, "push": _cmd_push,
-}  # fmt: skip
+    "synth": _cmd_synth,
+    "prepare": _cmd_prepare,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "match": _cmd_match,
+    "select": _cmd_select,
+    "annotate": _cmd_annotate,
+    "card": _cmd_card,
+    "push": _cmd_push,
+}
 
 
 def run_command(args) -> int:

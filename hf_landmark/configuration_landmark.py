@@ -47,7 +47,12 @@ UNIT_CONVENTIONS = ("spacing", "wrist", "pixels")
 
 #: The paper's baselines' architecture (``backbone="smp_unet"``): segmentation_models_pytorch's
 #: ``Unet`` with a DenseNet161 encoder, its default decoder, one input channel.
-SMP_UNET_DEFAULTS: dict = {"encoder_name": "densenet161", "encoder_depth": 5, "decoder_channels": [256, 128, 64, 32, 16], "in_channels": 1}
+SMP_UNET_DEFAULTS: dict = {
+    "encoder_name": "densenet161",
+    "encoder_depth": 5,
+    "decoder_channels": [256, 128, 64, 32, 16],
+    "in_channels": 1,
+}
 
 
 def smp_unet_config(value: dict | str | None = None) -> dict:
@@ -173,8 +178,10 @@ class LandmarkConfig(PreTrainedConfig):
             factor = 2 ** int(backbone_config["encoder_depth"])
             if image_size % factor or image_size < 2 * factor:
                 # At one bottleneck pixel, batch norm cannot train on a batch of one image.
-                raise ValueError(f"image_size must be a multiple of {factor} and at least {2 * factor} for an smp_unet of "
-                                 f"depth {backbone_config['encoder_depth']}, got {image_size}")  # fmt: skip
+                raise ValueError(
+                    f"image_size must be a multiple of {factor} and at least {2 * factor} for an smp_unet of "
+                    f"depth {backbone_config['encoder_depth']}, got {image_size}"
+                )
         if backbone_config is None:
             backbone_config = legacy_unet if legacy_unet is not None else "base"
         if isinstance(backbone_config, str):
@@ -184,9 +191,7 @@ class LandmarkConfig(PreTrainedConfig):
         if image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
         if landmark_names is not None and len(landmark_names) != num_landmarks:
-            raise ValueError(
-                f"{len(landmark_names)} landmark names given for {num_landmarks} landmarks"
-            )
+            raise ValueError(f"{len(landmark_names)} landmark names given for {num_landmarks} landmarks")
         self.backbone = backbone
         self.backbone_config = dict(backbone_config)
         self.num_landmarks = int(num_landmarks)
@@ -228,11 +233,19 @@ class LandmarkConfig(PreTrainedConfig):
             raise ValueError(f"shape_tolerance must be positive, got {tolerance}")
         self.reference_shape, self.shape_tolerance = shape, float(tolerance)
 
-    def set_refinement(self, refine_size: int, refine_crop: int = 64, backbone_config: dict | str | None = None,
-                       loss: str = "contour", sigma: float | None = None) -> None:  # fmt: skip
+    def set_refinement(
+        self,
+        refine_size: int,
+        refine_crop: int = 64,
+        backbone_config: dict | str | None = None,
+        loss: str = "contour",
+        sigma: float | None = None,
+    ) -> None:
         """Set (and check) the refinement stage's fields; ``refine_size`` 0 means none."""
         if refine_size and (refine_size % 8 or refine_crop % 8 or not 8 <= refine_crop <= refine_size):
-            raise ValueError(f"refine_size ({refine_size}) and refine_crop ({refine_crop}) must be multiples of 8 with crop <= size")
+            raise ValueError(
+                f"refine_size ({refine_size}) and refine_crop ({refine_crop}) must be multiples of 8 with crop <= size"
+            )
         if loss not in ("contour", "bce"):
             raise ValueError(f"refine_loss must be 'contour' or 'bce' (a per-channel loss), got {loss!r}")
         if isinstance(backbone_config, str):

@@ -26,7 +26,12 @@ def can_only_be_a_path(text: str) -> bool:
     more than one ``/``, a backslash or a Windows drive (``C:``)."""
     import re
 
-    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text or re.match(r"[A-Za-z]:", text) is not None
+    return (
+        text.startswith(("/", ".", "~"))
+        or text.count("/") > 1
+        or "\\" in text
+        or re.match(r"[A-Za-z]:", text) is not None
+    )
 
 
 def resolve_folder_or_repo(value, arg: str, what: str, hint: str = "") -> str:
@@ -62,7 +67,11 @@ def hub_load_error(value: str, arg: str, what: str, err: Exception) -> UserInput
 
     prefix = f"{arg}: " if arg else ""
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        return UserInputError(f"{prefix}{value}: no such local {what} folder, and the Hub is offline (HF_HUB_OFFLINE=1) "
-                              "with no cached copy; download it first or pass a folder")  # fmt: skip
-    return UserInputError(f"{prefix}{value}: no such local {what} folder, and loading it from the Hub failed "
-                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")  # fmt: skip
+        return UserInputError(
+            f"{prefix}{value}: no such local {what} folder, and the Hub is offline (HF_HUB_OFFLINE=1) "
+            "with no cached copy; download it first or pass a folder"
+        )
+    return UserInputError(
+        f"{prefix}{value}: no such local {what} folder, and loading it from the Hub failed "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    )

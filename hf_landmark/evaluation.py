@@ -20,7 +20,13 @@ PAPER_GRID = 256
 
 @torch.no_grad()
 def predict_split(
-    model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None, refine: bool | None = None
+    model,
+    processor,
+    data: LandmarkTensors,
+    decoder: str | None = None,
+    batch_size: int = 16,
+    device=None,
+    refine: bool | None = None,
 ) -> dict:
     """Predict every image of ``data`` through the image processor's path: its intensity
     mapping, the model (both stages when it has a refinement stage and ``data`` its fine
@@ -50,8 +56,13 @@ def predict_split(
     for start in range(0, len(data), batch_size):
         part = slice(start, start + batch_size)
         x = pixel_values[part].to(device)
-        out = model(pixel_values=x, fine_pixel_values=None if fine is None else fine[part].to(device),
-                    labels=labels[part].to(device) if labeled else None, refine=refine, decoder=decoder)  # fmt: skip
+        out = model(
+            pixel_values=x,
+            fine_pixel_values=None if fine is None else fine[part].to(device),
+            labels=labels[part].to(device) if labeled else None,
+            refine=refine,
+            decoder=decoder,
+        )
         sizes = data.original_sizes[part]
         c, sc = processor.post_process_coordinates(out, target_sizes=sizes, decoder=decoder)
         parts["coords"].append(c)
@@ -71,14 +82,23 @@ def predict_split(
     return result
 
 
-def predict_tensors(model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None):
+def predict_tensors(
+    model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None
+):
     """``(coordinates [M, N, 2] original pixels, scores [M, N], mean loss)``; see :func:`predict_split`."""
     out = predict_split(model, processor, data, decoder, batch_size, device)
     return out["coords"], out["scores"], out["loss"]
 
 
-def calibrate_processor(model, processor, calibration: LandmarkTensors, reference: LandmarkTensors, decoder: str | None = None,
-                        pool: list[LandmarkTensors] | None = None, offset_images: float = 0.0) -> dict:  # fmt: skip
+def calibrate_processor(
+    model,
+    processor,
+    calibration: LandmarkTensors,
+    reference: LandmarkTensors,
+    decoder: str | None = None,
+    pool: list[LandmarkTensors] | None = None,
+    offset_images: float = 0.0,
+) -> dict:
     """Calibrate ``processor``: with ``offset_images`` > 0 first its landmark offsets (each
     landmark's mean error on ``calibration``, shrunk toward none by that many images' worth:
     :func:`mean_offsets`; 0 removes them); then the radii by split conformal prediction on
@@ -88,7 +108,9 @@ def calibrate_processor(model, processor, calibration: LandmarkTensors, referenc
     unlabeled rest of the training split; never test), whose every other image joins
     ``reference`` (the training images) in defining "like the training data" and the rest
     set the thresholds, so that no image does both. Returns what was measured."""
-    stage = "refined" if getattr(model, "refiner", None) is not None and calibration.fine_images is not None else "first"
+    stage = (
+        "refined" if getattr(model, "refiner", None) is not None and calibration.fine_images is not None else "first"
+    )
     processor.set_landmark_offsets(None, stage)
     cal = predict_split(model, processor, calibration, decoder)
     truth = calibration.original_landmarks.double().numpy()
@@ -102,16 +124,32 @@ def calibrate_processor(model, processor, calibration: LandmarkTensors, referenc
         shifted = cal["coords"] - held_out * scale
         corrected = np.clip(shifted, low, high)
         clamped = int(np.sum(np.any((shifted < low) | (shifted > high), axis=-1)))
-        before, after = compute_metrics(cal["coords"], calibration, model.config), compute_metrics(corrected, calibration, model.config)
-        offsets_report = {"images": offset_images, "stage": stage, "model_px": offsets.tolist(), "clamped_landmarks": clamped,
-                          "leave_one_out": {"unit": after["unit"], "mre_without": before["mre"], "mre_with": after["mre"],
-                                            "sdr_without": before["sdr"], "sdr_with": after["sdr"]}}  # fmt: skip
+        before, after = (
+            compute_metrics(cal["coords"], calibration, model.config),
+            compute_metrics(corrected, calibration, model.config),
+        )
+        offsets_report = {
+            "images": offset_images,
+            "stage": stage,
+            "model_px": offsets.tolist(),
+            "clamped_landmarks": clamped,
+            "leave_one_out": {
+                "unit": after["unit"],
+                "mre_without": before["mre"],
+                "mre_with": after["mre"],
+                "sdr_without": before["sdr"],
+                "sdr_with": after["sdr"],
+            },
+        }
         cal["coords"] = corrected
     errors = radial_errors(cal["coords"], truth)
     processor.calibrate(cal["spread"], errors)
     # The flag reads the first stage only: embeddings and first-stage spreads.
     ref_parts = [predict_split(model, processor, reference, decoder, refine=False)["embeddings"]]
-    flag_emb, flag_spread = [cal["embeddings"]], [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())]
+    flag_emb, flag_spread = (
+        [cal["embeddings"]],
+        [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())],
+    )
     for part in pool or []:
         if not len(part):
             continue
@@ -122,10 +160,17 @@ def calibrate_processor(model, processor, calibration: LandmarkTensors, referenc
         flag_spread.append(rel[1::2])
     processor.calibrate_flag(np.concatenate(ref_parts), np.concatenate(flag_emb), np.concatenate(flag_spread))
     radii = processor.radii(cal["spread"])
-    return {"calibration_images": len(calibration), "offsets": offsets_report, "alpha": processor.alpha, "ood_threshold": processor.ood_threshold,
-            "spread_threshold": processor.spread_threshold, "finite_radii": bool(np.isfinite(radii).all()),
-            "radius_coverage": 1.0 - processor.radius_alpha, "flag_calibration_images": processor.flag_calibration_images,
-            "flag_false_alarm_rate": processor.flag_false_alarm_rate}  # fmt: skip
+    return {
+        "calibration_images": len(calibration),
+        "offsets": offsets_report,
+        "alpha": processor.alpha,
+        "ood_threshold": processor.ood_threshold,
+        "spread_threshold": processor.spread_threshold,
+        "finite_radii": bool(np.isfinite(radii).all()),
+        "radius_coverage": 1.0 - processor.radius_alpha,
+        "flag_calibration_images": processor.flag_calibration_images,
+        "flag_false_alarm_rate": processor.flag_false_alarm_rate,
+    }
 
 
 def mean_offsets(errors, pseudo_images: float) -> tuple[np.ndarray, np.ndarray]:
@@ -159,13 +204,22 @@ def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) ->
     scores = pred["scores"]
     confident = scores.ravel() >= np.quantile(scores.ravel(), 0.2)
     out: dict = {
-        "unit": unit, "flagged_images": int(sum(f != "ok" for f in pred["flags"])), "num_images": len(data),
-        **({"flag_calibration_images": processor.flag_calibration_images, "flag_false_alarm_rate": processor.flag_false_alarm_rate}
-           if processor.flag_calibration_images else {}),
+        "unit": unit,
+        "flagged_images": int(sum(f != "ok" for f in pred["flags"])),
+        "num_images": len(data),
+        **(
+            {
+                "flag_calibration_images": processor.flag_calibration_images,
+                "flag_false_alarm_rate": processor.flag_false_alarm_rate,
+            }
+            if processor.flag_calibration_images
+            else {}
+        ),
         "spearman_score_error": float(spearmanr(scores.ravel(), errors.ravel()).statistic),
         "spearman_spread_error": float(spearmanr(pred["spread"].ravel(), errors.ravel()).statistic),
-        "mre_all": float(errors.mean()), "mre_most_confident_80": float(errors.ravel()[confident].mean()),
-    }  # fmt: skip
+        "mre_all": float(errors.mean()),
+        "mre_most_confident_80": float(errors.ravel()[confident].mean()),
+    }
     radii = processor.radii(pred["spread"])
     if radii is None:
         return out
@@ -174,16 +228,29 @@ def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) ->
     has = np.isfinite(radii).all(axis=0)
     covered = errors_px <= radii
     n_cal = processor.calibration_size
-    out.update(alpha=processor.alpha, radius_alpha=processor.radius_alpha, radius_coverage=1.0 - processor.radius_alpha,
-               calibration_images=n_cal, landmarks_with_radius=int(has.sum()),
-               coverage=float(covered[:, has].mean()) if has.any() else None,
-               mean_radius=float(np.mean((radii * px_to_unit)[:, has])) if has.any() else None)  # fmt: skip
-    out["per_landmark"] = [{"name": n, "coverage": float(covered[:, j].mean()) if has[j] else None,
-                            "mean_radius": float(np.mean(radii[:, j] * px_to_unit[:, 0])) if has[j] else None}
-                           for j, n in enumerate(data.landmark_names)]  # fmt: skip
+    out.update(
+        alpha=processor.alpha,
+        radius_alpha=processor.radius_alpha,
+        radius_coverage=1.0 - processor.radius_alpha,
+        calibration_images=n_cal,
+        landmarks_with_radius=int(has.sum()),
+        coverage=float(covered[:, has].mean()) if has.any() else None,
+        mean_radius=float(np.mean((radii * px_to_unit)[:, has])) if has.any() else None,
+    )
+    out["per_landmark"] = [
+        {
+            "name": n,
+            "coverage": float(covered[:, j].mean()) if has[j] else None,
+            "mean_radius": float(np.mean(radii[:, j] * px_to_unit[:, 0])) if has[j] else None,
+        }
+        for j, n in enumerate(data.landmark_names)
+    ]
     # Levels the calibration images cannot reach (1 - a > n / (n + 1)) have no radii: left out.
-    out["reliability"] = [{"nominal": 1.0 - a, "empirical": float((errors_px <= processor.radii(pred["spread"], a)).mean())}
-                          for a in (0.5, 0.4, 0.3, 0.2, 0.1, 0.05) if a >= 1.0 / (n_cal + 1)]  # fmt: skip
+    out["reliability"] = [
+        {"nominal": 1.0 - a, "empirical": float((errors_px <= processor.radii(pred["spread"], a)).mean())}
+        for a in (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+        if a >= 1.0 / (n_cal + 1)
+    ]
     return out
 
 
@@ -246,7 +313,9 @@ def paper_errors(pred: np.ndarray, data: LandmarkTensors, wrist_indices=(0, 4)) 
     sizes = data.original_sizes[:, None, :].double()
     pred_grid = original_to_model(torch.as_tensor(pred, dtype=torch.float64), sizes, PAPER_GRID)
     true_grid = original_to_model(data.original_landmarks.double(), sizes, PAPER_GRID)
-    errors = paper_compatible_errors(pred_grid, true_grid, data.dataset, PAPER_GRID, data.original_sizes, wrist_indices=wrist_indices)
+    errors = paper_compatible_errors(
+        pred_grid, true_grid, data.dataset, PAPER_GRID, data.original_sizes, wrist_indices=wrist_indices
+    )
     return errors, ("mm" if data.dataset in ("ceph", "hand") else "px")
 
 
@@ -294,21 +363,29 @@ def markdown_table(metrics: dict, title: str | None = None) -> str:
     lines.append("|---|" + ("---|---|" if first else "") + "---|" + "---|" * len(thr))
 
     def cells(row, bold=""):
-        lead = f"{bold}{row['mre']:.2f} ± {row['mre_std']:.2f}{bold} | " + " | ".join(f"{bold}{row['sdr'][t]:.1f}{bold}" for t in thr)
+        lead = f"{bold}{row['mre']:.2f} ± {row['mre_std']:.2f}{bold} | " + " | ".join(
+            f"{bold}{row['sdr'][t]:.1f}{bold}" for t in thr
+        )
         return lead
 
     def first_cells(row, bold=""):
         return f"{bold}{row['mre']:.2f} ± {row['mre_std']:.2f}{bold} | {bold}{row['sdr'][thr[0]]:.1f}{bold} | "
 
     for j, row in enumerate(metrics["per_landmark"]):
-        lines.append(f"| {row['name']} | " + (first_cells(first["per_landmark"][j]) if first else "") + cells(row) + " |")
+        lines.append(
+            f"| {row['name']} | " + (first_cells(first["per_landmark"][j]) if first else "") + cells(row) + " |"
+        )
     lines.append("| **all** | " + (first_cells(first, "**") if first else "") + cells(metrics, "**") + " |")
     return "\n".join(lines) + "\n"
 
 
 def save_overlays(
-    data: LandmarkTensors, pred: np.ndarray, out_dir: str | os.PathLike, image_dir: str | os.PathLike | None = None,
-    limit: int | None = None, radii: np.ndarray | None = None,
+    data: LandmarkTensors,
+    pred: np.ndarray,
+    out_dir: str | os.PathLike,
+    image_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    radii: np.ndarray | None = None,
 ) -> list[str]:
     """One overlay PNG per image, named by image id, at the **original** image's size, plus
     ``legend.txt`` (the numbers' landmark names). ``pred``: ``[M, N, 2]`` original pixels;
@@ -328,7 +405,9 @@ def save_overlays(
         source = originals.get(data.image_ids[i])
         # Upsampling the prepared copy for display: bilinear reads better than area (blocky).
         image = read_image(source) if source else resize_image(data.images[i, 0].numpy(), (w, h), "bilinear")
-        img = draw_landmarks(image, pred[i], data.original_landmarks[i].numpy(), radii=None if radii is None else radii[i])
+        img = draw_landmarks(
+            image, pred[i], data.original_landmarks[i].numpy(), radii=None if radii is None else radii[i]
+        )
         path = os.path.join(out_dir, f"{data.image_ids[i]}.png")
         with atomic_file(path) as tmp:
             img.save(tmp)

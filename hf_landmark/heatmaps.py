@@ -84,7 +84,7 @@ def bilinear_targets(landmarks: torch.Tensor, size: tuple[int, int]) -> torch.Te
     for ox, oy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
         xi, yi = (x0 + ox).long().flatten(), (y0 + oy).long().flatten()
         inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        idx = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1))
+        idx = yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)
         out[rows, idx] += torch.where(inside, weight.flatten(), torch.zeros_like(weight.flatten()))
     return out.view(b, n, h, w)
 

@@ -157,10 +157,22 @@ class LandmarkImageProcessor(BaseImageProcessor):
     @classmethod
     def from_model_config(cls, config, resample: str = "area", **kwargs) -> LandmarkImageProcessor:
         """The processor of a detector with ``config`` (:class:`LandmarkConfig`)."""
-        refine = {"refine_size": getattr(config, "refine_size", 0), "refine_loss": getattr(config, "refine_loss", "contour"),
-                  "refine_sigma": getattr(config, "refine_sigma", config.sigma)}  # fmt: skip
-        return cls(size=config.image_size, pixel_range=config.pixel_range, resample=resample, landmark_names=config.landmark_names,
-                   loss=config.loss, sigma=config.sigma, spacing=config.spacing, **refine, **kwargs)  # fmt: skip
+        refine = {
+            "refine_size": getattr(config, "refine_size", 0),
+            "refine_loss": getattr(config, "refine_loss", "contour"),
+            "refine_sigma": getattr(config, "refine_sigma", config.sigma),
+        }
+        return cls(
+            size=config.image_size,
+            pixel_range=config.pixel_range,
+            resample=resample,
+            landmark_names=config.landmark_names,
+            loss=config.loss,
+            sigma=config.sigma,
+            spacing=config.spacing,
+            **refine,
+            **kwargs,
+        )
 
     # --- pixels -> model ---------------------------------------------------------------
 
@@ -194,8 +206,11 @@ class LandmarkImageProcessor(BaseImageProcessor):
             spacings.append(spacing if spacing is not None else (float("nan"), float("nan")))
             sources.append(source)
         pixel_values = to_pixel_values(torch.from_numpy(np.stack(pixels))[:, None], self.pixel_range)
-        data = {"pixel_values": pixel_values, "original_sizes": torch.tensor(sizes, dtype=torch.float64),
-                "spacings": torch.tensor(spacings, dtype=torch.float64)}  # fmt: skip
+        data = {
+            "pixel_values": pixel_values,
+            "original_sizes": torch.tensor(sizes, dtype=torch.float64),
+            "spacings": torch.tensor(spacings, dtype=torch.float64),
+        }
         if fine:
             data["fine_pixel_values"] = to_pixel_values(torch.from_numpy(np.stack(fine))[:, None], self.pixel_range)
         out = BatchFeature(data=data, tensor_type=return_tensors)
@@ -215,8 +230,12 @@ class LandmarkImageProcessor(BaseImageProcessor):
         if refined is not None and stage == "final":
             log_p = refined.detach().float()
             coords = _get(outputs, "coordinates").detach().float()
-            local = original_to_model(coords, (self.size, self.size), self.refine_size) - _get(outputs, "crop_origins").to(coords)
-            return self._offset(coords, "refined"), get_loss(self.refine_loss).scores(log_p.exp(), local, self.refine_sigma)
+            local = original_to_model(coords, (self.size, self.size), self.refine_size) - _get(
+                outputs, "crop_origins"
+            ).to(coords)
+            return self._offset(coords, "refined"), get_loss(self.refine_loss).scores(
+                log_p.exp(), local, self.refine_sigma
+            )
         loss = get_loss(self.loss)
         log_p = self._log_probabilities(outputs)
         probs = log_p.exp()
@@ -225,7 +244,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
             coords = decode(probs, decoder or self.decoder, log_maps=log_p)
         coords = coords.detach().float()
         # A two-stage model's first stage was not what its offsets were measured on.
-        return (coords if refined is not None else self._offset(coords, "first")), loss.scores(probs, coords, self.sigma)
+        return (coords if refined is not None else self._offset(coords, "first")), loss.scores(
+            probs, coords, self.sigma
+        )
 
     def _offset(self, coords: torch.Tensor, stage: str) -> torch.Tensor:
         if self.landmark_offsets is None or stage != self.landmark_offsets_stage:
@@ -245,7 +266,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
             return
         values = np.asarray(offsets, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != 2 or not np.isfinite(values).all():
-            raise ValueError(f"landmark_offsets must be finite (x, y) pairs, one per landmark, got shape {values.shape}")
+            raise ValueError(
+                f"landmark_offsets must be finite (x, y) pairs, one per landmark, got shape {values.shape}"
+            )
         if self.landmark_names is not None and len(values) != len(self.landmark_names):
             raise ValueError(f"landmark_offsets: {len(values)} pairs for {len(self.landmark_names)} landmarks")
         self.landmark_offsets = values.tolist()
@@ -299,7 +322,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         return self._embedding_distance(emb.detach().double().cpu().numpy())
 
     def _embedding_distance(self, embeddings: np.ndarray) -> np.ndarray:
-        z = (np.asarray(embeddings, dtype=np.float64) - np.asarray(self.embedding_mean)) / np.asarray(self.embedding_scale)
+        z = (np.asarray(embeddings, dtype=np.float64) - np.asarray(self.embedding_mean)) / np.asarray(
+            self.embedding_scale
+        )
         return np.sqrt((z**2).mean(axis=-1))
 
     @staticmethod
@@ -327,7 +352,12 @@ class LandmarkImageProcessor(BaseImageProcessor):
         return ["low_confidence" if o else "ok" for o in odd]
 
     def calibrate(
-        self, spread: np.ndarray, errors: np.ndarray, target_sizes=None, reference_embeddings=None, calibration_embeddings=None,
+        self,
+        spread: np.ndarray,
+        errors: np.ndarray,
+        target_sizes=None,
+        reference_embeddings=None,
+        calibration_embeddings=None,
         first_stage_spread: np.ndarray | None = None,
     ) -> None:
         """Split conformal calibration of the radii on held-out labeled images (not used for
@@ -348,7 +378,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         self.calibration_scores = [[float(v) for v in col] for col in scores.T]
         if target_sizes is not None and reference_embeddings is not None and calibration_embeddings is not None:
             first = spread if first_stage_spread is None else np.asarray(first_stage_spread, dtype=np.float64)
-            self.calibrate_flag(reference_embeddings, calibration_embeddings, self.relative_spread(first, target_sizes))
+            self.calibrate_flag(
+                reference_embeddings, calibration_embeddings, self.relative_spread(first, target_sizes)
+            )
 
     def calibrate_flag(self, reference_embeddings, embeddings, relative_spread) -> None:
         """Calibrate the low-confidence flag: ``reference_embeddings`` ``[K, C]`` (training
@@ -386,7 +418,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         xy = model_to_original(coords.double().cpu(), sizes, self.size)
         return xy.numpy(), scores.cpu().numpy().astype(np.float64)
 
-    def post_process_landmark_detection(self, outputs, target_sizes, spacings=None, decoder: str | None = None) -> list[list[dict]]:
+    def post_process_landmark_detection(
+        self, outputs, target_sizes, spacings=None, decoder: str | None = None
+    ) -> list[list[dict]]:
         """Per image a list of ``{"label", "x", "y", "score", "flag"}`` in original pixels
         (and ``"shape_moved"`` from a model with a shape check: True where the first stage's
         landmark was read again near where the other landmarks put it), plus
@@ -423,7 +457,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
                 if spacing is not None:
                     item.update(x_mm=float(x * spacing[0]), y_mm=float(y * spacing[1]), spacing_assumed=assumed)
                     if radii is not None:
-                        item["radius_mm"] = None if radius is None else radius * max(spacing)  # the larger spacing: never an under-estimate
+                        item["radius_mm"] = (
+                            None if radius is None else radius * max(spacing)
+                        )  # the larger spacing: never an under-estimate
                 item["flag"] = flags[i]
                 if moved is not None:
                     item["shape_moved"] = bool(moved[i, j])

@@ -42,8 +42,10 @@ class ChannelCrossEntropy(HeatmapLoss):
     def __call__(self, logits, landmarks, sigma):
         if not torch.isfinite(landmarks).all():
             # Every pixel's softmax across channels needs every landmark's disk: none may be missing.
-            raise ValueError("the 'paper' loss (a softmax across the landmark channels) needs every landmark; "
-                             "use --loss contour or bce with missing landmarks")  # fmt: skip
+            raise ValueError(
+                "the 'paper' loss (a softmax across the landmark channels) needs every landmark; "
+                "use --loss contour or bce with missing landmarks"
+            )
         return F.cross_entropy(logits.float(), gaussian_disk_targets(landmarks, logits.shape[-2:], sigma))
 
     def log_probabilities(self, logits):
@@ -101,7 +103,9 @@ def _masked_mean(per_landmark: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     return (per_landmark * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-LOSSES: dict[str, HeatmapLoss] = {cls.name: cls() for cls in (ChannelCrossEntropy, BinaryCrossEntropy, SpatialSoftmaxNLL)}
+LOSSES: dict[str, HeatmapLoss] = {
+    cls.name: cls() for cls in (ChannelCrossEntropy, BinaryCrossEntropy, SpatialSoftmaxNLL)
+}
 
 
 def get_loss(name: str) -> HeatmapLoss:

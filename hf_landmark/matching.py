@@ -53,9 +53,14 @@ class FeatureExtractor:
         try:
             scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         except (OSError, ValueError):
-            scheduler = DDPMScheduler(num_train_timesteps=int(info.get("num_train_timesteps", 500)), beta_schedule=info.get("beta_schedule", "linear"))
+            scheduler = DDPMScheduler(
+                num_train_timesteps=int(info.get("num_train_timesteps", 500)),
+                beta_schedule=info.get("beta_schedule", "linear"),
+            )
         size = int(info.get("resolution") or unet.config.sample_size)
-        return cls(unet.eval(), scheduler.alphas_cumprod.float(), size, tuple(info.get("pixel_range", (-1.0, 1.0))), **kwargs)
+        return cls(
+            unet.eval(), scheduler.alphas_cumprod.float(), size, tuple(info.get("pixel_range", (-1.0, 1.0))), **kwargs
+        )
 
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
@@ -74,8 +79,13 @@ class FeatureExtractor:
                     kept.clear()
                     self.unet(a.sqrt() * x + (1 - a).sqrt() * noise, torch.full((len(x),), self.timestep))
                     finest = kept[-1].shape[-2:]
-                    feats = torch.cat([F.interpolate(F.normalize(k, dim=1), size=finest, mode="bilinear", align_corners=False)
-                                       for k in kept[-len(self.blocks):]], dim=1)  # fmt: skip
+                    feats = torch.cat(
+                        [
+                            F.interpolate(F.normalize(k, dim=1), size=finest, mode="bilinear", align_corners=False)
+                            for k in kept[-len(self.blocks) :]
+                        ],
+                        dim=1,
+                    )
                     total = feats if total is None else total + feats
                 out.append(F.normalize(total, dim=1))
         finally:
@@ -89,10 +99,14 @@ def sample_descriptors(feats: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     given in the map's own pixel-centre coordinates."""
     c, h, w = feats.shape
     grid = torch.stack([(xy[:, 0] + 0.5) / w * 2 - 1, (xy[:, 1] + 0.5) / h * 2 - 1], dim=-1)[None, None]
-    return F.normalize(F.grid_sample(feats[None], grid.float(), mode="bilinear", align_corners=False)[0, :, 0].T, dim=1)
+    return F.normalize(
+        F.grid_sample(feats[None], grid.float(), mode="bilinear", align_corners=False)[0, :, 0].T, dim=1
+    )
 
 
-def best_positions(desc: torch.Tensor, feats: torch.Tensor, radius: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def best_positions(
+    desc: torch.Tensor, feats: torch.Tensor, radius: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each descriptor ``[N, C]`` matches best in ``[C, h, w]``: positions ``[N, 2]`` in the
     map's pixel-centre coordinates (the peak refined by the centroid of its 3 × 3 neighbourhood
     weighted by ``exp((similarity - peak) / PEAK_TEMPERATURE)``) and the peak cosine similarity ``[N]``. ``radius``: search only within
@@ -100,7 +114,9 @@ def best_positions(desc: torch.Tensor, feats: torch.Tensor, radius: float | None
     c, h, w = feats.shape
     sim = (desc @ feats.reshape(c, -1)).reshape(-1, h, w)
     if radius is not None:
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+        )
         outside = (xs - (w - 1) / 2) ** 2 + (ys - (h - 1) / 2) ** 2 > radius**2
         sim = sim.masked_fill(outside, -2.0)
     score, idx = sim.flatten(1).max(dim=1)
@@ -109,12 +125,16 @@ def best_positions(desc: torch.Tensor, feats: torch.Tensor, radius: float | None
     for n in range(len(desc)):
         y0, y1, x0, x1 = max(0, py[n] - 1), min(h, py[n] + 2), max(0, px[n] - 1), min(w, px[n] + 2)
         window = ((sim[n, y0:y1, x0:x1] - score[n]) / PEAK_TEMPERATURE).exp()
-        ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=torch.float32), torch.arange(x0, x1, dtype=torch.float32), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(y0, y1, dtype=torch.float32), torch.arange(x0, x1, dtype=torch.float32), indexing="ij"
+        )
         out[n] = torch.stack([(window * xs).sum() / window.sum(), (window * ys).sum() / window.sum()])
     return out, score
 
 
-def match_landmarks(template_feats: torch.Tensor, template_xy: torch.Tensor, target_feats: torch.Tensor, cycle_radius: float = 1.5) -> dict:
+def match_landmarks(
+    template_feats: torch.Tensor, template_xy: torch.Tensor, target_feats: torch.Tensor, cycle_radius: float = 1.5
+) -> dict:
     """Match the template's landmarks ``[N, 2]`` (feature-map coordinates) into each target map.
 
     Returns, per target and landmark: ``xy`` ``[T, N, 2]`` (feature-map coordinates),
@@ -129,7 +149,12 @@ def match_landmarks(template_feats: torch.Tensor, template_xy: torch.Tensor, tar
         sims.append(sim)
         cycles.append((back - template_xy).norm(dim=1))
     cycle = torch.stack(cycles)
-    return {"xy": torch.stack(xys), "similarity": torch.stack(sims), "cycle_error": cycle, "consistent": cycle <= cycle_radius}
+    return {
+        "xy": torch.stack(xys),
+        "similarity": torch.stack(sims),
+        "cycle_error": cycle,
+        "consistent": cycle <= cycle_radius,
+    }
 
 
 def to_feature_coords(xy, original_size, feature_size: int):
@@ -156,8 +181,15 @@ def _crop(image01: np.ndarray, centre, side: int) -> tuple[np.ndarray, tuple[int
     return out, (x0, y0)
 
 
-def match_images(extractor: FeatureExtractor, template01: np.ndarray, template_xy: np.ndarray, targets01, cycle_radius: float = 1.5,
-                 fine_crops: tuple[float, ...] = (0.25,), fine_radius: float = 0.15) -> list[dict]:  # fmt: skip
+def match_images(
+    extractor: FeatureExtractor,
+    template01: np.ndarray,
+    template_xy: np.ndarray,
+    targets01,
+    cycle_radius: float = 1.5,
+    fine_crops: tuple[float, ...] = (0.25,),
+    fine_radius: float = 0.15,
+) -> list[dict]:
     """One annotated template (``[H, W]`` intensities in [0, 1], landmarks ``[N, 2]`` original
     pixels) matched into each target image, coarse to fine: the whole image at the DDPM's size,
     then for each of ``fine_crops`` (a crop side, as a fraction of the image's longer side) a
@@ -171,7 +203,9 @@ def match_images(extractor: FeatureExtractor, template01: np.ndarray, template_x
     from .preprocessing import resize_image, to_pixel_values
 
     def features(img):
-        return extractor(to_pixel_values(torch.from_numpy(resize_image(img, extractor.size))[None, None], extractor.pixel_range))[0]
+        return extractor(
+            to_pixel_values(torch.from_numpy(resize_image(img, extractor.size))[None, None], extractor.pixel_range)
+        )[0]
 
     template_xy = np.asarray(template_xy, dtype=np.float64)
     t_size = template01.shape[::-1]

@@ -83,7 +83,9 @@ def mean_radial_error(errors) -> tuple[float, float]:
     return float(e.mean()), float(e.std())
 
 
-def summarize_errors(errors, thresholds: Sequence[float], landmark_names: Sequence[str] | None = None, unit: str = "mm") -> dict:
+def summarize_errors(
+    errors, thresholds: Sequence[float], landmark_names: Sequence[str] | None = None, unit: str = "mm"
+) -> dict:
     """Overall and per-landmark MRE ± std and SDR from ``[M, N]`` errors."""
     e = _np(errors)
     names = list(landmark_names) if landmark_names is not None else [f"L{i}" for i in range(e.shape[1])]
@@ -91,7 +93,9 @@ def summarize_errors(errors, thresholds: Sequence[float], landmark_names: Sequen
     per = []
     for j, name in enumerate(names):
         m, s = mean_radial_error(e[:, j])
-        per.append({"name": name, "mre": m, "mre_std": s, "sdr": _str_keys(successful_detection_rates(e[:, j], thresholds))})
+        per.append(
+            {"name": name, "mre": m, "mre_std": s, "sdr": _str_keys(successful_detection_rates(e[:, j], thresholds))}
+        )
     return {
         "mre": mre,
         "mre_std": std,

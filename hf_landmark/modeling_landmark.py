@@ -38,7 +38,12 @@ from .shape import shape_check
 __all__ = ["LandmarkDetector", "LandmarkDetectorOutput"]
 
 #: How a saved config names its pipeline for transformers' custom-pipeline route.
-_PIPELINE_ENTRY = {"impl": "pipeline_landmark.LandmarkDetectionPipeline", "pt": ["AutoModel"], "tf": [], "type": "image"}
+_PIPELINE_ENTRY = {
+    "impl": "pipeline_landmark.LandmarkDetectionPipeline",
+    "pt": ["AutoModel"],
+    "tf": [],
+    "type": "image",
+}
 #: Checkpoints saved before the backbone seam keep the U-Net at ``unet.*``.
 _LEGACY_KEYS = {r"^unet\.": "backbone.unet."}
 
@@ -144,14 +149,14 @@ class LandmarkDetector(PreTrainedModel):
         return_dict: bool | None = None,
     ) -> LandmarkDetectorOutput:
         """Args:
-            pixel_values: ``[B, 1, H, W]`` preprocessed images (H, W multiples of 8).
-            fine_pixel_values: ``[B, 1, F, F]`` the same images at ``config.refine_size``
-                (the image processor's ``fine_pixel_values``); with them a detector that has a
-                refinement stage runs it.
-            labels: ``[B, N, 2]`` landmark (x, y) in input pixels, for the (first-stage) loss.
-            refine: ``False`` runs the first stage only.
-            decoder: how the first stage's heatmaps are read to place the crops (and the
-                refined maps to place the landmarks).
+        pixel_values: ``[B, 1, H, W]`` preprocessed images (H, W multiples of 8).
+        fine_pixel_values: ``[B, 1, F, F]`` the same images at ``config.refine_size``
+            (the image processor's ``fine_pixel_values``); with them a detector that has a
+            refinement stage runs it.
+        labels: ``[B, N, 2]`` landmark (x, y) in input pixels, for the (first-stage) loss.
+        refine: ``False`` runs the first stage only.
+        decoder: how the first stage's heatmaps are read to place the crops (and the
+            refined maps to place the landmarks).
         """
         heatmaps, embeddings = self.backbone(pixel_values)
         loss = None
@@ -164,7 +169,9 @@ class LandmarkDetector(PreTrainedModel):
         if refines or checks:
             coarse = decode(log_p.detach().exp(), decoder, log_maps=log_p.detach())
             if checks:
-                coarse, out["shape_moved"] = shape_check(coarse, log_p, self.config.reference_shape, self.config.shape_tolerance, decoder)
+                coarse, out["shape_moved"] = shape_check(
+                    coarse, log_p, self.config.reference_shape, self.config.shape_tolerance, decoder
+                )
             out["coarse_coordinates"] = coarse
         if refines:
             for key, value in self.refine(fine_pixel_values, coarse, decoder).items():
@@ -179,8 +186,10 @@ class LandmarkDetector(PreTrainedModel):
         cfg = self.config
         fine_size, crop = fine_pixel_values.shape[-1], cfg.refine_crop
         if tuple(fine_pixel_values.shape[-2:]) != (cfg.refine_size, cfg.refine_size):
-            raise ValueError(f"fine_pixel_values must be {cfg.refine_size} x {cfg.refine_size} (config.refine_size), "
-                             f"got {tuple(fine_pixel_values.shape[-2:])}")  # fmt: skip
+            raise ValueError(
+                f"fine_pixel_values must be {cfg.refine_size} x {cfg.refine_size} (config.refine_size), "
+                f"got {tuple(fine_pixel_values.shape[-2:])}"
+            )
         origins = crop_origins(coarse, cfg.image_size, fine_size, crop)
         crops = crop_patches(fine_pixel_values, origins, crop, fill=cfg.pixel_range[0])  # [B, N, 1, C, C]
         b, n = coarse.shape[:2]
@@ -189,13 +198,21 @@ class LandmarkDetector(PreTrainedModel):
         log_p = get_loss(cfg.refine_loss).log_probabilities(logits).view(b, n, crop, crop)
         if cfg.refine_prior is not None:
             # The first-stage estimate in crop pixels (near the crop's centre pixel).
-            centre = original_to_model(coarse.detach().float(), (cfg.image_size, cfg.image_size), fine_size) - origins.float()
+            centre = (
+                original_to_model(coarse.detach().float(), (cfg.image_size, cfg.image_size), fine_size)
+                - origins.float()
+            )
             sigma = torch.tensor(cfg.refine_prior, dtype=log_p.dtype, device=log_p.device)[:, None, None]
             log_p = log_p - squared_distance_maps(centre, (crop, crop)).to(log_p.dtype) / (2 * sigma**2)
             log_p = log_p - torch.logsumexp(log_p.flatten(-2), -1)[..., None, None]
         local = decode(log_p.exp(), decoder, log_maps=log_p)
         refined = original_to_model(local + origins.to(local.dtype), (fine_size, fine_size), cfg.image_size)
-        return {"coarse_coordinates": coarse, "coordinates": refined, "refined_log_probabilities": log_p, "crop_origins": origins}
+        return {
+            "coarse_coordinates": coarse,
+            "coordinates": refined,
+            "refined_log_probabilities": log_p,
+            "crop_origins": origins,
+        }
 
     def add_refiner(
         self,
@@ -218,7 +235,9 @@ class LandmarkDetector(PreTrainedModel):
             backbone_config = UNet2DBackbone.config_from_ddpm(unet)
             refine_crop = refine_crop or int(info.get("resolution") or unet.config.sample_size)
             if "pixel_range" in info and [float(v) for v in info["pixel_range"]] != self.config.pixel_range:
-                raise UserInputError(f"{ddpm}: pre-trained with pixel range {info['pixel_range']}, the detector uses {self.config.pixel_range}")
+                raise UserInputError(
+                    f"{ddpm}: pre-trained with pixel range {info['pixel_range']}, the detector uses {self.config.pixel_range}"
+                )
         cfg = self.config
         cfg.set_refinement(refine_size, refine_crop or 64, backbone_config, cfg.refine_loss, refine_sigma)
         cfg.set_refine_prior(None)  # it belongs to the refiner it was measured for
@@ -248,8 +267,13 @@ class LandmarkDetector(PreTrainedModel):
         if "pixel_range" in info:
             config_kwargs.setdefault("pixel_range", info["pixel_range"])
         size = image_size or info.get("resolution") or unet.config.sample_size
-        config = LandmarkConfig(backbone="unet2d", backbone_config=UNet2DBackbone.config_from_ddpm(unet),
-                                num_landmarks=num_landmarks, image_size=int(size), **config_kwargs)  # fmt: skip
+        config = LandmarkConfig(
+            backbone="unet2d",
+            backbone_config=UNet2DBackbone.config_from_ddpm(unet),
+            num_landmarks=num_landmarks,
+            image_size=int(size),
+            **config_kwargs,
+        )
         model = cls(config)
         model.backbone.load_ddpm_weights(unet, os.fspath(ddpm_path_or_repo))
         model.config.base_model = os.fspath(ddpm_path_or_repo)
@@ -276,17 +300,30 @@ class LandmarkDetector(PreTrainedModel):
         name = encoder_name or info.get("encoder_name") or "densenet161"
         if source == "imagenet":
             if name not in IMAGENET_WEIGHTS:
-                raise UserInputError(f"no ImageNet weights are known for encoder {name!r}; pass a folder or repo (imagenet=PATH)")
+                raise UserInputError(
+                    f"no ImageNet weights are known for encoder {name!r}; pass a folder or repo (imagenet=PATH)"
+                )
             source = IMAGENET_WEIGHTS[name]
         config_kwargs.setdefault("pixel_range", info.get("pixel_range", IMAGENET_PIXEL_RANGE))
         size = int(image_size or info.get("resolution") or 256)
-        config = LandmarkConfig(backbone="smp_unet", backbone_config={"encoder_name": name}, num_landmarks=num_landmarks,
-                                image_size=size, **config_kwargs)  # fmt: skip
+        config = LandmarkConfig(
+            backbone="smp_unet",
+            backbone_config={"encoder_name": name},
+            num_landmarks=num_landmarks,
+            image_size=size,
+            **config_kwargs,
+        )
         try:
             state = read_encoder_weights(source)
         except (OSError, ValueError) as err:  # a missing file, a pickle, an unreachable or unknown repo
-            hint = "" if os.path.isdir(source) else ("; without the Hub, download the repo's model.safetensors (torchvision layout) "
-                                                     "into a folder and pass that folder")  # fmt: skip
+            hint = (
+                ""
+                if os.path.isdir(source)
+                else (
+                    "; without the Hub, download the repo's model.safetensors (torchvision layout) "
+                    "into a folder and pass that folder"
+                )
+            )
             raise UserInputError(f"{source}: cannot read the encoder weights: {err}{hint}") from err
         model = cls(config)
         try:
@@ -327,15 +364,23 @@ def own_channel(logits: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:
 
 def check_model_folder(path: str) -> None:
     """Raise a :class:`UserInputError` naming what a local model folder lacks."""
-    if os.path.isfile(os.path.join(path, "model.safetensors")) or os.path.isfile(os.path.join(path, "model.safetensors.index.json")):
+    if os.path.isfile(os.path.join(path, "model.safetensors")) or os.path.isfile(
+        os.path.join(path, "model.safetensors.index.json")
+    ):
         return
     hints = []
     if os.path.isfile(os.path.join(path, "model", "model.safetensors")):
         hints.append(f"the fine-tuned detector is in {os.path.join(path, 'model')}")
-    if os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "diffusion_pytorch_model.safetensors")):
-        hints.append("this is a pre-trained DDPM, not a detector: fine-tune it first (hf-landmark finetune --init PATH)")
+    if os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(
+        os.path.join(path, "diffusion_pytorch_model.safetensors")
+    ):
+        hints.append(
+            "this is a pre-trained DDPM, not a detector: fine-tune it first (hf-landmark finetune --init PATH)"
+        )
     if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
         hints.append("its weights are a pickle (pytorch_model.bin), which hf_landmark never loads")
     if not hints:
-        hints.append("a detector folder holds config.json and model.safetensors (hf-landmark finetune writes them to OUT/model)")
+        hints.append(
+            "a detector folder holds config.json and model.safetensors (hf-landmark finetune writes them to OUT/model)"
+        )
     raise UserInputError(f"{path}: no model.safetensors in this folder; " + "; ".join(hints))

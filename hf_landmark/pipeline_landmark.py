@@ -44,14 +44,20 @@ class LandmarkDetectionPipeline(Pipeline):
 
     def preprocess(self, image):
         inputs = self.image_processor(image)
-        return {k: inputs[k] for k in ("pixel_values", "fine_pixel_values", "original_sizes", "spacings") if k in inputs}
+        return {
+            k: inputs[k] for k in ("pixel_values", "fine_pixel_values", "original_sizes", "spacings") if k in inputs
+        }
 
     def _forward(self, inputs, decoder=None, refine=None):
         decoder = decoder or self.image_processor.decoder
         device, dtype = self.model.device, self.model.dtype
         fine = inputs.get("fine_pixel_values")
-        out = self.model(pixel_values=inputs["pixel_values"].to(device, dtype), fine_pixel_values=None if fine is None else fine.to(device, dtype),
-                         refine=refine, decoder=decoder)  # fmt: skip
+        out = self.model(
+            pixel_values=inputs["pixel_values"].to(device, dtype),
+            fine_pixel_values=None if fine is None else fine.to(device, dtype),
+            refine=refine,
+            decoder=decoder,
+        )
         keep = {k: v for k, v in out.items() if k not in ("loss", "heatmaps") and v is not None}
         return dict(keep, original_sizes=inputs["original_sizes"], spacings=inputs["spacings"])
 

@@ -268,7 +268,14 @@ def crop_patches(images: torch.Tensor, origins: torch.Tensor, size: int, fill: f
     b, c, h, w = images.shape
     origins = origins.long()
     # Pad by the farthest any crop reaches outside, then gather rows and columns.
-    pad = int(max(0, -origins.min().item(), (origins[..., 0] + size - w).max().item(), (origins[..., 1] + size - h).max().item()))
+    pad = int(
+        max(
+            0,
+            -origins.min().item(),
+            (origins[..., 0] + size - w).max().item(),
+            (origins[..., 1] + size - h).max().item(),
+        )
+    )
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), value=fill) if pad else images
     offs = torch.arange(size, device=images.device)
     cols = (origins[..., 0, None] + pad + offs)[:, :, None, None, :]  # [B, K, 1, 1, size]

@@ -57,23 +57,59 @@ class Recipe:
 
 #: ``--recipe paper``: the paper's fine-tuning, for every label count.
 PAPER = Recipe(
-    name="paper", learning_rate=1e-5, scratch_learning_rate=1e-4, loss="paper", sigma_256=5.0, train_batch_size=2,
-    gradient_accumulation_steps=8, max_steps=None, max_epochs=200, eval_steps=None, early_stopping_patience=20, plateau_patience=10,
-    ema_decay=0.0, augment="2,0.02,0.02", shape_check=0.0, self_train=0, self_train_keep_each=0.0, refine_prior=0.0,
+    name="paper",
+    learning_rate=1e-5,
+    scratch_learning_rate=1e-4,
+    loss="paper",
+    sigma_256=5.0,
+    train_batch_size=2,
+    gradient_accumulation_steps=8,
+    max_steps=None,
+    max_epochs=200,
+    eval_steps=None,
+    early_stopping_patience=20,
+    plateau_patience=10,
+    ema_decay=0.0,
+    augment="2,0.02,0.02",
+    shape_check=0.0,
+    self_train=0,
+    self_train_keep_each=0.0,
+    refine_prior=0.0,
     offset_correction=0.0,
-)  # fmt: skip
+)
 #: ``--recipe default`` from :data:`FEW_LABELS_BELOW` labels up.
 DEFAULT = Recipe(
-    name=f"default, {FEW_LABELS_BELOW} labels or more", learning_rate=1e-4, scratch_learning_rate=1e-4, loss="contour", sigma_256=6.0,
-    train_batch_size=4, gradient_accumulation_steps=1, max_steps=600, max_epochs=None, eval_steps=25, early_stopping_patience=8,
-    plateau_patience=4, ema_decay=0.99, augment="2,0.02,0.02", shape_check=2.5, self_train=1, self_train_keep_each=0.0,
-    refine_prior=2.0, offset_correction=10.0,
-)  # fmt: skip
+    name=f"default, {FEW_LABELS_BELOW} labels or more",
+    learning_rate=1e-4,
+    scratch_learning_rate=1e-4,
+    loss="contour",
+    sigma_256=6.0,
+    train_batch_size=4,
+    gradient_accumulation_steps=1,
+    max_steps=600,
+    max_epochs=None,
+    eval_steps=25,
+    early_stopping_patience=8,
+    plateau_patience=4,
+    ema_decay=0.99,
+    augment="2,0.02,0.02",
+    shape_check=2.5,
+    self_train=1,
+    self_train_keep_each=0.0,
+    refine_prior=2.0,
+    offset_correction=10.0,
+)
 #: ``--recipe default`` below :data:`FEW_LABELS_BELOW` labels.
 DEFAULT_FEW = replace(
-    DEFAULT, name=f"default, fewer than {FEW_LABELS_BELOW} labels", ema_decay=0.0, augment="12,0.12,0.06,0.3", self_train=2,
-    self_train_keep_each=0.4, refine_prior=1.0, offset_correction=0.0,
-)  # fmt: skip
+    DEFAULT,
+    name=f"default, fewer than {FEW_LABELS_BELOW} labels",
+    ema_decay=0.0,
+    augment="12,0.12,0.06,0.3",
+    self_train=2,
+    self_train_keep_each=0.4,
+    refine_prior=1.0,
+    offset_correction=0.0,
+)
 
 RECIPE_NAMES = ("default", "paper")
 
@@ -108,4 +144,6 @@ def recipe_table() -> str:
 def describe_recipe(recipe: Recipe) -> str:
     """``--show-recipe``: one line per value."""
     width = max(map(len, recipe_fields()))
-    return f"recipe: {recipe.name}\n" + "".join(f"  {k.ljust(width)}  {_cell(getattr(recipe, k))}\n" for k in recipe_fields())
+    return f"recipe: {recipe.name}\n" + "".join(
+        f"  {k.ljust(width)}  {_cell(getattr(recipe, k))}\n" for k in recipe_fields()
+    )

@@ -99,7 +99,9 @@ def pool_outliers(features: np.ndarray, images: np.ndarray | None = None) -> dic
     np.fill_diagonal(sim, -np.inf)
     nearest = sim.max(axis=1)
     for i in np.flatnonzero(_low_outliers(nearest)):
-        out[int(i)] = f"far from every other image (closest similarity {nearest[i]:.3f}, pool median {np.median(nearest):.3f})"
+        out[int(i)] = (
+            f"far from every other image (closest similarity {nearest[i]:.3f}, pool median {np.median(nearest):.3f})"
+        )
     if images is not None:
         flat = np.asarray(images, dtype=np.float64).reshape(n, -1)
         lo, hi = np.percentile(flat, 1, axis=1), np.percentile(flat, 99, axis=1)
@@ -122,8 +124,9 @@ def coverage_score(features: np.ndarray, chosen) -> float:
     return float(sim.max(axis=1).mean())
 
 
-def choose(strategy: str, image_ids, k: int, features: np.ndarray | None = None, seed: int = 0, uncertainty=None,
-           excluded=()) -> list[int]:  # fmt: skip
+def choose(
+    strategy: str, image_ids, k: int, features: np.ndarray | None = None, seed: int = 0, uncertainty=None, excluded=()
+) -> list[int]:
     """Indices of ``k`` of ``image_ids`` by ``strategy`` (:data:`STRATEGIES`); ``features``
     for ``coverage``; ``uncertainty`` ``(flagged [M] bool, mean radius [M])`` for ``uncertainty``;
     ``excluded``: indices coverage chooses only when nothing else is left (:func:`pool_outliers`)."""
@@ -134,7 +137,9 @@ def choose(strategy: str, image_ids, k: int, features: np.ndarray | None = None,
     if strategy == "first":
         return order[:k]
     if strategy == "random":
-        return sorted(np.random.default_rng(seed).choice(n, size=k, replace=False).tolist(), key=lambda i: image_ids[i])
+        return sorted(
+            np.random.default_rng(seed).choice(n, size=k, replace=False).tolist(), key=lambda i: image_ids[i]
+        )
     if strategy == "coverage":
         candidates = np.ones(n, bool)
         candidates[list(excluded)] = False

@@ -42,7 +42,9 @@ def fit_similarity(reference: np.ndarray, points: np.ndarray, weights: np.ndarra
     wt = np.ones(z.shape) if weights is None else np.asarray(weights, np.float64)
     total = wt.sum(-1, keepdims=True).clip(min=1e-12)
     wm, zm = (wt * w).sum(-1, keepdims=True) / total, (wt * z).sum(-1, keepdims=True) / total
-    a = (wt * np.conj(w - wm) * (z - zm)).sum(-1, keepdims=True) / (wt * np.abs(w - wm) ** 2).sum(-1, keepdims=True).clip(min=1e-12)
+    a = (wt * np.conj(w - wm) * (z - zm)).sum(-1, keepdims=True) / (wt * np.abs(w - wm) ** 2).sum(
+        -1, keepdims=True
+    ).clip(min=1e-12)
     mapped = a * (w - wm) + zm
     return np.stack([mapped.real, mapped.imag], -1)
 
@@ -100,8 +102,11 @@ def shape_check(coords: torch.Tensor, log_p: torch.Tensor, reference, tolerance:
     expected[..., 1] = expected[..., 1].clip(0, h - 1)
     b_idx, n_idx = np.nonzero(far)
     index = (torch.from_numpy(b_idx), torch.from_numpy(n_idx))
-    ys, xs = torch.meshgrid(torch.arange(h, device=log_p.device, dtype=torch.float64),
-                            torch.arange(w, device=log_p.device, dtype=torch.float64), indexing="ij")  # fmt: skip
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=log_p.device, dtype=torch.float64),
+        torch.arange(w, device=log_p.device, dtype=torch.float64),
+        indexing="ij",
+    )
     centre = torch.from_numpy(expected[b_idx, n_idx]).to(log_p.device)  # [K, 2]
     inside = (xs - centre[:, 0, None, None]) ** 2 + (ys - centre[:, 1, None, None]) ** 2 <= tolerance**2  # [K, H, W]
     maps = log_p.detach()[index].float()  # [K, H, W]

@@ -13,8 +13,10 @@ from .fileio import CHECKPOINT_NAME as _CHECKPOINT
 from .fileio import SET_ASIDE_PREFIX, list_checkpoints, replace_directory
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
-MIXED_PRECISION_HELP = ("auto: fp16 on CUDA; on a CPU with bf16 instructions, whichever of bf16 and fp32 a timed training step "
-                        "of this job is faster in (recorded); fp32 on other CPUs; or no, fp16, bf16")
+MIXED_PRECISION_HELP = (
+    "auto: fp16 on CUDA; on a CPU with bf16 instructions, whichever of bf16 and fp32 a timed training step "
+    "of this job is faster in (recorded); fp32 on other CPUs; or no, fp16, bf16"
+)
 
 
 def cpu_has_amx() -> bool:
@@ -59,7 +61,10 @@ def probe_precision(step, repeats: int = 2, timer=None) -> dict:
 
     timer = timer or time.perf_counter
     seconds = {}
-    for name, context in (("no", contextlib.nullcontext), ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+    for name, context in (
+        ("no", contextlib.nullcontext),
+        ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
+    ):
         with context():
             step()  # warm-up: oneDNN builds its kernels for these shapes
             best = float("inf")
@@ -132,8 +137,10 @@ def make_accelerator(mixed_precision: str, **kwargs):
         accelerator = Accelerator(mixed_precision=precision, **kwargs)
         return accelerator, accelerator.autocast, precision
     if precision == "fp16" or (fixed == "fp16" and precision == "bf16"):
-        raise UserInputError(f"--mixed-precision: this process already trained in {fixed} and Accelerate fixes one precision per "
-                             f"process; {precision} needs a new process (or pass --mixed-precision {fixed} or no)")  # fmt: skip
+        raise UserInputError(
+            f"--mixed-precision: this process already trained in {fixed} and Accelerate fixes one precision per "
+            f"process; {precision} needs a new process (or pass --mixed-precision {fixed} or no)"
+        )
     handlers = [*kwargs.pop("kwargs_handlers", []), AutocastKwargs(enabled=False)]
     accelerator = Accelerator(mixed_precision=fixed, kwargs_handlers=handlers, **kwargs)
     device_type = accelerator.device.type
@@ -156,9 +163,13 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> tuple[i
     path = Path(resume).expanduser()
     m = _CHECKPOINT.match(path.name)
     if not path.exists():
-        raise UserInputError(f"--resume-from-checkpoint: {resume}: no such folder (give a checkpoint-<step> folder or 'latest')")
+        raise UserInputError(
+            f"--resume-from-checkpoint: {resume}: no such folder (give a checkpoint-<step> folder or 'latest')"
+        )
     if not path.is_dir() or not m:
-        raise UserInputError(f"{path}: --resume-from-checkpoint: not a checkpoint folder (expected .../checkpoint-<step> or 'latest')")
+        raise UserInputError(
+            f"{path}: --resume-from-checkpoint: not a checkpoint folder (expected .../checkpoint-<step> or 'latest')"
+        )
     return int(m.group(1)), path
 
 
@@ -243,7 +254,11 @@ def argument_parser(arguments_class, prog: str, description: str | None):
 
     # No abbreviations: a misspelt flag must be an error, never a silent prefix match.
     return HfArgumentParser(
-        arguments_class, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+        arguments_class,
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
 
 
@@ -261,8 +276,10 @@ def describe_cpu_threads(device) -> str | None:
     if getattr(device, "type", str(device)) != "cpu":
         return None
     source = "OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "torch's default, one per physical core"
-    return (f"running on the CPU with {torch.get_num_threads()} threads ({source}); when several jobs share this "
-            "machine, give each OMP_NUM_THREADS=1 (or run one at a time)")  # fmt: skip
+    return (
+        f"running on the CPU with {torch.get_num_threads()} threads ({source}); when several jobs share this "
+        "machine, give each OMP_NUM_THREADS=1 (or run one at a time)"
+    )
 
 
 def long_run_warning(seconds_per_step: float, remaining_steps: int, device, what: str) -> str | None:
@@ -270,5 +287,7 @@ def long_run_warning(seconds_per_step: float, remaining_steps: int, device, what
     total = seconds_per_step * remaining_steps
     if getattr(device, "type", str(device)) != "cpu" or total < 3600:
         return None
-    return (f"{what} will take about {total / 3600:.1f} h on this CPU ({seconds_per_step:.2f} s per step, {remaining_steps} steps "
-            "to go): a GPU, a smaller --preset or --resolution, or fewer steps shorten it")  # fmt: skip
+    return (
+        f"{what} will take about {total / 3600:.1f} h on this CPU ({seconds_per_step:.2f} s per step, {remaining_steps} steps "
+        "to go): a GPU, a smaller --preset or --resolution, or fewer steps shorten it"
+    )

@@ -76,7 +76,14 @@ def draw_landmarks(
     for i, (px, py) in enumerate(pred):
         draw.ellipse([px - r, py - r, px + r, py + r], fill=_PRED, outline=(0, 0, 0))
         if numbered:
-            draw.text((px + r + 1, py - r), str(i + 1), fill=_TEXT, font=font, stroke_width=max(1, line // 2), stroke_fill=(0, 0, 0))
+            draw.text(
+                (px + r + 1, py - r),
+                str(i + 1),
+                fill=_TEXT,
+                font=font,
+                stroke_width=max(1, line // 2),
+                stroke_fill=(0, 0, 0),
+            )
     return img
 
 

@@ -12,7 +12,9 @@ import pytest  # noqa: E402
 
 # The real radiographs (research use only, never copied into the repository) sit beside
 # the project as ../shared/realdata, or wherever HF_LANDMARK_REALDATA points.
-REALDATA = Path(os.environ.get("HF_LANDMARK_REALDATA", Path(__file__).resolve().parents[1].parent / "shared" / "realdata"))
+REALDATA = Path(
+    os.environ.get("HF_LANDMARK_REALDATA", Path(__file__).resolve().parents[1].parent / "shared" / "realdata")
+)
 
 
 @pytest.fixture(scope="session")

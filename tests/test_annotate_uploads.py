@@ -18,7 +18,9 @@ from hf_landmark.data.formats import read_annotation_file
 
 from .test_annotation_page import NAMES, Page, _browser, _free_port, truth, write_images
 
-pytestmark = pytest.mark.skipif(None in _browser(), reason="needs Debian's chromium and the playwright package (.ci/run installs both)")
+pytestmark = pytest.mark.skipif(
+    None in _browser(), reason="needs Debian's chromium and the playwright package (.ci/run installs both)"
+)
 
 
 def _start(page, files, names) -> Page:
@@ -36,7 +38,10 @@ def _download(page) -> dict[str, bytes]:
     page.locator("#annot-export").click()
     page.wait_for_function("() => document.querySelectorAll('#annot-exported a').length >= 7", timeout=60000)
     links = page.evaluate("() => Array.from(document.querySelectorAll('#annot-exported a')).map(a => a.href)")
-    return {urllib.parse.unquote(href.split("?")[0].rsplit("/", 1)[-1]): urllib.request.urlopen(href).read() for href in links}
+    return {
+        urllib.parse.unquote(href.split("?")[0].rsplit("/", 1)[-1]): urllib.request.urlopen(href).read()
+        for href in links
+    }
 
 
 def test_two_visitors_annotate_their_own_uploads_and_download_their_work(tmp_path):
@@ -77,8 +82,15 @@ def test_two_visitors_annotate_their_own_uploads_and_download_their_work(tmp_pat
         assert not any(p.exists() for p in created), "an upload session's folder outlived its session"
     finally:
         demo.close()
-    assert {"annotations.csv", "annotations.cvat.xml", "annotations.coco.json", "annotations.labelstudio.json",
-            "annotations.labelstudio.config.xml", "annotations.json", "annotations_labelme.zip"} <= set(files_a)  # fmt: skip
+    assert {
+        "annotations.csv",
+        "annotations.cvat.xml",
+        "annotations.coco.json",
+        "annotations.labelstudio.json",
+        "annotations.labelstudio.config.xml",
+        "annotations.json",
+        "annotations_labelme.zip",
+    } <= set(files_a)
     rows_a = list(csv.DictReader(io.StringIO(files_a["annotations.csv"].decode())))
     rows_b = list(csv.DictReader(io.StringIO(files_b["annotations.csv"].decode())))
     assert [r["image"] for r in rows_a] == ["case0.png", "case1.png"] and [r["image"] for r in rows_b] == ["other.png"]

@@ -49,56 +49,144 @@ CVAT = """<?xml version="1.0" encoding="utf-8"?>
 
 
 def _labelstudio(task_id, upload, w, h, points):
-    result = [{"original_width": w, "original_height": h, "image_rotation": 0,
-               "value": {"x": x / w * 100, "y": y / h * 100, "width": 0.6, "keypointlabels": [label]},
-               "id": f"r{k}", "from_name": "kp-1", "to_name": "img-1", "type": "keypointlabels", "origin": "manual"}
-              for k, (label, (x, y)) in enumerate(points)]  # fmt: skip
-    return {"id": task_id, "annotations": [{"id": task_id, "completed_by": 1, "result": result, "was_cancelled": False,
-                                            "ground_truth": False, "lead_time": 12.5}],
-            "file_upload": upload, "drafts": [], "predictions": [], "data": {"image": f"/data/upload/3/{upload}"}, "project": 3}  # fmt: skip
+    result = [
+        {
+            "original_width": w,
+            "original_height": h,
+            "image_rotation": 0,
+            "value": {"x": x / w * 100, "y": y / h * 100, "width": 0.6, "keypointlabels": [label]},
+            "id": f"r{k}",
+            "from_name": "kp-1",
+            "to_name": "img-1",
+            "type": "keypointlabels",
+            "origin": "manual",
+        }
+        for k, (label, (x, y)) in enumerate(points)
+    ]
+    return {
+        "id": task_id,
+        "annotations": [
+            {
+                "id": task_id,
+                "completed_by": 1,
+                "result": result,
+                "was_cancelled": False,
+                "ground_truth": False,
+                "lead_time": 12.5,
+            }
+        ],
+        "file_upload": upload,
+        "drafts": [],
+        "predictions": [],
+        "data": {"image": f"/data/upload/3/{upload}"},
+        "project": 3,
+    }
 
 
 def _labelme(image, points):
-    return {"version": "5.4.1", "flags": {}, "imagePath": image, "imageData": None, "imageHeight": 2, "imageWidth": 2,
-            "shapes": [{"label": label, "points": [[x, y]], "group_id": None, "description": "", "shape_type": "point",
-                        "flags": {}, "mask": None} for label, (x, y) in points]}  # fmt: skip
+    return {
+        "version": "5.4.1",
+        "flags": {},
+        "imagePath": image,
+        "imageData": None,
+        "imageHeight": 2,
+        "imageWidth": 2,
+        "shapes": [
+            {
+                "label": label,
+                "points": [[x, y]],
+                "group_id": None,
+                "description": "",
+                "shape_type": "point",
+                "flags": {},
+                "mask": None,
+            }
+            for label, (x, y) in points
+        ],
+    }
 
 
 def _coco(shift):
     def kp(points):
         return [v for x, y in points for v in (x + shift, y + shift, 2)]
 
-    return {"info": {}, "licenses": [],
-            "images": [{"id": 1, "file_name": "a.png", "width": 2, "height": 2}, {"id": 2, "file_name": "b.png", "width": 2, "height": 2}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "keypoints": kp(OURS["a.png"]), "num_keypoints": 2, "iscrowd": 0,
-                             "bbox": [0, 0, 2, 2], "area": 4},
-                            {"id": 2, "image_id": 2, "category_id": 1, "keypoints": kp(OURS["b.png"]), "num_keypoints": 2, "iscrowd": 0,
-                             "bbox": [0, 0, 2, 2], "area": 4}],
-            "categories": [{"id": 1, "name": "ceph", "supercategory": "", "keypoints": NAMES, "skeleton": [[1, 2]]}]}  # fmt: skip
+    return {
+        "info": {},
+        "licenses": [],
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 2, "height": 2},
+            {"id": 2, "file_name": "b.png", "width": 2, "height": 2},
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "keypoints": kp(OURS["a.png"]),
+                "num_keypoints": 2,
+                "iscrowd": 0,
+                "bbox": [0, 0, 2, 2],
+                "area": 4,
+            },
+            {
+                "id": 2,
+                "image_id": 2,
+                "category_id": 1,
+                "keypoints": kp(OURS["b.png"]),
+                "num_keypoints": 2,
+                "iscrowd": 0,
+                "bbox": [0, 0, 2, 2],
+                "area": 4,
+            },
+        ],
+        "categories": [{"id": 1, "name": "ceph", "supercategory": "", "keypoints": NAMES, "skeleton": [[1, 2]]}],
+    }
 
 
 def _write_tool_files(folder):
     (folder / "cvat.xml").write_text(CVAT)
-    ls = [_labelstudio(1, "8f3a2b1c-a.png", 2, 2, [("tip", (1.5, 0.5)), ("base", (0.5, 1.5))]),
-          _labelstudio(2, "0d9e4c7a-b.png", 2, 2, [("tip", (0.75, 1.25)), ("base", (1.5, 1.5))])]  # fmt: skip
+    ls = [
+        _labelstudio(1, "8f3a2b1c-a.png", 2, 2, [("tip", (1.5, 0.5)), ("base", (0.5, 1.5))]),
+        _labelstudio(2, "0d9e4c7a-b.png", 2, 2, [("tip", (0.75, 1.25)), ("base", (1.5, 1.5))]),
+    ]
     (folder / "ls.json").write_text(json.dumps(ls))
     (folder / "labelme").mkdir()
-    (folder / "labelme" / "a.json").write_text(json.dumps(_labelme("../a.png", [("tip", (1.5, 0.5)), ("base", (0.5, 1.5))])))
-    (folder / "labelme" / "b.json").write_text(json.dumps(_labelme("../b.png", [("tip", (0.75, 1.25)), ("base", (1.5, 1.5))])))
+    (folder / "labelme" / "a.json").write_text(
+        json.dumps(_labelme("../a.png", [("tip", (1.5, 0.5)), ("base", (0.5, 1.5))]))
+    )
+    (folder / "labelme" / "b.json").write_text(
+        json.dumps(_labelme("../b.png", [("tip", (0.75, 1.25)), ("base", (1.5, 1.5))]))
+    )
     (folder / "coco_center.json").write_text(json.dumps(_coco(0.0)))
     (folder / "coco_corner.json").write_text(json.dumps(_coco(0.5)))
 
 
-@pytest.mark.parametrize("file, origin", [("cvat.xml", None), ("ls.json", None), ("labelme", None), ("coco_center.json", "center"),
-                                          ("coco_corner.json", "corner")])  # fmt: skip
+@pytest.mark.parametrize(
+    "file, origin",
+    [
+        ("cvat.xml", None),
+        ("ls.json", None),
+        ("labelme", None),
+        ("coco_center.json", "center"),
+        ("coco_corner.json", "corner"),
+    ],
+)
 def test_each_tool_reads_to_the_exact_coordinates(folder, file, origin):
     _write_tool_files(folder)
     entries, names = read_annotation_file(folder / file, root=folder, coco_origin=origin)
     assert names == NAMES
     assert {e.file: e.landmarks.tolist() for e in entries} == OURS
     # Through prepare custom: a.png and b.png annotated, c.png (not in the file) in the unlabeled pool.
-    dd, report = prepare("custom", folder, folder / f"out-{file}", image_size=8, annotations=folder / file, coco_origin=origin,
-                         split_counts=(1, 1, 0), allow_empty_splits=True)  # fmt: skip
+    dd, report = prepare(
+        "custom",
+        folder,
+        folder / f"out-{file}",
+        image_size=8,
+        annotations=folder / file,
+        coco_origin=origin,
+        split_counts=(1, 1, 0),
+        allow_empty_splits=True,
+    )
     assert dd["train"][0]["landmarks"] == OURS["a.png"] and dd["validation"][0]["landmarks"] == OURS["b.png"]
     assert dd["unlabeled"]["image_id"] == ["c"] and "landmarks" not in dd["unlabeled"].column_names
 
@@ -122,32 +210,88 @@ def test_each_written_format_reads_back_the_same_coordinates(folder, kind):
 
 def test_coco_needs_its_origin(folder, capsys):
     _write_tool_files(folder)
-    assert cli(["prepare", "custom", "--root", str(folder), "--annotations", str(folder / "coco_center.json"),
-                "--out", str(folder / "out")]) == 2  # fmt: skip
+    assert (
+        cli(
+            [
+                "prepare",
+                "custom",
+                "--root",
+                str(folder),
+                "--annotations",
+                str(folder / "coco_center.json"),
+                "--out",
+                str(folder / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--coco-origin" in err and not (folder / "out").exists()
 
 
 MALFORMED = [
     ("bad.xml", "<annotations><image name='a.png'><points label='tip' points='1,1'></image>", "not readable CVAT XML"),
-    ("ls.json", json.dumps([{"id": 4, "data": {"image": "/data/upload/3/8f3a2b1c-a.png"},
-                             "annotations": [{"result": [{"type": "keypointlabels", "original_height": 2,
-                                                          "value": {"x": 10, "y": 10, "keypointlabels": ["tip"]}}]}]}]),  # fmt: skip
-     "task[0] (id 4) (a.png): result[0]: no 'original_width'"),
-    ("coco.json", json.dumps({**_coco(0.0), "annotations": [{"id": 9, "image_id": 1, "category_id": 1, "keypoints": [1, 1, 2]}]}),
-     "annotations[0] (id 9, image_id 1): 3 keypoint values, but the category's 2 keypoints need 6"),
+    (
+        "ls.json",
+        json.dumps(
+            [
+                {
+                    "id": 4,
+                    "data": {"image": "/data/upload/3/8f3a2b1c-a.png"},
+                    "annotations": [
+                        {
+                            "result": [
+                                {
+                                    "type": "keypointlabels",
+                                    "original_height": 2,
+                                    "value": {"x": 10, "y": 10, "keypointlabels": ["tip"]},
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        ),
+        "task[0] (id 4) (a.png): result[0]: no 'original_width'",
+    ),
+    (
+        "coco.json",
+        json.dumps(
+            {**_coco(0.0), "annotations": [{"id": 9, "image_id": 1, "category_id": 1, "keypoints": [1, 1, 2]}]}
+        ),
+        "annotations[0] (id 9, image_id 1): 3 keypoint values, but the category's 2 keypoints need 6",
+    ),
     ("cvat.xml", CVAT.replace('name="b.png"', 'name="missing.png"'), "missing.png not found"),
-    ("partial.csv", "image,tip_x,tip_y,base_x,base_y\na.png,1,0,,\nb.png,0,0,1,1\nc.png,0,1,1,0\n", "landmark 'base' missing"),
+    (
+        "partial.csv",
+        "image,tip_x,tip_y,base_x,base_y\na.png,1,0,,\nb.png,0,0,1,1\nc.png,0,1,1,0\n",
+        "landmark 'base' missing",
+    ),
 ]
 
 
 @pytest.mark.parametrize("file, text, words", MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_a_malformed_file_is_one_error_line_and_no_output(folder, capsys, file, text, words):
     (folder / file).write_text(text)
-    code = cli(["prepare", "custom", "--root", str(folder), "--annotations", str(folder / file), "--out", str(folder / "out"),
-                "--coco-origin", "center", "--allow-empty-splits"])  # fmt: skip
+    code = cli(
+        [
+            "prepare",
+            "custom",
+            "--root",
+            str(folder),
+            "--annotations",
+            str(folder / file),
+            "--out",
+            str(folder / "out"),
+            "--coco-origin",
+            "center",
+            "--allow-empty-splits",
+        ]
+    )
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and err.startswith("error: ") and str(folder / file) in err and words in err, err
+    assert (
+        code == 2 and err.count("\n") == 0 and err.startswith("error: ") and str(folder / file) in err and words in err
+    ), err
     assert not (folder / "out").exists()
 
 
@@ -155,12 +299,35 @@ def test_partly_annotated_rows_and_border_points(folder, capsys):
     """An image with no coordinates is the pool; a partly annotated one is dropped into it with
     --drop-incomplete; a point on the pixel edge (x = W, a corner-convention tool's last
     column) is clamped and counted."""
-    (folder / "lm.csv").write_text("image,tip_x,tip_y,base_x,base_y\na.png,2,0,0,1\nb.png,1,,,\nc.png,,,,\n".replace("1,,,", "1,0,,"))
-    assert cli(["prepare", "custom", "--root", str(folder), "--annotations", str(folder / "lm.csv"), "--out", str(folder / "out"),
-                "--drop-incomplete", "--split-counts", "1,0,0", "--allow-empty-splits", "--image-size", "8"]) == 0  # fmt: skip
+    (folder / "lm.csv").write_text(
+        "image,tip_x,tip_y,base_x,base_y\na.png,2,0,0,1\nb.png,1,,,\nc.png,,,,\n".replace("1,,,", "1,0,,")
+    )
+    assert (
+        cli(
+            [
+                "prepare",
+                "custom",
+                "--root",
+                str(folder),
+                "--annotations",
+                str(folder / "lm.csv"),
+                "--out",
+                str(folder / "out"),
+                "--drop-incomplete",
+                "--split-counts",
+                "1,0,0",
+                "--allow-empty-splits",
+                "--image-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     dd = load_prepared(folder / "out")
-    assert dd["train"]["landmarks"] == [[[1.0, 0.0], [0.0, 1.0]]]  # x = 2 in a 2-px image: clamped to the last centre, 1
+    assert dd["train"]["landmarks"] == [
+        [[1.0, 0.0], [0.0, 1.0]]
+    ]  # x = 2 in a 2-px image: clamped to the last centre, 1
     assert dd["unlabeled"]["image_id"] == ["b", "c"]
     assert "clamped at border: 1: a: 'tip' at (2, 0)" in out and "incomplete: 1: b.png (missing base)" in out
     assert "splits: train 1, validation 0, test 0, unlabeled 2" in out
@@ -175,25 +342,68 @@ def test_predict_in_each_format_reads_back_through_prepare_custom(folder, tmp_pa
     from hf_landmark.data.formats import labelstudio_config_path
 
     model = tmp_path_factory.mktemp("m") / "model"
-    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=NAMES)).save_pretrained(model)
+    LandmarkDetector(
+        LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=NAMES)
+    ).save_pretrained(model)
     for name in ("a.png", "b.png"):  # larger images, so that predictions are not on a 2-px grid
         Image.fromarray((np.random.default_rng(len(name)).random((40, 30)) * 255).astype(np.uint8)).save(folder / name)
     written = folder / ("pred_labelme" if kind == "labelme" else f"pred.{kind}")
-    assert cli(["predict", str(folder / "a.png"), str(folder / "b.png"), "--model", str(model), "--output", str(folder / "p.json"),
-                "--format", kind, "--format-output", str(written), "--coco-origin", "corner"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "predict",
+                str(folder / "a.png"),
+                str(folder / "b.png"),
+                "--model",
+                str(model),
+                "--output",
+                str(folder / "p.json"),
+                "--format",
+                kind,
+                "--format-output",
+                str(written),
+                "--coco-origin",
+                "corner",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     predicted = json.loads((folder / "p.json").read_text())["predictions"]
-    command = ["prepare", "custom", "--root", str(folder), "--annotations", str(written), "--out", str(folder / "again"), "--image-size",
-               "8", "--split-counts", "1,1,0", "--allow-empty-splits", "--coco-origin", "corner"]  # fmt: skip
+    command = [
+        "prepare",
+        "custom",
+        "--root",
+        str(folder),
+        "--annotations",
+        str(written),
+        "--out",
+        str(folder / "again"),
+        "--image-size",
+        "8",
+        "--split-counts",
+        "1,1,0",
+        "--allow-empty-splits",
+        "--coco-origin",
+        "corner",
+    ]
     if kind == "labelstudio":
         config = labelstudio_config_path(written).read_text()
         assert '<KeyPointLabels name="kp" toName="image"' in config and '<Image name="image" value="$image"' in config
-        assert '<Label value="tip"/>' in config and '<Label value="base"/>' in config and str(labelstudio_config_path(written)) in printed
+        assert (
+            '<Label value="tip"/>' in config
+            and '<Label value="base"/>' in config
+            and str(labelstudio_config_path(written)) in printed
+        )
         task = json.loads(written.read_text())[0]["predictions"][0]["result"][0]
         assert (task["from_name"], task["to_name"]) == ("kp", "image")
         assert cli(command) == 2
         err = capsys.readouterr().err
-        assert "hold only a model's predictions" in err and "--accept-predictions" in err and not (folder / "again").exists()
+        assert (
+            "hold only a model's predictions" in err
+            and "--accept-predictions" in err
+            and not (folder / "again").exists()
+        )
         command.append("--accept-predictions")
     else:
         assert f"prepare custom --annotations {written}" in printed

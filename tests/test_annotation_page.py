@@ -57,14 +57,21 @@ def _browser():
     return shutil.which("chromium"), sync_playwright
 
 
-needs_browser = pytest.mark.skipif(None in _browser(), reason="needs Debian's chromium and the playwright package (.ci/run installs both)")
+needs_browser = pytest.mark.skipif(
+    None in _browser(), reason="needs Debian's chromium and the playwright package (.ci/run installs both)"
+)
 
 
 def serve(args, port):
     """``hf-landmark annotate ARGS --port PORT``, running, and its process."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, "-m", "hf_landmark_cli", "annotate", *args, "--port", str(port), "--no-browser"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hf_landmark_cli", "annotate", *args, "--port", str(port), "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -88,13 +95,18 @@ class Page:
         return self.page.locator("#annot-status").inner_text()
 
     def wait_status(self, text: str, timeout=30000) -> None:
-        self.page.wait_for_function("(t) => { const e = document.querySelector('#annot-status'); return e && e.innerText.includes(t); }",
-                                    arg=text, timeout=timeout)  # fmt: skip
+        self.page.wait_for_function(
+            "(t) => { const e = document.querySelector('#annot-status'); return e && e.innerText.includes(t); }",
+            arg=text,
+            timeout=timeout,
+        )
 
     def rows(self, elem_id: str, containing: str) -> list[str]:
         """The rows of the table ``elem_id`` (header left out), once one contains ``containing``."""
-        js = (f"() => Array.from(document.querySelectorAll('#{elem_id} [role=row]')).filter(r => r.getAttribute('aria-rowindex') !== '1')"
-              ".map(r => r.innerText.replace(/\\s+/g, ' ').trim())")  # fmt: skip
+        js = (
+            f"() => Array.from(document.querySelectorAll('#{elem_id} [role=row]')).filter(r => r.getAttribute('aria-rowindex') !== '1')"
+            ".map(r => r.innerText.replace(/\\s+/g, ' ').trim())"
+        )
         self.page.wait_for_function(f"() => ({js})().some(r => r.includes({containing!r}))", timeout=60000)
         return self.page.evaluate(js)
 
@@ -102,10 +114,13 @@ class Page:
         """The picture shown in ``elem_id``: (its box on screen, its pixels)."""
         loc = self.page.locator(f"#{elem_id} img")
         loc.scroll_into_view_if_needed()
-        self.page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img'); return i && i.complete && i.naturalWidth > 0; }}")
+        self.page.wait_for_function(
+            f"() => {{ const i = document.querySelector('#{elem_id} img'); return i && i.complete && i.naturalWidth > 0; }}"
+        )
         left, top, w, h, nw, nh, src = self.page.evaluate(
             f"() => {{ const i = document.querySelector('#{elem_id} img'); const r = i.getBoundingClientRect(); "
-            "return [r.left, r.top, r.width, r.height, i.naturalWidth, i.naturalHeight, i.src]; }")
+            "return [r.left, r.top, r.width, r.height, i.naturalWidth, i.naturalHeight, i.src]; }"
+        )
         pixels = np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(src).read())).convert("RGB"))
         assert pixels.shape[:2] == (nh, nw)
         return (left, top, w, h, nw, nh), pixels, src
@@ -126,13 +141,20 @@ class Page:
         """Find the landmark's bright pixel in the zoom (a square of white picture pixels) and
         click the middle of that square."""
         if old_src is not None:
-            self.page.wait_for_function("(s) => { const i = document.querySelector('#annot-zoom img'); return i && i.src !== s; }", arg=old_src)
+            self.page.wait_for_function(
+                "(s) => { const i = document.querySelector('#annot-zoom img'); return i && i.src !== s; }", arg=old_src
+            )
         _, pixels, _ = self.picture("annot-zoom")
         white, black = (pixels == 255).all(axis=2), (pixels == 0).all(axis=2)
         z, found = ZOOM, []
         for y, x in zip(*np.nonzero(white)):
             block = white[y : y + z, x : x + z]
-            sides = [black[y : y + z, x - z : x], black[y : y + z, x + z : x + 2 * z], black[y - z : y, x : x + z], black[y + z : y + 2 * z, x : x + z]]
+            sides = [
+                black[y : y + z, x - z : x],
+                black[y : y + z, x + z : x + 2 * z],
+                black[y - z : y, x : x + z],
+                black[y + z : y + 2 * z, x : x + z],
+            ]
             # The bright original pixel: a z x z white square in its ring of black pixels (drawn numbers are neither).
             if block.shape == (z, z) and block.all() and sum(b.size == z * z and b.mean() >= 0.5 for b in sides) >= 3:
                 found.append((x, y))
@@ -141,7 +163,9 @@ class Page:
         self.click_picture("annot-zoom", (x + z / 2, y + z / 2))
 
     def zoom_src(self):
-        return self.page.evaluate("() => { const i = document.querySelector('#annot-zoom img'); return i ? i.src : null; }")
+        return self.page.evaluate(
+            "() => { const i = document.querySelector('#annot-zoom img'); return i ? i.src : null; }"
+        )
 
     def place(self, xy, name: str) -> None:
         """Place the landmark asked for at the original's ``xy``: overview, then zoom."""
@@ -188,7 +212,10 @@ def test_annotate_three_images_by_clicking(tmp_path):
     images, out = tmp_path / "xrays", tmp_path / "ann.csv"
     write_images(images)
     (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
-    with annotation_page(["--images", str(images), "--landmarks", str(tmp_path / "names.txt"), "--out", str(out)]) as (page, ui):
+    with annotation_page(["--images", str(images), "--landmarks", str(tmp_path / "names.txt"), "--out", str(out)]) as (
+        page,
+        ui,
+    ):
         # The page opens on the first image and asks for the first landmark by name.
         assert "Image 1 of 3" in ui.status() and "case0.png" in ui.status()
         t0 = truth(0)
@@ -240,11 +267,53 @@ def test_annotate_three_images_by_clicking(tmp_path):
     # The file is what prepare custom reads, and a detector trains on it.
     from hf_landmark_cli import main as cli
 
-    assert cli(["prepare", "custom", "--root", str(images), "--annotations", str(out), "--out", str(tmp_path / "mine"),
-                "--image-size", "64", "--split-counts", "2,1,0", "--allow-empty-splits"]) == 0  # fmt: skip
-    assert cli(["finetune", "--dataset", str(tmp_path / "mine"), "--init", "scratch", "--preset", "tiny", "--resolution", "32",
-                "--num-labels", "2", "--max-steps", "2", "--eval-steps", "1", "--no-refine", "--report-to", "none",
-                "--output-dir", str(tmp_path / "ft")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "prepare",
+                "custom",
+                "--root",
+                str(images),
+                "--annotations",
+                str(out),
+                "--out",
+                str(tmp_path / "mine"),
+                "--image-size",
+                "64",
+                "--split-counts",
+                "2,1,0",
+                "--allow-empty-splits",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli(
+            [
+                "finetune",
+                "--dataset",
+                str(tmp_path / "mine"),
+                "--init",
+                "scratch",
+                "--preset",
+                "tiny",
+                "--resolution",
+                "32",
+                "--num-labels",
+                "2",
+                "--max-steps",
+                "2",
+                "--eval-steps",
+                "1",
+                "--no-refine",
+                "--report-to",
+                "none",
+                "--output-dir",
+                str(tmp_path / "ft"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "ft" / "model" / "model.safetensors").is_file()
 
 
@@ -253,7 +322,9 @@ def make_model(folder: Path) -> Path:
     from hf_landmark import LandmarkConfig, LandmarkDetector
     from hf_landmark.image_processing_landmark import processor_for_model
 
-    model = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=5, image_size=32, landmark_names=NAMES))
+    model = LandmarkDetector(
+        LandmarkConfig(backbone_config="tiny", num_landmarks=5, image_size=32, landmark_names=NAMES)
+    )
     model.save_pretrained(folder)
     processor = processor_for_model(model)
     processor.calibration_scores = [[0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5]] * 5
@@ -270,11 +341,19 @@ def test_model_proposals_corrections_and_the_review_queue(tmp_path):
     model = make_model(tmp_path / "model")
     from hf_landmark.app import landmark_pipeline
 
-    proposed = {f: np.array([[p["x"], p["y"]] for p in landmark_pipeline(str(model))(str(images / f))]) for f in ("case0.png", "case1.png")}
-    with annotation_page(["--images", str(images), "--out", str(out), "--model", str(model)]) as (page, ui):  # names: the model's
+    proposed = {
+        f: np.array([[p["x"], p["y"]] for p in landmark_pipeline(str(model))(str(images / f))])
+        for f in ("case0.png", "case1.png")
+    }
+    with annotation_page(["--images", str(images), "--out", str(out), "--model", str(model)]) as (
+        page,
+        ui,
+    ):  # names: the model's
         assert "case0.png" in ui.status()
         rows = ui.rows("annot-table", "proposed")
-        assert len(rows) == 5 and all("proposed" in r for r in rows)  # every landmark starts from the model's prediction
+        assert len(rows) == 5 and all(
+            "proposed" in r for r in rows
+        )  # every landmark starts from the model's prediction
         # Move Sella to where it is; the file holds that one point, the proposals are not saved yet.
         ui.place(truth(0)[0], "Sella")
         saved = AnnotationFile(out, NAMES).read()["case0.png"][0]
@@ -296,7 +375,9 @@ def test_model_proposals_corrections_and_the_review_queue(tmp_path):
         page.get_by_role("button", name="Rank the images, worst predictions first").click()
         rows = ui.rows("annot-queue", "done")
         assert "case0.png" in rows[-1] and "done" in rows[-1]  # complete images go last
-        assert any("case1.png" in r and "in progress" in r for r in rows[:2]) and any("tiny.png" in r and "low confidence" in r for r in rows)
+        assert any("case1.png" in r and "in progress" in r for r in rows[:2]) and any(
+            "tiny.png" in r and "low confidence" in r for r in rows
+        )
         page.wait_for_selector("#annot-thumbnails img")
         assert page.locator("#annot-thumbnails img").count() == 3
         page.get_by_role("tab", name="Annotate").click()
@@ -314,7 +395,9 @@ def test_review_order():
     sizes = [[100, 80], [100, 90], [100, 100], [200, 150]]
     np.testing.assert_allclose(review_scores(radii, sizes, np.zeros((4, 2))), [1.0, 1.0, 1.5, 1.0])
     # A NaN radius counts as none; a model without radii ranks by its heatmap scores.
-    np.testing.assert_allclose(review_scores([[np.nan, 10.0], [1.0, 10.0]], [[100, 100]] * 2, np.zeros((2, 2))), [1.0, 1.0])
+    np.testing.assert_allclose(
+        review_scores([[np.nan, 10.0], [1.0, 10.0]], [[100, 100]] * 2, np.zeros((2, 2))), [1.0, 1.0]
+    )
     np.testing.assert_allclose(review_scores([[np.nan] * 2] * 2, [[10, 10]] * 2, [[0.9, 0.7], [0.2, 0.4]]), [0.2, 0.7])
     # Work left first, the least certain first; finished images last.
     assert review_order([1.0, 3.0, 2.0, 5.0], [False, False, False, True]) == [1, 2, 0, 3]
@@ -369,13 +452,17 @@ def test_open_a_prepared_dataset_a_template_and_continue(tmp_path):
     images = tmp_path / "xrays"
     write_images(images)
     # A prepared pool: its images, under the folder it was prepared from.
-    assert cli(["prepare", "images", "--root", str(images), "--out", str(tmp_path / "pool"), "--image-size", "64"]) == 0
+    assert (
+        cli(["prepare", "images", "--root", str(images), "--out", str(tmp_path / "pool"), "--image-size", "64"]) == 0
+    )
     project = open_project(str(tmp_path / "pool"), str(tmp_path / "all.csv"), NAMES)
     assert project.root == images.resolve() and project.files == ["case0.png", "case1.png", "case2.png"]
     listed = read_annotation_file(tmp_path / "all.csv")[0]
     assert len(listed) == 3 and all(np.isnan(e.landmarks).all() for e in listed)  # listed, none annotated yet
     # select's template: its images first, in its order, then the folder's others; its names are the landmarks.
-    (tmp_path / "choose.csv").write_text("image," + ",".join(f"{n}_x,{n}_y" for n in NAMES) + "\ncase2.png" + "," * 10 + "\ncase0.png" + "," * 10 + "\n")
+    (tmp_path / "choose.csv").write_text(
+        "image," + ",".join(f"{n}_x,{n}_y" for n in NAMES) + "\ncase2.png" + "," * 10 + "\ncase0.png" + "," * 10 + "\n"
+    )
     session = AnnotationSession(open_project(str(images), str(tmp_path / "choose.csv")))
     assert session.project.files == ["case2.png", "case0.png", "case1.png"] and session.names == NAMES
     session.place(10.0, 20.0)
@@ -398,7 +485,10 @@ def test_two_pages_on_one_file_keep_each_others_images(tmp_path):
     b.place(3.0, 4.0)  # page b on case1, opened before a saved
     a.place(5.0, 6.0)
     saved = AnnotationFile(tmp_path / "ann.csv", NAMES).read()
-    assert saved["case0.png"][0][:2].tolist() == [[1.0, 2.0], [5.0, 6.0]] and saved["case1.png"][0][0].tolist() == [3.0, 4.0]
+    assert saved["case0.png"][0][:2].tolist() == [[1.0, 2.0], [5.0, 6.0]] and saved["case1.png"][0][0].tolist() == [
+        3.0,
+        4.0,
+    ]
     # On the same image the last save wins.
     b.go(-1)
     b.place(7.0, 8.0)  # b's case0 was read when b opened: Sella only, now at (7, 8)

@@ -26,8 +26,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def model_and_image(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
-    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["Sella", "Nasion"],
-                                    spacing=[0.1, 0.1])).save_pretrained(tmp / "m")  # fmt: skip
+    LandmarkDetector(
+        LandmarkConfig(
+            backbone_config="tiny",
+            num_landmarks=2,
+            image_size=32,
+            landmark_names=["Sella", "Nasion"],
+            spacing=[0.1, 0.1],
+        )
+    ).save_pretrained(tmp / "m")
     Image.fromarray((np.random.default_rng(0).random((60, 50)) * 255).astype(np.uint8)).save(tmp / "x.png")
     return tmp / "m", tmp / "x.png"
 
@@ -43,12 +50,16 @@ def test_gradio_round_trip(model_and_image):
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        overlay, table, note, json_path = client.predict(handle_file(str(image)), str(model), "centroid", api_name="/predict")
+        overlay, table, note, json_path = client.predict(
+            handle_file(str(image)), str(model), "centroid", api_name="/predict"
+        )
         assert Image.open(overlay).size == (600, 720)  # the 50 x 60 upload, enlarged for display
         assert [row[:2] for row in table["data"]] == [[1, "Sella"], [2, "Nasion"]]
         assert "assume the spacing of the model's training data" in note  # a PNG has no spacing of its own
         data = json.loads(open(json_path, encoding="utf-8").read())
-        assert [p["label"] for p in data["landmarks"]] == ["Sella", "Nasion"] and data["landmarks"][0]["spacing_assumed"] is True
+        assert [p["label"] for p in data["landmarks"]] == ["Sella", "Nasion"] and data["landmarks"][0][
+            "spacing_assumed"
+        ] is True
     finally:
         demo.close()
 
@@ -62,7 +73,9 @@ def test_space_runs_without_the_package(model_and_image, tmp_path):
         f"sys.path.insert(0, {str(SPACE)!r})\n"
         "import landmark_app\n"
         f"overlay, rows, note, path = landmark_app.predict({str(image)!r}, {str(model)!r})\n"
-        "print(overlay.size, [r[1] for r in rows], type(landmark_app.landmark_pipeline(" + repr(str(model)) + ")).__module__.split('.')[0])\n"
+        "print(overlay.size, [r[1] for r in rows], type(landmark_app.landmark_pipeline("
+        + repr(str(model))
+        + ")).__module__.split('.')[0])\n"
         "try:\n"
         f"    landmark_app.predict({str(image)!r}, 'someone/else')\n"
         "except ValueError as err:\n"
@@ -87,7 +100,10 @@ def _browser():
     return chromium, sync_playwright
 
 
-@pytest.mark.skipif(_browser()[0] is None or _browser()[1] is None, reason="needs Debian's chromium and the playwright package (.ci/run installs both)")
+@pytest.mark.skipif(
+    _browser()[0] is None or _browser()[1] is None,
+    reason="needs Debian's chromium and the playwright package (.ci/run installs both)",
+)
 def test_page_in_a_real_browser(model_and_image, tmp_path):
     from hf_landmark.app import build_demo
 
@@ -141,9 +157,13 @@ def test_radii_are_thin_translucent_and_can_be_hidden(tmp_path):
     ring = np.nonzero(np.abs(row - 128).sum(axis=1) > 3)[0]
     ring = ring[ring > 20]
     assert ring.tolist() in ([59], [60], [61])
-    assert 128 < row[ring[0], 0] < 255 and row[ring[0], 1] < 128  # red blended into the grey, not opaque red (255, 60, 60)
+    assert (
+        128 < row[ring[0], 0] < 255 and row[ring[0], 1] < 128
+    )  # red blended into the grey, not opaque red (255, 60, 60)
     # The page: radii drawn or not, with their note.
-    model = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["A", "B"]))
+    model = LandmarkDetector(
+        LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["A", "B"])
+    )
     model.save_pretrained(tmp_path / "m")
     processor = processor_for_model(model)
     processor.calibration_scores = [[0.1, 0.2, 0.3]] * 2  # radii well inside the image
@@ -152,7 +172,10 @@ def test_radii_are_thin_translucent_and_can_be_hidden(tmp_path):
     with_radii, _, note, _ = predict(str(tmp_path / "x.png"), str(tmp_path / "m"), radii=True)
     without, _, note_without, _ = predict(str(tmp_path / "x.png"), str(tmp_path / "m"), radii=False)
     assert "Circles: calibrated error radii" in note and "Circles" not in note_without
-    assert np.asarray(with_radii).shape == np.asarray(without).shape and (np.asarray(with_radii) != np.asarray(without)).any()
+    assert (
+        np.asarray(with_radii).shape == np.asarray(without).shape
+        and (np.asarray(with_radii) != np.asarray(without)).any()
+    )
 
 
 def test_only_the_annotate_command_serves_the_annotation_page(model_and_image, tmp_path):
@@ -167,8 +190,15 @@ def test_only_the_annotate_command_serves_the_annotation_page(model_and_image, t
     # The public demo annotates only the visitor's own uploads: no folder or file of the server to type.
     assert "annot-uploads" in ids(public) and "image folder or prepared dataset" not in labels
     assert not any("annotation CSV" in str(label) for label in labels)
-    annotate = {"images": str(image.parent), "out": str(tmp_path / "a.csv"), "landmarks": ["Sella", "Nasion"], "model": None}
-    assert {"annot-open", "annot-overview", "annot-zoom", "annot-queue"} <= ids(build_demo(str(model), annotate=annotate))
+    annotate = {
+        "images": str(image.parent),
+        "out": str(tmp_path / "a.csv"),
+        "landmarks": ["Sella", "Nasion"],
+        "model": None,
+    }
+    assert {"annot-open", "annot-overview", "annot-zoom", "annot-queue"} <= ids(
+        build_demo(str(model), annotate=annotate)
+    )
 
 
 def test_the_page_names_the_landmarks_the_shape_check_read_again(tmp_path):
@@ -178,7 +208,9 @@ def test_the_page_names_the_landmarks_the_shape_check_read_again(tmp_path):
 
     torch.manual_seed(0)
     config = LandmarkConfig(backbone_config="tiny", num_landmarks=3, image_size=32, landmark_names=["A", "B", "C"])
-    config.set_shape_check([[4.0, 4.0], [28.0, 4.0], [4.0, 28.0]], 1.0)  # one pixel: a random model's guesses rarely fit
+    config.set_shape_check(
+        [[4.0, 4.0], [28.0, 4.0], [4.0, 28.0]], 1.0
+    )  # one pixel: a random model's guesses rarely fit
     LandmarkDetector(config).save_pretrained(tmp_path / "m")
     Image.fromarray((np.random.default_rng(2).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
     _, _, note, path = predict(str(tmp_path / "x.png"), str(tmp_path / "m"))

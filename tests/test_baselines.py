@@ -20,15 +20,39 @@ from hf_landmark_cli import main as cli
 
 pytestmark = pytest.mark.baselines
 # Where the extra is missing (an -m that selects these in the core environment), say so.
-pytest.importorskip("segmentation_models_pytorch", reason="needs hf-landmark[baselines]: ./run.sh test-baselines runs these")
+pytest.importorskip(
+    "segmentation_models_pytorch", reason="needs hf-landmark[baselines]: ./run.sh test-baselines runs these"
+)
 
 
 def _pretrain_ssl(dataset, out, method, steps=4, save="2,4", extra=()):
     from hf_landmark.training.pretrain_ssl import main
 
-    return main(["--dataset", str(dataset), "--output-dir", str(out), "--method", method, "--resolution", "64",
-                 "--max-steps", str(steps), "--save-steps", save, "--train-batch-size", "4", "--gradient-accumulation-steps", "1",
-                 "--report-to", "none", "--mixed-precision", "no", *extra])  # fmt: skip
+    return main(
+        [
+            "--dataset",
+            str(dataset),
+            "--output-dir",
+            str(out),
+            "--method",
+            method,
+            "--resolution",
+            "64",
+            "--max-steps",
+            str(steps),
+            "--save-steps",
+            save,
+            "--train-batch-size",
+            "4",
+            "--gradient-accumulation-steps",
+            "1",
+            "--report-to",
+            "none",
+            "--mixed-precision",
+            "no",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +114,10 @@ def test_ssl_resume_continues_exactly_like_an_uninterrupted_run(synth_prepared, 
     _pretrain_ssl(synth_prepared, out, "mocov3", extra=["--stop-after-steps", "2"])
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
     _pretrain_ssl(synth_prepared, out, "mocov3", extra=["--resume-from-checkpoint", "latest"])
-    a, b = load_file(os.path.join(ssl_checkpoint, "model.safetensors")), load_file(out / "checkpoint-4" / "model.safetensors")
+    a, b = (
+        load_file(os.path.join(ssl_checkpoint, "model.safetensors")),
+        load_file(out / "checkpoint-4" / "model.safetensors"),
+    )
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -163,7 +190,9 @@ def test_densenet_detector_saves_loads_and_runs_through_the_pipeline(tmp_path):
     from hf_landmark.image_processing_landmark import processor_for_model
 
     torch.manual_seed(0)
-    model = LandmarkDetector(LandmarkConfig(backbone="smp_unet", num_landmarks=3, image_size=64, landmark_names=["a", "b", "c"]))
+    model = LandmarkDetector(
+        LandmarkConfig(backbone="smp_unet", num_landmarks=3, image_size=64, landmark_names=["a", "b", "c"])
+    )
     model.eval().save_pretrained(tmp_path / "m")
     loaded = LandmarkDetector.from_pretrained(tmp_path / "m").eval()
     assert loaded.config.backbone == "smp_unet" and loaded.config.backbone_config["encoder_name"] == "densenet161"
@@ -179,11 +208,22 @@ def test_densenet_detector_saves_loads_and_runs_through_the_pipeline(tmp_path):
         coords = processor.post_process_coordinates(loaded(inputs["pixel_values"]), inputs["original_sizes"])[0]
     assert [p["label"] for p in found] == ["a", "b", "c"]
     assert np.allclose([[p["x"], p["y"]] for p in found], np.asarray(coords), atol=1e-4)
-    assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")]) == 0
+    assert (
+        cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")])
+        == 0
+    )
     assert json.loads((tmp_path / "p.json").read_text())["predictions"][str(tmp_path / "x.png")] == found
     # The refinement stage works behind it as behind the DDPM U-Net (its refiner is a unet2d).
-    two = LandmarkDetector(LandmarkConfig(backbone="smp_unet", num_landmarks=3, image_size=64, refine_size=256, refine_crop=32,
-                                          refine_backbone_config="tiny")).eval()  # fmt: skip
+    two = LandmarkDetector(
+        LandmarkConfig(
+            backbone="smp_unet",
+            num_landmarks=3,
+            image_size=64,
+            refine_size=256,
+            refine_crop=32,
+            refine_backbone_config="tiny",
+        )
+    ).eval()
     assert two.config.refine_backbone_config["block_out_channels"] == [16, 32, 32, 64]
     two.save_pretrained(tmp_path / "two")
     two_stage = pipeline("landmark-detection", model=str(tmp_path / "two"))
@@ -202,13 +242,48 @@ def test_benchmark_runs_the_baselines_beside_each_other(synth_prepared, ssl_chec
     """An SSL-initialised and a scratch DenseNet U-Net through `hf-landmark benchmark` (one
     label, first stage only), with the records and cards saying what each started from."""
     out = tmp_path / "bench"
-    assert cli(["benchmark", "--dataset", str(synth_prepared), "--output-dir", str(out), "--init", f"mocov3={ssl_checkpoint}",
-                "--init", "densenet-scratch=scratch", "--backbone", "densenet-scratch=smp_unet", "--labels", "1", "--seeds", "0",
-                "--resolution", "64", "--eval-split", "validation", "--", "--max-steps", "2", "--eval-steps", "1",
-                "--no-refine", "--report-to", "none", "--mixed-precision", "no"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "benchmark",
+                "--dataset",
+                str(synth_prepared),
+                "--output-dir",
+                str(out),
+                "--init",
+                f"mocov3={ssl_checkpoint}",
+                "--init",
+                "densenet-scratch=scratch",
+                "--backbone",
+                "densenet-scratch=smp_unet",
+                "--labels",
+                "1",
+                "--seeds",
+                "0",
+                "--resolution",
+                "64",
+                "--eval-split",
+                "validation",
+                "--",
+                "--max-steps",
+                "2",
+                "--eval-steps",
+                "1",
+                "--no-refine",
+                "--report-to",
+                "none",
+                "--mixed-precision",
+                "no",
+            ]
+        )
+        == 0
+    )
     table = (out / "results.md").read_text()
     assert "| mocov3 | 1 | 1 |" in table and "| densenet-scratch | 1 | 1 |" in table
-    ssl_cell, scratch_cell = out / "cells" / "mocov3-n1-s0" / "model", out / "cells" / "densenet-scratch-n1-s0" / "model"
+    ssl_cell, scratch_cell = (
+        out / "cells" / "mocov3-n1-s0" / "model",
+        out / "cells" / "densenet-scratch-n1-s0" / "model",
+    )
     ssl_record = json.loads((ssl_cell / "hf_landmark_training.json").read_text())
     assert ssl_record["init"]["kind"] == "ssl" and ssl_record["init"]["pretraining"]["method"] == "mocov3"
     scratch_record = json.loads((scratch_cell / "hf_landmark_training.json").read_text())
@@ -216,8 +291,22 @@ def test_benchmark_runs_the_baselines_beside_each_other(synth_prepared, ssl_chec
     for cell in (ssl_cell, scratch_cell):
         assert json.loads((cell / "config.json").read_text())["backbone"] == "smp_unet"
     # The card of the SSL-initialised detector says what it is.
-    assert cli(["evaluate", "--model", str(ssl_cell), "--dataset", str(synth_prepared), "--split", "validation",
-                "--output", str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(ssl_cell),
+                "--dataset",
+                str(synth_prepared),
+                "--split",
+                "validation",
+                "--output",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     assert cli(["card", str(ssl_cell), "--metrics", str(tmp_path / "eval.json"), "--repo-id", "me/densenet"]) == 0
     card = (ssl_cell / "README.md").read_text()
     assert "MoCo v3" in card and "densenet161" in card and "hf-landmark[baselines]" in card
@@ -226,6 +315,12 @@ def test_benchmark_runs_the_baselines_beside_each_other(synth_prepared, ssl_chec
     with pytest.raises(UserInputError, match="expects a dino checkpoint; this is a mocov3"):
         from hf_landmark.training.finetune import FinetuneArguments, finetune
 
-        finetune(FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path / "x"), num_labels=1,
-                                   init=f"dino={ssl_checkpoint}", report_to="none"))  # fmt: skip
-
+        finetune(
+            FinetuneArguments(
+                dataset=str(synth_prepared),
+                output_dir=str(tmp_path / "x"),
+                num_labels=1,
+                init=f"dino={ssl_checkpoint}",
+                report_to="none",
+            )
+        )

@@ -44,7 +44,21 @@ def test_missing_annotations(tmp_path, capsys):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "a.png")
     assert cli(["prepare", "custom", "--root", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     _one_error_line(capsys, "--annotations")
-    assert cli(["prepare", "custom", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--annotations", str(tmp_path / "l.csv")]) == 2
+    assert (
+        cli(
+            [
+                "prepare",
+                "custom",
+                "--root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "out"),
+                "--annotations",
+                str(tmp_path / "l.csv"),
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, str(tmp_path / "l.csv"), "annotation file not found")
 
 
@@ -55,28 +69,96 @@ def test_empty_split_is_refused(synth_raw, tmp_path, capsys):
 
 
 def test_model_folder_without_weights_says_where_they_are(tmp_path, capsys):
-    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32)).save_pretrained(tmp_path / "run" / "model")
+    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32)).save_pretrained(
+        tmp_path / "run" / "model"
+    )
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "x.png")
     capsys.readouterr()
-    assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "run"), "--output", str(tmp_path / "p.json")]) == 2
+    assert (
+        cli(
+            [
+                "predict",
+                str(tmp_path / "x.png"),
+                "--model",
+                str(tmp_path / "run"),
+                "--output",
+                str(tmp_path / "p.json"),
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, str(tmp_path / "run"), "no model.safetensors", str(tmp_path / "run" / "model"))
     assert cli(["predict", str(tmp_path / "missing.png"), "--model", str(tmp_path / "run" / "model")]) == 2
     _one_error_line(capsys, "missing.png", "no such file")
 
 
 def test_empty_or_missing_split_in_evaluate_and_finetune(synth_prepared, tmp_path, capsys):
-    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(tmp_path / "m")
+    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(
+        tmp_path / "m"
+    )
     capsys.readouterr()
     assert cli(["evaluate", "--model", str(tmp_path / "m"), "--dataset", str(synth_prepared), "--split", "tset"]) == 2
     _one_error_line(capsys, str(synth_prepared), "no 'tset' split", "train, validation, test")
-    assert cli(["finetune", "--dataset", str(tmp_path / "nothing"), "--output-dir", str(tmp_path / "o"), "--num-labels", "2",
-                "--init", "scratch", "--preset", "tiny", "--resolution", "32", "--report-to", "none"]) == 2  # fmt: skip
+    assert (
+        cli(
+            [
+                "finetune",
+                "--dataset",
+                str(tmp_path / "nothing"),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--num-labels",
+                "2",
+                "--init",
+                "scratch",
+                "--preset",
+                "tiny",
+                "--resolution",
+                "32",
+                "--report-to",
+                "none",
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, str(tmp_path / "nothing"), "no such prepared dataset")
-    assert cli(["finetune", "--dataset", str(synth_prepared), "--output-dir", str(tmp_path / "o"), "--num-labels", "2",
-                "--init", str(tmp_path / "no-ddpm"), "--report-to", "none"]) == 2  # fmt: skip
+    assert (
+        cli(
+            [
+                "finetune",
+                "--dataset",
+                str(synth_prepared),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--num-labels",
+                "2",
+                "--init",
+                str(tmp_path / "no-ddpm"),
+                "--report-to",
+                "none",
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, str(tmp_path / "no-ddpm"), "no such pre-trained DDPM folder")
-    assert cli(["finetune", "--dataset", str(synth_prepared), "--output-dir", str(tmp_path / "o"), "--num-labels", "2",
-                "--init", "scratch", "--resolution", "30"]) == 2  # fmt: skip
+    assert (
+        cli(
+            [
+                "finetune",
+                "--dataset",
+                str(synth_prepared),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--num-labels",
+                "2",
+                "--init",
+                "scratch",
+                "--resolution",
+                "30",
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, "--resolution", "multiple of 8")
 
 
@@ -93,7 +175,17 @@ def test_flag_typo_is_a_usage_error(typo, capsys):
 
 
 def test_real_exit_code_and_debug_traceback(tmp_path):
-    cmd = [sys.executable, "-m", "hf_landmark.cli", "prepare", "chest", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_landmark.cli",
+        "prepare",
+        "chest",
+        "--root",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip().startswith("error: ") and "Traceback" not in res.stderr
     res = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True)

@@ -11,7 +11,9 @@ from hf_landmark_cli import main as cli
 @pytest.fixture(scope="module")
 def places(synth_prepared, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mistakes")
-    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(tmp / "model")
+    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(
+        tmp / "model"
+    )
     Image.new("L", (20, 20)).save(tmp / "x.png")
     (tmp / "metrics.json").write_text("{not json")
     return {"DATA": str(synth_prepared), "MODEL": str(tmp / "model"), "IMG": str(tmp / "x.png"), "TMP": str(tmp)}
@@ -27,14 +29,23 @@ MISTAKES = [
     (FT + " --init mocov3=./nope", ["--init", "./nope", "no such mocov3 checkpoint folder"]),
     (FT + " --init mocov3=", ["--init", "mocov3= needs a folder"]),
     (FT + " --init scratch --refine-init ./nope", ["--refine-init", "./nope", "no such"]),
-    (FT + " --init scratch --refine-init TMP", ["--refine-init", "not a pre-trained DDPM folder", "checkpoint-<step>"]),
+    (
+        FT + " --init scratch --refine-init TMP",
+        ["--refine-init", "not a pre-trained DDPM folder", "checkpoint-<step>"],
+    ),
     (FT + " --init DATA", ["--init", "not a pre-trained DDPM folder"]),
-    ("finetune --dataset ./nope --output-dir TMP/ft --num-labels 2 --init scratch", ["--dataset", "./nope", "no such prepared dataset"]),
+    (
+        "finetune --dataset ./nope --output-dir TMP/ft --num-labels 2 --init scratch",
+        ["--dataset", "./nope", "no such prepared dataset"],
+    ),
     (FT + " --init scratch --num-labels 0", ["--num-labels", "at least 1"]),
     (FT + " --init scratch --resolution 30", ["--resolution", "multiple of 8"]),
     (FT + " --init scratch --preset huge", ["--preset", "'huge'"]),
     (FT + " --init scratch --loss nope", ["--loss", "'nope'"]),
-    (FT + " --init scratch --pixel-range 1 --preset tiny --resolution 32", ["--pixel-range", "two comma-separated numbers"]),
+    (
+        FT + " --init scratch --pixel-range 1 --preset tiny --resolution 32",
+        ["--pixel-range", "two comma-separated numbers"],
+    ),
     (FT + " --init scratch --num-labels 99 --preset tiny --resolution 32", ["--num-labels", "99 labels asked"]),
     (FT + " --init scratch --self-train -1", ["--self-train", "0 (off) or more"]),
     (FT + " --init scratch --self-train-keep 1.5", ["--self-train-keep", "(0, 1]", "1.5"]),
@@ -48,7 +59,10 @@ MISTAKES = [
     (FT + " --init scratch --recipe paper --self-train 1", ["--self-train", "'paper' loss", "--loss contour"]),
     ("pretrain --dataset DATA --output-dir TMP/pt --splits train,test", ["--splits", "test split"]),
     ("pretrain --dataset DATA --output-dir TMP/pt --resolution 30", ["--resolution", "multiple of 8"]),
-    ("pretrain --dataset DATA --output-dir TMP/pt --resume-from-checkpoint ./runs/checkpoint-3", ["--resume-from-checkpoint", "./runs/checkpoint-3", "no such folder"]),
+    (
+        "pretrain --dataset DATA --output-dir TMP/pt --resume-from-checkpoint ./runs/checkpoint-3",
+        ["--resume-from-checkpoint", "./runs/checkpoint-3", "no such folder"],
+    ),
     ("pretrain --dataset ./nope --output-dir TMP/pt", ["--dataset", "./nope"]),
     ("benchmark --dataset DATA --output-dir TMP/b --init bogus=runs/nope", ["runs/nope", "no such"]),
     ("benchmark --dataset DATA --output-dir TMP/b --init scratch --labels 1,x", ["--labels", "'1,x'"]),
@@ -66,13 +80,19 @@ MISTAKES = [
     ("predict IMG --model MODEL --format coco", ["--coco-origin", "corner or center"]),
     ("prepare images --root TMP --out TMP/p --split-counts 3,1", ["--split-counts", "only an unlabeled split"]),
     ("prepare ceph --root TMP --out TMP/p --annotations x.csv", ["--annotations", "for prepare custom, not ceph"]),
-    ("prepare custom --root TMP --out TMP/p --annotations TMP/x.png --landmarks a,a", ["--landmarks", "distinct names"]),
+    (
+        "prepare custom --root TMP --out TMP/p --annotations TMP/x.png --landmarks a,a",
+        ["--landmarks", "distinct names"],
+    ),
     ("annotate --images TMP/nope --out TMP/a.csv --landmarks a,b", ["--images", "TMP/nope", "no such folder"]),
     ("annotate --images TMP --out TMP/a.txt --landmarks a,b", ["--out", "a.txt", "a CSV"]),
     ("annotate --images TMP --out TMP/new.csv", ["--landmarks", "name the landmarks"]),
     ("annotate --images TMP --out TMP/new.csv --model ./nope", ["--model", "./nope", "no such model folder"]),
     ("annotate --images TMP --out TMP/new.csv --model MODEL --landmarks a,b", ["--model", "its landmarks", "(a, b)"]),
-    ("match --template TMP/nope.png --landmarks TMP/x.csv --images TMP --features MODEL", ["--template", "TMP/nope.png", "no such image"]),
+    (
+        "match --template TMP/nope.png --landmarks TMP/x.csv --images TMP --features MODEL",
+        ["--template", "TMP/nope.png", "no such image"],
+    ),
     ("select --dataset DATA --num 0 --features MODEL", ["--num", "at least 1"]),
     ("select --dataset DATA --num 2 --features ./nope --split train", ["--features", "./nope", "no such"]),
     ("select --dataset DATA --num 2 --features MODEL", ["DATA", "no 'unlabeled' split", "--split train"]),
@@ -82,7 +102,9 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("line, words", MISTAKES, ids=[m[0].split(" --init ")[-1][:40] if "--init" in m[0] else m[0][:40] for m in MISTAKES])
+@pytest.mark.parametrize(
+    "line, words", MISTAKES, ids=[m[0].split(" --init ")[-1][:40] if "--init" in m[0] else m[0][:40] for m in MISTAKES]
+)
 def test_a_mistaken_command_line_is_one_error_line(places, line, words, capsys):
     def fill(text):
         for key, value in places.items():
@@ -103,14 +125,26 @@ def test_prepare_kind_help_lists_that_kinds_flags(capsys):
 
     assert main(["prepare", "images", "--help"]) == 0
     images = capsys.readouterr().out
-    assert images.startswith("usage: hf-landmark prepare images") and "--holdout" in images and "a folder of images" in images
+    assert (
+        images.startswith("usage: hf-landmark prepare images")
+        and "--holdout" in images
+        and "a folder of images" in images
+    )
     assert "--annotations" not in images and "--split-counts" not in images and "--annotator" not in images
     assert main(["prepare", "custom", "-h"]) == 0
     custom = capsys.readouterr().out
-    assert "--annotations" in custom and "--accept-predictions" in custom and "--holdout" not in custom and "--wrist-indices" not in custom
+    assert (
+        "--annotations" in custom
+        and "--accept-predictions" in custom
+        and "--holdout" not in custom
+        and "--wrist-indices" not in custom
+    )
 
 
 def test_pretrain_help_says_it_trains_on_the_unlabeled_split_too():
     import hf_landmark.training.pretrain as pretrain
 
-    assert "unlabeled, train and validation splits" in pretrain.__doc__ and "Only the train and validation" not in pretrain.__doc__
+    assert (
+        "unlabeled, train and validation splits" in pretrain.__doc__
+        and "Only the train and validation" not in pretrain.__doc__
+    )

@@ -29,8 +29,21 @@ def _rows(split=True, override=None):
 
 
 def _prepare(folder, annotations, *extra):
-    return cli(["prepare", "custom", "--root", str(folder), "--annotations", str(annotations), "--out", str(folder / "out"),
-                "--image-size", "32", *extra])  # fmt: skip
+    return cli(
+        [
+            "prepare",
+            "custom",
+            "--root",
+            str(folder),
+            "--annotations",
+            str(annotations),
+            "--out",
+            str(folder / "out"),
+            "--image-size",
+            "32",
+            *extra,
+        ]
+    )
 
 
 def _refused(capsys, folder, *parts):
@@ -50,7 +63,10 @@ def _refused(capsys, folder, *parts):
         ({3: "im3.png,13,8,abc,27,validation"}, ["lm.csv:5 (im3.png)", "landmark 'base' x = 'abc' is not a number"]),
         ({4: "im4.png,14,9,24,26,val"}, ["lm.csv:6 (im4.png)", "unknown split 'val'"]),
         ({5: "im0.png,15,10,25,25,test"}, ["lm.csv:7 (im0.png)", "listed twice (first at", "lm.csv:2 (im0.png)"]),
-        ({1: "im1.png,11,6,60,29,train"}, ["im1.png", "landmark 'base' at (60, 29) outside the 50x40 image", "--outside-image"]),
+        (
+            {1: "im1.png,11,6,60,29,train"},
+            ["im1.png", "landmark 'base' at (60, 29) outside the 50x40 image", "--outside-image"],
+        ),
         ({1: "im1.png,11,6,21,29,train,extra"}, ["lm.csv:3 (im1.png)", "more cells than the header"]),
     ],
 )
@@ -86,10 +102,18 @@ def _umask():
     "items, parts",
     [
         ([{"landmarks": [[1, 2], [3, 4]]}], ["lm.json: images[0]", "no 'file' key"]),
-        ([{"file": "im0.png", "landmarks": [[1, 2], [3, None]]}], ["images[0] (im0.png)", "landmark 'base' has no y coordinate"]),
-        ([{"file": "im0.png", "landmarks": [[1, 2], [3, 4]]}, {"file": "im1.png", "landmarks": [[1, 2]]}],
-         ["images[1] (im1.png)", "1 landmarks, but landmark_names lists 2"]),
-        ([{"file": "im0.png", "landmarks": [[1, 2], [3, 4]], "spacing": -1}], ["images[0] (im0.png)", "spacing -1 must be"]),
+        (
+            [{"file": "im0.png", "landmarks": [[1, 2], [3, None]]}],
+            ["images[0] (im0.png)", "landmark 'base' has no y coordinate"],
+        ),
+        (
+            [{"file": "im0.png", "landmarks": [[1, 2], [3, 4]]}, {"file": "im1.png", "landmarks": [[1, 2]]}],
+            ["images[1] (im1.png)", "1 landmarks, but landmark_names lists 2"],
+        ),
+        (
+            [{"file": "im0.png", "landmarks": [[1, 2], [3, 4]], "spacing": -1}],
+            ["images[0] (im0.png)", "spacing -1 must be"],
+        ),
     ],
 )
 def test_json_faults(images, capsys, items, parts):
@@ -120,18 +144,47 @@ def test_a_folder_with_4_of_11_annotated_prepares_a_pool_and_pretraining_uses_it
     (tmp_path / "xrays" / "more").mkdir(parents=True)
     for k in range(11):  # 3 of them in a subfolder: the pool is read recursively
         sub = "more/" if k >= 8 else ""
-        Image.fromarray((rng.random((40, 36)) * 255).astype(np.uint8)).save(tmp_path / "xrays" / f"{sub}img{k:02d}.png")
+        Image.fromarray((rng.random((40, 36)) * 255).astype(np.uint8)).save(
+            tmp_path / "xrays" / f"{sub}img{k:02d}.png"
+        )
     rows = [f"img{k:02d}.png,{5 + k},{6 + k},{20 - k},{30 - k}" for k in range(4)]
     (tmp_path / "lm.csv").write_text("image,tip_x,tip_y,base_x,base_y\n" + "\n".join(rows) + "\n")
-    _, report = prepare("custom", tmp_path / "xrays", tmp_path / "prep", image_size=32, annotations=tmp_path / "lm.csv", split_counts=(2, 1, 1))
+    _, report = prepare(
+        "custom",
+        tmp_path / "xrays",
+        tmp_path / "prep",
+        image_size=32,
+        annotations=tmp_path / "lm.csv",
+        split_counts=(2, 1, 1),
+    )
     dd = load_prepared(tmp_path / "prep")
     assert {s: len(dd[s]) for s in dd} == {"train": 2, "validation": 1, "test": 1, "unlabeled": 7}
-    assert sorted(dd["unlabeled"]["image_id"]) == ["img04", "img05", "img06", "img07", "more/img08", "more/img09", "more/img10"]
+    assert sorted(dd["unlabeled"]["image_id"]) == [
+        "img04",
+        "img05",
+        "img06",
+        "img07",
+        "more/img08",
+        "more/img09",
+        "more/img10",
+    ]
     assert dd["test"]["image_id"] == ["img03"] and report.split_sizes["unlabeled"] == 7
     caplog.set_level(logging.INFO)
-    ckpt = pretrain(PretrainArguments(dataset=str(tmp_path / "prep"), output_dir=str(tmp_path / "ddpm"), preset="tiny", resolution=32,
-                                      max_steps=2, save_steps="2", train_batch_size=2, gradient_accumulation_steps=1, num_samples=0,
-                                      report_to="none", mixed_precision="no"))  # fmt: skip
+    ckpt = pretrain(
+        PretrainArguments(
+            dataset=str(tmp_path / "prep"),
+            output_dir=str(tmp_path / "ddpm"),
+            preset="tiny",
+            resolution=32,
+            max_steps=2,
+            save_steps="2",
+            train_batch_size=2,
+            gradient_accumulation_steps=1,
+            num_samples=0,
+            report_to="none",
+            mixed_precision="no",
+        )
+    )
     info = json.loads((Path(ckpt) / "hf_landmark_pretraining.json").read_text())
     assert info["num_images"] == 10 and info["split_counts"] == {"unlabeled": 7, "train": 2, "validation": 1}
     assert "pre-training on 10 images (unlabeled 7, train 2, validation 1)" in caplog.text
@@ -142,13 +195,38 @@ def test_a_folder_with_4_of_11_annotated_prepares_a_pool_and_pretraining_uses_it
     for features in (ckpt, None):
         if features is None:
             features = tmp_path / "det"
-            LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32)).save_pretrained(features)
+            LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32)).save_pretrained(
+                features
+            )
         out = tmp_path / f"choose-{len(capsys_out)}.csv"
-        assert cli(["select", "--dataset", str(tmp_path / "prep"), "--num", "3", "--features", str(features), "--out", str(out)]) == 0
+        assert (
+            cli(
+                [
+                    "select",
+                    "--dataset",
+                    str(tmp_path / "prep"),
+                    "--num",
+                    "3",
+                    "--features",
+                    str(features),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         lines = out.read_text().splitlines()
         assert lines[0] == "image,tip_x,tip_y,base_x,base_y,split" and len(lines) == 4
         chosen = [ln.split(",")[0] for ln in lines[1:]]
-        assert set(chosen) <= {"img04.png", "img05.png", "img06.png", "img07.png", "more/img08.png", "more/img09.png", "more/img10.png"}
+        assert set(chosen) <= {
+            "img04.png",
+            "img05.png",
+            "img06.png",
+            "img07.png",
+            "more/img08.png",
+            "more/img09.png",
+            "more/img10.png",
+        }
         # 3 chosen: the last of them validates (a quarter, at least one), the first two train.
         assert [ln.split(",", 1)[1] for ln in lines[1:]] == [",,,,train", ",,,,train", ",,,,validation"]
         assert (tmp_path / f"choose-{len(capsys_out)}_sheet.png").is_file()
@@ -158,16 +236,27 @@ def test_a_folder_with_4_of_11_annotated_prepares_a_pool_and_pretraining_uses_it
         stem = tmp_path / f"choose-{len(capsys_out)}"
         for listed in (f"{stem}.cvat.xml", f"{stem}.labelstudio.json", f"{stem}.coco.json", f"{stem}_labelme"):
             entries, _ = read_annotation_file(Path(listed), root=tmp_path / "xrays", coco_origin="corner")
-            assert sorted(e.file for e in entries) == sorted(chosen) and all(e.landmarks is None for e in entries), listed
+            assert sorted(e.file for e in entries) == sorted(chosen) and all(e.landmarks is None for e in entries), (
+                listed
+            )
         capsys_out.append(chosen)
     # The template is the annotation file: filled in, its images are the labeled ones, the rest stay in the pool.
     template = (tmp_path / "choose-0.csv").read_text().splitlines()
     filled = [template[0]] + [row.replace(",,,,", ",3,4,10,12") for row in template[1:]]
     (tmp_path / "choose-0.csv").write_text("\n".join(filled) + "\n")
-    dd2, _ = prepare("custom", tmp_path / "xrays", None, image_size=32, annotations=tmp_path / "choose-0.csv", allow_empty_splits=True)
+    dd2, _ = prepare(
+        "custom",
+        tmp_path / "xrays",
+        None,
+        image_size=32,
+        annotations=tmp_path / "choose-0.csv",
+        allow_empty_splits=True,
+    )
     assert {s: len(dd2[s]) for s in dd2} == {"train": 2, "validation": 1, "unlabeled": 8}
     chosen_ids = [c.removesuffix(".png") for c in capsys_out[0]]
-    assert sorted(dd2["train"]["image_id"]) == sorted(chosen_ids[:2]) and dd2["validation"]["image_id"] == chosen_ids[2:]
+    assert (
+        sorted(dd2["train"]["image_id"]) == sorted(chosen_ids[:2]) and dd2["validation"]["image_id"] == chosen_ids[2:]
+    )
 
 
 def test_facility_location_picks_the_images_that_represent_the_pool():
@@ -199,7 +288,10 @@ def test_a_later_rounds_rows_without_a_split_train_and_unannotated_test_rows_sta
     out = capsys.readouterr().out
     assert "split to train: 1: im4.png" in out and "held out: 1: im5.png" in out
     dd = load_prepared(images / "out")
-    assert {s: sorted(d["image_id"]) for s, d in dd.items()} == {"train": ["im0", "im1", "im2", "im4"], "validation": ["im3"]}
+    assert {s: sorted(d["image_id"]) for s, d in dd.items()} == {
+        "train": ["im0", "im1", "im2", "im4"],
+        "validation": ["im3"],
+    }
 
 
 def test_prepare_images_holdout_keeps_images_out_of_the_pool(tmp_path, capsys):
@@ -210,11 +302,27 @@ def test_prepare_images_holdout_keeps_images_out_of_the_pool(tmp_path, capsys):
     records, _, report = read_images(tmp_path, holdout=2, seed=3)
     assert len(records) == 4 and len(report.held_out) == 2
     assert not {r.image_id + ".png" for r in records} & set(report.held_out)
-    assert read_images(tmp_path, holdout=2, seed=3)[2].held_out == report.held_out  # the same seed draws the same images
+    assert (
+        read_images(tmp_path, holdout=2, seed=3)[2].held_out == report.held_out
+    )  # the same seed draws the same images
     (tmp_path / "list.txt").write_text("x1.png\nx4.png\n")
     assert read_images(tmp_path, holdout=tmp_path / "list.txt")[2].held_out == ["x1.png", "x4.png"]
     (tmp_path / "bad.txt").write_text("x9.png\n")
-    assert cli(["prepare", "images", "--root", str(tmp_path), "--out", str(tmp_path / "p"), "--holdout", str(tmp_path / "bad.txt")]) == 2
+    assert (
+        cli(
+            [
+                "prepare",
+                "images",
+                "--root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "p"),
+                "--holdout",
+                str(tmp_path / "bad.txt"),
+            ]
+        )
+        == 2
+    )
     assert "bad.txt: 1 listed image(s) are not under the folder: x9.png" in capsys.readouterr().err
     assert cli(["prepare", "images", "--root", str(tmp_path), "--out", str(tmp_path / "p"), "--holdout", "6"]) == 2
 

@@ -102,15 +102,28 @@ def test_chest_reader_fractions_and_code_split(tmp_path):
 def test_custom_csv_and_json(tmp_path):
     for name in ("a.png", "b.png", "c.png"):
         _write_img(tmp_path / name, 32, 32)
-    (tmp_path / "lm.csv").write_text("image,tip_x,tip_y,base_x,base_y,spacing_x,spacing_y,split\n"
-                                     "a.png,1,2,3,4,0.2,0.3,train\nb.png,5,6,7,8,,,validation\n")
+    (tmp_path / "lm.csv").write_text(
+        "image,tip_x,tip_y,base_x,base_y,spacing_x,spacing_y,split\n"
+        "a.png,1,2,3,4,0.2,0.3,train\nb.png,5,6,7,8,,,validation\n"
+    )
     records, names, report = read_custom(tmp_path, tmp_path / "lm.csv")
     assert names == ["tip", "base"] and records[0].landmarks.tolist() == [[1, 2], [3, 4]]
     assert records[0].spacing == (0.2, 0.3) and records[1].spacing is None and records[1].split == "validation"
     assert report.images_without_annotations == ["c.png"]
-    (tmp_path / "lm.json").write_text(json.dumps({"landmark_names": ["p"], "images": [
-        {"file": "a.png", "landmarks": [[1, 1]], "spacing": 0.5}, {"file": "missing.png", "landmarks": [[2, 2]]}]}))
-    with pytest.raises(DatasetFormatError, match=r"lm.json: images\[1\] \(missing.png\): image .*missing.png not found"):
+    (tmp_path / "lm.json").write_text(
+        json.dumps(
+            {
+                "landmark_names": ["p"],
+                "images": [
+                    {"file": "a.png", "landmarks": [[1, 1]], "spacing": 0.5},
+                    {"file": "missing.png", "landmarks": [[2, 2]]},
+                ],
+            }
+        )
+    )
+    with pytest.raises(
+        DatasetFormatError, match=r"lm.json: images\[1\] \(missing.png\): image .*missing.png not found"
+    ):
         read_custom(tmp_path, tmp_path / "lm.json", split_counts=(1, 0, 0))
     records, names, report = read_custom(tmp_path, tmp_path / "lm.json", split_counts=(1, 0, 0), skip_bad=True)
     assert names == ["p"] and records[0].spacing == (0.5, 0.5) and report.annotations_without_images == ["missing.png"]
@@ -132,7 +145,9 @@ def test_prepared_dataset_features_and_frames(tmp_path):
     ys, xs = np.mgrid[0:64, 0:64]
     centroid = np.array([(img * xs).sum(), (img * ys).sum()]) / img.sum()
     assert np.allclose(t.landmarks[0, 0].numpy(), centroid, atol=0.5)
-    assert np.allclose(t.landmarks[0, 0].numpy(), original_to_model(np.array([150.0, 30.0]), (200, 100), 64), atol=1e-4)
+    assert np.allclose(
+        t.landmarks[0, 0].numpy(), original_to_model(np.array([150.0, 30.0]), (200, 100), 64), atol=1e-4
+    )
 
 
 def test_bad_image_names_the_file_and_leaves_no_output(tmp_path):
@@ -154,7 +169,9 @@ def test_augmentation_keeps_a_drawn_dot_on_its_landmark():
     size = 64
     lm = torch.tensor([[[20.3, 41.7]], [[40.0, 12.5]], [[31.5, 31.5]]])
     ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
-    images = torch.exp(-((xs - lm[:, 0, 0, None, None]) ** 2 + (ys - lm[:, 0, 1, None, None]) ** 2) / (2 * 1.5**2))[:, None]
+    images = torch.exp(-((xs - lm[:, 0, 0, None, None]) ** 2 + (ys - lm[:, 0, 1, None, None]) ** 2) / (2 * 1.5**2))[
+        :, None
+    ]
     g = torch.Generator().manual_seed(0)
     # The paper's ±2° / ±2 % / ±2 %, and the default recipe's ±12° / ±12 % / ±6 %.
     for rotation, scale, shift in [(2, 0.02, 0.02)] * 5 + [(12, 0.12, 0.06)] * 5:
@@ -163,7 +180,9 @@ def test_augmentation_keeps_a_drawn_dot_on_its_landmark():
         centroid = torch.stack([(w * xs).sum((-2, -1)), (w * ys).sum((-2, -1))], -1) / w.sum((-2, -1))[:, None]
         assert (centroid - moved[:, 0]).norm(dim=-1).max() < 0.5
     # Large transforms really move the landmarks (the check above is not vacuous).
-    _, far = random_affine(images, lm, rotation_deg=0, scale=0, translation=0.1, generator=torch.Generator().manual_seed(1))
+    _, far = random_affine(
+        images, lm, rotation_deg=0, scale=0, translation=0.1, generator=torch.Generator().manual_seed(1)
+    )
     assert (far - lm).abs().max() > 1.0
 
 
@@ -182,7 +201,9 @@ def test_intensity_augmentation_draws_a_power_within_its_range_and_keeps_black_a
 
 def test_prepare_refuses_a_split_that_would_be_empty(synth_raw, tmp_path):
     # 24 images with the paper's 130 / 20 / rest: no validation and no test image.
-    with pytest.raises(DatasetFormatError, match="validation and test splits would be empty .train 24, validation 0, test 0"):
+    with pytest.raises(
+        DatasetFormatError, match="validation and test splits would be empty .train 24, validation 0, test 0"
+    ):
         prepare("ceph", synth_raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     dd, _ = prepare("ceph", synth_raw, tmp_path / "out", image_size=32, allow_empty_splits=True)
@@ -214,7 +235,11 @@ def test_real_data_prepares_with_correct_counts_frames_and_spacing(tmp_path):
     assert report.images_found == 150 and report.annotated == 150
     assert (len(dd["train"]), len(dd["validation"])) == (130, 20)
     row = dd["train"][0]
-    assert row["original_size"] == [1935, 2400] and row["spacing"] == pytest.approx([0.1, 0.1]) and len(row["landmarks"]) == 19
+    assert (
+        row["original_size"] == [1935, 2400]
+        and row["spacing"] == pytest.approx([0.1, 0.1])
+        and len(row["landmarks"]) == 19
+    )
     senior = np.loadtxt(REALDATA / "isbi2015_ceph/AnnotationsByMD/400_senior/001.txt", delimiter=",")[:19]
     junior = np.loadtxt(REALDATA / "isbi2015_ceph/AnnotationsByMD/400_junior/001.txt", delimiter=",")[:19]
     t = load_tensors(dd["train"], 64)
@@ -263,7 +288,9 @@ def test_pretraining_reads_the_named_splits_and_names_a_dataset_without_them(syn
     images, counts = load_unlabeled_images(dataset, "train,validation,nosuch", 32, "my-data")
     assert images.shape == (14 + 5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1  # 14 train + 5 validation
     assert counts == {"train": 14, "validation": 5}
-    with pytest.raises(UserInputError, match=r"my-data: none of the splits \['nosuch'\] exist \(it has train, validation, test\)"):
+    with pytest.raises(
+        UserInputError, match=r"my-data: none of the splits \['nosuch'\] exist \(it has train, validation, test\)"
+    ):
         load_unlabeled_images(dataset, "nosuch", 32, "my-data")
 
 
@@ -278,7 +305,10 @@ def test_a_pool_too_large_for_memory_streams_the_same_pixels(synth_prepared):
     in_memory = ImagePool(dataset, "unlabeled,train,validation", 32, "d")
     streamed = ImagePool(dataset, "unlabeled,train,validation", 32, "d", max_bytes=0)
     assert in_memory.in_memory and not streamed.in_memory and streamed.images is None
-    assert len(streamed) == 19 and streamed.counts == {"train": 14, "validation": 5}  # no unlabeled split here: skipped
+    assert len(streamed) == 19 and streamed.counts == {
+        "train": 14,
+        "validation": 5,
+    }  # no unlabeled split here: skipped
     idx = torch.tensor([18, 0, 7, 7])
     assert torch.equal(streamed[idx], in_memory[idx])
     reference = torch.cat([load_tensors(dataset["train"], 32).images, load_tensors(dataset["validation"], 32).images])

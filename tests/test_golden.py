@@ -21,13 +21,17 @@ import pytest
 GOLDEN = Path(__file__).resolve().parent / "golden" / "finetune_5_labels.json"
 ROOT = Path(__file__).resolve().parents[1]
 #: Keys whose values are the run's circumstances, not its result.
-VOLATILE = re.compile(r"(seconds|time|date|duration|version|threads|elapsed|started|finished|_at$|^host|^cpu|probe)", re.I)
+VOLATILE = re.compile(
+    r"(seconds|time|date|duration|version|threads|elapsed|started|finished|_at$|^host|^cpu|probe)", re.I
+)
 
 pytestmark = pytest.mark.slow
 
 
 def _cli(*args, env):
-    subprocess.run([sys.executable, "-m", "hf_landmark_cli", *map(str, args)], check=True, env=env, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "hf_landmark_cli", *map(str, args)], check=True, env=env, capture_output=True, cwd=ROOT
+    )
 
 
 def _normalise(value, tmp: str):
@@ -43,16 +47,62 @@ def _normalise(value, tmp: str):
 def run(tmp: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
     _cli("synth", "--out", tmp / "raw", "--num-images", 30, "--seed", 3, env=env)
-    _cli("prepare", "ceph", "--root", tmp / "raw", "--out", tmp / "prep", "--image-size", 128, "--split-counts", "20,5,5", env=env)
-    _cli("finetune", "--dataset", tmp / "prep", "--output-dir", tmp / "ft", "--num-labels", 5, "--init", "scratch", "--preset", "tiny",
-         "--resolution", 32, "--refine-preset", "tiny", "--max-steps", 12, "--eval-steps", 4, "--refine-max-steps", 8,
-         "--refine-batch-size", 8, "--self-train", 1, "--mixed-precision", "no", "--seed", 0, "--report-to", "none", env=env)  # fmt: skip
+    _cli(
+        "prepare",
+        "ceph",
+        "--root",
+        tmp / "raw",
+        "--out",
+        tmp / "prep",
+        "--image-size",
+        128,
+        "--split-counts",
+        "20,5,5",
+        env=env,
+    )
+    _cli(
+        "finetune",
+        "--dataset",
+        tmp / "prep",
+        "--output-dir",
+        tmp / "ft",
+        "--num-labels",
+        5,
+        "--init",
+        "scratch",
+        "--preset",
+        "tiny",
+        "--resolution",
+        32,
+        "--refine-preset",
+        "tiny",
+        "--max-steps",
+        12,
+        "--eval-steps",
+        4,
+        "--refine-max-steps",
+        8,
+        "--refine-batch-size",
+        8,
+        "--self-train",
+        1,
+        "--mixed-precision",
+        "no",
+        "--seed",
+        0,
+        "--report-to",
+        "none",
+        env=env,
+    )
     test = sorted((tmp / "raw" / "RawImage" / "TrainingData").glob("*.bmp"))[25:]
     _cli("predict", *test, "--model", tmp / "ft" / "model", "--output", tmp / "p.json", env=env)
     predictions = json.loads((tmp / "p.json").read_text())["predictions"]
     record = json.loads((tmp / "ft" / "model" / "hf_landmark_training.json").read_text())
     summary = json.loads((tmp / "ft" / "training_summary.json").read_text())
-    return _normalise({"predictions": {Path(k).name: v for k, v in predictions.items()}, "record": record, "summary": summary}, str(tmp))
+    return _normalise(
+        {"predictions": {Path(k).name: v for k, v in predictions.items()}, "record": record, "summary": summary},
+        str(tmp),
+    )
 
 
 def _compare(got, want, where="", tol=1e-5):

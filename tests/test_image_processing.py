@@ -15,12 +15,27 @@ def _bump_logits(size, centres):
 
 
 def test_saved_beside_every_detector_and_loaded_by_auto_class(tmp_path):
-    model = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["a", "b"],
-                                            loss="contour", sigma=1.5, spacing=[0.1, 0.2], pixel_range=[0, 1]))  # fmt: skip
+    model = LandmarkDetector(
+        LandmarkConfig(
+            backbone_config="tiny",
+            num_landmarks=2,
+            image_size=32,
+            landmark_names=["a", "b"],
+            loss="contour",
+            sigma=1.5,
+            spacing=[0.1, 0.2],
+            pixel_range=[0, 1],
+        )
+    )
     model.save_pretrained(tmp_path)
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(processor, LandmarkImageProcessor)
-    assert (processor.size, processor.pixel_range, processor.resample, processor.landmark_names) == (32, [0.0, 1.0], "area", ["a", "b"])
+    assert (processor.size, processor.pixel_range, processor.resample, processor.landmark_names) == (
+        32,
+        [0.0, 1.0],
+        "area",
+        ["a", "b"],
+    )
     assert (processor.loss, processor.sigma, processor.spacing) == ("contour", 1.5, [0.1, 0.2])
 
 
@@ -40,15 +55,24 @@ def test_post_process_maps_to_each_original_frame_and_mm():
     # Bumps at model (20.5, 9.25) and (0, 31): the soft-argmax of a symmetric bump is its centre,
     # except where the image edge cuts it, so only the first landmark is checked exactly.
     outputs = LandmarkDetectorOutput(heatmaps=_bump_logits(32, [(20.5, 9.25), (0.0, 31.0)]).expand(2, -1, -1, -1))
-    result = processor.post_process_landmark_detection(outputs, target_sizes=[[100, 200], [64, 32]],
-                                                       spacings=[[float("nan")] * 2, [0.3, 0.4]], decoder="soft_argmax")  # fmt: skip
+    result = processor.post_process_landmark_detection(
+        outputs, target_sizes=[[100, 200], [64, 32]], spacings=[[float("nan")] * 2, [0.3, 0.4]], decoder="soft_argmax"
+    )
     # x = (20.5 + 0.5) * W / 32 - 0.5, y = (9.25 + 0.5) * H / 32 - 0.5.
     a, b = result[0][0], result[1][0]
-    assert a["label"] == "tip" and a["x"] == pytest.approx(21 * 100 / 32 - 0.5, abs=1e-3) and a["y"] == pytest.approx(9.75 * 200 / 32 - 0.5, abs=1e-3)
+    assert (
+        a["label"] == "tip"
+        and a["x"] == pytest.approx(21 * 100 / 32 - 0.5, abs=1e-3)
+        and a["y"] == pytest.approx(9.75 * 200 / 32 - 0.5, abs=1e-3)
+    )
     assert a["x_mm"] == pytest.approx(a["x"] * 0.5) and a["y_mm"] == pytest.approx(a["y"] * 0.5)  # processor's spacing
     assert a["spacing_assumed"] is True
-    assert b["x"] == pytest.approx(21 * 64 / 32 - 0.5, abs=1e-3) and b["y"] == pytest.approx(9.75 * 32 / 32 - 0.5, abs=1e-3)
-    assert b["x_mm"] == pytest.approx(b["x"] * 0.3) and b["y_mm"] == pytest.approx(b["y"] * 0.4)  # the image's own spacing
+    assert b["x"] == pytest.approx(21 * 64 / 32 - 0.5, abs=1e-3) and b["y"] == pytest.approx(
+        9.75 * 32 / 32 - 0.5, abs=1e-3
+    )
+    assert b["x_mm"] == pytest.approx(b["x"] * 0.3) and b["y_mm"] == pytest.approx(
+        b["y"] * 0.4
+    )  # the image's own spacing
     assert b["spacing_assumed"] is False
     assert 0.0 <= a["score"] <= 1.0 and result[0][1]["label"] == "base"
     # Without any spacing there are no mm fields.
@@ -61,7 +85,9 @@ def test_decoding_reads_logits_as_the_loss_does():
     logits[0, 0, 4, 11] = 5.0
     logits[0, 1, 12, 3] = 5.0
     for loss in ("paper", "bce", "contour"):
-        coords, scores = LandmarkImageProcessor(size=16, loss=loss, sigma=1.0).decode(LandmarkDetectorOutput(heatmaps=logits), "argmax")
+        coords, scores = LandmarkImageProcessor(size=16, loss=loss, sigma=1.0).decode(
+            LandmarkDetectorOutput(heatmaps=logits), "argmax"
+        )
         assert coords[0].tolist() == [[11.0, 4.0], [3.0, 12.0]], loss
         assert ((scores > 0) & (scores <= 1)).all(), loss
 
@@ -95,16 +121,22 @@ def test_conformal_radii_cover_as_guaranteed():
 
 def test_radii_scale_with_the_heatmap_spread():
     """A Gaussian heatmap of std s per axis has spread sqrt(2) s; the radius follows it."""
-    processor = LandmarkImageProcessor(size=64, loss="contour", calibration_scores=[[1.0] * 18 + [2.0, 3.0]], alpha=0.1)
+    processor = LandmarkImageProcessor(
+        size=64, loss="contour", calibration_scores=[[1.0] * 18 + [2.0, 3.0]], alpha=0.1
+    )
     ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
     spreads = []
     for s in (2.0, 6.0):
         logits = (-((xs - 31.5) ** 2 + (ys - 31.5) ** 2) / (2 * s * s))[None, None]
         spreads.append(processor.spread(LandmarkDetectorOutput(heatmaps=logits), [[128, 64]])[0, 0])
     # Original frame 128 x 64 from 64 px: x doubles, y stays: sqrt((2 s)^2 + s^2) = sqrt(5) s.
-    assert spreads[0] == pytest.approx(np.sqrt(5) * 2.0, rel=0.01) and spreads[1] == pytest.approx(np.sqrt(5) * 6.0, rel=0.02)
+    assert spreads[0] == pytest.approx(np.sqrt(5) * 2.0, rel=0.01) and spreads[1] == pytest.approx(
+        np.sqrt(5) * 6.0, rel=0.02
+    )
     radii = processor.radii(np.array([spreads]))[0]
-    assert radii[1] / radii[0] == pytest.approx(3.0, rel=0.02) and radii[0] == pytest.approx(spreads[0] * 2.0)  # 19th of 20 is 2.0
+    assert radii[1] / radii[0] == pytest.approx(3.0, rel=0.02) and radii[0] == pytest.approx(
+        spreads[0] * 2.0
+    )  # 19th of 20 is 2.0
 
 
 def test_three_calibration_images_give_radii_at_75_percent_and_strict_json(tmp_path):
@@ -143,7 +175,9 @@ def test_the_flag_is_calibrated_at_the_false_alarm_rate_on_many_images():
     assert processor.ood_threshold == pytest.approx(np.sort(processor._embedding_distance(emb))[97])
     assert processor.flag_calibration_images == 99 and processor.flag_false_alarm_rate == pytest.approx(0.05)
     processor.calibrate_flag(ref, emb[:9], rel[:9])
-    assert processor.spread_threshold == pytest.approx(rel[:9].max()) and processor.flag_false_alarm_rate == pytest.approx(0.2)
+    assert processor.spread_threshold == pytest.approx(
+        rel[:9].max()
+    ) and processor.flag_false_alarm_rate == pytest.approx(0.2)
 
 
 def test_mean_offsets_shrink_toward_none_and_leave_each_image_out():
@@ -151,9 +185,7 @@ def test_mean_offsets_shrink_toward_none_and_leave_each_image_out():
 
     nan = float("nan")
     # 3 images, 2 landmarks; landmark 1 is missing on image 2.
-    errors = np.array([[[1.0, -2.0], [4.0, 0.0]],
-                       [[2.0, -2.0], [2.0, 2.0]],
-                       [[3.0, -2.0], [nan, nan]]])  # fmt: skip
+    errors = np.array([[[1.0, -2.0], [4.0, 0.0]], [[2.0, -2.0], [2.0, 2.0]], [[3.0, -2.0], [nan, nan]]])
     offsets, held_out = mean_offsets(errors, pseudo_images=1.0)
     # landmark 0: sums (6, -6) over 3 images + 1 pseudo-image -> (1.5, -1.5); landmark 1: (6, 2) / (2 + 1).
     np.testing.assert_allclose(offsets, [[1.5, -1.5], [2.0, 2 / 3]], atol=1e-9)

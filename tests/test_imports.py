@@ -92,7 +92,9 @@ def test_the_package_has_no_import_circle():
     graph = _graph()
     # A package's __init__ re-exports its modules; a module importing its own package's names
     # from the __init__ is the usual idiom, not a layer climbing up: those edges are left out.
-    graph = {m: {t for t in ts if not (_modules()[t].name == "__init__.py" and _descends(m, t))} for m, ts in graph.items()}
+    graph = {
+        m: {t for t in ts if not (_modules()[t].name == "__init__.py" and _descends(m, t))} for m, ts in graph.items()
+    }
     assert _cycles(graph) == []
 
 
@@ -102,8 +104,11 @@ def test_the_finder_finds_a_circle():
 
 def test_the_library_never_imports_the_training_scripts():
     graph = _graph()
-    climbs = {m: sorted(t for t in ts if _descends(t, "hf_landmark.training"))
-              for m, ts in graph.items() if _descends(m, "hf_landmark") and not _descends(m, "hf_landmark.training")}  # fmt: skip
+    climbs = {
+        m: sorted(t for t in ts if _descends(t, "hf_landmark.training"))
+        for m, ts in graph.items()
+        if _descends(m, "hf_landmark") and not _descends(m, "hf_landmark.training")
+    }
     assert {m: ts for m, ts in climbs.items() if ts} == {}  # (the package itself loads them by name, on first use)
 
 

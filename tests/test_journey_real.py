@@ -33,13 +33,45 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 NAMES = [f"chest_{i}" for i in range(6)]
 #: The README's commands, made small: its counts for 11 images, and few training steps (argparse
 #: takes the last value of a flag given twice, so these only add to the README's text).
-SMALL = {"--holdout 8": "--holdout 2", "--num 10": "--num 4", "--num-labels 7": "--num-labels 3", "--num-labels 9": "--num-labels 4"}
+SMALL = {
+    "--holdout 8": "--holdout 2",
+    "--num 10": "--num 4",
+    "--num-labels 7": "--num-labels 3",
+    "--num-labels 9": "--num-labels 4",
+}
 FAST = {
     "prepare": ["--image-size", "128"],
-    "pretrain": ["--preset", "tiny", "--resolution", "32", "--max-steps", "4", "--save-steps", "4", "--train-batch-size", "4",
-                 "--gradient-accumulation-steps", "1", "--num-samples", "0", "--report-to", "none"],
-    "finetune": ["--max-steps", "3", "--eval-steps", "1", "--refine-max-steps", "3", "--self-train", "1", "--report-to", "none"],
-}  # fmt: skip
+    "pretrain": [
+        "--preset",
+        "tiny",
+        "--resolution",
+        "32",
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "4",
+        "--train-batch-size",
+        "4",
+        "--gradient-accumulation-steps",
+        "1",
+        "--num-samples",
+        "0",
+        "--report-to",
+        "none",
+    ],
+    "finetune": [
+        "--max-steps",
+        "3",
+        "--eval-steps",
+        "1",
+        "--refine-max-steps",
+        "3",
+        "--self-train",
+        "1",
+        "--report-to",
+        "none",
+    ],
+}
 
 
 def readme_commands() -> list[str]:
@@ -52,8 +84,19 @@ def readme_commands() -> list[str]:
 
 def test_the_readme_block_is_the_journey_this_test_walks():
     kinds = [" ".join(c.split()[1:3]) if c.split()[1] == "prepare" else c.split()[1] for c in readme_commands()]
-    assert kinds == ["prepare images", "pretrain", "select", "annotate", "prepare custom", "finetune", "evaluate", "annotate",
-                     "prepare custom", "finetune", "predict"]  # fmt: skip
+    assert kinds == [
+        "prepare images",
+        "pretrain",
+        "select",
+        "annotate",
+        "prepare custom",
+        "finetune",
+        "evaluate",
+        "annotate",
+        "prepare custom",
+        "finetune",
+        "predict",
+    ]
     assert all(small in " ".join(readme_commands()) for small in SMALL)
 
 
@@ -64,10 +107,17 @@ def truth(name: str, size) -> np.ndarray:
 class Journey:
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.paths = {"xrays/": str(CHEST / "pngs") + "/", "data/pool": str(tmp / "pool"), "data/mine": str(tmp / "mine"),
-                      "ddpm/checkpoint-10000": str(tmp / "ddpm" / "checkpoint-4"), "names.txt": str(tmp / "names.txt"),
-                      "choose.csv": str(tmp / "choose.csv"), "metrics.json": str(tmp / "metrics.json"),
-                      "preds.json": str(tmp / "preds.json"), "pre.xml": str(tmp / "pre.xml")}  # fmt: skip
+        self.paths = {
+            "xrays/": str(CHEST / "pngs") + "/",
+            "data/pool": str(tmp / "pool"),
+            "data/mine": str(tmp / "mine"),
+            "ddpm/checkpoint-10000": str(tmp / "ddpm" / "checkpoint-4"),
+            "names.txt": str(tmp / "names.txt"),
+            "choose.csv": str(tmp / "choose.csv"),
+            "metrics.json": str(tmp / "metrics.json"),
+            "preds.json": str(tmp / "preds.json"),
+            "pre.xml": str(tmp / "pre.xml"),
+        }
 
     def argv(self, command: str) -> list[str]:
         for big, small in SMALL.items():
@@ -122,7 +172,9 @@ def annotate_image(ui: Page, page, name: str, start: int = 0, stop_after: int | 
 
 
 @pytest.mark.skipif(not CHEST.is_dir(), reason=f"needs the real chest radiographs in {CHEST} (shared/realdata)")
-@pytest.mark.skipif(None in _browser(), reason="needs Debian's chromium and the playwright package (.ci/run installs both)")
+@pytest.mark.skipif(
+    None in _browser(), reason="needs Debian's chromium and the playwright package (.ci/run installs both)"
+)
 def test_the_readme_journey_on_real_chest_radiographs(tmp_path, monkeypatch):
     started = []
     real_serve = serve
@@ -186,7 +238,11 @@ def walk(tmp_path):
         proc = serve(annotate, port)
         browser, page, ui = open_page(port, chromium, pw)
         # The restarted page opens where the file stops: the third image, its fourth landmark.
-        assert "Image 3 of" in ui.status() and "3 of 6 landmarks placed" in ui.status() and "Landmark 4 of 6" in ui.status()
+        assert (
+            "Image 3 of" in ui.status()
+            and "3 of 6 landmarks placed" in ui.status()
+            and "Landmark 4 of 6" in ui.status()
+        )
         no_zoom(page)
         annotate_image(ui, page, order[2], start=3)
         for i, name in enumerate(order[3:6], start=3):
@@ -263,8 +319,22 @@ def walk(tmp_path):
             assert cli([*argv, "--coco-origin", "corner"]) == 0
         else:
             out = tmp_path / "pre.xml"
-        back = ["prepare", "custom", "--root", str(CHEST / "pngs"), "--annotations", str(out), "--out", str(tmp_path / f"back-{kind}"),
-                "--image-size", "64", "--split-counts", "9,1,1", "--coco-origin", "corner"]  # fmt: skip
+        back = [
+            "prepare",
+            "custom",
+            "--root",
+            str(CHEST / "pngs"),
+            "--annotations",
+            str(out),
+            "--out",
+            str(tmp_path / f"back-{kind}"),
+            "--image-size",
+            "64",
+            "--split-counts",
+            "9,1,1",
+            "--coco-origin",
+            "corner",
+        ]
         assert cli(back + (["--accept-predictions"] if kind == "labelstudio" else [])) == 0, kind
         rows = [row for split in load_prepared(tmp_path / f"back-{kind}").values() for row in split]
         assert len(rows) == 11

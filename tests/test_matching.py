@@ -9,7 +9,9 @@ import torch
 
 from hf_landmark.matching import FeatureExtractor, match_images, match_landmarks
 
-SHIFT = np.array([60.0, 75.0])  # original pixels of the 240 x 300 image: 8 x 8 pixels of the 32-px DDPM, its largest stride
+SHIFT = np.array(
+    [60.0, 75.0]
+)  # original pixels of the 240 x 300 image: 8 x 8 pixels of the 32-px DDPM, its largest stride
 
 
 def _unit(v):
@@ -47,7 +49,9 @@ def ddpm_and_images(tmp_path_factory, synth_raw):
 
     tmp = tmp_path_factory.mktemp("match")
     torch.manual_seed(0)
-    DDPMPipeline(unet=UNet2DModel(**unet_kwargs("tiny", 32, out_channels=1)), scheduler=DDPMScheduler(num_train_timesteps=500)).save_pretrained(tmp / "ddpm")
+    DDPMPipeline(
+        unet=UNet2DModel(**unet_kwargs("tiny", 32, out_channels=1)), scheduler=DDPMScheduler(num_train_timesteps=500)
+    ).save_pretrained(tmp / "ddpm")
     files = sorted((synth_raw / "RawImage" / "TrainingData").iterdir())
     big = np.asarray(Image.open(files[0]).convert("L"), dtype=np.uint8)
     truth = read_isbi_annotation(synth_raw / "AnnotationsByMD" / "400_senior" / (files[0].stem + ".txt"))
@@ -71,7 +75,9 @@ class LocalFeatures(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.up_blocks = torch.nn.ModuleList([torch.nn.Conv2d(1, 24, 5, padding=2), torch.nn.Conv2d(24, 24, 5, padding=2)])
+        self.up_blocks = torch.nn.ModuleList(
+            [torch.nn.Conv2d(1, 24, 5, padding=2), torch.nn.Conv2d(24, 24, 5, padding=2)]
+        )
 
     def forward(self, x, t):
         return self.up_blocks[1](torch.tanh(self.up_blocks[0](x)))
@@ -101,11 +107,35 @@ def test_match_command(ddpm_and_images, tmp_path):
 
     tmp, _, _, lm = ddpm_and_images
     names = [f"L{j}" for j in range(len(lm))]
-    (tmp_path / "template.csv").write_text("image," + ",".join(f"{n}_x,{n}_y" for n in names) + "\ntemplate.png," + ",".join(f"{v:.4f}" for v in lm.ravel()) + "\n")
+    (tmp_path / "template.csv").write_text(
+        "image,"
+        + ",".join(f"{n}_x,{n}_y" for n in names)
+        + "\ntemplate.png,"
+        + ",".join(f"{v:.4f}" for v in lm.ravel())
+        + "\n"
+    )
     # The annotation file names the template relative to its own folder: the image sits with it.
     (tmp_path / "template.png").write_bytes((tmp / "template.png").read_bytes())
-    assert cli(["match", "--template", str(tmp_path / "template.png"), "--landmarks", str(tmp_path / "template.csv"), "--images",
-                str(tmp / "targets"), "--features", str(tmp / "ddpm"), "--output", str(tmp_path / "m.json"), "--format", "csv"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "match",
+                "--template",
+                str(tmp_path / "template.png"),
+                "--landmarks",
+                str(tmp_path / "template.csv"),
+                "--images",
+                str(tmp / "targets"),
+                "--features",
+                str(tmp / "ddpm"),
+                "--output",
+                str(tmp_path / "m.json"),
+                "--format",
+                "csv",
+            ]
+        )
+        == 0
+    )
     preds = json.loads((tmp_path / "m.json").read_text())["predictions"][str(tmp / "targets" / "shifted.png")]
     assert [p["label"] for p in preds] == names
     got = np.array([[p["x"], p["y"]] for p in preds])
@@ -128,8 +158,12 @@ def test_annotation_proposals_matched_from_the_first_finished_image(ddpm_and_ima
     Image.fromarray((a * 255).round().astype(np.uint8)).save(tmp_path / "x" / "a.png")
     Image.fromarray((b * 255).round().astype(np.uint8)).save(tmp_path / "x" / "b.png")
     names = [f"L{j}" for j in range(len(lm))]
-    session = AnnotationSession(open_project(str(tmp_path / "x"), str(tmp_path / "ann.csv"), names, features=str(tmp / "ddpm")))
-    session.extractor = FeatureExtractor(LocalFeatures(), torch.linspace(0.999, 0.9, 500), 32, (-1.0, 1.0), blocks=(0, 1))
+    session = AnnotationSession(
+        open_project(str(tmp_path / "x"), str(tmp_path / "ann.csv"), names, features=str(tmp / "ddpm"))
+    )
+    session.extractor = FeatureExtractor(
+        LocalFeatures(), torch.linspace(0.999, 0.9, 500), 32, (-1.0, 1.0), blocks=(0, 1)
+    )
     assert session.state.proposals is None  # nothing finished yet: nothing to match from
     for x, y in lm:
         session.place(x, y)

@@ -49,7 +49,9 @@ def test_paper_mode_swaps_ceph_factors_and_uses_the_grid():
     assert paper_compatible_errors(pred_x, true, "ceph", 256, sizes)[0, 0] == pytest.approx(10 * 2400 / 256 * 0.1)
     assert paper_compatible_errors(pred_y, true, "ceph", 256, sizes)[0, 0] == pytest.approx(10 * 1935 / 256 * 0.1)
     # The ground truth is re-decoded and rounded: 100.4 -> 100, and predictions are rounded.
-    assert paper_compatible_errors(np.array([[[103.4, 104.2]]]), np.array([[[100.4, 100.0]]]), "chest")[0, 0] == pytest.approx(5.0)
+    assert paper_compatible_errors(np.array([[[103.4, 104.2]]]), np.array([[[100.4, 100.0]]]), "chest")[
+        0, 0
+    ] == pytest.approx(5.0)
     # Hand: 50 mm over the grid distance of wrist landmarks 0 and 4.
     hand_true = np.zeros((1, 5, 2)) + 50.0
     hand_true[0, 4] = [150.0, 50.0]
@@ -66,5 +68,7 @@ def test_evaluate_module_wraps_the_same_functions():
     import hf_landmark.metric_module as mm
 
     metric = evaluate.load(os.path.join(os.path.dirname(mm.__file__), "landmark_detection.py"))
-    out = metric.compute(predictions=[[[3.0, 4.0], [0.0, 1.0]]], references=[[[0.0, 0.0], [0.0, 0.0]]], spacing=0.1, thresholds=[0.2])
+    out = metric.compute(
+        predictions=[[[3.0, 4.0], [0.0, 1.0]]], references=[[[0.0, 0.0], [0.0, 0.0]]], spacing=0.1, thresholds=[0.2]
+    )
     assert out["mre"] == pytest.approx(0.3) and out["sdr"] == {"0.2": 50.0} and out["unit"] == "mm"

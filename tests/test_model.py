@@ -22,7 +22,12 @@ def test_presets():
     assert tuple(base.config.block_out_channels) == (64, 128, 256, 512)
     assert base.config.layers_per_block == 2
     # Attention only in the deepest (32x32 at 256 px) down/up blocks and the mid block, 4 heads.
-    assert [type(b).__name__ for b in base.down_blocks] == ["DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]
+    assert [type(b).__name__ for b in base.down_blocks] == [
+        "DownBlock2D",
+        "DownBlock2D",
+        "DownBlock2D",
+        "AttnDownBlock2D",
+    ]
     assert base.down_blocks[3].attentions[0].heads == 4
     assert unet_preset("large")["block_out_channels"] == [128, 256, 512, 1024]
     assert unet_preset("small")["block_out_channels"] == [32, 64, 128, 256]
@@ -80,7 +85,11 @@ def test_a_model_saved_before_the_backbone_seam_still_loads(tmp_path):
     model = tiny(landmark_names=["a", "b", "c"]).eval()
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
-    save_file({k.replace("backbone.unet.", "unet.", 1): v for k, v in state.items()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k.replace("backbone.unet.", "unet.", 1): v for k, v in state.items()},
+        tmp_path / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     config = json.loads((tmp_path / "config.json").read_text())
     config["unet"] = config.pop("backbone_config")
     config.pop("backbone")
@@ -127,7 +136,9 @@ def test_remote_code_route_without_the_package(tmp_path):
     import sys
 
     tiny(landmark_names=["a", "b", "c"]).save_pretrained(tmp_path / "m")
-    assert {"modeling_landmark.py", "configuration_landmark.py", "heatmaps.py"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"modeling_landmark.py", "configuration_landmark.py", "heatmaps.py"} <= {
+        p.name for p in (tmp_path / "m").iterdir()
+    }
     code = (
         "import sys; sys.modules['hf_landmark'] = None\n"  # the package is not importable
         "import torch\nfrom transformers import AutoModel\n"
@@ -167,7 +178,9 @@ def test_the_baselines_backbone_without_its_extra_says_how_to_install_it(monkeyp
 
     monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)
     config = LandmarkConfig(backbone="smp_unet", num_landmarks=3, image_size=64)
-    assert config.backbone_config["encoder_name"] == "densenet161" and config.refine_backbone_config["block_out_channels"] == [64, 128, 256, 512]
+    assert config.backbone_config["encoder_name"] == "densenet161" and config.refine_backbone_config[
+        "block_out_channels"
+    ] == [64, 128, 256, 512]
     with pytest.raises(ImportError, match=r"hf-landmark\[baselines\]") as info:
         LandmarkDetector(config)
     assert isinstance(info.value, UserInputError)  # the command line prints it as one line

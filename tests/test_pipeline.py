@@ -15,8 +15,17 @@ from hf_landmark_cli import main as cli
 def dot_model(tmp_path_factory):
     """A detector whose heatmap is a fixed bump at model pixel (20.5, 9.25) of a 32-px input:
     the head's bias is the landmark, everything else zero, so predictions are known exactly."""
-    model = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=1, image_size=32, loss="contour", sigma=1.0,
-                                            landmark_names=["tip"], spacing=[0.2, 0.5]))
+    model = LandmarkDetector(
+        LandmarkConfig(
+            backbone_config="tiny",
+            num_landmarks=1,
+            image_size=32,
+            loss="contour",
+            sigma=1.0,
+            landmark_names=["tip"],
+            spacing=[0.2, 0.5],
+        )
+    )
     with torch.no_grad():
         model.backbone.unet.conv_out.weight.zero_()
         model.backbone.unet.conv_out.bias.zero_()
@@ -50,12 +59,19 @@ def test_pipeline_inputs_and_original_frame(dot_model, tmp_path):
     assert np.allclose(original_to_model(np.array(want), (100, 200), 32), [20.5, 9.25])
     for item in (str(tmp_path / "a.png"), Image.fromarray(arr), arr):
         out = pipe(item, decoder="soft_argmax")  # the mean of the softmax bump is exactly its centre
-        assert out[0]["label"] == "tip" and out[0]["x"] == pytest.approx(want[0], abs=1e-3) and out[0]["y"] == pytest.approx(want[1], abs=1e-3)
+        assert (
+            out[0]["label"] == "tip"
+            and out[0]["x"] == pytest.approx(want[0], abs=1e-3)
+            and out[0]["y"] == pytest.approx(want[1], abs=1e-3)
+        )
         assert out[0]["x_mm"] == pytest.approx(want[0] * 0.2, abs=1e-3) and 0 <= out[0]["score"] <= 1
     assert len(pipe([arr, arr])) == 2
     # Batched runs give the same landmarks as one image at a time (a randomly initialised model).
     torch.manual_seed(0)
-    real = pipeline("landmark-detection", model=LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=1, image_size=32)).eval())
+    real = pipeline(
+        "landmark-detection",
+        model=LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=1, image_size=32)).eval(),
+    )
     images = [arr, np.ones((30, 40), np.uint8) * 200, Image.fromarray(arr)]
     batched, single = real(images, batch_size=2, decoder="soft_argmax"), real(images, decoder="soft_argmax")
     assert len(batched) == 3 and abs(single[0][0]["x"] - single[1][0]["x"]) > 1e-3  # inputs really differ
@@ -70,15 +86,47 @@ def test_predict_cli_formats_and_bad_files(dot_model, tmp_path):
     Image.fromarray(np.zeros((64, 64, 4), np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "preds.json"
-    code = cli(["predict", str(tmp_path), "--model", str(path), "--output", str(out), "--csv", str(tmp_path / "p.csv")])
+    code = cli(
+        ["predict", str(tmp_path), "--model", str(path), "--output", str(out), "--csv", str(tmp_path / "p.csv")]
+    )
     data = json.loads(out.read_text())
     assert code == 1 and len(data["predictions"]) == 3 and list(data["errors"]) == [str(tmp_path / "broken.png")]
     assert "broken.png: cannot read image" in data["errors"][str(tmp_path / "broken.png")]
     assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 4
-    assert cli(["predict", str(tmp_path / "sixteen.png"), "--model", str(path), "--output", str(out), "--overlay-dir", str(tmp_path / "ov")]) == 0
-    assert Image.open(tmp_path / "ov" / "sixteen.png").size == (48, 64) and (tmp_path / "ov" / "legend.txt").read_text() == "1 tip\n"
-    assert cli(["predict", str(tmp_path / "eight.png"), str(tmp_path / "broken.png"), "--model", str(path),
-                "--output", str(out), "--skip-bad"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "predict",
+                str(tmp_path / "sixteen.png"),
+                "--model",
+                str(path),
+                "--output",
+                str(out),
+                "--overlay-dir",
+                str(tmp_path / "ov"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        Image.open(tmp_path / "ov" / "sixteen.png").size == (48, 64)
+        and (tmp_path / "ov" / "legend.txt").read_text() == "1 tip\n"
+    )
+    assert (
+        cli(
+            [
+                "predict",
+                str(tmp_path / "eight.png"),
+                str(tmp_path / "broken.png"),
+                "--model",
+                str(path),
+                "--output",
+                str(out),
+                "--skip-bad",
+            ]
+        )
+        == 0
+    )
 
 
 def _write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", spacing=(0.3, 0.2), slope=2.0, intercept=-100.0):
@@ -113,7 +161,21 @@ def test_dicom_spacing_inversion_and_rescale(dot_model, tmp_path):
     assert read_dicom(tmp_path / "mono1.dcm")[0][0, 0] == 0.0  # MONOCHROME1 is inverted
     path, _, _ = dot_model
     out = tmp_path / "preds.json"
-    assert cli(["predict", str(tmp_path / "mono2.dcm"), "--model", str(path), "--output", str(out), "--decoder", "soft_argmax"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                str(tmp_path / "mono2.dcm"),
+                "--model",
+                str(path),
+                "--output",
+                str(out),
+                "--decoder",
+                "soft_argmax",
+            ]
+        )
+        == 0
+    )
     pred = json.loads(out.read_text())["predictions"][str(tmp_path / "mono2.dcm")][0]
     # The DICOM header's spacing (0.2, 0.3) wins over the model's (0.2, 0.5).
     assert pred["x_mm"] == pytest.approx(pred["x"] * 0.2) and pred["y_mm"] == pytest.approx(pred["y"] * 0.3)
@@ -132,12 +194,43 @@ def test_zero_size_and_decompression_bomb_are_refused_by_name(dot_model, tmp_pat
         read_image(tmp_path / "bomb.png")
     out = tmp_path / "preds.json"
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "ok.png")
-    assert cli(["predict", str(tmp_path / "bomb.png"), str(tmp_path / "ok.png"), "--model", str(path), "--output", str(out)]) == 1
+    assert (
+        cli(
+            [
+                "predict",
+                str(tmp_path / "bomb.png"),
+                str(tmp_path / "ok.png"),
+                "--model",
+                str(path),
+                "--output",
+                str(out),
+            ]
+        )
+        == 1
+    )
     data = json.loads(out.read_text())
-    assert list(data["predictions"]) == [str(tmp_path / "ok.png")] and "too large" in data["errors"][str(tmp_path / "bomb.png")]
+    assert (
+        list(data["predictions"]) == [str(tmp_path / "ok.png")]
+        and "too large" in data["errors"][str(tmp_path / "bomb.png")]
+    )
 
 
-@pytest.mark.parametrize("command", ["synth", "prepare", "pretrain", "pretrain-ssl", "finetune", "benchmark", "demo", "predict", "evaluate", "card", "push"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "synth",
+        "prepare",
+        "pretrain",
+        "pretrain-ssl",
+        "finetune",
+        "benchmark",
+        "demo",
+        "predict",
+        "evaluate",
+        "card",
+        "push",
+    ],
+)
 def test_every_command_prints_its_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli([command, "--help"])
@@ -152,17 +245,41 @@ def test_pipeline_cli_and_app_agree_on_the_same_file(tmp_path, refine):
     from hf_landmark.app import predict as app_predict
 
     torch.manual_seed(3)
-    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=3, image_size=32, landmark_names=["a", "b", "c"],
-                                    spacing=[0.1, 0.1], **refine)).save_pretrained(tmp_path / "m")  # fmt: skip
+    LandmarkDetector(
+        LandmarkConfig(
+            backbone_config="tiny",
+            num_landmarks=3,
+            image_size=32,
+            landmark_names=["a", "b", "c"],
+            spacing=[0.1, 0.1],
+            **refine,
+        )
+    ).save_pretrained(tmp_path / "m")
     Image.fromarray((np.random.default_rng(5).random((300, 240)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
     from_pipeline = pipeline("landmark-detection", model=str(tmp_path / "m"))(str(tmp_path / "x.png"))
-    assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")]) == 0
+    assert (
+        cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "p.json")])
+        == 0
+    )
     from_cli = json.loads((tmp_path / "p.json").read_text())["predictions"][str(tmp_path / "x.png")]
     _, _, _, json_path = app_predict(str(tmp_path / "x.png"), str(tmp_path / "m"))
     from_app = json.loads(open(json_path, encoding="utf-8").read())["landmarks"]
     assert from_pipeline == from_cli == from_app
     assert {p["label"] for p in from_pipeline} == {"a", "b", "c"} and all("x_mm" in p for p in from_pipeline)
     if refine:  # --no-refine gives the first stage alone, which differs
-        assert cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "q.json"), "--no-refine"]) == 0
+        assert (
+            cli(
+                [
+                    "predict",
+                    str(tmp_path / "x.png"),
+                    "--model",
+                    str(tmp_path / "m"),
+                    "--output",
+                    str(tmp_path / "q.json"),
+                    "--no-refine",
+                ]
+            )
+            == 0
+        )
         first = json.loads((tmp_path / "q.json").read_text())["predictions"][str(tmp_path / "x.png")]
         assert [p["x"] for p in first] != [p["x"] for p in from_cli]

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from hf_landmark.preprocessing import load_image, model_to_original, original_to_model, resize_area, resize_image, to_uint16
+from hf_landmark.preprocessing import (
+    load_image,
+    model_to_original,
+    original_to_model,
+    resize_area,
+    resize_image,
+    to_uint16,
+)
 
 
 def test_area_resize_by_hand():
@@ -29,7 +36,12 @@ def test_area_resize_composes_through_a_multiple():
     assert np.abs(to_uint16(via16) / 65535.0 - via16).max() <= 0.5 / 65535 + 1e-7
     # Not a multiple: close but not exact (and the bilinear filter does not compose either).
     assert np.abs(resize_image(resize_image(img, 100), 64) - direct).max() > 1e-4
-    assert np.abs(resize_image(resize_image(img, 256, "bilinear"), 64, "bilinear") - resize_image(img, 64, "bilinear")).max() > 1e-3
+    assert (
+        np.abs(
+            resize_image(resize_image(img, 256, "bilinear"), 64, "bilinear") - resize_image(img, 64, "bilinear")
+        ).max()
+        > 1e-3
+    )
 
 
 def test_frame_mapping_round_trip():

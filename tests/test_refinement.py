@@ -1,6 +1,5 @@
 """The refinement stage: crops, the two-stage model, its training batch and its learning."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -14,8 +13,17 @@ from hf_landmark.preprocessing import crop_patches, original_to_model
 
 def two_stage(seed=0, **kw):
     torch.manual_seed(seed)
-    config = LandmarkConfig(backbone_config="tiny", num_landmarks=3, image_size=32, landmark_names=["a", "b", "c"],
-                            spacing=[0.1, 0.1], refine_size=128, refine_crop=32, refine_sigma=1.5, **kw)  # fmt: skip
+    config = LandmarkConfig(
+        backbone_config="tiny",
+        num_landmarks=3,
+        image_size=32,
+        landmark_names=["a", "b", "c"],
+        spacing=[0.1, 0.1],
+        refine_size=128,
+        refine_crop=32,
+        refine_sigma=1.5,
+        **kw,
+    )
     return LandmarkDetector(config).eval()
 
 
@@ -90,6 +98,7 @@ def test_a_crop_ddpm_starts_the_refiner_at_its_own_crop_size_or_at_the_one_asked
         out = model.eval()(pixel_values=inputs["pixel_values"], fine_pixel_values=inputs["fine_pixel_values"])
         assert out.refined_log_probabilities.shape == (1, 3, crop, crop)
 
+
 def test_the_refinement_prior_sigmas_by_hand():
     nan = float("nan")
     # Landmark 0 is off by (3, 4) and (0, 0) fine px: per-axis mean square (25 / 2 + 0) / 2 = 6.25;
@@ -118,13 +127,16 @@ def test_the_refinement_prior_holds_the_refiner_near_the_first_stage_estimate(tm
     assert torch.allclose(run(model).coordinates, free.coordinates, atol=1e-4)
     model.config.set_refine_prior([0.05, 1e5, 1e5])  # per landmark
     mixed = run(model).coordinates
-    assert torch.allclose(mixed[:, 0], held.coordinates[:, 0]) and torch.allclose(mixed[:, 1:], free.coordinates[:, 1:], atol=1e-4)
+    assert torch.allclose(mixed[:, 0], held.coordinates[:, 0]) and torch.allclose(
+        mixed[:, 1:], free.coordinates[:, 1:], atol=1e-4
+    )
     model.save_pretrained(tmp_path)
     assert LandmarkDetector.from_pretrained(tmp_path).config.refine_prior == [0.05, 1e5, 1e5]
     model.add_refiner(128, 32)  # a new refiner has no prior of the old one's first stage
     assert model.config.refine_prior is None
     with pytest.raises(ValueError, match="refine_prior"):
         model.config.set_refine_prior([1.0, 0.0, 1.0])
+
 
 def _dots(count, size, generator):
     """Fine images with 3 landmarks drawn as distinct bright marks on a dim textured field."""
@@ -169,7 +181,9 @@ def test_the_refiner_learns_to_undo_a_first_stage_offset():
     assert after.max() < 4.0, after
 
 
-@pytest.mark.parametrize("bad", [{"refine_crop": 20}, {"refine_size": 100}, {"refine_crop": 256}, {"refine_loss": "paper"}])
+@pytest.mark.parametrize(
+    "bad", [{"refine_crop": 20}, {"refine_size": 100}, {"refine_crop": 256}, {"refine_loss": "paper"}]
+)
 def test_bad_refinement_settings_are_refused(bad):
     kwargs = {"refine_size": 128, "refine_crop": 32, **bad}
     with pytest.raises(ValueError):
@@ -180,14 +194,39 @@ def test_the_card_describes_the_refinement_stage():
     from hf_landmark.cards import detector_card
 
     model = two_stage()
-    metrics = {"unit": "mm", "mode": "physical", "mre": 1.5, "mre_std": 1.0, "sdr": {"2": 70.0}, "split": "test",
-               "dataset": "d", "num_images": 5, "decoder": "centroid",
-               "per_landmark": [{"name": n, "mre": 1.5, "mre_std": 1.0, "sdr": {"2": 70.0}} for n in "abc"],
-               "first_stage": {"mre": 2.9, "mre_std": 1.7, "sdr": {"2": 34.0},
-                               "per_landmark": [{"name": n, "mre": 2.9, "mre_std": 1.7, "sdr": {"2": 34.0}} for n in "abc"]}}  # fmt: skip
-    training = {"num_labels": 3, "labeled_image_ids": ["1", "2", "3"], "subset": "first", "validation_images": 5, "best_step": 4,
-                "val_mre": 1.4, "unit": "mm", "recipe": "default", "loss": "contour", "learning_rate": 1e-4, "seed": 0,
-                "init": {"kind": "scratch", "preset": "tiny"}, "refine": {"init": "runs/crops/checkpoint-3000", "best_step": 75}}  # fmt: skip
+    metrics = {
+        "unit": "mm",
+        "mode": "physical",
+        "mre": 1.5,
+        "mre_std": 1.0,
+        "sdr": {"2": 70.0},
+        "split": "test",
+        "dataset": "d",
+        "num_images": 5,
+        "decoder": "centroid",
+        "per_landmark": [{"name": n, "mre": 1.5, "mre_std": 1.0, "sdr": {"2": 70.0}} for n in "abc"],
+        "first_stage": {
+            "mre": 2.9,
+            "mre_std": 1.7,
+            "sdr": {"2": 34.0},
+            "per_landmark": [{"name": n, "mre": 2.9, "mre_std": 1.7, "sdr": {"2": 34.0}} for n in "abc"],
+        },
+    }
+    training = {
+        "num_labels": 3,
+        "labeled_image_ids": ["1", "2", "3"],
+        "subset": "first",
+        "validation_images": 5,
+        "best_step": 4,
+        "val_mre": 1.4,
+        "unit": "mm",
+        "recipe": "default",
+        "loss": "contour",
+        "learning_rate": 1e-4,
+        "seed": 0,
+        "init": {"kind": "scratch", "preset": "tiny"},
+        "refine": {"init": "runs/crops/checkpoint-3000", "best_step": 75},
+    }
     card = str(detector_card(model.config, metrics, "org/m", training=training))
     assert "(first stage best at step 4, refinement stage at step 75," in card
     assert "32 × 32 crop of the image resized to 128 × 128" in card and "DDPM-pre-trained on crops" in card

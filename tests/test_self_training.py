@@ -20,7 +20,12 @@ def test_a_missing_landmark_is_left_out_of_the_loss(name):
     masked = landmarks.clone()
     masked[0, 1] = float("nan")  # image 0's landmark 1 rejected
     # The mean over the five valid (image, landmark) pairs, each computed as without a mask.
-    per_pair = [loss(logits[b : b + 1, j : j + 1], landmarks[b : b + 1, j : j + 1], 2.0) for b in range(2) for j in range(3) if (b, j) != (0, 1)]
+    per_pair = [
+        loss(logits[b : b + 1, j : j + 1], landmarks[b : b + 1, j : j + 1], 2.0)
+        for b in range(2)
+        for j in range(3)
+        if (b, j) != (0, 1)
+    ]
     assert loss(logits, masked, 2.0).item() == pytest.approx(torch.stack(per_pair).mean().item(), rel=1e-5)
     # Nothing valid: no gradient signal, a zero loss rather than NaN.
     assert loss(logits, torch.full_like(landmarks, float("nan")), 2.0).item() == 0.0
@@ -93,7 +98,9 @@ def test_a_share_kept_of_each_landmark_gives_the_hardest_landmark_pseudo_labels_
     np.testing.assert_array_equal(keep, [[True, False], [False, True], [True, False]])
     # Image 0 flagged: each landmark's share is of the usable images only ([10, 4] and [5, 30]),
     # and the flagged image keeps nothing.
-    keep, _ = choose_pseudo_labels(spread, sizes, val_spread, val_errors, 0.2, np.array([False, True, True]), keep_each=0.5)
+    keep, _ = choose_pseudo_labels(
+        spread, sizes, val_spread, val_errors, 0.2, np.array([False, True, True]), keep_each=0.5
+    )
     np.testing.assert_array_equal(keep, [[False, False], [False, True], [True, False]])
 
 
@@ -114,9 +121,40 @@ def test_self_training_on_the_pool_of_synthetic_images(prepared128, tmp_path):
     from hf_landmark_cli import main as cli
 
     out = tmp_path / "ft"
-    assert cli(["finetune", "--dataset", str(prepared128), "--num-labels", "3", "--init", "scratch", "--preset", "tiny",
-                "--resolution", "32", "--max-steps", "30", "--eval-steps", "10", "--refine-max-steps", "20", "--report-to", "none",
-                "--mixed-precision", "no", "--self-train", "1", "--refine-prior", "0", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "finetune",
+                "--dataset",
+                str(prepared128),
+                "--num-labels",
+                "3",
+                "--init",
+                "scratch",
+                "--preset",
+                "tiny",
+                "--resolution",
+                "32",
+                "--max-steps",
+                "30",
+                "--eval-steps",
+                "10",
+                "--refine-max-steps",
+                "20",
+                "--report-to",
+                "none",
+                "--mixed-precision",
+                "no",
+                "--self-train",
+                "1",
+                "--refine-prior",
+                "0",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     # The consistency test on the refiner's own maps: a refiner of 20 steps is nearly flat, and
     # under the refinement prior its maps' spread would be the prior's, the same on every image.
     summary = json.loads((out / "training_summary.json").read_text())
@@ -146,10 +184,28 @@ def test_self_training_on_the_pool_of_synthetic_images(prepared128, tmp_path):
     assert record["self_training"]["rounds"][0]["kept_landmarks"] == kept_count and "self_training_round" not in record
     assert sorted(p.name for p in out.iterdir()) == ["model", "training_summary.json"]  # no round folder left
     # The card says what self-training did.
-    assert cli(["evaluate", "--model", str(out / "model"), "--dataset", str(prepared128), "--split", "test", "--output", str(tmp_path / "m.json")]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(out / "model"),
+                "--dataset",
+                str(prepared128),
+                "--split",
+                "test",
+                "--output",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     assert cli(["card", str(out / "model"), "--metrics", str(tmp_path / "m.json")]) == 0
     card = (out / "model" / "README.md").read_text()
-    assert f"Self-training round 1: {kept_count} of 209 landmarks predicted on 11 unlabeled images kept as pseudo-labels" in card
+    assert (
+        f"Self-training round 1: {kept_count} of 209 landmarks predicted on 11 unlabeled images kept as pseudo-labels"
+        in card
+    )
     assert f"their error against held-back labels {quality['kept_mre']:.2f} mm" in card
 
     # A deliberately offset first stage: on blank copies of pool images the model has nothing
@@ -193,9 +249,37 @@ def test_self_training_stops_at_the_first_round_that_is_not_better(prepared128, 
 
     monkeypatch.setattr(ft, "train_two_stages", every_round_worse)
     out = tmp_path / "ft"
-    assert cli(["finetune", "--dataset", str(prepared128), "--num-labels", "3", "--init", "scratch", "--preset", "tiny",
-                "--resolution", "32", "--max-steps", "20", "--eval-steps", "10", "--no-refine", "--report-to", "none",
-                "--mixed-precision", "no", "--self-train", "3", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "finetune",
+                "--dataset",
+                str(prepared128),
+                "--num-labels",
+                "3",
+                "--init",
+                "scratch",
+                "--preset",
+                "tiny",
+                "--resolution",
+                "32",
+                "--max-steps",
+                "20",
+                "--eval-steps",
+                "10",
+                "--no-refine",
+                "--report-to",
+                "none",
+                "--mixed-precision",
+                "no",
+                "--self-train",
+                "3",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert tags == ["", "self-train-1"]  # the first pass and one round, not three
     summary = json.loads((out / "training_summary.json").read_text())
     st = summary["self_training"]

@@ -17,7 +17,9 @@ TURNED = np.stack([50 - REFERENCE[:, 1], REFERENCE[:, 0]], axis=1)  # (40,10) (4
 def _log_maps(peaks, size=48, sigma=1.5):
     """``[1, N, size, size]`` log-probabilities, one channel per landmark: each a sum of
     Gaussian bumps ``[(x, y, height), ...]`` over a small floor."""
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+    )
     maps = []
     for bumps in peaks:
         m = torch.full((size, size), 1e-6, dtype=torch.float64)
@@ -57,7 +59,9 @@ def test_a_shape_that_differs_within_the_tolerance_is_left_alone():
     # Off (no tolerance), or too few landmarks to check, nothing moves either.
     assert not shape_check(coords, log_p, REFERENCE, tolerance=0)[1].any()
     assert not shape_check(coords[:, :2], log_p[:, :2], REFERENCE[:2], tolerance=1.0)[1].any()
-    assert not shape_check(coords, log_p, np.zeros((5, 2)), tolerance=1.0)[1].any()  # a reference of one point repeated
+    assert not shape_check(coords, log_p, np.zeros((5, 2)), tolerance=1.0)[
+        1
+    ].any()  # a reference of one point repeated
 
 
 def test_the_tolerance_scales_the_ninetieth_percentile_of_true_shapes_distances():
@@ -82,8 +86,12 @@ def test_a_model_with_a_reference_shape_checks_its_first_stage_and_keeps_it_when
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     with torch.no_grad():
         out = model(pixel_values=x)
-    expected, moved = shape_check(decode(out.log_probabilities.exp(), "centroid", log_maps=out.log_probabilities), out.log_probabilities,
-                                  config.reference_shape, 2.0)  # fmt: skip
+    expected, moved = shape_check(
+        decode(out.log_probabilities.exp(), "centroid", log_maps=out.log_probabilities),
+        out.log_probabilities,
+        config.reference_shape,
+        2.0,
+    )
     assert torch.equal(out.coarse_coordinates, expected) and torch.equal(out.shape_moved, moved)
     model.train()
     assert model(pixel_values=x).shape_moved is None  # not on every training step

@@ -22,9 +22,32 @@ PRETRAIN = str(ROOT / "training" / "pretrain.py")
 
 
 def _pretrain_args(dataset, out, steps=50, save="20,40"):
-    return ["--dataset", str(dataset), "--output-dir", str(out), "--preset", "tiny", "--resolution", "32",
-            "--max-steps", str(steps), "--save-steps", save, "--train-batch-size", "2", "--gradient-accumulation-steps", "2",
-            "--num-samples", "4", "--sample-inference-steps", "5", "--report-to", "tensorboard", "--mixed-precision", "no"]  # fmt: skip
+    return [
+        "--dataset",
+        str(dataset),
+        "--output-dir",
+        str(out),
+        "--preset",
+        "tiny",
+        "--resolution",
+        "32",
+        "--max-steps",
+        str(steps),
+        "--save-steps",
+        save,
+        "--train-batch-size",
+        "2",
+        "--gradient-accumulation-steps",
+        "2",
+        "--num-samples",
+        "4",
+        "--sample-inference-steps",
+        "5",
+        "--report-to",
+        "tensorboard",
+        "--mixed-precision",
+        "no",
+    ]
 
 
 def _env(**extra):
@@ -36,7 +59,9 @@ def _env(**extra):
 @pytest.fixture(scope="module")
 def ddpm(synth_prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddpm")
-    subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out)], check=True, env=_env(), capture_output=True)
+    subprocess.run(
+        [sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out)], check=True, env=_env(), capture_output=True
+    )
     return out
 
 
@@ -54,21 +79,30 @@ def test_pretrain_writes_loadable_checkpoints(ddpm):
     # A diffusers user samples from a checkpoint as it is.
     pipe = DDPMPipeline.from_pretrained(ddpm / "checkpoint-50")
     assert pipe.scheduler.config.num_train_timesteps == 500
-    images = pipe(batch_size=1, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        batch_size=1, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (1, 32, 32, 1)
     info = json.loads((ddpm / "checkpoint-50/hf_landmark_pretraining.json").read_text())
-    assert info["step"] == 50 and info["num_images"] == 19 and info["pixel_range"] == [-1.0, 1.0]  # train + validation, no test
+    assert (
+        info["step"] == 50 and info["num_images"] == 19 and info["pixel_range"] == [-1.0, 1.0]
+    )  # train + validation, no test
     assert info["preset"] == "tiny" and info["dataset_name"] == "ceph" and info["recent_loss_steps"] == 50
     card = (ddpm / "checkpoint-50/README.md").read_text()
     assert "# ddpm-landmark-backbone\n" in card and "19 cephalometric (ISBI 2015) images" in card
-    assert f"({info['num_parameters'] / 1e6:.2f} M parameters)" in card and "| optimiser steps | 50 (batch 4, EMA decay 0.995, fp32) |" in card
+    assert (
+        f"({info['num_parameters'] / 1e6:.2f} M parameters)" in card
+        and "| optimiser steps | 50 (batch 4, EMA decay 0.995, fp32) |" in card
+    )
     assert f"| training ε-MSE | {info['recent_loss']:.4f} (mean of the last 50 steps) |" in card
     unet = UNet2DModel.from_pretrained(ddpm / "checkpoint-50", subfolder="unet")
     det = LandmarkDetector.from_ddpm(ddpm / "checkpoint-50", num_landmarks=19)
     assert det.config.image_size == 32 and torch.equal(det.backbone.unet.conv_in.weight, unet.conv_in.weight)
     # The pre-training's output folder itself means its newest checkpoint (50, not 20 or 40).
     latest = LandmarkDetector.from_ddpm(ddpm, num_landmarks=19)
-    assert latest.config.base_model == str(ddpm / "checkpoint-50") and torch.equal(latest.backbone.unet.conv_in.weight, unet.conv_in.weight)
+    assert latest.config.base_model == str(ddpm / "checkpoint-50") and torch.equal(
+        latest.backbone.unet.conv_in.weight, unet.conv_in.weight
+    )
 
 
 def test_pretrain_logs_a_falling_loss_to_tensorboard(ddpm):
@@ -85,16 +119,24 @@ def test_pretrain_logs_a_falling_loss_to_tensorboard(ddpm):
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(ddpm, synth_prepared, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out)], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (out / "checkpoint-20").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "checkpoint-20").is_dir() and not (out / "checkpoint-50").exists()
-    subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out), "--resume-from-checkpoint", "latest"],
-                   check=True, env=_env(), capture_output=True)
+    subprocess.run(
+        [sys.executable, PRETRAIN, *_pretrain_args(synth_prepared, out), "--resume-from-checkpoint", "latest"],
+        check=True,
+        env=_env(),
+        capture_output=True,
+    )
     assert not list(out.glob(".checkpoint-*"))
     a = load_file(ddpm / "checkpoint-50/unet/diffusion_pytorch_model.safetensors")
     b = load_file(out / "checkpoint-50/unet/diffusion_pytorch_model.safetensors")
@@ -105,9 +147,24 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(ddpm, synth_prepared,
 
 def test_pretrain_with_two_processes(synth_prepared, tmp_path):
     out = tmp_path / "mp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", PRETRAIN,
-           *_pretrain_args(synth_prepared, out, save="25")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        PRETRAIN,
+        *_pretrain_args(synth_prepared, out, save="25"),
+    ]
     res = subprocess.run(cmd, env=_env(ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-20000:]
     assert "batch 8 (2 x 2 x 2 processes)" in res.stderr
@@ -118,30 +175,86 @@ def test_pretrain_with_two_processes(synth_prepared, tmp_path):
 
 def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys):
     unet = str(ddpm / "checkpoint-50")
-    common = ["--dataset", str(synth_prepared), "--num-labels", "2", "--max-steps", "6", "--eval-steps", "3", "--report-to", "none"]
+    common = [
+        "--dataset",
+        str(synth_prepared),
+        "--num-labels",
+        "2",
+        "--max-steps",
+        "6",
+        "--eval-steps",
+        "3",
+        "--report-to",
+        "none",
+    ]
     assert cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-ddpm"), "--init", unet]) == 0
-    assert cli(["finetune", *common, "--output-dir", str(tmp_path / "ft-scratch"), "--init", "scratch", "--preset", "tiny",
-                "--resolution", "32", "--ema-decay", "0.9", "--augment", "5,0.1,0.03"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "finetune",
+                *common,
+                "--output-dir",
+                str(tmp_path / "ft-scratch"),
+                "--init",
+                "scratch",
+                "--preset",
+                "tiny",
+                "--resolution",
+                "32",
+                "--ema-decay",
+                "0.9",
+                "--augment",
+                "5,0.1,0.03",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "ft-scratch/model/hf_landmark_training.json").read_text())["ema_decay"] == 0.9
     for run in ("ft-ddpm", "ft-scratch"):
         summary = json.loads((tmp_path / run / "training_summary.json").read_text())
         assert summary["labeled_image_ids"] == ["001", "002"] and summary["steps"] == 6
         model = LandmarkDetector.from_pretrained(tmp_path / run / "model")
         assert model.config.landmark_names[0] == "Sella" and model.config.spacing == pytest.approx([0.1, 0.1])
-        assert model.config.unit_convention == "spacing" and (tmp_path / run / "model" / "preprocessor_config.json").is_file()
+        assert (
+            model.config.unit_convention == "spacing"
+            and (tmp_path / run / "model" / "preprocessor_config.json").is_file()
+        )
         # The shape check's reference is the two labeled images' mean landmarks, in model pixels.
         train = load_tensors(load_prepared(str(synth_prepared))["train"], model.config.image_size)
-        np.testing.assert_allclose(model.config.reference_shape, train.landmarks[:2].double().mean(0).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            model.config.reference_shape, train.landmarks[:2].double().mean(0).numpy(), atol=1e-5
+        )
         record = json.loads((tmp_path / run / "model/hf_landmark_training.json").read_text())
-        assert record["shape_check"]["tolerance_px"] == model.config.shape_tolerance >= 1.0 and record["shape_check"]["factor"] == 2.5
+        assert (
+            record["shape_check"]["tolerance_px"] == model.config.shape_tolerance >= 1.0
+            and record["shape_check"]["factor"] == 2.5
+        )
 
     metrics_path = tmp_path / "metrics.json"
-    cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
-         "--output", str(metrics_path), "--overlay-dir", str(tmp_path / "overlays")])  # fmt: skip
+    cli(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "ft-ddpm/model"),
+            "--dataset",
+            str(synth_prepared),
+            "--split",
+            "test",
+            "--output",
+            str(metrics_path),
+            "--overlay-dir",
+            str(tmp_path / "overlays"),
+        ]
+    )
     m = json.loads(metrics_path.read_text())
     for key in ("mre", "mre_std", "unit", "sdr", "per_landmark", "num_images", "mode", "model", "dataset"):
         assert key in m
-    assert m["unit"] == "mm" and m["mode"] == "physical" and m["num_images"] == 5 and set(m["sdr"]) == {"2", "2.5", "3", "4"}
+    assert (
+        m["unit"] == "mm"
+        and m["mode"] == "physical"
+        and m["num_images"] == 5
+        and set(m["sdr"]) == {"2", "2.5", "3", "4"}
+    )
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 5 and (tmp_path / "metrics.md").is_file()
     from PIL import Image
 
@@ -149,34 +262,88 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert Image.open(tmp_path / "overlays" / "020.png").size == (240, 300)
     assert (tmp_path / "overlays" / "legend.txt").read_text().splitlines()[:2] == ["1 Sella", "2 Nasion"]
     # Without the shape check the same weights differ exactly at the landmarks it read again.
-    cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
-         "--output", str(tmp_path / "unchecked.json"), "--no-shape-check"])  # fmt: skip
+    cli(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "ft-ddpm/model"),
+            "--dataset",
+            str(synth_prepared),
+            "--split",
+            "test",
+            "--output",
+            str(tmp_path / "unchecked.json"),
+            "--no-shape-check",
+        ]
+    )
     unchecked = json.loads((tmp_path / "unchecked.json").read_text())
     differ = sum(a != b for i in m["predictions"] for a, b in zip(m["predictions"][i], unchecked["predictions"][i]))
     assert unchecked["shape_moved"] == 0 and differ == m["shape_moved"]
-    cli(["evaluate", "--model", str(tmp_path / "ft-ddpm/model"), "--dataset", str(synth_prepared), "--split", "test",
-         "--output", str(tmp_path / "paper.json"), "--paper-compatible"])  # fmt: skip
+    cli(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "ft-ddpm/model"),
+            "--dataset",
+            str(synth_prepared),
+            "--split",
+            "test",
+            "--output",
+            str(tmp_path / "paper.json"),
+            "--paper-compatible",
+        ]
+    )
     assert json.loads((tmp_path / "paper.json").read_text())["mode"] == "paper"
     # The card states the real training data, the label count and the initialisation, no local paths.
-    assert cli(["card", str(tmp_path / "ft-ddpm/model"), "--metrics", str(metrics_path), "--repo-id", "org/ceph-2"]) == 0
+    assert (
+        cli(["card", str(tmp_path / "ft-ddpm/model"), "--metrics", str(metrics_path), "--repo-id", "org/ceph-2"]) == 0
+    )
     card = (tmp_path / "ft-ddpm/model/README.md").read_text()
     assert "Fine-tuned on **2 labeled images** of cephalometric (ISBI 2015)" in card and "001, 002" in card
-    assert "a DDPM pre-trained without labels on 19 cephalometric (ISBI 2015) images (tiny U-Net, 32 px, 50 steps)" in card
+    assert (
+        "a DDPM pre-trained without labels on 19 cephalometric (ISBI 2015) images (tiny U-Net, 32 px, 50 steps)"
+        in card
+    )
     assert str(tmp_path) not in card and "assumed for images that carry no spacing" in card
     tolerance = LandmarkDetector.from_pretrained(tmp_path / "ft-ddpm/model").config.shape_tolerance
-    assert f"| shape check | a first-stage landmark more than {tolerance:.1f} px (of 32) from where the other landmarks put it" in card
+    assert (
+        f"| shape check | a first-stage landmark more than {tolerance:.1f} px (of 32) from where the other landmarks put it"
+        in card
+    )
     # Under 5 labels the default recipe keeps the raw weights (the card says nothing of an average)
     # and augments more strongly than the paper.
     assert "learning rate 0.0001, seed 0." in card and "moving average" not in card
-    assert ("Training augmentation: rotation within ±12.0°, scale within ±12.0 %, shift within ±6.0 % of the side, "
-            "intensity power within 1/1.3–1.3.") in card  # fmt: skip
+    assert (
+        "Training augmentation: rotation within ±12.0°, scale within ±12.0 %, shift within ±6.0 % of the side, "
+        "intensity power within 1/1.3–1.3."
+    ) in card
     assert cli(["card", str(tmp_path / "ft-scratch/model"), "--metrics", str(metrics_path)]) == 0
     card = (tmp_path / "ft-scratch/model/README.md").read_text()
     assert "validated and saved as the moving average of its weights (EMA 0.9), seed 0." in card
-    assert "Training augmentation: rotation within ±5.0°, scale within ±10.0 %, shift within ±3.0 % of the side." in card
+    assert (
+        "Training augmentation: rotation within ±5.0°, scale within ±10.0 %, shift within ±3.0 % of the side." in card
+    )
 
-    bench = ["benchmark", "--dataset", str(synth_prepared), "--output-dir", str(tmp_path / "bench"), "--init", f"ddpm={unet}",
-             "--labels", "1,2", "--seeds", "0", "--eval-split", "test", "--", "--max-steps", "2", "--eval-steps", "2"]  # fmt: skip
+    bench = [
+        "benchmark",
+        "--dataset",
+        str(synth_prepared),
+        "--output-dir",
+        str(tmp_path / "bench"),
+        "--init",
+        f"ddpm={unet}",
+        "--labels",
+        "1,2",
+        "--seeds",
+        "0",
+        "--eval-split",
+        "test",
+        "--",
+        "--max-steps",
+        "2",
+        "--eval-steps",
+        "2",
+    ]
     cli(bench)
     table = (tmp_path / "bench/results.md").read_text()
     assert "| ddpm | 1 | 1 |" in table and "| mean shape | 2 | 1 |" in table and "DDPM (paper)" in table
@@ -186,32 +353,50 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert capsys.readouterr().out.count("[skip]") == 2
 
 
-def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_more_self_trains_twice_on_every_landmark_and_trusts_the_first_stage_more(synth_prepared, tmp_path):
+def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_more_self_trains_twice_on_every_landmark_and_trusts_the_first_stage_more(
+    synth_prepared, tmp_path
+):
     """Measured on ISBI at 1, 5 and 10 labels: one threshold for all four settings."""
     from hf_landmark.training.finetune import FinetuneArguments
 
     def args(labels, **kw):
-        return FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path), num_labels=labels, init="scratch", **kw)
+        return FinetuneArguments(
+            dataset=str(synth_prepared), output_dir=str(tmp_path), num_labels=labels, init="scratch", **kw
+        )
 
     assert [args(n).ema_decay for n in (5, 10, 4, 1)] == [0.99, 0.99, 0.0, 0.0]
     assert args(10, recipe="paper").ema_decay == 0.0 and args(1, ema_decay=0.9).ema_decay == 0.9
     assert args(1).augmentation == args(4).augmentation == (12.0, 0.12, 0.06, 0.3)
     assert args(5).augmentation == args(10).augmentation == (2.0, 0.02, 0.02, 0.0)  # the paper's ±2° / ±2 % / ±2 %
     assert args(1, recipe="paper").augmentation == (2.0, 0.02, 0.02, 0.0)
-    assert args(1, augment="5,0.1,0").augmentation == (5.0, 0.1, 0.0, 0.0) and args(1, no_augment=True).augmentation == (0.0, 0.0, 0.0, 0.0)
-    assert args(1).shape_check == args(10).shape_check == 2.5 and args(1, recipe="paper").shape_check == 0.0  # the paper's method has none
+    assert args(1, augment="5,0.1,0").augmentation == (5.0, 0.1, 0.0, 0.0) and args(
+        1, no_augment=True
+    ).augmentation == (0.0, 0.0, 0.0, 0.0)
+    assert (
+        args(1).shape_check == args(10).shape_check == 2.5 and args(1, recipe="paper").shape_check == 0.0
+    )  # the paper's method has none
     # The refinement prior: 1 x the first stage's error below 5 labels, 2 x from 5 up, none in the paper's recipe.
     assert [args(n).refine_prior for n in (1, 4, 5, 10)] == [1.0, 1.0, 2.0, 2.0]
-    assert args(1, recipe="paper").refine_prior == args(10, recipe="paper").refine_prior == 0.0 and args(1, refine_prior=3).refine_prior == 3
+    assert (
+        args(1, recipe="paper").refine_prior == args(10, recipe="paper").refine_prior == 0.0
+        and args(1, refine_prior=3).refine_prior == 3
+    )
     # Landmark offsets shrunk by 10 validation images' worth from 5 labels up (measured there), none below or in the paper's recipe.
     assert [args(n).offset_correction for n in (1, 4, 5, 10)] == [0.0, 0.0, 10.0, 10.0]
     assert args(10, recipe="paper").offset_correction == 0.0 and args(1, offset_correction=4).offset_correction == 4
     # Self-training rounds: two below 5 labels, one from 5 up, none in the paper's recipe; a flag wins.
     assert [args(n).self_train for n in (1, 4, 5, 10)] == [2, 2, 1, 1]
-    assert args(1, recipe="paper").self_train == 0 and args(1, self_train=0).self_train == 0 and args(10, self_train=3).self_train == 3
+    assert (
+        args(1, recipe="paper").self_train == 0
+        and args(1, self_train=0).self_train == 0
+        and args(10, self_train=3).self_train == 3
+    )
     # Pseudo-labels of each landmark's own best 40 % below 5 labels, the shared threshold alone from 5.
     assert [args(n).self_train_keep_each for n in (1, 4, 5, 10)] == [0.4, 0.4, 0.0, 0.0]
-    assert args(1, recipe="paper").self_train_keep_each == 0.0 and args(1, self_train_keep_each=0.0).self_train_keep_each == 0.0
+    assert (
+        args(1, recipe="paper").self_train_keep_each == 0.0
+        and args(1, self_train_keep_each=0.0).self_train_keep_each == 0.0
+    )
     assert args(10, self_train_keep_each=0.2).self_train_keep_each == 0.2
 
 
@@ -243,30 +428,92 @@ def test_model_card_from_real_metrics(tmp_path):
 
     from hf_landmark import LandmarkConfig
 
-    LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["Sella", "Nasion"],
-                                    dataset_name="ceph", spacing=[0.1, 0.1])).save_pretrained(tmp_path / "m")  # fmt: skip
-    metrics = {"mre": 1.23456, "mre_std": 0.5, "unit": "mm", "sdr": {"2": 80.0, "4": 95.5}, "mode": "physical", "split": "test",
-               "dataset": "data/ceph", "num_images": 3, "decoder": "centroid",
-               "per_landmark": [{"name": "Sella", "mre": 1.0, "mre_std": 0.1, "sdr": {"2": 90.0, "4": 100.0}},
-                                {"name": "Nasion", "mre": 1.5, "mre_std": 0.2, "sdr": {"2": 70.0, "4": 91.0}}]}  # fmt: skip
+    LandmarkDetector(
+        LandmarkConfig(
+            backbone_config="tiny",
+            num_landmarks=2,
+            image_size=32,
+            landmark_names=["Sella", "Nasion"],
+            dataset_name="ceph",
+            spacing=[0.1, 0.1],
+        )
+    ).save_pretrained(tmp_path / "m")
+    metrics = {
+        "mre": 1.23456,
+        "mre_std": 0.5,
+        "unit": "mm",
+        "sdr": {"2": 80.0, "4": 95.5},
+        "mode": "physical",
+        "split": "test",
+        "dataset": "data/ceph",
+        "num_images": 3,
+        "decoder": "centroid",
+        "per_landmark": [
+            {"name": "Sella", "mre": 1.0, "mre_std": 0.1, "sdr": {"2": 90.0, "4": 100.0}},
+            {"name": "Nasion", "mre": 1.5, "mre_std": 0.2, "sdr": {"2": 70.0, "4": 91.0}},
+        ],
+    }
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
-    assert cli(["card", str(tmp_path / "m"), "--metrics", str(tmp_path / "metrics.json"), "--repo-id", "org/ddpm-ceph-landmark"]) == 0
+    assert (
+        cli(
+            [
+                "card",
+                str(tmp_path / "m"),
+                "--metrics",
+                str(tmp_path / "metrics.json"),
+                "--repo-id",
+                "org/ddpm-ceph-landmark",
+            ]
+        )
+        == 0
+    )
     card = ModelCard.load(tmp_path / "m" / "README.md")
     assert card.data.pipeline_tag == "keypoint-detection" and card.data.library_name == "hf-landmark"
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {"mre": 1.2346, "sdr_2mm": 80.0, "sdr_4mm": 95.5}
-    assert card.text.lstrip().startswith("# org/ddpm-ceph-landmark\n") and "Sella, Nasion" in card.text and "not a medical device" in card.text
+    assert (
+        card.text.lstrip().startswith("# org/ddpm-ceph-landmark\n")
+        and "Sella, Nasion" in card.text
+        and "not a medical device" in card.text
+    )
     # Self-training: the card names the round the model comes from, not every round that was kept.
     from hf_landmark.cards import detector_card
 
-    rounds = [{"round": r, "kept_landmarks": 10, "pool_landmarks": 20, "pool_images": 10, "val_mre": mre, "previous_best_val_mre": before,
-               "model_kept": kept} for r, mre, before, kept in ((1, 3.05, 3.65, True), (2, 2.94, 3.05, True), (3, 3.10, 2.94, False))]  # fmt: skip
-    training = {"num_labels": 1, "subset": "first", "labeled_image_ids": ["001"], "validation_images": 20, "best_step": 150, "val_mre": 2.94,
-                "unit": "mm", "recipe": "default", "loss": "contour", "learning_rate": 1e-4, "seed": 0, "init": {"kind": "scratch", "preset": "tiny"},
-                "self_training": {"rounds": rounds, "model_from_round": 2}}  # fmt: skip
-    text = detector_card(LandmarkDetector.from_pretrained(tmp_path / "m").config, metrics, "org/x", training=training).text
+    rounds = [
+        {
+            "round": r,
+            "kept_landmarks": 10,
+            "pool_landmarks": 20,
+            "pool_images": 10,
+            "val_mre": mre,
+            "previous_best_val_mre": before,
+            "model_kept": kept,
+        }
+        for r, mre, before, kept in ((1, 3.05, 3.65, True), (2, 2.94, 3.05, True), (3, 3.10, 2.94, False))
+    ]
+    training = {
+        "num_labels": 1,
+        "subset": "first",
+        "labeled_image_ids": ["001"],
+        "validation_images": 20,
+        "best_step": 150,
+        "val_mre": 2.94,
+        "unit": "mm",
+        "recipe": "default",
+        "loss": "contour",
+        "learning_rate": 1e-4,
+        "seed": 0,
+        "init": {"kind": "scratch", "preset": "tiny"},
+        "self_training": {"rounds": rounds, "model_from_round": 2},
+    }
+    text = detector_card(
+        LandmarkDetector.from_pretrained(tmp_path / "m").config, metrics, "org/x", training=training
+    ).text
     assert "validation MRE 3.05 against 3.65 before: kept, then replaced by a later round." in text
-    assert "validation MRE 2.94 against 3.05 before: this model." in text and "validation MRE 3.10 against 2.94 before: not kept." in text
+    assert (
+        "validation MRE 2.94 against 3.05 before: this model." in text
+        and "validation MRE 3.10 against 2.94 before: not kept." in text
+    )
 
 
 def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw, tmp_path):
@@ -283,13 +530,44 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
     prepared = tmp_path / "prep128"
     prepare("ceph", synth_raw, prepared, image_size=128, split_counts=(14, 5, None))
     crops = tmp_path / "ddpm_crops"
-    subprocess.run([sys.executable, PRETRAIN, *_pretrain_args(prepared, crops, steps=4, save="2,4"), "--crop-from", "128"],
-                   check=True, env=_env(), capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, PRETRAIN, *_pretrain_args(prepared, crops, steps=4, save="2,4"), "--crop-from", "128"],
+        check=True,
+        env=_env(),
+        capture_output=True,
+    )
     assert json.loads((crops / "checkpoint-4" / "hf_landmark_pretraining.json").read_text())["crop_from"] == 128
     out = tmp_path / "ft"
-    assert cli(["finetune", "--dataset", str(prepared), "--num-labels", "3", "--max-steps", "8", "--eval-steps", "4",
-                "--refine-max-steps", "8", "--refine-batch-size", "8", "--refine-init", str(crops), "--offset-correction", "10",
-                "--report-to", "none", "--output-dir", str(out), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "finetune",
+                "--dataset",
+                str(prepared),
+                "--num-labels",
+                "3",
+                "--max-steps",
+                "8",
+                "--eval-steps",
+                "4",
+                "--refine-max-steps",
+                "8",
+                "--refine-batch-size",
+                "8",
+                "--refine-init",
+                str(crops),
+                "--offset-correction",
+                "10",
+                "--report-to",
+                "none",
+                "--output-dir",
+                str(out),
+                "--init",
+                str(ddpm / "checkpoint-50"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["refine"]["refine_size"] == 128 and summary["refine"]["crop"] == 32  # the crop DDPM's resolution
     assert summary["refine"]["init"] == str(crops / "checkpoint-4")  # the pre-training's folder: its newest checkpoint
@@ -318,19 +596,50 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
         processor.set_landmark_offsets(offsets["model_px"], "refined")
         processor.save_pretrained(out / "model")
     model_dir = out / "model"
-    assert cli(["evaluate", "--model", str(model_dir), "--dataset", str(prepared), "--split", "test",
-                "--output", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(model_dir),
+                "--dataset",
+                str(prepared),
+                "--split",
+                "test",
+                "--output",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "m.json").read_text())
     # Without the offsets every landmark moves back by exactly them, scaled to each original frame
     # (where the correction would have carried a landmark off the picture, it stopped at the centre
     # of the model's edge pixel).
-    assert cli(["evaluate", "--model", str(model_dir), "--dataset", str(prepared), "--split", "test", "--no-offset-correction",
-                "--output", str(tmp_path / "raw.json")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(model_dir),
+                "--dataset",
+                str(prepared),
+                "--split",
+                "test",
+                "--no-offset-correction",
+                "--output",
+                str(tmp_path / "raw.json"),
+            ]
+        )
+        == 0
+    )
     raw = json.loads((tmp_path / "raw.json").read_text())["predictions"]
     for image_id, xy in metrics["predictions"].items():
         size = np.array(Image.open(synth_raw / "RawImage" / "TrainingData" / f"{image_id}.bmp").size, float)
         scale = size / 32
-        expected = np.clip(np.array(raw[image_id]) - np.asarray(offsets["model_px"]) * scale, 0.5 * scale - 0.5, 31.5 * scale - 0.5)
+        expected = np.clip(
+            np.array(raw[image_id]) - np.asarray(offsets["model_px"]) * scale, 0.5 * scale - 0.5, 31.5 * scale - 0.5
+        )
         np.testing.assert_allclose(np.array(xy), expected, atol=1e-4)  # float32 coordinates
     assert "first_stage" in metrics and len(metrics["first_stage"]["per_landmark"]) == 19
     assert "first-stage MRE" in (tmp_path / "m.md").read_text()
@@ -338,7 +647,9 @@ def test_evaluate_measures_what_predict_returns_on_the_raw_files(ddpm, synth_raw
     assert ids == ["020", "021", "022", "023", "024"]
     files = [str(synth_raw / "RawImage" / "TrainingData" / f"{i}.bmp") for i in ids]
     assert cli(["predict", *files, "--model", str(model_dir), "--output", str(tmp_path / "p.json")]) == 0
-    assert cli(["predict", *files, "--model", str(model_dir), "--output", str(tmp_path / "q.json"), "--no-refine"]) == 0
+    assert (
+        cli(["predict", *files, "--model", str(model_dir), "--output", str(tmp_path / "q.json"), "--no-refine"]) == 0
+    )
     predicted = json.loads((tmp_path / "p.json").read_text())["predictions"]
     first_stage = json.loads((tmp_path / "q.json").read_text())["predictions"]
     errors, first_errors, diffs = [], [], []
@@ -364,9 +675,35 @@ def test_a_diverging_fine_tuning_stops_and_keeps_no_model(synth_prepared, tmp_pa
     # At lr 1 without clipping the first validation is still finite (a "best" model is saved)
     # and the next is not: the run must stop and take that model back.
     out = tmp_path / "ft"
-    code = cli(["finetune", "--dataset", str(synth_prepared), "--num-labels", "2", "--init", "scratch", "--preset", "tiny",
-                "--resolution", "32", "--learning-rate", "1", "--max-grad-norm", "0", "--max-steps", "40", "--eval-steps", "1",
-                "--early-stopping-patience", "100", "--report-to", "none", "--output-dir", str(out)])  # fmt: skip
+    code = cli(
+        [
+            "finetune",
+            "--dataset",
+            str(synth_prepared),
+            "--num-labels",
+            "2",
+            "--init",
+            "scratch",
+            "--preset",
+            "tiny",
+            "--resolution",
+            "32",
+            "--learning-rate",
+            "1",
+            "--max-grad-norm",
+            "0",
+            "--max-steps",
+            "40",
+            "--eval-steps",
+            "1",
+            "--early-stopping-patience",
+            "100",
+            "--report-to",
+            "none",
+            "--output-dir",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "fine-tuning diverged" in err and "no model was kept" in err and "Traceback" not in err
     assert not (out / "model").exists() and not (out / "training_summary.json").exists()
@@ -385,8 +722,28 @@ def test_fine_tuning_calibrates_radii_and_flags_unfamiliar_images(ddpm, synth_ra
     from hf_landmark.app import predict as app_predict
 
     out = tmp_path / "ft"
-    assert cli(["finetune", "--dataset", str(synth_prepared), "--num-labels", "3", "--max-steps", "20", "--eval-steps", "10",
-                "--report-to", "none", "--output-dir", str(out), "--init", str(ddpm / "checkpoint-50")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "finetune",
+                "--dataset",
+                str(synth_prepared),
+                "--num-labels",
+                "3",
+                "--max-steps",
+                "20",
+                "--eval-steps",
+                "10",
+                "--report-to",
+                "none",
+                "--output-dir",
+                str(out),
+                "--init",
+                str(ddpm / "checkpoint-50"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["calibration"]["calibration_images"] == 5 and summary["calibration"]["alpha"] == 0.1
     processor = LandmarkImageProcessor.from_pretrained(out / "model")
@@ -403,8 +760,22 @@ def test_fine_tuning_calibrates_radii_and_flags_unfamiliar_images(ddpm, synth_ra
     first = pipeline("landmark-detection", model=str(out / "model"))(str(image))[0]
     assert first["radius"] > 0 and first["radius_coverage"] == pytest.approx(5 / 6)
     capsys.readouterr()
-    assert cli(["evaluate", "--model", str(out / "model"), "--dataset", str(synth_prepared), "--split", "test",
-                "--output", str(tmp_path / "m5.json")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(out / "model"),
+                "--dataset",
+                str(synth_prepared),
+                "--split",
+                "test",
+                "--output",
+                str(tmp_path / "m5.json"),
+            ]
+        )
+        == 0
+    )
     assert "error radii at 83.3 % (5 calibration images; 90 % needs at least 9): coverage" in capsys.readouterr().out
 
     # At alpha 0.2 (needs 4 images) the radii are finite and appear everywhere.
@@ -413,12 +784,32 @@ def test_fine_tuning_calibrates_radii_and_flags_unfamiliar_images(ddpm, synth_ra
     pipe = pipeline("landmark-detection", model=str(out / "model"))
     assert pipe.image_processor.alpha == 0.2  # round trip through preprocessor_config.json
     res = pipe(str(image))
-    assert all(np.isfinite(p["radius"]) and p["radius"] > 0 and p["radius_mm"] == pytest.approx(p["radius"] * 0.1) for p in res)
+    assert all(
+        np.isfinite(p["radius"]) and p["radius"] > 0 and p["radius_mm"] == pytest.approx(p["radius"] * 0.1)
+        for p in res
+    )
     Image.fromarray(np.zeros((300, 240), np.uint8)).save(tmp_path / "blank.png")
     Image.fromarray(np.full((1, 1), 90, np.uint8)).save(tmp_path / "dot.png")
-    assert pipe(str(tmp_path / "blank.png"))[0]["flag"] == "low_confidence" and pipe(str(tmp_path / "dot.png"))[0]["flag"] == "low_confidence"
-    assert cli(["predict", str(image), str(tmp_path / "blank.png"), "--model", str(out / "model"), "--output", str(tmp_path / "p.json"),
-                "--csv", str(tmp_path / "p.csv")]) == 0  # fmt: skip
+    assert (
+        pipe(str(tmp_path / "blank.png"))[0]["flag"] == "low_confidence"
+        and pipe(str(tmp_path / "dot.png"))[0]["flag"] == "low_confidence"
+    )
+    assert (
+        cli(
+            [
+                "predict",
+                str(image),
+                str(tmp_path / "blank.png"),
+                "--model",
+                str(out / "model"),
+                "--output",
+                str(tmp_path / "p.json"),
+                "--csv",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["flags"][str(tmp_path / "blank.png")] == "low_confidence"
     assert data["predictions"][str(image)][0]["radius"] == pytest.approx(res[0]["radius"])
@@ -427,18 +818,37 @@ def test_fine_tuning_calibrates_radii_and_flags_unfamiliar_images(ddpm, synth_ra
     _, table, note, _ = app_predict(str(tmp_path / "blank.png"), str(out / "model"))
     assert "Low confidence" in note and table[0][6] != ""
     capsys.readouterr()
-    assert cli(["evaluate", "--model", str(out / "model"), "--dataset", str(synth_prepared), "--split", "test",
-                "--output", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(out / "model"),
+                "--dataset",
+                str(synth_prepared),
+                "--split",
+                "test",
+                "--output",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     u = json.loads((tmp_path / "m.json").read_text())["uncertainty"]
     # Levels above 5/6 have no radii and are left out of the reliability curve (it showed a false 100 % there).
     assert 0.0 <= u["coverage"] <= 1.0 and u["mean_radius"] > 0 and len(u["per_landmark"]) == 19
     assert [r["nominal"] for r in u["reliability"]] == pytest.approx([0.5, 0.6, 0.7, 0.8])
-    assert (tmp_path / "m_reliability.png").is_file() and "error radii at 80.0 % (5 calibration images): coverage" in capsys.readouterr().out
+    assert (
+        tmp_path / "m_reliability.png"
+    ).is_file() and "error radii at 80.0 % (5 calibration images): coverage" in capsys.readouterr().out
     # Every JSON written on the way is strict JSON (no NaN, no Infinity).
     written = [*out.rglob("*.json"), *tmp_path.glob("*.json")]
     assert len(written) >= 7  # config, processor, record, summary, predictions, two metrics files
     for path in written:
-        json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda c, path=path: pytest.fail(f"{path}: {c} is not JSON"))
+        json.loads(
+            path.read_text(encoding="utf-8"),
+            parse_constant=lambda c, path=path: pytest.fail(f"{path}: {c} is not JSON"),
+        )
 
 
 def test_the_recipe_is_one_table_shown_by_show_recipe_and_in_the_design_notes(capsys):
@@ -449,10 +859,15 @@ def test_the_recipe_is_one_table_shown_by_show_recipe_and_in_the_design_notes(ca
     assert resolve_recipe("paper", 1) is resolve_recipe("paper", 50) is PAPER
     assert main(["--show-recipe", "3"]) is None
     shown = capsys.readouterr().out
-    assert shown.startswith("recipe: default, fewer than 5 labels") and "augment                      12,0.12,0.06,0.3" in shown
+    assert (
+        shown.startswith("recipe: default, fewer than 5 labels")
+        and "augment                      12,0.12,0.06,0.3" in shown
+    )
     # Every argument left unset takes the resolved recipe's value; the design notes show the same table.
     args = FinetuneArguments(dataset=".", output_dir="out", num_labels=10, init="scratch")
     assert (args.ema_decay, args.offset_correction, args.self_train, args.augment) == (0.99, 10.0, 1, "2,0.02,0.02")
     design = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
-    table = design.split("<!-- recipe-table: generated by hf_landmark.recipes.recipe_table() -->\n")[1].split("<!-- /recipe-table -->")[0]
+    table = design.split("<!-- recipe-table: generated by hf_landmark.recipes.recipe_table() -->\n")[1].split(
+        "<!-- /recipe-table -->"
+    )[0]
     assert table == recipe_table()

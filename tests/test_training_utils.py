@@ -42,9 +42,13 @@ def test_training_steps_are_importable_functions(tmp_path):
     assert hf_landmark.pretrain is pretrain.pretrain and hf_landmark.finetune is finetune.finetune
     assert hf_landmark.benchmark is fewshot_benchmark.benchmark
     # Their arguments are dataclasses whose defaults follow the recipes.
-    args = finetune.FinetuneArguments(dataset=str(tmp_path), output_dir="o", num_labels=3, init="scratch", recipe="paper")
+    args = finetune.FinetuneArguments(
+        dataset=str(tmp_path), output_dir="o", num_labels=3, init="scratch", recipe="paper"
+    )
     assert dataclasses.is_dataclass(args) and (args.loss, args.learning_rate, args.max_epochs) == ("paper", 1e-4, 200)
-    assert pretrain.PretrainArguments(dataset="org/dataset", output_dir="o", max_steps=50, save_steps="20").save_at == [20, 50]
+    assert pretrain.PretrainArguments(
+        dataset="org/dataset", output_dir="o", max_steps=50, save_steps="20"
+    ).save_at == [20, 50]
 
 
 def test_training_runs_one_after_another_at_different_precisions(synth_prepared, tmp_path, monkeypatch):
@@ -60,10 +64,22 @@ def test_training_runs_one_after_another_at_different_precisions(synth_prepared,
     seen, probes = [], []
     for has_bf16, faster in ((False, None), (True, "bf16"), (True, "no")):
         monkeypatch.setattr(tu, "cpu_has_bf16", lambda v=has_bf16: v)
-        monkeypatch.setattr(tu, "probe_precision", lambda step, f=faster: (step(), {"choice": f, "fp32_s": 1.0, "bf16_s": 2.0})[1])
-        args = ft.FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path / f"run{len(seen)}"), num_labels=2,
-                                    init="scratch", preset="tiny", resolution=32, max_steps=2, eval_steps=2, no_refine=True,
-                                    report_to="none", mixed_precision="auto")  # fmt: skip
+        monkeypatch.setattr(
+            tu, "probe_precision", lambda step, f=faster: (step(), {"choice": f, "fp32_s": 1.0, "bf16_s": 2.0})[1]
+        )
+        args = ft.FinetuneArguments(
+            dataset=str(synth_prepared),
+            output_dir=str(tmp_path / f"run{len(seen)}"),
+            num_labels=2,
+            init="scratch",
+            preset="tiny",
+            resolution=32,
+            max_steps=2,
+            eval_steps=2,
+            no_refine=True,
+            report_to="none",
+            mixed_precision="auto",
+        )
         summary = ft.finetune(args)
         seen.append(summary["mixed_precision"])
         record = json.loads((tmp_path / f"run{len(seen) - 1}" / "model" / "hf_landmark_training.json").read_text())
@@ -127,16 +143,34 @@ def test_fine_tuning_labels_the_images_coverage_selects(synth_prepared, tmp_path
     from hf_landmark.training import finetune as ft
 
     with pytest.raises(UserInputError, match="--selection: coverage"):
-        ft.FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path / "x"), num_labels=2, init="scratch", subset="coverage")
+        ft.FinetuneArguments(
+            dataset=str(synth_prepared),
+            output_dir=str(tmp_path / "x"),
+            num_labels=2,
+            init="scratch",
+            subset="coverage",
+        )
     # A detector folder stands in for a pre-trained network: its U-Net as a DDPM checkpoint.
     det = LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=1, image_size=32))
     det.backbone.unet.save_pretrained(tmp_path / "ddpm")
-    args = ft.FinetuneArguments(dataset=str(synth_prepared), output_dir=str(tmp_path / "run"), num_labels=3, init=str(tmp_path / "ddpm"),
-                                subset="coverage", resolution=32, max_steps=1, eval_steps=1, no_refine=True, report_to="none")  # fmt: skip
+    args = ft.FinetuneArguments(
+        dataset=str(synth_prepared),
+        output_dir=str(tmp_path / "run"),
+        num_labels=3,
+        init=str(tmp_path / "ddpm"),
+        subset="coverage",
+        resolution=32,
+        max_steps=1,
+        eval_steps=1,
+        no_refine=True,
+        report_to="none",
+    )
     summary = ft.finetune(args)
     model = LandmarkDetector.from_ddpm(str(tmp_path / "ddpm"), 1, image_size=32)
     train = load_tensors(load_prepared(synth_prepared)["train"], 32)
     pixels = train.pixel_values(LandmarkImageProcessor.from_model_config(model.config).pixel_range)
-    expected = sorted(train.image_ids[i] for i in choose("coverage", train.image_ids, 3, pooled_features(model, pixels)))
+    expected = sorted(
+        train.image_ids[i] for i in choose("coverage", train.image_ids, 3, pooled_features(model, pixels))
+    )
     assert summary["labeled_image_ids"] == expected
     assert json.loads((tmp_path / "run" / "model" / "hf_landmark_training.json").read_text())["subset"] == "coverage"

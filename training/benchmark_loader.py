@@ -33,7 +33,9 @@ def main(argv=None):
     for rec in records:
         resize_image(read_image(rec.image_path), args.size)
     raw_rate = len(records) / (time.perf_counter() - start)
-    print(f"prepared dataset: {prepared_rate:.1f} images/s; raw files: {raw_rate:.1f} images/s; speed-up {prepared_rate / raw_rate:.0f}x")
+    print(
+        f"prepared dataset: {prepared_rate:.1f} images/s; raw files: {raw_rate:.1f} images/s; speed-up {prepared_rate / raw_rate:.0f}x"
+    )
 
 
 if __name__ == "__main__":

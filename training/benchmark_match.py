@@ -46,31 +46,58 @@ def main(argv=None) -> dict:
     # The prepared images are stored smaller than the originals: coordinates scale with them.
     scale_t = np.array(template["original_size"], dtype=np.float64) / np.array(template["image"].size)
     results = match_images(extractor, t_img, np.asarray(template["landmarks"]) / scale_t, targets, args.cycle_radius)
-    pred = np.stack([r["xy"] * (np.array(row["original_size"]) / np.array(row["image"].size)) for r, row in zip(results, target_split)])
+    pred = np.stack(
+        [
+            r["xy"] * (np.array(row["original_size"]) / np.array(row["image"].size))
+            for r, row in zip(results, target_split)
+        ]
+    )
     consistent = np.stack([r["consistent"] for r in results])
     data = load_tensors(target_split, 64)
-    config = LandmarkDetector.config_class(num_landmarks=pred.shape[1], landmark_names=list(template["landmark_names"]), image_size=64,
-                                           dataset_name=template["dataset"])  # fmt: skip
+    config = LandmarkDetector.config_class(
+        num_landmarks=pred.shape[1],
+        landmark_names=list(template["landmark_names"]),
+        image_size=64,
+        dataset_name=template["dataset"],
+    )
     metrics = compute_metrics(pred, data, config)
     errors = np.asarray(metrics["errors"])
     tail = errors > args.tail
     out = {
-        "template": ids[t_idx], "split": args.split, "images": len(targets), "timestep": args.timestep, "unit": metrics["unit"],
-        "mre": metrics["mre"], "sdr": metrics["sdr"], "consistent_share": float(consistent.mean()),
+        "template": ids[t_idx],
+        "split": args.split,
+        "images": len(targets),
+        "timestep": args.timestep,
+        "unit": metrics["unit"],
+        "mre": metrics["mre"],
+        "sdr": metrics["sdr"],
+        "consistent_share": float(consistent.mean()),
         "mre_consistent": float(errors[consistent].mean()) if consistent.any() else None,
         "mre_inconsistent": float(errors[~consistent].mean()) if (~consistent).any() else None,
-        "tail_share": float(tail.mean()), "tail_error_share": float(errors[tail].sum() / errors.sum()),
-        "per_landmark": {n: {"mre": float(errors[:, j].mean()), "tail_share": float(tail[:, j].mean()), "consistent": float(consistent[:, j].mean())}
-                         for j, n in enumerate(template["landmark_names"])},
-    }  # fmt: skip
-    print(f"template {out['template']}, {len(targets)} {args.split} images: MRE {out['mre']:.2f} {out['unit']}, SDR "
-          + ", ".join(f"{k}: {v:.1f} %" for k, v in out["sdr"].items()))
+        "tail_share": float(tail.mean()),
+        "tail_error_share": float(errors[tail].sum() / errors.sum()),
+        "per_landmark": {
+            n: {
+                "mre": float(errors[:, j].mean()),
+                "tail_share": float(tail[:, j].mean()),
+                "consistent": float(consistent[:, j].mean()),
+            }
+            for j, n in enumerate(template["landmark_names"])
+        },
+    }
+    print(
+        f"template {out['template']}, {len(targets)} {args.split} images: MRE {out['mre']:.2f} {out['unit']}, SDR "
+        + ", ".join(f"{k}: {v:.1f} %" for k, v in out["sdr"].items())
+    )
+
     def mre(v):
         return "none" if v is None else f"{v:.2f}"
 
-    print(f"cycle-consistent: {100 * out['consistent_share']:.1f} % of landmarks, MRE {mre(out['mre_consistent'])} vs "
-          f"{mre(out['mre_inconsistent'])} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
-          f"{100 * out['tail_error_share']:.1f} % of the error")  # fmt: skip
+    print(
+        f"cycle-consistent: {100 * out['consistent_share']:.1f} % of landmarks, MRE {mre(out['mre_consistent'])} vs "
+        f"{mre(out['mre_inconsistent'])} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
+        f"{100 * out['tail_error_share']:.1f} % of the error"
+    )
     if args.output:
         write_json_atomic(out, args.output)
     return out

@@ -38,16 +38,50 @@ def write_pool(folder: Path, n: int, size: int = 64, seed: int = 0) -> None:
 
 def run_pretrain(dataset: Path, out: Path, steps: int, memory_mb: float) -> dict:
     """One pre-training process: its peak RSS and wall time (start-up included)."""
-    cmd = [sys.executable, "-m", "hf_landmark.training.pretrain", "--dataset", str(dataset), "--output-dir", str(out),
-           "--preset", "small", "--resolution", "64", "--max-steps", str(steps), "--save-steps", str(steps), "--train-batch-size", "8",
-           "--gradient-accumulation-steps", "1", "--num-samples", "0", "--report-to", "none", "--mixed-precision", "no",
-           "--pool-memory-mb", str(memory_mb)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_landmark.training.pretrain",
+        "--dataset",
+        str(dataset),
+        "--output-dir",
+        str(out),
+        "--preset",
+        "small",
+        "--resolution",
+        "64",
+        "--max-steps",
+        str(steps),
+        "--save-steps",
+        str(steps),
+        "--train-batch-size",
+        "8",
+        "--gradient-accumulation-steps",
+        "1",
+        "--num-samples",
+        "0",
+        "--report-to",
+        "none",
+        "--mixed-precision",
+        "no",
+        "--pool-memory-mb",
+        str(memory_mb),
+    ]
     # A fresh parent per run, so that its children's peak RSS is this run's alone.
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); subprocess.run(sys.argv[1:], check=True, "
-               "capture_output=True); print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
-    wall, rss_kb = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True).stdout.split()
+    wrapper = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); subprocess.run(sys.argv[1:], check=True, "
+        "capture_output=True); print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    wall, rss_kb = subprocess.run(
+        [sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True
+    ).stdout.split()
     info = json.loads((out / f"checkpoint-{steps}" / "hf_landmark_pretraining.json").read_text())
-    return {"wall_s": float(wall), "peak_rss_mb": int(rss_kb) / 1024, "num_images": info["num_images"], "s_per_step": info["seconds_per_step"]}
+    return {
+        "wall_s": float(wall),
+        "peak_rss_mb": int(rss_kb) / 1024,
+        "num_images": info["num_images"],
+        "s_per_step": info["seconds_per_step"],
+    }
 
 
 def main(argv=None) -> None:
@@ -62,13 +96,32 @@ def main(argv=None) -> None:
         if not prepared.exists():
             write_pool(images, n)
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "hf_landmark_cli", "prepare", "images", "--root", str(images), "--out", str(prepared),
-                            "--image-size", "64"], check=True, capture_output=True, env=dict(os.environ, HF_DATASETS_DISABLE_PROGRESS_BARS="1"))  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hf_landmark_cli",
+                    "prepare",
+                    "images",
+                    "--root",
+                    str(images),
+                    "--out",
+                    str(prepared),
+                    "--image-size",
+                    "64",
+                ],
+                check=True,
+                capture_output=True,
+                env=dict(os.environ, HF_DATASETS_DISABLE_PROGRESS_BARS="1"),
+            )
             print(f"{n} images: prepared in {time.perf_counter() - t:.0f} s", flush=True)
         for label, memory_mb in (("in memory", 1024), ("streamed", 0)):
             res = run_pretrain(prepared, out / f"ddpm{n}-{label.replace(' ', '')}", args.steps, memory_mb)
-            print(f"{n:>6} images, {label:>9}: peak RSS {res['peak_rss_mb']:.0f} MB, {res['s_per_step']:.3f} s per step after the "
-                  f"first, {res['wall_s']:.1f} s in all for {args.steps} steps with start-up", flush=True)  # fmt: skip
+            print(
+                f"{n:>6} images, {label:>9}: peak RSS {res['peak_rss_mb']:.0f} MB, {res['s_per_step']:.3f} s per step after the "
+                f"first, {res['wall_s']:.1f} s in all for {args.steps} steps with start-up",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

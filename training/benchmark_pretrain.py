@@ -42,7 +42,9 @@ from hf_landmark.training.pretrain import build_unet
 from hf_landmark.training_utils import parse_int_list
 
 
-def step_time(preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str) -> tuple[float, float, int]:
+def step_time(
+    preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str
+) -> tuple[float, float, int]:
     torch.manual_seed(0)
     unet = build_unet(preset, size).to(device)
     sched = DDPMScheduler(num_train_timesteps=500, beta_schedule="linear")
@@ -56,7 +58,9 @@ def step_time(preset: str, size: int, precision: str, batch: int, warmup: int, s
     return measure(unet, loss_of_one_step, precision, batch, warmup, steps, device)
 
 
-def measure(module, loss_of_one_step, precision: str, batch: int, warmup: int, steps: int, device: str, trainable=None) -> tuple[float, float, int]:
+def measure(
+    module, loss_of_one_step, precision: str, batch: int, warmup: int, steps: int, device: str, trainable=None
+) -> tuple[float, float, int]:
     """``(items/s, peak memory MiB, parameters)`` of AdamW steps on ``loss_of_one_step()``
     (its forward runs under the precision's autocast) over ``trainable`` (default: all)."""
     params = sum(p.numel() for p in module.parameters())
@@ -85,15 +89,24 @@ def measure(module, loss_of_one_step, precision: str, batch: int, warmup: int, s
     return batch / elapsed, peak, params
 
 
-def refiner_step_time(preset: str, crop: int, fine: int, precision: str, batch: int, warmup: int, steps: int, device: str):
+def refiner_step_time(
+    preset: str, crop: int, fine: int, precision: str, batch: int, warmup: int, steps: int, device: str
+):
     from hf_landmark import LandmarkConfig, LandmarkDetector
     from hf_landmark.losses import get_loss
     from hf_landmark.modeling_landmark import own_channel
     from hf_landmark.training.finetune import refiner_batch
 
     torch.manual_seed(0)
-    config = LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=64, refine_size=fine, refine_crop=crop,
-                            refine_backbone_config=preset, refine_sigma=2.0)  # fmt: skip
+    config = LandmarkConfig(
+        backbone_config="tiny",
+        num_landmarks=19,
+        image_size=64,
+        refine_size=fine,
+        refine_crop=crop,
+        refine_backbone_config=preset,
+        refine_sigma=2.0,
+    )
     refiner = LandmarkDetector(config).refiner.to(device)
     images = torch.rand(4, 1, fine, fine, device=device)
     truth = torch.rand(4, 19, 2, device=device) * (fine - 1)
@@ -107,23 +120,34 @@ def refiner_step_time(preset: str, crop: int, fine: int, precision: str, batch: 
     return measure(refiner, loss_of_one_step, precision, batch, warmup, steps, device)
 
 
-def detector_step_time(backbone: str, preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str):
+def detector_step_time(
+    backbone: str, preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str
+):
     from hf_landmark import LandmarkConfig, LandmarkDetector
 
     torch.manual_seed(0)
-    config = LandmarkConfig(backbone=backbone, backbone_config=preset if backbone == "unet2d" else {"encoder_name": preset},
-                            num_landmarks=19, image_size=size, sigma=6.0 * size / 256)  # fmt: skip
+    config = LandmarkConfig(
+        backbone=backbone,
+        backbone_config=preset if backbone == "unet2d" else {"encoder_name": preset},
+        num_landmarks=19,
+        image_size=size,
+        sigma=6.0 * size / 256,
+    )
     model = LandmarkDetector(config).to(device).train()
     x = torch.rand(batch, 1, size, size, device=device) * 2 - 1
     labels = torch.rand(batch, 19, 2, device=device) * (size - 1)
     return measure(model, lambda: model(x, labels=labels).loss, precision, batch, warmup, steps, device)
 
 
-def ssl_step_time(method: str, encoder: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str):
+def ssl_step_time(
+    method: str, encoder: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str
+):
     from hf_landmark.training.pretrain_ssl import SSLModel
 
     torch.manual_seed(0)
-    model = SSLModel(method, encoder, size, (-1.0, 1.0), {"mocov3": 0.2, "simclrv2": 0.5}.get(method)).to(device).train()
+    model = (
+        SSLModel(method, encoder, size, (-1.0, 1.0), {"mocov3": 0.2, "simclrv2": 0.5}.get(method)).to(device).train()
+    )
     images = torch.rand(batch, 1, size, size, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -144,16 +168,32 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--refiner", action="store_true", help="time a refinement-stage training step (see above)")
-    p.add_argument("--fine-size", type=int, default=512, help="with --refiner: the fine image side the crops come from")
-    p.add_argument("--backbone", choices=["unet2d", "smp_unet"], help="time a detector fine-tuning step of this backbone (see above)")
-    p.add_argument("--ssl", help="time self-supervised pre-training steps of these methods, comma-separated (see above)")
+    p.add_argument(
+        "--fine-size", type=int, default=512, help="with --refiner: the fine image side the crops come from"
+    )
+    p.add_argument(
+        "--backbone",
+        choices=["unet2d", "smp_unet"],
+        help="time a detector fine-tuning step of this backbone (see above)",
+    )
+    p.add_argument(
+        "--ssl", help="time self-supervised pre-training steps of these methods, comma-separated (see above)"
+    )
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precisions = (args.precisions or ("fp32,fp16" if device == "cuda" else "fp32,bf16")).split(",")
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; batch {args.batch_size}; torch {torch.__version__}")
-    what = f"refiner crops from {args.fine_size} px" if args.refiner else f"fine-tuning {args.backbone}" if args.backbone else "DDPM"
-    print(f"| preset | parameters | {'crop' if args.refiner else 'resolution'} | precision | {'crops' if args.refiner else 'images'}/s | s/step | peak memory (MiB) | step |")
+    what = (
+        f"refiner crops from {args.fine_size} px"
+        if args.refiner
+        else f"fine-tuning {args.backbone}"
+        if args.backbone
+        else "DDPM"
+    )
+    print(
+        f"| preset | parameters | {'crop' if args.refiner else 'resolution'} | precision | {'crops' if args.refiner else 'images'}/s | s/step | peak memory (MiB) | step |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     methods = args.ssl.split(",") if args.ssl else [None]
     for preset, method in [(p, m) for p in args.presets.split(",") for m in methods]:
@@ -162,17 +202,51 @@ def main(argv=None):
                 # A fresh process per configuration: its peak memory is its own.
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                     if method:
-                        job = pool.submit(ssl_step_time, method, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                        job = pool.submit(
+                            ssl_step_time,
+                            method,
+                            preset,
+                            size,
+                            precision,
+                            args.batch_size,
+                            args.warmup,
+                            args.steps,
+                            device,
+                        )
                         what = f"{method} pre-training"
                     elif args.backbone:
-                        job = pool.submit(detector_step_time, args.backbone, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                        job = pool.submit(
+                            detector_step_time,
+                            args.backbone,
+                            preset,
+                            size,
+                            precision,
+                            args.batch_size,
+                            args.warmup,
+                            args.steps,
+                            device,
+                        )
                     elif args.refiner:
-                        job = pool.submit(refiner_step_time, preset, size, args.fine_size, precision, args.batch_size, args.warmup, args.steps, device)
+                        job = pool.submit(
+                            refiner_step_time,
+                            preset,
+                            size,
+                            args.fine_size,
+                            precision,
+                            args.batch_size,
+                            args.warmup,
+                            args.steps,
+                            device,
+                        )
                     else:
-                        job = pool.submit(step_time, preset, size, precision, args.batch_size, args.warmup, args.steps, device)
+                        job = pool.submit(
+                            step_time, preset, size, precision, args.batch_size, args.warmup, args.steps, device
+                        )
                     ips, peak, params = job.result()
-                print(f"| {preset} | {params / 1e6:.2f} M | {size} | {precision} | {ips:.2f} | {args.batch_size / ips:.3f} | {peak:.0f} | {what} |",
-                      flush=True)  # fmt: skip
+                print(
+                    f"| {preset} | {params / 1e6:.2f} M | {size} | {precision} | {ips:.2f} | {args.batch_size / ips:.3f} | {peak:.0f} | {what} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def main(argv=None) -> dict:
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--image-dir", required=True, help="the original images, <image_id>.<ext> (what the annotation page opens)")
+    p.add_argument(
+        "--image-dir", required=True, help="the original images, <image_id>.<ext> (what the annotation page opens)"
+    )
     p.add_argument("--output", help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -58,16 +60,26 @@ def main(argv=None) -> dict:
         "mean radius": np.nanmean(radii, axis=1),
         "1 - mean heatmap score": 1.0 - scores.mean(axis=1),
     }
-    out = {"images": len(errors), "split": args.split, "mre": float(errors.mean()), "coverage": float(np.mean(covered)),
-           "spearman": {}, "worst_quarter_in_first_quarter": {}}  # fmt: skip
+    out = {
+        "images": len(errors),
+        "split": args.split,
+        "mre": float(errors.mean()),
+        "coverage": float(np.mean(covered)),
+        "spearman": {},
+        "worst_quarter_in_first_quarter": {},
+    }
     q = max(1, len(errors) // 4)
     worst = set(np.argsort(-errors)[:q].tolist())
     for name, score in candidates.items():
         rho = float(spearmanr(score, errors).statistic)
         first = set(np.argsort(-score, kind="stable")[:q].tolist())
         out["spearman"][name], out["worst_quarter_in_first_quarter"][name] = rho, len(first & worst) / q
-        print(f"{name}: Spearman {rho:+.3f} with the image's MRE; its first quarter holds {len(first & worst)} of the {q} worst images")
-    print(f"{len(errors)} {args.split} images, MRE {out['mre']:.2f}, radii cover {100 * out['coverage']:.1f} % of the landmarks")
+        print(
+            f"{name}: Spearman {rho:+.3f} with the image's MRE; its first quarter holds {len(first & worst)} of the {q} worst images"
+        )
+    print(
+        f"{len(errors)} {args.split} images, MRE {out['mre']:.2f}, radii cover {100 * out['coverage']:.1f} % of the landmarks"
+    )
     if args.output:
         write_json_atomic(out, args.output)
     return out

@@ -31,10 +31,16 @@ from hf_landmark.visualization import draw_landmarks, legend_lines
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="hf-landmark demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="hf-landmark demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     p.add_argument("--output-dir", default="outputs/demo", help="everything the demo writes goes here")
-    p.add_argument("--num-images", type=int, default=100, help="synthetic cephalograms (80 %% unlabeled pool, 20 %% test)")
+    p.add_argument(
+        "--num-images", type=int, default=100, help="synthetic cephalograms (80 %% unlabeled pool, 20 %% test)"
+    )
     p.add_argument("--variability", type=float, default=2.5, help="spread of shape, pose and exposure (1: mild)")
     p.add_argument("--resolution", type=int, default=64, help="model input size")
     p.add_argument("--preset", default="tiny", help="U-Net preset")
@@ -70,15 +76,33 @@ def main(argv=None) -> dict:
     write_synthetic_isbi(raw, num_images=args.num_images, seed=args.seed, variability=args.variability)
     n_test = args.num_images // 5
     n_val = max(2, args.num_images // 10)
-    prepare("ceph", raw, prepared, image_size=args.resolution * 2, split_counts=(args.num_images - n_val - n_test, n_val, None))
+    prepare(
+        "ceph",
+        raw,
+        prepared,
+        image_size=args.resolution * 2,
+        split_counts=(args.num_images - n_val - n_test, n_val, None),
+    )
     timings["data"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    checkpoint = pretrain(PretrainArguments(
-        dataset=prepared, output_dir=os.path.join(out, "ddpm"), preset=args.preset, resolution=args.resolution,
-        max_steps=args.pretrain_steps, save_steps=str(args.pretrain_steps), train_batch_size=8, gradient_accumulation_steps=1,
-        learning_rate=1e-3, num_samples=16, sample_inference_steps=50, seed=args.seed, report_to="tensorboard",
-    ))  # fmt: skip
+    checkpoint = pretrain(
+        PretrainArguments(
+            dataset=prepared,
+            output_dir=os.path.join(out, "ddpm"),
+            preset=args.preset,
+            resolution=args.resolution,
+            max_steps=args.pretrain_steps,
+            save_steps=str(args.pretrain_steps),
+            train_batch_size=8,
+            gradient_accumulation_steps=1,
+            learning_rate=1e-3,
+            num_samples=16,
+            sample_inference_steps=50,
+            seed=args.seed,
+            report_to="tensorboard",
+        )
+    )
     timings["pretrain"] = time.perf_counter() - t
 
     dataset = load_prepared(prepared)
@@ -91,19 +115,35 @@ def main(argv=None) -> dict:
     for labels in parse_int_list(args.labels, "--labels"):
         for seed in parse_int_list(args.seeds, "--seeds"):
             for name, init in inits.items():
-                run_dir = os.path.join(out, "finetune", f"{'ddpm' if init != 'scratch' else 'scratch'}-n{labels}-s{seed}")
-                finetune(FinetuneArguments(
-                    dataset=prepared, output_dir=run_dir, num_labels=labels, seed=seed, init=init, preset=args.preset,
-                    resolution=args.resolution, max_steps=args.finetune_steps, eval_steps=25, early_stopping_patience=100,
-                    learning_rate=1e-3, report_to="none", no_refine=True,
-                ))  # fmt: skip
+                run_dir = os.path.join(
+                    out, "finetune", f"{'ddpm' if init != 'scratch' else 'scratch'}-n{labels}-s{seed}"
+                )
+                finetune(
+                    FinetuneArguments(
+                        dataset=prepared,
+                        output_dir=run_dir,
+                        num_labels=labels,
+                        seed=seed,
+                        init=init,
+                        preset=args.preset,
+                        resolution=args.resolution,
+                        max_steps=args.finetune_steps,
+                        eval_steps=25,
+                        early_stopping_patience=100,
+                        learning_rate=1e-3,
+                        report_to="none",
+                        no_refine=True,
+                    )
+                )
                 model = LandmarkDetector.from_pretrained(os.path.join(run_dir, "model"), dtype=torch.float32).eval()
                 processor = processor_for_model(model)
                 result = predict_split(model, processor, test)
                 pred = result["coords"]
                 metrics = compute_metrics(pred, test, model.config)
                 runs.setdefault((name, labels), []).append(metrics)
-                curves.setdefault(f"{name}, {labels} label{'s' if labels > 1 else ''}", []).append(metrics.pop("errors"))
+                curves.setdefault(f"{name}, {labels} label{'s' if labels > 1 else ''}", []).append(
+                    metrics.pop("errors")
+                )
                 if init != "scratch":
                     radii = processor.radii(result["spread"])
                     example = (pred[0], None if radii is None else radii[0])
@@ -115,18 +155,26 @@ def main(argv=None) -> dict:
     table, gaps = results_table(runs, len(test))
     # The first test image's original file, the last DDPM model's predictions against the truth.
     original = read_image(os.path.join(raw, "RawImage", "TrainingData", f"{test.image_ids[0]}.bmp"))
-    draw_landmarks(original, example[0], test.original_landmarks[0].numpy(), radii=example[1], min_side=900).save(os.path.join(out, "overlay.png"))
+    draw_landmarks(original, example[0], test.original_landmarks[0].numpy(), radii=example[1], min_side=900).save(
+        os.path.join(out, "overlay.png")
+    )
     write_text_atomic("\n".join(legend_lines(test.landmark_names)) + "\n", os.path.join(out, "overlay_legend.txt"))
     unit = next(iter(runs.values()))[0]["unit"]
-    save_cumulative_error_plot({k: np.concatenate(v) for k, v in curves.items()}, unit, os.path.join(out, "cumulative_error.png"))
+    save_cumulative_error_plot(
+        {k: np.concatenate(v) for k, v in curves.items()}, unit, os.path.join(out, "cumulative_error.png")
+    )
     timings["total"] = time.perf_counter() - t0
-    write_json_atomic({"runs": {f"{k[0]} | {k[1]}": v for k, v in runs.items()}, "ddpm_gain_percent": gaps, "timings_s": timings},
-                      os.path.join(out, "results.json"))  # fmt: skip
+    write_json_atomic(
+        {"runs": {f"{k[0]} | {k[1]}": v for k, v in runs.items()}, "ddpm_gain_percent": gaps, "timings_s": timings},
+        os.path.join(out, "results.json"),
+    )
     write_text_atomic(table + "\n", os.path.join(out, "results.md"))
     print("\n" + table + "\n")
     print(f"samples: {os.path.join(checkpoint, 'samples.png')}")
-    print(f"overlay: {os.path.join(out, 'overlay.png')} (red: predicted, numbered as in overlay_legend.txt, circles: "
-          "90 % error radii; green: true)")
+    print(
+        f"overlay: {os.path.join(out, 'overlay.png')} (red: predicted, numbered as in overlay_legend.txt, circles: "
+        "90 % error radii; green: true)"
+    )
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return {"runs": runs, "ddpm_gain_percent": gaps}
 
@@ -135,19 +183,29 @@ def results_table(runs: dict[tuple[str, int], list[dict]], num_test: int) -> tup
     """The Markdown table (mean ± std over seeds) and DDPM's MRE gain over scratch per label count (%)."""
     first = next(iter(runs.values()))[0]
     unit, thr = first["unit"], list(first["sdr"])
-    lines = [f"| method ({num_test} test images) | labels | runs | MRE ({unit}) | " + " | ".join(f"SDR {t} {unit}" for t in thr) + " |",
-             "|---|---|---|---|" + "---|" * len(thr)]  # fmt: skip
+    lines = [
+        f"| method ({num_test} test images) | labels | runs | MRE ({unit}) | "
+        + " | ".join(f"SDR {t} {unit}" for t in thr)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(thr),
+    ]
     gaps = {}
     for (name, labels), cell in runs.items():
         mre = np.array([m["mre"] for m in cell])
         sdr = [np.mean([m["sdr"][t] for m in cell]) for t in thr]
-        lines.append(f"| {name} | {labels} | {len(cell)} | {mre.mean():.2f} ± {mre.std():.2f} | " + " | ".join(f"{v:.1f}%" for v in sdr) + " |")
+        lines.append(
+            f"| {name} | {labels} | {len(cell)} | {mre.mean():.2f} ± {mre.std():.2f} | "
+            + " | ".join(f"{v:.1f}%" for v in sdr)
+            + " |"
+        )
     for labels in sorted({k[1] for k in runs}):
         ddpm = np.mean([m["mre"] for m in runs[("DDPM pre-trained", labels)]])
         scratch = np.mean([m["mre"] for m in runs[("from scratch", labels)]])
         gaps[labels] = float(100.0 * (scratch - ddpm) / scratch)
-        lines.append(f"\nWith {labels} label{'s' if labels > 1 else ''}, DDPM pre-training changes the MRE by "
-                     f"{-gaps[labels]:+.1f} % against training from scratch.")  # fmt: skip
+        lines.append(
+            f"\nWith {labels} label{'s' if labels > 1 else ''}, DDPM pre-training changes the MRE by "
+            f"{-gaps[labels]:+.1f} % against training from scratch."
+        )
     return "\n".join(lines), gaps
 
 

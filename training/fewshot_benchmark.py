@@ -67,27 +67,54 @@ class BenchmarkArguments:
 
     dataset: str = field(metadata={"help": "prepared dataset folder or Hub dataset id"})
     output_dir: str = field(metadata={"help": "cells/, results.md, results.csv and results.png go here"})
-    init: list[str] = field(metadata={"help": "NAME=INIT (INIT: what hf-landmark finetune --init takes), 'scratch' or 'imagenet'; "
-                                "imagenet=, mocov3=, simclrv2=, dino= name a baseline (repeatable)", "action": "append"})  # fmt: skip
-    backbone: list[str] | None = field(default=None, metadata={
-        "help": "NAME=unet2d|smp_unet: the network of the --init NAME scratch cells (repeatable; default unet2d)", "action": "append"})  # fmt: skip
+    init: list[str] = field(
+        metadata={
+            "help": "NAME=INIT (INIT: what hf-landmark finetune --init takes), 'scratch' or 'imagenet'; "
+            "imagenet=, mocov3=, simclrv2=, dino= name a baseline (repeatable)",
+            "action": "append",
+        }
+    )
+    backbone: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "NAME=unet2d|smp_unet: the network of the --init NAME scratch cells (repeatable; default unet2d)",
+            "action": "append",
+        },
+    )
     encoder: str = field(default="densenet161", metadata={"help": "smp_unet encoder of scratch and imagenet cells"})
-    refine_init: list[str] | None = field(default=None, metadata={
-        "help": "NAME=CROP_DDPM_CHECKPOINT: the refiner of the --init NAME cells (repeatable; default: scratch)", "action": "append"})  # fmt: skip
+    refine_init: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "NAME=CROP_DDPM_CHECKPOINT: the refiner of the --init NAME cells (repeatable; default: scratch)",
+            "action": "append",
+        },
+    )
     labels: str = field(default="1,5,10,25,50", metadata={"help": "label counts, comma-separated"})
     seeds: str = field(default="0,1,2", metadata={"help": "seeds, comma-separated"})
-    subset: Literal["first", "random", "coverage"] = field(default="first", metadata={
-        "aliases": ["--selection"],
-        "help": "labeled images: the first N sorted ids (the paper), a seeded sample, or coverage (finetune --selection)"})  # fmt: skip
+    subset: Literal["first", "random", "coverage"] = field(
+        default="first",
+        metadata={
+            "aliases": ["--selection"],
+            "help": "labeled images: the first N sorted ids (the paper), a seeded sample, or coverage (finetune --selection)",
+        },
+    )
     eval_split: str = field(default="test", metadata={"help": "split to report (the CPU protocol uses validation)"})
-    mode: Literal["physical", "paper"] = field(default="physical", metadata={"help": "metrics: physical (original frame) or the paper code's"})
-    resolution: int | None = field(default=None, metadata={"help": "model input size (default: the checkpoint's, else 256)"})
+    mode: Literal["physical", "paper"] = field(
+        default="physical", metadata={"help": "metrics: physical (original frame) or the paper code's"}
+    )
+    resolution: int | None = field(
+        default=None, metadata={"help": "model input size (default: the checkpoint's, else 256)"}
+    )
     preset: str = field(default="base", metadata={"help": "U-Net preset of scratch models"})
     decoder: str = field(default="centroid", metadata={"help": "centroid, argmax or soft_argmax"})
-    reference: str | None = field(default=None, metadata={"help": "paper dataset name for the reference row (default: the dataset's)"})
+    reference: str | None = field(
+        default=None, metadata={"help": "paper dataset name for the reference row (default: the dataset's)"}
+    )
 
     def __post_init__(self):
-        self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
+        self.dataset = resolve_folder_or_repo(
+            self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare"
+        )
 
     @property
     def label_counts(self) -> list[int]:
@@ -146,10 +173,23 @@ def finetune_overrides(argv: list[str]) -> dict:
     fixed = ["--dataset", "-", "--output-dir", "-", "--num-labels", "1", "--init", "scratch"]
     ft = finetune_parser()
     given, defaults = vars(ft.parse_args(fixed + list(argv))), vars(ft.parse_args(fixed))
-    owned = {"dataset", "output_dir", "num_labels", "init", "seed", "subset", "decoder", "preset", "resolution", "refine_init"}
+    owned = {
+        "dataset",
+        "output_dir",
+        "num_labels",
+        "init",
+        "seed",
+        "subset",
+        "decoder",
+        "preset",
+        "resolution",
+        "refine_init",
+    }
     clash = sorted(k for k in owned if given[k] != defaults[k])
     if clash:
-        raise UserInputError(f"after --: {', '.join('--' + k.replace('_', '-') for k in clash)} are set by the benchmark itself")
+        raise UserInputError(
+            f"after --: {', '.join('--' + k.replace('_', '-') for k in clash)} are set by the benchmark itself"
+        )
     return {k: v for k, v in given.items() if v != defaults[k]}
 
 
@@ -180,10 +220,20 @@ def evaluate_model(model_dir: str, eval_data, mode: str, decoder: str) -> dict:
 
 def run_cell(args: BenchmarkArguments, overrides: dict, name, init, labels, seed, cell_dir, eval_data) -> dict:
     ft = FinetuneArguments(
-        dataset=args.dataset, output_dir=cell_dir, num_labels=labels, seed=seed, init=init, subset=args.subset,
-        decoder=args.decoder, preset=args.preset, resolution=args.resolution, backbone=args.backbones.get(name, "unet2d"),
-        encoder=args.encoder, refine_init=args.refine_inits.get(name, "scratch"), **{"report_to": "none", **overrides},
-    )  # fmt: skip
+        dataset=args.dataset,
+        output_dir=cell_dir,
+        num_labels=labels,
+        seed=seed,
+        init=init,
+        subset=args.subset,
+        decoder=args.decoder,
+        preset=args.preset,
+        resolution=args.resolution,
+        backbone=args.backbones.get(name, "unet2d"),
+        encoder=args.encoder,
+        refine_init=args.refine_inits.get(name, "scratch"),
+        **{"report_to": "none", **overrides},
+    )
     summary = finetune(ft)
     metrics = evaluate_model(os.path.join(cell_dir, "model"), eval_data, args.mode, args.decoder)
     metrics.update(init=name, labels=labels, seed=seed, training=summary)
@@ -256,21 +306,43 @@ def write_tables(args, results, dataset_name):
             if any("first_stage" in m for m in cell):
                 # A cell whose refiner did not beat its first stage on validation kept the first stage alone.
                 first = [m.get("first_stage", m) for m in cell]
-                rows.append([f"{name} (first stage)", labels, len(first), format_mean_std([m["mre"] for m in first])]
-                            + [format_mean_std([m["sdr"][t] for m in first]) for t in thresholds])  # fmt: skip
+                rows.append(
+                    [f"{name} (first stage)", labels, len(first), format_mean_std([m["mre"] for m in first])]
+                    + [format_mean_std([m["sdr"][t] for m in first]) for t in thresholds]
+                )
             mre = [m["mre"] for m in cell]
-            rows.append([name, labels, len(cell), format_mean_std(mre)] + [format_mean_std([m["sdr"][t] for m in cell]) for t in thresholds])
+            rows.append(
+                [name, labels, len(cell), format_mean_std(mre)]
+                + [format_mean_std([m["sdr"][t] for m in cell]) for t in thresholds]
+            )
         if labels in reference:
             ref = reference[labels]
             mre_key = next((k for k in ref if k.startswith("mre")), None)
-            sdr = [next((v for k, v in ref.items() if k.startswith("sdr_") and k[4:].rstrip("mpx") == t), None) for t in thresholds]
-            rows.append([PAPER_METHOD + " [test, 256 px, paper's evaluation]", labels, 3, f"{ref[mre_key]:.2f}" if mre_key else "–"]
-                        + [f"{v:.2f}" if v is not None else "–" for v in sdr])
-    with atomic_file(os.path.join(args.output_dir, "results.csv")) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            sdr = [
+                next((v for k, v in ref.items() if k.startswith("sdr_") and k[4:].rstrip("mpx") == t), None)
+                for t in thresholds
+            ]
+            rows.append(
+                [
+                    PAPER_METHOD + " [test, 256 px, paper's evaluation]",
+                    labels,
+                    3,
+                    f"{ref[mre_key]:.2f}" if mre_key else "–",
+                ]
+                + [f"{v:.2f}" if v is not None else "–" for v in sdr]
+            )
+    with (
+        atomic_file(os.path.join(args.output_dir, "results.csv")) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as fh,
+    ):
         csv.writer(fh).writerows([header] + rows)
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    note = (f"\nEvaluated on the `{args.eval_split}` split ({args.mode} metrics). Mean ± std over seeds {args.seed_list}. "
-            "The paper's row is its own test-set number, set beside ours for orientation only.\n")
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in r) + " |" for r in rows
+    ]
+    note = (
+        f"\nEvaluated on the `{args.eval_split}` split ({args.mode} metrics). Mean ± std over seeds {args.seed_list}. "
+        "The paper's row is its own test-set number, set beside ours for orientation only.\n"
+    )
     write_text_atomic("\n".join(md) + "\n" + note, os.path.join(args.output_dir, "results.md"))
     print("\n".join(md))
     bar_chart(args, results, names, unit)
@@ -287,7 +359,14 @@ def bar_chart(args, results, names, unit):
     x = np.arange(len(args.label_counts))
     for i, name in enumerate(names):
         vals = [[m["mre"] for m in results.get((name, n), [])] for n in args.label_counts]
-        ax.bar(x + i * width, [np.mean(v) if v else np.nan for v in vals], width, yerr=[np.std(v) if v else 0 for v in vals], label=name, capsize=2)
+        ax.bar(
+            x + i * width,
+            [np.mean(v) if v else np.nan for v in vals],
+            width,
+            yerr=[np.std(v) if v else 0 for v in vals],
+            label=name,
+            capsize=2,
+        )
     ax.set_xticks(x + width * (len(names) - 1) / 2, [str(n) for n in args.label_counts])
     ax.set_xlabel("labeled images")
     ax.set_ylabel(f"MRE ({unit})")

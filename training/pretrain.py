@@ -87,45 +87,77 @@ class PretrainArguments:
 
     dataset: str = field(metadata={"help": "prepared dataset folder (hf-landmark prepare) or Hub dataset id"})
     output_dir: str = field(metadata={"help": "where checkpoint-<step>/ folders and logs go"})
-    splits: str = field(default="unlabeled,train,validation", metadata={"help": "splits to pre-train on (never test; those the dataset lacks are skipped)"})
-    pool_memory_mb: float = field(default=1024, metadata={
-        "help": "a pool whose decoded images take more than this (MB) is read from its Arrow files batch by batch instead of memory"})  # fmt: skip
+    splits: str = field(
+        default="unlabeled,train,validation",
+        metadata={"help": "splits to pre-train on (never test; those the dataset lacks are skipped)"},
+    )
+    pool_memory_mb: float = field(
+        default=1024,
+        metadata={
+            "help": "a pool whose decoded images take more than this (MB) is read from its Arrow files batch by batch instead of memory"
+        },
+    )
     preset: str = field(default="base", metadata={"help": f"U-Net preset: {', '.join(sorted(UNET_PRESETS))}"})
-    resolution: int = field(default=256, metadata={"help": "image side in pixels (a multiple of 8); with --crop-from the crop side"})
-    crop_from: int = field(default=0, metadata={"help": "pre-train a refinement stage: random --resolution-px crops of the images "
-                           "resized to this side (the detector's refine size, e.g. 512); 0: whole images"})  # fmt: skip
+    resolution: int = field(
+        default=256, metadata={"help": "image side in pixels (a multiple of 8); with --crop-from the crop side"}
+    )
+    crop_from: int = field(
+        default=0,
+        metadata={
+            "help": "pre-train a refinement stage: random --resolution-px crops of the images "
+            "resized to this side (the detector's refine size, e.g. 512); 0: whole images"
+        },
+    )
     recipe: Literal["default", "paper"] = field(default="default", metadata={"help": "see the description above"})
-    pixel_range: str | None = field(default=None, metadata={"help": "model intensity range 'lo,hi' (default: the recipe's)"})
-    min_timestep: int | None = field(default=None, metadata={"help": "smallest training timestep (default: the recipe's)"})
+    pixel_range: str | None = field(
+        default=None, metadata={"help": "model intensity range 'lo,hi' (default: the recipe's)"}
+    )
+    min_timestep: int | None = field(
+        default=None, metadata={"help": "smallest training timestep (default: the recipe's)"}
+    )
     max_steps: int = field(default=10000, metadata={"help": "optimiser steps"})
-    save_steps: str = field(default="4000,6000,8000,10000", metadata={"help": "steps to save a checkpoint at (the last step always)"})
+    save_steps: str = field(
+        default="4000,6000,8000,10000", metadata={"help": "steps to save a checkpoint at (the last step always)"}
+    )
     train_batch_size: int = field(default=4, metadata={"help": "per process"})
     gradient_accumulation_steps: int = field(default=8, metadata={"help": "batches per optimiser step"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    lr_scheduler: str = field(default="constant", metadata={"help": "diffusers learning-rate schedule (constant, linear, cosine, ...)"})
+    lr_scheduler: str = field(
+        default="constant", metadata={"help": "diffusers learning-rate schedule (constant, linear, cosine, ...)"}
+    )
     lr_warmup_steps: int = field(default=0, metadata={"help": "warm-up steps of the schedule"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
     adam_weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clipping (0: none)"})
-    clip_grad_value: float | None = field(default=None, metadata={"help": "clip by value instead of norm (default: the recipe's)"})
+    clip_grad_value: float | None = field(
+        default=None, metadata={"help": "clip by value instead of norm (default: the recipe's)"}
+    )
     ema_decay: float = field(default=0.995, metadata={"help": "EMA decay of the saved weights"})
     num_train_timesteps: int = field(default=500, metadata={"help": "diffusion steps"})
     beta_schedule: str = field(default="linear", metadata={"help": "noise schedule (diffusers DDPMScheduler)"})
     no_augment: bool = field(default=False, metadata={"help": "disable the ±2° / ±2 %% / ±2 %% augmentation"})
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint-<step> folder"})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint-<step> folder"}
+    )
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
     logging_steps: int = field(default=10, metadata={"help": "log the window-mean loss and speed every N steps"})
     num_samples: int = field(default=16, metadata={"help": "images in each checkpoint's sample grid (0: none)"})
-    sample_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for samples (0: the full DDPM chain)"})
+    sample_inference_steps: int = field(
+        default=50, metadata={"help": "DDIM steps for samples (0: the full DDPM chain)"}
+    )
     stop_after_steps: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate a kill
 
     def __post_init__(self):
-        self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
-        resolve_resume(self.output_dir, self.resume_from_checkpoint)  # a mistyped checkpoint fails here, before any work
+        self.dataset = resolve_folder_or_repo(
+            self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare"
+        )
+        resolve_resume(
+            self.output_dir, self.resume_from_checkpoint
+        )  # a mistyped checkpoint fails here, before any work
         check_choice("--preset", self.preset, UNET_PRESETS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         recipe = RECIPES[self.recipe]
@@ -135,7 +167,9 @@ class PretrainArguments:
         if self.resolution % 8:
             raise UserInputError(f"--resolution: must be a multiple of 8, got {self.resolution}")
         if self.crop_from and self.crop_from < self.resolution:
-            raise UserInputError(f"--crop-from: the crops ({self.resolution} px) must fit in the images ({self.crop_from} px)")
+            raise UserInputError(
+                f"--crop-from: the crops ({self.resolution} px) must fit in the images ({self.crop_from} px)"
+            )
         if "test" in self.splits.split(","):
             raise UserInputError("--splits: pre-training must not see the test split")
 
@@ -156,15 +190,21 @@ def build_unet(preset: str, resolution: int) -> UNet2DModel:
 def sample_grid(unet: UNet2DModel, args, num: int, seed: int) -> Image.Image:
     """Generate ``num`` images with the (EMA) U-Net and tile them into one grayscale picture."""
     if args.sample_inference_steps and args.sample_inference_steps < args.num_train_timesteps:
-        scheduler = DDIMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule, clip_sample=False)
+        scheduler = DDIMScheduler(
+            num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule, clip_sample=False
+        )
         pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
         kwargs = {"num_inference_steps": args.sample_inference_steps, "eta": 0.0}
     else:
-        scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule, clip_sample=False)
+        scheduler = DDPMScheduler(
+            num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule, clip_sample=False
+        )
         pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
         kwargs = {"num_inference_steps": args.num_train_timesteps}
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(batch_size=num, generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np", **kwargs).images
+    out = pipe(
+        batch_size=num, generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np", **kwargs
+    ).images
     # The pipelines map x -> x / 2 + 0.5 (for [-1, 1] data); undo that, then map our range to [0, 1].
     lo, hi = args.pixel_range
     images01 = ((out[..., 0] - 0.5) * 2.0 - lo) / (hi - lo)
@@ -185,17 +225,25 @@ def pretrain(args: PretrainArguments) -> str:
     # CPU; a resumed run keeps the precision its checkpoint recorded (bit-exact resume).
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
     choice = args.mixed_precision
-    if choice == "auto" and resume is not None and os.path.isfile(info := os.path.join(resume[1], PRETRAINING_INFO_FILE)):
+    if (
+        choice == "auto"
+        and resume is not None
+        and os.path.isfile(info := os.path.join(resume[1], PRETRAINING_INFO_FILE))
+    ):
         with open(info, encoding="utf-8") as fh:
             choice = json.load(fh).get("mixed_precision") or choice
     n = min(2, args.train_batch_size)  # two images: the probe costs six small training steps
     probe_inputs = {"sample": torch.randn(n, 1, args.resolution, args.resolution), "timestep": torch.full((n,), 100)}
-    precision, probe = choose_mixed_precision(choice, training_step_probe(lambda: build_unet(args.preset, args.resolution), probe_inputs))
+    precision, probe = choose_mixed_precision(
+        choice, training_step_probe(lambda: build_unet(args.preset, args.resolution), probe_inputs)
+    )
     accelerator, autocast, mixed_precision = make_accelerator(
         precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+        ),
     )
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
@@ -204,22 +252,35 @@ def pretrain(args: PretrainArguments) -> str:
 
     # Data: the train (+ validation) images, decoded once at the model resolution (or at
     # --crop-from, which the crops are cut from).
-    images = ImagePool(load_prepared(args.dataset), args.splits, args.crop_from or args.resolution, args.dataset,
-                       max_bytes=args.pool_memory_mb * 2**20).to(accelerator.device)
+    images = ImagePool(
+        load_prepared(args.dataset),
+        args.splits,
+        args.crop_from or args.resolution,
+        args.dataset,
+        max_bytes=args.pool_memory_mb * 2**20,
+    ).to(accelerator.device)
     num_images, split_counts = len(images), images.counts
-    logger.info("pre-training on %s from %s (%s)", describe_split_counts(split_counts), args.dataset,
-                "decoded in memory" if images.in_memory else "read from its Arrow files batch by batch")
+    logger.info(
+        "pre-training on %s from %s (%s)",
+        describe_split_counts(split_counts),
+        args.dataset,
+        "decoded in memory" if images.in_memory else "read from its Arrow files batch by batch",
+    )
     logger.info(accelerator.state, main_process_only=False)
 
     unet = build_unet(args.preset, args.resolution)
     num_parameters = sum(p.numel() for p in unet.parameters())
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=UNet2DModel, model_config=unet.config)
     optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
     )
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
+        args.lr_scheduler,
+        optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_steps * accelerator.num_processes,
     )
@@ -241,22 +302,45 @@ def pretrain(args: PretrainArguments) -> str:
     effective_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     logger.info(
         "pre-training %s (%.2f M parameters) on %d images at %d px, batch %d (%d x %d x %d processes), %d steps, %s precision",
-        args.preset, num_parameters / 1e6, num_images, args.resolution, effective_batch, args.train_batch_size,
-        args.gradient_accumulation_steps, accelerator.num_processes, args.max_steps, mixed_precision,
+        args.preset,
+        num_parameters / 1e6,
+        num_images,
+        args.resolution,
+        effective_batch,
+        args.train_batch_size,
+        args.gradient_accumulation_steps,
+        accelerator.num_processes,
+        args.max_steps,
+        mixed_precision,
     )
 
     # What each checkpoint records about its training (hf_landmark_pretraining.json and the card).
     record = {
-        "dataset": str(args.dataset), "dataset_name": dataset_info(args.dataset).get("kind"), "splits": args.splits, "split_counts": split_counts,
-        "num_images": num_images, "preset": args.preset, "num_parameters": num_parameters, "resolution": args.resolution,
+        "dataset": str(args.dataset),
+        "dataset_name": dataset_info(args.dataset).get("kind"),
+        "splits": args.splits,
+        "split_counts": split_counts,
+        "num_images": num_images,
+        "preset": args.preset,
+        "num_parameters": num_parameters,
+        "resolution": args.resolution,
         "crop_from": args.crop_from,
-        "pixel_range": list(args.pixel_range), "num_train_timesteps": args.num_train_timesteps,
-        "beta_schedule": args.beta_schedule, "prediction_type": "epsilon", "effective_batch_size": effective_batch,
-        "learning_rate": args.learning_rate, "ema_decay": args.ema_decay, "recipe": args.recipe, "seed": args.seed,
-        "mixed_precision": mixed_precision, "precision_probe": probe,
-    }  # fmt: skip
+        "pixel_range": list(args.pixel_range),
+        "num_train_timesteps": args.num_train_timesteps,
+        "beta_schedule": args.beta_schedule,
+        "prediction_type": "epsilon",
+        "effective_batch_size": effective_batch,
+        "learning_rate": args.learning_rate,
+        "ema_decay": args.ema_decay,
+        "recipe": args.recipe,
+        "seed": args.seed,
+        "mixed_precision": mixed_precision,
+        "precision_probe": probe,
+    }
     recent_losses = deque(maxlen=100)
-    progress = tqdm(total=args.max_steps, initial=global_step, desc="pre-training", disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=args.max_steps, initial=global_step, desc="pre-training", disable=not accelerator.is_local_main_process
+    )
     unet.train()
     if accelerator.is_main_process and (note := describe_cpu_threads(accelerator.device)):
         logger.info(note)
@@ -271,7 +355,9 @@ def pretrain(args: PretrainArguments) -> str:
                 if not args.no_augment:
                     clean, _ = random_affine(clean, clean.new_zeros(clean.shape[0], 0, 2))
                 if args.crop_from:
-                    origins = torch.randint(0, args.crop_from - args.resolution + 1, (clean.shape[0], 1, 2), device=clean.device)
+                    origins = torch.randint(
+                        0, args.crop_from - args.resolution + 1, (clean.shape[0], 1, 2), device=clean.device
+                    )
                     clean = crop_patches(clean, origins, args.resolution, fill=0.0)[:, 0]
                 clean = to_pixel_values(clean, args.pixel_range)
                 noise = torch.randn_like(clean)
@@ -305,7 +391,12 @@ def pretrain(args: PretrainArguments) -> str:
             timed_from = (time.perf_counter(), global_step)  # after the first step, which pays for warm-up
         if global_step == (resume[0] if resume else 0) + 2 and accelerator.is_local_main_process:
             # The first step pays for warm-up; the second gives an honest estimate.
-            warning = long_run_warning((time.perf_counter() - first_step_start) / 2, args.max_steps - global_step, accelerator.device, "pre-training")
+            warning = long_run_warning(
+                (time.perf_counter() - first_step_start) / 2,
+                args.max_steps - global_step,
+                accelerator.device,
+                "pre-training",
+            )
             if warning:
                 progress.write("warning: " + warning)
         recent_losses.append(step_loss)
@@ -315,16 +406,25 @@ def pretrain(args: PretrainArguments) -> str:
             # The tracker gets the mean loss and the speed over the steps since the last log.
             now = time.perf_counter()
             logs = {
-                "loss": window_loss / (global_step - tick_step), "steps_per_s": (global_step - tick_step) / max(now - tick, 1e-9),
-                "lr": lr_scheduler.get_last_lr()[0], "ema_decay": ema.cur_decay_value,
-            }  # fmt: skip
+                "loss": window_loss / (global_step - tick_step),
+                "steps_per_s": (global_step - tick_step) / max(now - tick, 1e-9),
+                "lr": lr_scheduler.get_last_lr()[0],
+                "ema_decay": ema.cur_decay_value,
+            }
             tick, tick_step, window_loss = now, global_step, 0.0
             accelerator.log(logs, step=global_step)
         progress.set_postfix(loss=f"{step_loss:.4f}")
 
         if global_step in save_at:
-            info = dict(record, step=global_step, recent_loss=float(np.mean(recent_losses)), recent_loss_steps=len(recent_losses),
-                        seconds_per_step=(time.perf_counter() - timed_from[0]) / (global_step - timed_from[1]) if global_step > timed_from[1] else None)  # fmt: skip
+            info = dict(
+                record,
+                step=global_step,
+                recent_loss=float(np.mean(recent_losses)),
+                recent_loss_steps=len(recent_losses),
+                seconds_per_step=(time.perf_counter() - timed_from[0]) / (global_step - timed_from[1])
+                if global_step > timed_from[1]
+                else None,
+            )
             save_checkpoint(accelerator, unet, ema, args, info)
         if args.stop_after_steps and global_step >= args.stop_after_steps:
             break

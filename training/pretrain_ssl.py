@@ -102,10 +102,19 @@ class SSLArguments:
     output_dir: str = field(metadata={"help": "where checkpoint-<step>/ folders and logs go"})
     method: Literal["mocov3", "simclrv2", "dino"] = field(metadata={"help": "the self-supervised objective"})
     encoder: str = field(default="densenet161", metadata={"help": "segmentation_models_pytorch encoder name"})
-    splits: str = field(default="unlabeled,train,validation", metadata={"help": "splits to pre-train on (never test; those the dataset lacks are skipped)"})
-    pool_memory_mb: float = field(default=1024, metadata={
-        "help": "a pool whose decoded images take more than this (MB) is read from its Arrow files batch by batch instead of memory"})  # fmt: skip
-    resolution: int = field(default=256, metadata={"help": "view side in pixels (a multiple of 32); the detector's input size"})
+    splits: str = field(
+        default="unlabeled,train,validation",
+        metadata={"help": "splits to pre-train on (never test; those the dataset lacks are skipped)"},
+    )
+    pool_memory_mb: float = field(
+        default=1024,
+        metadata={
+            "help": "a pool whose decoded images take more than this (MB) is read from its Arrow files batch by batch instead of memory"
+        },
+    )
+    resolution: int = field(
+        default=256, metadata={"help": "view side in pixels (a multiple of 32); the detector's input size"}
+    )
     pixel_range: str = field(default="-1,1", metadata={"help": "model intensity range 'lo,hi' (the detector's)"})
     max_steps: int = field(default=10000, metadata={"help": "optimiser steps"})
     save_steps: str = field(default="10000", metadata={"help": "steps to save a checkpoint at (the last step always)"})
@@ -113,23 +122,33 @@ class SSLArguments:
     gradient_accumulation_steps: int = field(default=8, metadata={"help": "batches per optimiser step"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
-    temperature: float | None = field(default=None, metadata={"help": "contrastive temperature (default: mocov3 0.2, simclrv2 0.5)"})
+    temperature: float | None = field(
+        default=None, metadata={"help": "contrastive temperature (default: mocov3 0.2, simclrv2 0.5)"}
+    )
     max_grad_norm: float = field(default=3.0, metadata={"help": "gradient-norm clipping (0: none)"})
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint-<step> folder"})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint-<step> folder"}
+    )
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
     logging_steps: int = field(default=10, metadata={"help": "log the window-mean loss and speed every N steps"})
     stop_after_steps: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate a kill
 
     def __post_init__(self):
-        self.dataset = resolve_folder_or_repo(self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
-        resolve_resume(self.output_dir, self.resume_from_checkpoint)  # a mistyped checkpoint fails here, before any work
+        self.dataset = resolve_folder_or_repo(
+            self.dataset, "--dataset", "prepared dataset", "create one with hf-landmark prepare"
+        )
+        resolve_resume(
+            self.output_dir, self.resume_from_checkpoint
+        )  # a mistyped checkpoint fails here, before any work
         check_choice("--method", self.method, SSL_METHODS)
         check_choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
         self.pixel_range = parse_float_pair(self.pixel_range, "--pixel-range")
         if self.resolution % 32:
-            raise UserInputError(f"--resolution: must be a multiple of 32 (the encoder downsamples 5 times), got {self.resolution}")
+            raise UserInputError(
+                f"--resolution: must be a multiple of 32 (the encoder downsamples 5 times), got {self.resolution}"
+            )
         if "test" in self.splits.split(","):
             raise UserInputError("--splits: pre-training must not see the test split")
         if self.temperature is None:
@@ -223,7 +242,9 @@ class SSLModel(nn.Module):
             self.predictor = BYOLPredictionHead(256, 2048, 256)
         elif method == "dino":
             make_head = lambda: DINOProjectionHead(dim, 2048, 256, 4096, batch_norm=True)  # noqa: E731
-            self.criterion = DINOLoss(output_dim=4096, warmup_teacher_temp=0.04, teacher_temp=0.04, student_temp=0.1, center_momentum=0.9)
+            self.criterion = DINOLoss(
+                output_dim=4096, warmup_teacher_temp=0.04, teacher_temp=0.04, student_temp=0.1, center_momentum=0.9
+            )
             self.local_views = RadiographViews(local_resolution(resolution), scale=(0.05, 0.25))
             self.num_local = 6
         else:
@@ -262,7 +283,9 @@ class SSLModel(nn.Module):
             keys = [self.momentum_head(embed(self.momentum_encoder, v)) for v in views]
         if self.method == "mocov3":
             queries = [self.predictor(self.head(embed(self.encoder, v))) for v in views]
-            return mocov3_loss(queries[0], keys[1], self.temperature) + mocov3_loss(queries[1], keys[0], self.temperature)
+            return mocov3_loss(queries[0], keys[1], self.temperature) + mocov3_loss(
+                queries[1], keys[0], self.temperature
+            )
         local = [self._pixels(self.local_views(images01.cpu()).to(images01.device)) for _ in range(self.num_local)]
         student = [self.head(embed(self.encoder, v)) for v in views + local]
         return self.criterion(keys, student)
@@ -278,24 +301,35 @@ def pretrain_ssl(args: SSLArguments) -> str:
         args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+        ),
     )
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         remove_partial_checkpoints(args.output_dir)
 
-    images = ImagePool(load_prepared(args.dataset), args.splits, args.resolution, args.dataset,
-                       max_bytes=args.pool_memory_mb * 2**20).to(accelerator.device)
+    images = ImagePool(
+        load_prepared(args.dataset), args.splits, args.resolution, args.dataset, max_bytes=args.pool_memory_mb * 2**20
+    ).to(accelerator.device)
     num_images, split_counts = len(images), images.counts
-    logger.info("pre-training on %s from %s (%s)", describe_split_counts(split_counts), args.dataset,
-                "decoded in memory" if images.in_memory else "read from its Arrow files batch by batch")
+    logger.info(
+        "pre-training on %s from %s (%s)",
+        describe_split_counts(split_counts),
+        args.dataset,
+        "decoded in memory" if images.in_memory else "read from its Arrow files batch by batch",
+    )
     if num_images < 2 and args.method != "dino":
-        raise UserInputError(f"{args.dataset}: {args.method} contrasts images with each other; it needs at least 2, found {num_images}")
+        raise UserInputError(
+            f"{args.dataset}: {args.method} contrasts images with each other; it needs at least 2, found {num_images}"
+        )
 
     model = SSLModel(args.method, args.encoder, args.resolution, args.pixel_range, args.temperature)
     num_parameters = sum(p.numel() for p in model.encoder.parameters())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
 
     global_step = 0
@@ -311,18 +345,43 @@ def pretrain_ssl(args: SSLArguments) -> str:
     effective_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     logger.info(
         "%s pre-training of %s (%.2f M parameters) on %d images at %d px, batch %d (%d x %d x %d processes), %d steps, %s precision",
-        args.method, args.encoder, num_parameters / 1e6, num_images, args.resolution, effective_batch, args.train_batch_size,
-        args.gradient_accumulation_steps, accelerator.num_processes, args.max_steps, mixed_precision,
-    )  # fmt: skip
+        args.method,
+        args.encoder,
+        num_parameters / 1e6,
+        num_images,
+        args.resolution,
+        effective_batch,
+        args.train_batch_size,
+        args.gradient_accumulation_steps,
+        accelerator.num_processes,
+        args.max_steps,
+        mixed_precision,
+    )
     record = {
-        "method": args.method, "encoder_name": args.encoder, "in_channels": 1, "dataset": str(args.dataset),
-        "dataset_name": dataset_info(args.dataset).get("kind"), "splits": args.splits, "split_counts": split_counts, "num_images": num_images,
-        "num_parameters": num_parameters, "resolution": args.resolution, "pixel_range": list(args.pixel_range),
-        "temperature": args.temperature, "effective_batch_size": effective_batch, "learning_rate": args.learning_rate,
-        "seed": args.seed, "mixed_precision": mixed_precision,
-    }  # fmt: skip
+        "method": args.method,
+        "encoder_name": args.encoder,
+        "in_channels": 1,
+        "dataset": str(args.dataset),
+        "dataset_name": dataset_info(args.dataset).get("kind"),
+        "splits": args.splits,
+        "split_counts": split_counts,
+        "num_images": num_images,
+        "num_parameters": num_parameters,
+        "resolution": args.resolution,
+        "pixel_range": list(args.pixel_range),
+        "temperature": args.temperature,
+        "effective_batch_size": effective_batch,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "mixed_precision": mixed_precision,
+    }
     recent_losses = deque(maxlen=100)
-    progress = tqdm(total=args.max_steps, initial=global_step, desc=f"{args.method} pre-training", disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=args.max_steps,
+        initial=global_step,
+        desc=f"{args.method} pre-training",
+        disable=not accelerator.is_local_main_process,
+    )
     model.train()
     if accelerator.is_main_process and (note := describe_cpu_threads(accelerator.device)):
         logger.info(note)
@@ -339,8 +398,10 @@ def pretrain_ssl(args: SSLArguments) -> str:
                     loss = model(images[idx]).float()
                 if not torch.isfinite(loss):
                     accelerator.end_training()
-                    raise UserInputError(f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step "
-                                         f"{global_step + 1}; lower --learning-rate (now {args.learning_rate:g})")  # fmt: skip
+                    raise UserInputError(
+                        f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step "
+                        f"{global_step + 1}; lower --learning-rate (now {args.learning_rate:g})"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -349,7 +410,12 @@ def pretrain_ssl(args: SSLArguments) -> str:
                 step_loss += loss.detach().item() / args.gradient_accumulation_steps
         global_step += 1
         if global_step == (resume[0] if resume else 0) + 2 and accelerator.is_local_main_process:
-            warning = long_run_warning((time.perf_counter() - first_step_start) / 2, args.max_steps - global_step, accelerator.device, "pre-training")
+            warning = long_run_warning(
+                (time.perf_counter() - first_step_start) / 2,
+                args.max_steps - global_step,
+                accelerator.device,
+                "pre-training",
+            )
             if warning:
                 progress.write("warning: " + warning)
         recent_losses.append(step_loss)
@@ -358,11 +424,21 @@ def pretrain_ssl(args: SSLArguments) -> str:
         progress.set_postfix(loss=f"{step_loss:.4f}")
         if global_step % args.logging_steps == 0 or global_step == args.max_steps:
             now = time.perf_counter()
-            accelerator.log({"loss": window_loss / (global_step - tick_step), "steps_per_s": (global_step - tick_step) / max(now - tick, 1e-9)},
-                            step=global_step)  # fmt: skip
+            accelerator.log(
+                {
+                    "loss": window_loss / (global_step - tick_step),
+                    "steps_per_s": (global_step - tick_step) / max(now - tick, 1e-9),
+                },
+                step=global_step,
+            )
             tick, tick_step, window_loss = now, global_step, 0.0
         if global_step in args.save_at:
-            info = dict(record, step=global_step, recent_loss=float(np.mean(recent_losses)), recent_loss_steps=len(recent_losses))
+            info = dict(
+                record,
+                step=global_step,
+                recent_loss=float(np.mean(recent_losses)),
+                recent_loss_steps=len(recent_losses),
+            )
             save_checkpoint(accelerator, model, args, info)
         if args.stop_after_steps and global_step >= args.stop_after_steps:
             break

@@ -72,8 +72,13 @@ def _sniff(path: Path):
     return "json", data
 
 
-def read_annotation_file(path, root=None, landmarks: Sequence[str] | None = None, coco_origin: str | None = None,
-                         accept_predictions: bool = False):  # fmt: skip
+def read_annotation_file(
+    path,
+    root=None,
+    landmarks: Sequence[str] | None = None,
+    coco_origin: str | None = None,
+    accept_predictions: bool = False,
+):
     """``(entries, landmark names)`` of any supported annotation file or labelme folder.
     ``root``: the image folder that relative names refer to. ``landmarks``: the names, in
     order, when the file's own are not wanted (a subset or another order)."""
@@ -99,7 +104,9 @@ def read_annotation_file(path, root=None, landmarks: Sequence[str] | None = None
 def _reorder(entries, names, wanted, path):
     unknown = [n for n in wanted if n not in names]
     if unknown:
-        raise DatasetFormatError(f"{path}: --landmarks names {', '.join(map(repr, unknown))} that the file lacks (it has {', '.join(names)})")
+        raise DatasetFormatError(
+            f"{path}: --landmarks names {', '.join(map(repr, unknown))} that the file lacks (it has {', '.join(names)})"
+        )
     idx = [names.index(n) for n in wanted]
     for e in entries:
         if e.landmarks is not None:
@@ -149,7 +156,9 @@ def _spacing_value(value, where: str):
     except (TypeError, ValueError) as err:
         raise DatasetFormatError(f"{where}: spacing {value!r} must be a number or [sx, sy] (mm per pixel)") from err
     if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
-        raise DatasetFormatError(f"{where}: spacing {value!r} must be one positive number or two [sx, sy] (mm per pixel)")
+        raise DatasetFormatError(
+            f"{where}: spacing {value!r} must be one positive number or two [sx, sy] (mm per pixel)"
+        )
     return pair
 
 
@@ -163,7 +172,9 @@ def _read_csv(path: Path):
         if not header or header[0] != "image":
             raise DatasetFormatError(f"{path}: first column must be 'image'")
         coord_cols = [c for c in header[1:] if c.endswith(("_x", "_y")) and not c.startswith("spacing")]
-        if len(coord_cols) % 2 or any(not a.endswith("_x") or b != a[:-2] + "_y" for a, b in zip(coord_cols[::2], coord_cols[1::2])):
+        if len(coord_cols) % 2 or any(
+            not a.endswith("_x") or b != a[:-2] + "_y" for a, b in zip(coord_cols[::2], coord_cols[1::2])
+        ):
             raise DatasetFormatError(f"{path}: landmark columns must come in <name>_x,<name>_y pairs")
         if not coord_cols:
             raise DatasetFormatError(f"{path}: no landmark columns (<name>_x,<name>_y)")
@@ -209,7 +220,9 @@ def _read_json(path: Path, data):
         points = item["landmarks"]
         lm = None
         if points is not None:
-            if not isinstance(points, list) or not all(p is None or (isinstance(p, (list, tuple)) and len(p) == 2) for p in points):
+            if not isinstance(points, list) or not all(
+                p is None or (isinstance(p, (list, tuple)) and len(p) == 2) for p in points
+            ):
                 raise DatasetFormatError(f"{where}: 'landmarks' must be a list of [x, y] pairs")
             if names is None:
                 names = [f"L{i}" for i in range(len(points))]
@@ -225,7 +238,11 @@ def _read_json(path: Path, data):
                         raise DatasetFormatError(f"{where}: landmark {n!r} has no {axis} coordinate")
                 lm[j] = (_number(p[0], where, f"landmark {n!r} x"), _number(p[1], where, f"landmark {n!r} y"))
         split = item.get("split")
-        entries.append(Entry(where, str(file), lm, _spacing_value(item.get("spacing"), where), str(split).strip() if split else None))
+        entries.append(
+            Entry(
+                where, str(file), lm, _spacing_value(item.get("spacing"), where), str(split).strip() if split else None
+            )
+        )
     return entries, list(names or [])
 
 
@@ -243,7 +260,11 @@ def _read_cvat(path: Path):
         raise DatasetFormatError(f"{path}: not a CVAT for images export (root <{root.tag}>, expected <annotations>)")
     # Names in the order of the task's (or project's) labels: points labels, or a skeleton's sub-labels.
     labels = root.findall("./meta//labels/label")
-    names = [lab.findtext("name") for lab in labels if (lab.findtext("type") or "points") == "points" and lab.findtext("name")]
+    names = [
+        lab.findtext("name")
+        for lab in labels
+        if (lab.findtext("type") or "points") == "points" and lab.findtext("name")
+    ]
     entries = []
     for image in root.iter("image"):
         file = image.get("name")
@@ -260,13 +281,20 @@ def _read_cvat(path: Path):
                 continue
             raw = (pts.get("points") or "").split(";")
             if len(raw) != 1:
-                raise DatasetFormatError(f"{where}: <points label={label!r}> holds {len(raw)} points; one per landmark label is expected")
+                raise DatasetFormatError(
+                    f"{where}: <points label={label!r}> holds {len(raw)} points; one per landmark label is expected"
+                )
             xy = raw[0].split(",")
             if len(xy) != 2:
-                raise DatasetFormatError(f"{where}: <points label={label!r}> points={pts.get('points')!r} is not 'x,y'")
+                raise DatasetFormatError(
+                    f"{where}: <points label={label!r}> points={pts.get('points')!r} is not 'x,y'"
+                )
             if found.get(label) is not None:
                 raise DatasetFormatError(f"{where}: landmark {label!r} is placed twice")
-            found[label] = (_number(xy[0], where, f"{label!r} x") - CORNER, _number(xy[1], where, f"{label!r} y") - CORNER)
+            found[label] = (
+                _number(xy[0], where, f"{label!r} x") - CORNER,
+                _number(xy[1], where, f"{label!r} y") - CORNER,
+            )
         for label in found:
             if label not in names:
                 names.append(label)  # a file without <meta> labels: the order of first appearance
@@ -287,9 +315,19 @@ def write_cvat(items, names: Sequence[str], path) -> None:
         ET.SubElement(label, "name").text = n
         ET.SubElement(label, "type").text = "points"
     for k, item in enumerate(items):
-        image = ET.SubElement(root, "image", id=str(k), name=item["file"], width=str(item["width"]), height=str(item["height"]))
+        image = ET.SubElement(
+            root, "image", id=str(k), name=item["file"], width=str(item["width"]), height=str(item["height"])
+        )
         for n, (x, y) in zip(names, _points(item)):
-            ET.SubElement(image, "points", label=n, source="auto", occluded="0", points=f"{x + CORNER:.4f},{y + CORNER:.4f}", z_order="0")
+            ET.SubElement(
+                image,
+                "points",
+                label=n,
+                source="auto",
+                occluded="0",
+                points=f"{x + CORNER:.4f},{y + CORNER:.4f}",
+                z_order="0",
+            )
     ET.indent(root)
     _write_text('<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n", path)
 
@@ -332,7 +370,11 @@ def _read_labelstudio(path: Path, tasks: list, root: Path | None, accept_predict
     to go on: such a file is ``predict --format labelstudio``'s, not yet corrected."""
     names: list[str] = []
     parsed = []
-    annotated = sum(bool([a for a in t.get("annotations") or [] if not a.get("was_cancelled")]) for t in tasks if isinstance(t, dict))
+    annotated = sum(
+        bool([a for a in t.get("annotations") or [] if not a.get("was_cancelled")])
+        for t in tasks
+        if isinstance(t, dict)
+    )
     predicted = sum(bool(t.get("predictions")) for t in tasks if isinstance(t, dict))
     if not annotated and predicted and not accept_predictions:
         raise DatasetFormatError(
@@ -361,15 +403,23 @@ def _read_labelstudio(path: Path, tasks: list, root: Path | None, accept_predict
                 rw = f"{where}: result[{r}]"
                 for key in ("original_width", "original_height"):
                     if key not in result:
-                        raise DatasetFormatError(f"{rw}: no {key!r} (needed to turn Label Studio's percentages into pixels)")
+                        raise DatasetFormatError(
+                            f"{rw}: no {key!r} (needed to turn Label Studio's percentages into pixels)"
+                        )
                 value = result.get("value") or {}
                 label = (value.get("keypointlabels") or [None])[0]
                 if label is None:
                     raise DatasetFormatError(f"{rw}: a keypoint without a keypointlabels label")
                 if label in found:
                     raise DatasetFormatError(f"{rw}: landmark {label!r} is placed twice")
-                w, h = _number(result["original_width"], rw, "original_width"), _number(result["original_height"], rw, "original_height")
-                found[label] = (_number(value.get("x"), rw, "x") / 100.0 * w - CORNER, _number(value.get("y"), rw, "y") / 100.0 * h - CORNER)
+                w, h = (
+                    _number(result["original_width"], rw, "original_width"),
+                    _number(result["original_height"], rw, "original_height"),
+                )
+                found[label] = (
+                    _number(value.get("x"), rw, "x") / 100.0 * w - CORNER,
+                    _number(value.get("y"), rw, "y") / 100.0 * h - CORNER,
+                )
                 if label not in names:
                     names.append(label)
         parsed.append((where, file, found))
@@ -385,12 +435,24 @@ def write_labelstudio(items, names: Sequence[str], path, model_version: str = "h
     tasks = []
     for item in items:
         result = [
-            {"original_width": item["width"], "original_height": item["height"], "image_rotation": 0,
-             "value": {"x": (x + CORNER) / item["width"] * 100.0, "y": (y + CORNER) / item["height"] * 100.0, "width": 0.5,
-                       "keypointlabels": [n]},
-             "id": f"kp{j}", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "origin": "prediction"}
+            {
+                "original_width": item["width"],
+                "original_height": item["height"],
+                "image_rotation": 0,
+                "value": {
+                    "x": (x + CORNER) / item["width"] * 100.0,
+                    "y": (y + CORNER) / item["height"] * 100.0,
+                    "width": 0.5,
+                    "keypointlabels": [n],
+                },
+                "id": f"kp{j}",
+                "from_name": "kp",
+                "to_name": "image",
+                "type": "keypointlabels",
+                "origin": "prediction",
+            }
             for j, (n, (x, y)) in enumerate(zip(names, _points(item)))
-        ]  # fmt: skip
+        ]
         task = {"data": {"image": "/data/local-files/?d=" + item["file"]}}
         if result:  # an image to annotate from scratch is a bare task
             task["predictions"] = [{"model_version": model_version, "score": item.get("score"), "result": result}]
@@ -411,8 +473,10 @@ def labelstudio_config(names: Sequence[str]) -> str:
     from xml.sax.saxutils import quoteattr
 
     labels = "\n".join(f"    <Label value={quoteattr(n)}/>" for n in names)
-    return ('<View>\n  <Image name="image" value="$image" zoom="true" zoomControl="true"/>\n'
-            f'  <KeyPointLabels name="kp" toName="image" smart="false">\n{labels}\n  </KeyPointLabels>\n</View>\n')
+    return (
+        '<View>\n  <Image name="image" value="$image" zoom="true" zoomControl="true"/>\n'
+        f'  <KeyPointLabels name="kp" toName="image" smart="false">\n{labels}\n  </KeyPointLabels>\n</View>\n'
+    )
 
 
 # --- labelme -----------------------------------------------------------------------------
@@ -443,7 +507,10 @@ def _read_labelme(path: Path, root: Path):
                 raise DatasetFormatError(f"{where}: shapes[{s}] is not one labelled point")
             if label in found:
                 raise DatasetFormatError(f"{where}: shapes[{s}]: landmark {label!r} is placed twice")
-            found[label] = (_number(points[0][0], where, f"{label!r} x") - CORNER, _number(points[0][1], where, f"{label!r} y") - CORNER)
+            found[label] = (
+                _number(points[0][0], where, f"{label!r} x") - CORNER,
+                _number(points[0][1], where, f"{label!r} y") - CORNER,
+            )
             if label not in names:
                 names.append(label)
         parsed.append((where, file, found))
@@ -457,11 +524,31 @@ def write_labelme(items, names: Sequence[str], folder, image_root) -> None:
     os.makedirs(folder, exist_ok=True)
     for item in items:
         image = Path(image_root) / item["file"]
-        shapes = [{"label": n, "points": [[x + CORNER, y + CORNER]], "group_id": None, "description": "", "shape_type": "point",
-                   "flags": {}, "mask": None} for n, (x, y) in zip(names, _points(item))]  # fmt: skip
-        doc = {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": os.path.relpath(image, folder), "imageData": None,
-               "imageHeight": item["height"], "imageWidth": item["width"]}  # fmt: skip
-        _write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", os.path.join(folder, Path(item["file"].replace("/", "__")).with_suffix(".json").name))
+        shapes = [
+            {
+                "label": n,
+                "points": [[x + CORNER, y + CORNER]],
+                "group_id": None,
+                "description": "",
+                "shape_type": "point",
+                "flags": {},
+                "mask": None,
+            }
+            for n, (x, y) in zip(names, _points(item))
+        ]
+        doc = {
+            "version": "5.4.1",
+            "flags": {},
+            "shapes": shapes,
+            "imagePath": os.path.relpath(image, folder),
+            "imageData": None,
+            "imageHeight": item["height"],
+            "imageWidth": item["width"],
+        }
+        _write_text(
+            json.dumps(doc, indent=2, allow_nan=False) + "\n",
+            os.path.join(folder, Path(item["file"].replace("/", "__")).with_suffix(".json").name),
+        )
 
 
 # --- COCO Keypoints --------------------------------------------------------------------------
@@ -469,8 +556,10 @@ def write_labelme(items, names: Sequence[str], folder, image_root) -> None:
 
 def _check_coco_origin(origin: str | None, path) -> float:
     if origin not in COCO_ORIGINS:
-        raise DatasetFormatError(f"{path}: --coco-origin: COCO does not say where pixel (0, 0) is; tools differ. Pass --coco-origin corner "
-                                 "(pixel i spans [i, i+1), e.g. CVAT's COCO export) or center (pixel centres at integers)")  # fmt: skip
+        raise DatasetFormatError(
+            f"{path}: --coco-origin: COCO does not say where pixel (0, 0) is; tools differ. Pass --coco-origin corner "
+            "(pixel i spans [i, i+1), e.g. CVAT's COCO export) or center (pixel centres at integers)"
+        )
     return CORNER if origin == "corner" else 0.0
 
 
@@ -495,7 +584,9 @@ def _read_coco(path: Path, data: dict, origin: str | None):
         kp = ann.get("keypoints")
         if not isinstance(kp, list) or len(kp) != 3 * len(names):
             n = len(kp) if isinstance(kp, list) else 0
-            raise DatasetFormatError(f"{where}: {n} keypoint values, but the category's {len(names)} keypoints need {3 * len(names)} (x, y, v)")
+            raise DatasetFormatError(
+                f"{where}: {n} keypoint values, but the category's {len(names)} keypoints need {3 * len(names)} (x, y, v)"
+            )
         if ann["image_id"] in found:
             raise DatasetFormatError(f"{where}: a second keypoint annotation for the same image")
         lm = _nan_points(len(names))
@@ -524,11 +615,23 @@ def write_coco(items, names: Sequence[str], path, origin: str | None) -> None:
         pts = np.asarray(item["landmarks"], dtype=np.float64) + shift
         x0, y0 = pts.min(axis=0)
         x1, y1 = pts.max(axis=0)
-        annotations.append({"id": k, "image_id": k, "category_id": 1, "iscrowd": 0, "num_keypoints": len(names),
-                            "keypoints": [float(v) for p in pts for v in (p[0], p[1], 2)],
-                            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "area": float((x1 - x0) * (y1 - y0))})  # fmt: skip
-    doc = {"images": images, "annotations": annotations,
-           "categories": [{"id": 1, "name": "landmarks", "supercategory": "", "keypoints": list(names), "skeleton": []}]}  # fmt: skip
+        annotations.append(
+            {
+                "id": k,
+                "image_id": k,
+                "category_id": 1,
+                "iscrowd": 0,
+                "num_keypoints": len(names),
+                "keypoints": [float(v) for p in pts for v in (p[0], p[1], 2)],
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "area": float((x1 - x0) * (y1 - y0)),
+            }
+        )
+    doc = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "landmarks", "supercategory": "", "keypoints": list(names), "skeleton": []}],
+    }
     _write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", path)
 
 
@@ -560,24 +663,48 @@ def write_csv(items, names: Sequence[str], path) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     with_split = any(item.get("split") for item in items)
     with_spacing = any(item.get("spacing") is not None for item in items)
-    writer.writerow(["image", *[f"{n}_{a}" for n in names for a in "xy"], *(["spacing_x", "spacing_y"] if with_spacing else []),
-                     *(["split"] if with_split else [])])  # fmt: skip
+    writer.writerow(
+        [
+            "image",
+            *[f"{n}_{a}" for n in names for a in "xy"],
+            *(["spacing_x", "spacing_y"] if with_spacing else []),
+            *(["split"] if with_split else []),
+        ]
+    )
     for item in items:
         lm = item.get("landmarks")
         cells = [""] * (2 * len(names)) if lm is None else [coordinate_cell(v) for p in lm for v in p]
         spacing = [f"{v:g}" for v in item["spacing"]] if item.get("spacing") is not None else ["", ""]
-        writer.writerow([item["file"], *cells, *(spacing if with_spacing else []), *([item.get("split") or ""] if with_split else [])])
+        writer.writerow(
+            [
+                item["file"],
+                *cells,
+                *(spacing if with_spacing else []),
+                *([item.get("split") or ""] if with_split else []),
+            ]
+        )
     _write_text(buf.getvalue(), path)
 
 
 def write_json(items, names: Sequence[str], path) -> None:
-    doc = {"landmark_names": list(names),
-           "images": [{"file": it["file"], "landmarks": None if it.get("landmarks") is None else [[float(x), float(y)] for x, y in it["landmarks"]]}
-                      for it in items]}  # fmt: skip
+    doc = {
+        "landmark_names": list(names),
+        "images": [
+            {
+                "file": it["file"],
+                "landmarks": None
+                if it.get("landmarks") is None
+                else [[float(x), float(y)] for x, y in it["landmarks"]],
+            }
+            for it in items
+        ],
+    }
     _write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", path)
 
 
-def write_annotations(kind: str, items, names: Sequence[str], path, image_root=".", coco_origin: str | None = None) -> None:
+def write_annotations(
+    kind: str, items, names: Sequence[str], path, image_root=".", coco_origin: str | None = None
+) -> None:
     """Write ``items`` (``{"file": path relative to image_root, "width", "height", "landmarks":
     [N, 2] ours, or None for an image to annotate}``) in format ``kind`` (:data:`FORMATS`) to
     ``path`` (a folder for labelme)."""
@@ -608,5 +735,7 @@ def read_landmark_names(text: str) -> list[str]:
     else:
         names = [n.strip() for n in text.split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
-        raise UserInputError(f"--landmarks: expected distinct names (comma-separated or one per line in a file), got {text!r}")
+        raise UserInputError(
+            f"--landmarks: expected distinct names (comma-separated or one per line in a file), got {text!r}"
+        )
     return names

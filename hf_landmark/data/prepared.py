@@ -97,10 +97,24 @@ class ConversionReport:
         return dict(self.__dict__)
 
     def summary(self) -> str:
-        lines = [f"dataset: {self.dataset}", f"images found: {self.images_found}" + (f" (expected {self.expected_images})" if self.expected_images else "")]
+        lines = [
+            f"dataset: {self.dataset}",
+            f"images found: {self.images_found}"
+            + (f" (expected {self.expected_images})" if self.expected_images else ""),
+        ]
         lines.append(f"annotated images used: {self.annotated}")
-        for key in ("images_without_annotations", "annotations_without_images", "wrong_coordinate_counts", "outside_image",
-                    "clamped_at_border", "incomplete", "skipped", "excluded", "held_out", "split_to_train"):  # fmt: skip
+        for key in (
+            "images_without_annotations",
+            "annotations_without_images",
+            "wrong_coordinate_counts",
+            "outside_image",
+            "clamped_at_border",
+            "incomplete",
+            "skipped",
+            "excluded",
+            "held_out",
+            "split_to_train",
+        ):
             items = getattr(self, key)
             if items:
                 shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
@@ -119,7 +133,16 @@ def _encode_png(image01: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def check_landmarks(lm: np.ndarray, w: int, h: int, names: Sequence[str], where: str, policy: str, report: ConversionReport, image_id: str):
+def check_landmarks(
+    lm: np.ndarray,
+    w: int,
+    h: int,
+    names: Sequence[str],
+    where: str,
+    policy: str,
+    report: ConversionReport,
+    image_id: str,
+):
     """``lm`` ``[N, 2]`` (original pixels, pixel centres at integers) checked against a
     ``w`` x ``h`` image: a point within one pixel beyond the pixel edges (a tool that puts the
     last row's bottom edge at ``y = H``, as JSRT's chest contours do) is inside the picture a
@@ -203,8 +226,15 @@ def build_dataset_dict(
             # Shown where datasets would show its own (HF_DATASETS_DISABLE_PROGRESS_BARS hides both).
             with tqdm(total=count, desc=f"preparing {split}", unit="image", disable=count < 2 or not bars) as progress:
                 # A fresh fingerprint: every call really reads the images (the report is filled as they are read).
-                part = Dataset.from_generator(rows, features=feats, gen_kwargs={"split": split, "progress": progress}, cache_dir=cache_dir,
-                                              keep_in_memory=False, split=split, fingerprint=uuid.uuid4().hex)  # fmt: skip
+                part = Dataset.from_generator(
+                    rows,
+                    features=feats,
+                    gen_kwargs={"split": split, "progress": progress},
+                    cache_dir=cache_dir,
+                    keep_in_memory=False,
+                    split=split,
+                    fingerprint=uuid.uuid4().hex,
+                )
             if failure:
                 raise failure[0]
             if len(part):
@@ -212,7 +242,9 @@ def build_dataset_dict(
     finally:
         if bars:
             enable_progress_bars()
-    report.split_sizes = {s: len(out[s]) if s in out else 0 for s in (*SPLITS, UNLABELED) if s != UNLABELED or s in out}
+    report.split_sizes = {
+        s: len(out[s]) if s in out else 0 for s in (*SPLITS, UNLABELED) if s != UNLABELED or s in out
+    }
     report.annotated = sum(len(out[s]) for s in SPLITS if s in out)
     return out
 
@@ -238,12 +270,16 @@ def _encode_record(rec: Record, names, dataset, image_size, report, skip_bad, ou
         return row
     lm = np.asarray(rec.landmarks, dtype=np.float32)
     if lm.shape != (len(names), 2) or not np.all(np.isfinite(lm)):
-        raise DatasetFormatError(f"{rec.image_path}: landmarks must be {len(names)} finite (x, y) pairs, got {lm.tolist()}")
+        raise DatasetFormatError(
+            f"{rec.image_path}: landmarks must be {len(names)} finite (x, y) pairs, got {lm.tolist()}"
+        )
     row["landmarks"] = check_landmarks(lm, w, h, names, rec.image_path, outside_image, report, rec.image_id).tolist()
     return row
 
 
-def save_prepared(dataset_dict, out_dir: str | os.PathLike, report: ConversionReport | None = None, info: dict | None = None) -> str:
+def save_prepared(
+    dataset_dict, out_dir: str | os.PathLike, report: ConversionReport | None = None, info: dict | None = None
+) -> str:
     """Write a prepared ``DatasetDict`` atomically: into a temporary sibling folder first,
     renamed to ``out_dir`` only when complete. An existing ``out_dir`` is replaced."""
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -264,7 +300,9 @@ def load_prepared(path: str | os.PathLike):
     path = resolve_folder_or_repo(path, "--dataset", "prepared dataset", "create one with hf-landmark prepare")
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "dataset_dict.json")):
-            raise DatasetFormatError(f"{path}: not a prepared dataset (no dataset_dict.json); create one with hf-landmark prepare")
+            raise DatasetFormatError(
+                f"{path}: not a prepared dataset (no dataset_dict.json); create one with hf-landmark prepare"
+            )
         return load_from_disk(path)
     try:
         return load_dataset(path)

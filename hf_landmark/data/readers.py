@@ -16,7 +16,15 @@ import numpy as np
 
 from ..metrics import wrist_spacing
 from ..preprocessing import IMAGE_EXTENSIONS
-from .prepared import SPLITS, UNLABELED, ConversionReport, DatasetFormatError, Record, build_dataset_dict, split_by_counts
+from .prepared import (
+    SPLITS,
+    UNLABELED,
+    ConversionReport,
+    DatasetFormatError,
+    Record,
+    build_dataset_dict,
+    split_by_counts,
+)
 from .specs import DATASETS
 
 CEPH, HAND, CHEST = DATASETS["ceph"], DATASETS["hand"], DATASETS["chest"]
@@ -63,13 +71,17 @@ def read_isbi_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
         except (ValueError, IndexError) as err:
             raise DatasetFormatError(f"{path}: line {ln!r} is not 'x,y'") from err
         if not np.all(np.isfinite(points[-1])):
-            raise DatasetFormatError(f"{path}: line {len(points)} ({CEPH_LANDMARKS[len(points) - 1] if num_landmarks == 19 else ''}) {ln!r} is not finite")
+            raise DatasetFormatError(
+                f"{path}: line {len(points)} ({CEPH_LANDMARKS[len(points) - 1] if num_landmarks == 19 else ''}) {ln!r} is not finite"
+            )
     if len(points) != num_landmarks:
         raise DatasetFormatError(f"{path}: {len(points)} coordinate lines, expected {num_landmarks}")
     return np.asarray(points, dtype=np.float32)
 
 
-def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool = False, split_counts=CEPH.split_counts):
+def read_ceph(
+    root: str | os.PathLike, annotator: str = "mean", skip_bad: bool = False, split_counts=CEPH.split_counts
+):
     """ISBI 2015 cephalograms: ``RawImage/{TrainingData,Test1Data,Test2Data}/NNN.{bmp,jpg,png}``
     (or all images in one folder: ``RawImage/``, ``images/`` or the root) and
     ``AnnotationsByMD/{400_senior,400_junior}/NNN.txt`` (or those two folders at the root).
@@ -88,7 +100,9 @@ def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool =
     needed = ("senior", "junior") if annotator == "mean" else (annotator,)
     for who in needed:
         if not ann_dirs[who].is_dir():
-            raise DatasetFormatError(f"{ann_dirs[who]}: annotation folder not found (expected the ISBI 2015 layout under {root})")
+            raise DatasetFormatError(
+                f"{ann_dirs[who]}: annotation folder not found (expected the ISBI 2015 layout under {root})"
+            )
     report = ConversionReport(dataset="ceph", expected_images=CEPH.expected_images, images_found=len(images))
     ann_ids = sorted({p.stem for who in needed for p in ann_dirs[who].glob("*.txt")})
     report.annotations_without_images = [i for i in ann_ids if i not in images]
@@ -105,7 +119,9 @@ def read_ceph(root: str | os.PathLike, annotator: str = "mean", skip_bad: bool =
                 raise
             report.wrong_coordinate_counts.append(str(err))
             continue
-        records.append(Record(str(images[image_id]), image_id, np.mean(points, axis=0), "train", (CEPH.spacing_mm,) * 2))
+        records.append(
+            Record(str(images[image_id]), image_id, np.mean(points, axis=0), "train", (CEPH.spacing_mm,) * 2)
+        )
     return _assign(records, split_counts, report), list(CEPH_LANDMARKS), report
 
 
@@ -150,7 +166,9 @@ def read_hand(
                 raise DatasetFormatError(f"{csv_path}:{lineno} ({image_id}): non-numeric coordinate") from err
             bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
             if bad.size:
-                raise DatasetFormatError(f"{csv_path}:{lineno} ({image_id}): landmark {HAND.landmark_names[bad[0]]!r} is not finite")
+                raise DatasetFormatError(
+                    f"{csv_path}:{lineno} ({image_id}): landmark {HAND.landmark_names[bad[0]]!r} is not finite"
+                )
             rows[image_id] = points
     report.images_without_annotations = sorted(i for i in images if i not in rows)
     report.annotations_without_images = sorted(i for i in rows if i not in images)
@@ -174,7 +192,9 @@ def read_chest_annotation(path: Path, width: int, height: int) -> np.ndarray:
     except (ValueError, IndexError) as err:
         raise DatasetFormatError(f"{path}: expected a count line then 'x y' fraction lines") from err
     if count != len(CHEST.landmark_names) or len(pts) != count:
-        raise DatasetFormatError(f"{path}: {len(pts)} landmarks (count line says {count}), expected {len(CHEST.landmark_names)}")
+        raise DatasetFormatError(
+            f"{path}: {len(pts)} landmarks (count line says {count}), expected {len(CHEST.landmark_names)}"
+        )
     # Fractions of the image size, converted as the label files were made: x = f * W.
     return pts * np.asarray([width, height], dtype=np.float32)
 
@@ -225,9 +245,16 @@ def read_chest(root: str | os.PathLike, split: str = "paper", skip_bad: bool = F
 
 
 def read_custom(
-    root: str | os.PathLike, annotations: str | os.PathLike, split_counts=None, val_fraction: float = 0.1,
-    test_fraction: float = 0.2, skip_bad: bool = False, drop_incomplete: bool = False, landmarks: Sequence[str] | None = None,
-    coco_origin: str | None = None, accept_predictions: bool = False,
+    root: str | os.PathLike,
+    annotations: str | os.PathLike,
+    split_counts=None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    skip_bad: bool = False,
+    drop_incomplete: bool = False,
+    landmarks: Sequence[str] | None = None,
+    coco_origin: str | None = None,
+    accept_predictions: bool = False,
 ):
     """A folder of images plus one annotation file: our CSV or JSON (the format is documented
     in the README, "Your own data"), or an export of CVAT, Label Studio, labelme or COCO
@@ -254,8 +281,9 @@ def read_custom(
     root, annotations = Path(root), Path(annotations)
     if not annotations.exists():
         raise DatasetFormatError(f"{annotations}: annotation file not found")
-    entries, names = read_annotation_file(annotations, root=root, landmarks=landmarks, coco_origin=coco_origin,
-                                          accept_predictions=accept_predictions)  # fmt: skip
+    entries, names = read_annotation_file(
+        annotations, root=root, landmarks=landmarks, coco_origin=coco_origin, accept_predictions=accept_predictions
+    )
     if not entries:
         raise DatasetFormatError(f"{annotations}: no images listed")
     files = _image_files(root)
@@ -263,17 +291,23 @@ def read_custom(
     seen: dict[str, str] = {}
     for entry in entries:
         if entry.file in seen:
-            raise DatasetFormatError(f"{entry.where}: image {entry.file!r} is listed twice (first at {seen[entry.file]})")
+            raise DatasetFormatError(
+                f"{entry.where}: image {entry.file!r} is listed twice (first at {seen[entry.file]})"
+            )
         seen[entry.file] = entry.where
     annotated_entries = []
     for entry in entries:
-        missing = [] if entry.landmarks is None else [n for n, p in zip(names, entry.landmarks) if not np.isfinite(p).all()]
+        missing = (
+            [] if entry.landmarks is None else [n for n, p in zip(names, entry.landmarks) if not np.isfinite(p).all()]
+        )
         if entry.landmarks is None or len(missing) == len(names):
             entry.landmarks = None  # not annotated yet: the pool
         elif missing:
             if not drop_incomplete:
-                raise DatasetFormatError(f"{entry.where}: landmark{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                                         "missing; annotate them, or pass --drop-incomplete to put the image in the unlabeled pool")  # fmt: skip
+                raise DatasetFormatError(
+                    f"{entry.where}: landmark{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                    "missing; annotate them, or pass --drop-incomplete to put the image in the unlabeled pool"
+                )
             report.incomplete.append(f"{entry.file} (missing {', '.join(missing)})")
             entry.landmarks = None
         else:
@@ -286,7 +320,9 @@ def read_custom(
             if entry.landmarks is None:
                 continue  # a template row for an image that is not here: nothing lost
             if not skip_bad:
-                raise DatasetFormatError(f"{entry.where}: image {path} not found (--skip-bad leaves it out and lists it)")
+                raise DatasetFormatError(
+                    f"{entry.where}: image {path} not found (--skip-bad leaves it out and lists it)"
+                )
             report.annotations_without_images.append(entry.file)
             continue
         listed.add(path.resolve())
@@ -294,7 +330,9 @@ def read_custom(
             report.held_out.append(entry.file)  # kept for testing: never the pool, not annotated yet
             continue
         split = UNLABELED if entry.landmarks is None else entry.split or ""
-        records.append(Record(str(path), _image_id(path, root), entry.landmarks, split, entry.spacing or _dicom_spacing(path)))
+        records.append(
+            Record(str(path), _image_id(path, root), entry.landmarks, split, entry.spacing or _dicom_spacing(path))
+        )
     unannotated = [p for p in files if p.resolve() not in listed]
     report.images_without_annotations = [p.relative_to(root).as_posix() for p in unannotated]  # the pool
     records += [Record(str(p), _image_id(p, root), None, UNLABELED, _dicom_spacing(p)) for p in unannotated]
@@ -325,7 +363,9 @@ def _check_custom_splits(entries, path: Path, report: ConversionReport) -> None:
                 report.split_to_train.append(e.file)
 
 
-def read_images(root: str | os.PathLike, skip_bad: bool = False, holdout: int | str | os.PathLike | None = None, seed: int = 0):
+def read_images(
+    root: str | os.PathLike, skip_bad: bool = False, holdout: int | str | os.PathLike | None = None, seed: int = 0
+):
     """Every image under ``root`` (recursive; PNG, JPEG, BMP, TIFF, DICOM), all in the
     ``unlabeled`` split: a pool to pre-train on and to choose the images to annotate from.
 
@@ -352,23 +392,34 @@ def _holdout_files(holdout, names: list[str], seed: int) -> list[str]:
     if text.isdigit():
         count = int(text)
         if count >= len(names):
-            raise DatasetFormatError(f"--holdout {count}: the folder has only {len(names)} images; keep some for the pool")
+            raise DatasetFormatError(
+                f"--holdout {count}: the folder has only {len(names)} images; keep some for the pool"
+            )
         rng = np.random.default_rng(seed)
         return sorted(names[i] for i in rng.choice(len(names), size=count, replace=False))
     path = Path(text)
     if not path.is_file():
         raise DatasetFormatError(f"--holdout {text}: neither a number of images nor a file listing them")
-    listed = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip() and not ln.startswith("#")]
+    listed = [
+        ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     unknown = [n for n in listed if n not in set(names)]
     if unknown:
-        raise DatasetFormatError(f"{path}: {len(unknown)} listed image(s) are not under the folder: {', '.join(unknown[:5])}")
+        raise DatasetFormatError(
+            f"{path}: {len(unknown)} listed image(s) are not under the folder: {', '.join(unknown[:5])}"
+        )
     return listed
 
 
 def _image_files(root: Path) -> list[Path]:
     """Image files under ``root``, recursively, sorted; hidden folders and files are left out."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))  # fmt: skip
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def _image_id(path: Path, root: Path) -> str:
@@ -393,8 +444,14 @@ READERS = {"ceph": read_ceph, "hand": read_hand, "chest": read_chest, "custom": 
 
 
 def prepare(
-    kind: str, root, out_dir=None, image_size: int = 256, skip_bad: bool = False, allow_empty_splits: bool = False,
-    outside_image: str = "error", **reader_kwargs,
+    kind: str,
+    root,
+    out_dir=None,
+    image_size: int = 256,
+    skip_bad: bool = False,
+    allow_empty_splits: bool = False,
+    outside_image: str = "error",
+    **reader_kwargs,
 ):
     """Read a benchmark (``ceph``, ``hand``, ``chest``), custom data (``custom``: a folder
     and an annotation file; its images without annotations form the ``unlabeled`` split) or
@@ -421,26 +478,43 @@ def prepare(
         if not records:
             raise DatasetFormatError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     elif not labeled:
-        raise DatasetFormatError(f"{root}: no annotated images found for {kind} (expected {layout}); "
-                                 f"for a folder without annotations use hf-landmark prepare images\n{report.summary()}")  # fmt: skip
+        raise DatasetFormatError(
+            f"{root}: no annotated images found for {kind} (expected {layout}); "
+            f"for a folder without annotations use hf-landmark prepare images\n{report.summary()}"
+        )
     empty = [s for s in SPLITS if not any(r.split == s for r in labeled)]
     if labeled and empty and not allow_empty_splits:
         sizes = ", ".join(f"{s} {sum(r.split == s for r in labeled)}" for s in SPLITS)
         raise DatasetFormatError(
             f"{root}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty ({sizes} of {len(labeled)} "
             "annotated images); give --split-counts TRAIN,VAL[,TEST] (e.g. 26,6,8) or --allow-empty-splits"
-            + (f" ({len(report.held_out)} test rows of the file are not annotated yet: annotate them to test on)" if report.held_out else "")
+            + (
+                f" ({len(report.held_out)} test rows of the file are not annotated yet: annotate them to test on)"
+                if report.held_out
+                else ""
+            )
         )
     dataset_name = "custom" if kind in ("custom", "images") else kind
     cache = tempfile.mkdtemp(prefix="hf-landmark-prepare-")
     try:
-        dd = build_dataset_dict(records, names, dataset_name, image_size=image_size, report=report, skip_bad=skip_bad,
-                                outside_image=outside_image, cache_dir=cache)  # fmt: skip
+        dd = build_dataset_dict(
+            records,
+            names,
+            dataset_name,
+            image_size=image_size,
+            report=report,
+            skip_bad=skip_bad,
+            outside_image=outside_image,
+            cache_dir=cache,
+        )
         if out_dir is None:
             return dd.map(keep_in_memory=True), report  # detached from the temporary cache
         info = {"kind": kind, "image_size": image_size, "landmark_names": names}
         if kind in ("custom", "images"):  # where each image came from, for annotation templates (hf-landmark select)
-            info.update(root=str(Path(root).resolve()), files={r.image_id: Path(r.image_path).relative_to(root).as_posix() for r in records})
+            info.update(
+                root=str(Path(root).resolve()),
+                files={r.image_id: Path(r.image_path).relative_to(root).as_posix() for r in records},
+            )
             info["held_out"] = list(report.held_out)
         save_prepared(dd, out_dir, report, info=info)
     finally:

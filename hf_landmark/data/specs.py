@@ -9,10 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CEPH_LANDMARKS = (
-    "Sella", "Nasion", "Orbitale", "Porion", "Subspinale", "Supramentale", "Pogonion", "Menton",
-    "Gnathion", "Gonion", "Lower incisal incision", "Upper incisal incision", "Upper lip", "Lower lip",
-    "Subnasale", "Soft tissue pogonion", "Posterior nasal spine", "Anterior nasal spine", "Articulare",
-)  # fmt: skip
+    "Sella",
+    "Nasion",
+    "Orbitale",
+    "Porion",
+    "Subspinale",
+    "Supramentale",
+    "Pogonion",
+    "Menton",
+    "Gnathion",
+    "Gonion",
+    "Lower incisal incision",
+    "Upper incisal incision",
+    "Upper lip",
+    "Lower lip",
+    "Subnasale",
+    "Soft tissue pogonion",
+    "Posterior nasal spine",
+    "Anterior nasal spine",
+    "Articulare",
+)
 
 
 @dataclass(frozen=True)
@@ -56,23 +72,47 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "ceph": DatasetSpec(
-        name="ceph", title="cephalometric (ISBI 2015)", landmark_names=CEPH_LANDMARKS, unit_convention="spacing",
-        spacing_mm=0.1, sdr_thresholds=(2.0, 2.5, 3.0, 4.0), split_counts=(130, 20, None), paper_key="ceph",
-        expected_images=400, layout="RawImage/{TrainingData,Test1Data,Test2Data}/NNN.bmp and AnnotationsByMD/{400_senior,400_junior}/NNN.txt",
+        name="ceph",
+        title="cephalometric (ISBI 2015)",
+        landmark_names=CEPH_LANDMARKS,
+        unit_convention="spacing",
+        spacing_mm=0.1,
+        sdr_thresholds=(2.0, 2.5, 3.0, 4.0),
+        split_counts=(130, 20, None),
+        paper_key="ceph",
+        expected_images=400,
+        layout="RawImage/{TrainingData,Test1Data,Test2Data}/NNN.bmp and AnnotationsByMD/{400_senior,400_junior}/NNN.txt",
     ),
     "hand": DatasetSpec(
-        name="hand", title="hand (Digital Hand Atlas)", landmark_names=tuple(f"hand_{i}" for i in range(37)),
-        unit_convention="wrist", sdr_thresholds=(2.0, 4.0, 10.0), split_counts=(550, 59, None), paper_key="hand",
-        expected_images=909, layout="jpg/<id>.jpg and labels/all.csv (rows id,x1,y1,...,x37,y37)",
+        name="hand",
+        title="hand (Digital Hand Atlas)",
+        landmark_names=tuple(f"hand_{i}" for i in range(37)),
+        unit_convention="wrist",
+        sdr_thresholds=(2.0, 4.0, 10.0),
+        split_counts=(550, 59, None),
+        paper_key="hand",
+        expected_images=909,
+        layout="jpg/<id>.jpg and labels/all.csv (rows id,x1,y1,...,x37,y37)",
     ),
     "chest": DatasetSpec(
-        name="chest", title="chest (Shenzhen)", landmark_names=tuple(f"chest_{i}" for i in range(6)), unit_convention="pixels",
-        sdr_thresholds=(3.0, 6.0, 9.0), split_counts=(195, 34, None), paper_key="chest", expected_images=279,
+        name="chest",
+        title="chest (Shenzhen)",
+        landmark_names=tuple(f"chest_{i}" for i in range(6)),
+        unit_convention="pixels",
+        sdr_thresholds=(3.0, 6.0, 9.0),
+        split_counts=(195, 34, None),
+        paper_key="chest",
+        expected_images=279,
         layout="pngs/CHNCXR_NNNN_0.png and labels/CHNCXR_NNNN_0.txt",
     ),
     "custom": DatasetSpec(
-        name="custom", title="custom", landmark_names=None, unit_convention="spacing", sdr_thresholds=(2.0, 2.5, 3.0, 4.0),
-        split_counts=(None, None, None), layout="a folder of images plus a CSV or JSON of landmarks (see the README)",
+        name="custom",
+        title="custom",
+        landmark_names=None,
+        unit_convention="spacing",
+        sdr_thresholds=(2.0, 2.5, 3.0, 4.0),
+        split_counts=(None, None, None),
+        layout="a folder of images plus a CSV or JSON of landmarks (see the README)",
     ),
 }
 
@@ -97,5 +137,9 @@ def unit_config(name: str | None, spacing=None) -> dict:
     """The :class:`~hf_landmark.LandmarkConfig` fields that define a dataset's physical units
     (what evaluation reads). ``spacing``: a fixed mm/px for the config, when there is one."""
     spec = get_spec(name)
-    return {"unit_convention": spec.unit_convention, "wrist_indices": list(spec.wrist_indices),
-            "wrist_distance_mm": spec.wrist_distance_mm, "spacing": spacing}  # fmt: skip
+    return {
+        "unit_convention": spec.unit_convention,
+        "wrist_indices": list(spec.wrist_indices),
+        "wrist_distance_mm": spec.wrist_distance_mm,
+        "spacing": spacing,
+    }

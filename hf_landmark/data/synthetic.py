@@ -24,13 +24,28 @@ SYNTH_SIZE = (240, 300)
 # Template landmark positions as fractions of (W, H), in CEPH_LANDMARKS order.
 _TEMPLATE = np.array(
     [
-        [0.35, 0.33], [0.76, 0.28], [0.66, 0.40], [0.20, 0.42], [0.74, 0.58], [0.71, 0.76],
-        [0.73, 0.84], [0.66, 0.90], [0.71, 0.88], [0.33, 0.74], [0.755, 0.67], [0.77, 0.655],
-        [0.87, 0.63], [0.86, 0.71], [0.84, 0.55], [0.82, 0.85], [0.45, 0.55], [0.78, 0.54],
+        [0.35, 0.33],
+        [0.76, 0.28],
+        [0.66, 0.40],
+        [0.20, 0.42],
+        [0.74, 0.58],
+        [0.71, 0.76],
+        [0.73, 0.84],
+        [0.66, 0.90],
+        [0.71, 0.88],
+        [0.33, 0.74],
+        [0.755, 0.67],
+        [0.77, 0.655],
+        [0.87, 0.63],
+        [0.86, 0.71],
+        [0.84, 0.55],
+        [0.82, 0.85],
+        [0.45, 0.55],
+        [0.78, 0.54],
         [0.28, 0.50],
     ],
     dtype=np.float64,
-)  # fmt: skip
+)
 
 # Shape modes (displacements in fractions of (W, H)): lower-face height, jaw length, prognathism.
 _LOWER_FACE = np.zeros_like(_TEMPLATE)
@@ -42,7 +57,9 @@ _PROG[[1, 4, 11, 12, 14, 17], 0] = [0.6, 1.0, 1.0, 0.9, 0.9, 1.0]
 _MODES = np.stack([_LOWER_FACE, _JAW, _PROG]) * 0.05
 
 
-def synthetic_landmarks(rng: np.random.Generator, size=SYNTH_SIZE, margin: float = 2.0, variability: float = 1.0) -> np.ndarray:
+def synthetic_landmarks(
+    rng: np.random.Generator, size=SYNTH_SIZE, margin: float = 2.0, variability: float = 1.0
+) -> np.ndarray:
     """Sample one shape: ``[19, 2]`` (x, y) in pixels of a ``size`` = (W, H) image, every
     landmark at least ``margin`` pixels inside the image (shapes that leave it are redrawn).
     ``variability`` scales the spread of shape and pose: 1 gives ±6° rotation, scale
@@ -66,7 +83,9 @@ def _sample_shape(rng: np.random.Generator, w: int, h: int, v: float) -> np.ndar
     return ((pts - centre) @ rot.T) * scale + centre + shift
 
 
-def render_synthetic(landmarks: np.ndarray, rng: np.random.Generator, size=SYNTH_SIZE, variability: float = 1.0) -> np.ndarray:
+def render_synthetic(
+    landmarks: np.ndarray, rng: np.random.Generator, size=SYNTH_SIZE, variability: float = 1.0
+) -> np.ndarray:
     """Render an x-ray-like uint8 ``[H, W]`` image of the anatomy given by ``landmarks``;
     ``variability`` scales the spread of exposure, contrast and noise."""
     w, h = size
@@ -83,9 +102,21 @@ def render_synthetic(landmarks: np.ndarray, rng: np.random.Generator, size=SYNTH
 
     # Soft tissue: the head silhouette through the profile landmarks.
     top = (nasion[0] - 0.35 * w * ss, nasion[1] - 0.25 * h * ss)
-    profile = [(0, 0.08 * h * ss), top, (nasion[0] + 8 * unit, nasion[1] - 6 * unit), (nasion[0] + 10 * unit, nasion[1] + 4 * unit),
-               (sn[0] + 4 * unit, sn[1] - 14 * unit), sn, ul, ll, st_pog, (st_pog[0] - 14 * unit, st_pog[1] + 18 * unit),
-               (men[0] - 10 * unit, men[1] + 16 * unit), (go[0] - 30 * unit, h * ss), (0, h * ss)]  # fmt: skip
+    profile = [
+        (0, 0.08 * h * ss),
+        top,
+        (nasion[0] + 8 * unit, nasion[1] - 6 * unit),
+        (nasion[0] + 10 * unit, nasion[1] + 4 * unit),
+        (sn[0] + 4 * unit, sn[1] - 14 * unit),
+        sn,
+        ul,
+        ll,
+        st_pog,
+        (st_pog[0] - 14 * unit, st_pog[1] + 18 * unit),
+        (men[0] - 10 * unit, men[1] + 16 * unit),
+        (go[0] - 30 * unit, h * ss),
+        (0, h * ss),
+    ]
     draw.polygon(profile, fill=70)
     # Skull vault: a thick elliptical ring from the ear rod to the nasion.
     cx, cy = (porion[0] + nasion[0]) / 2, nasion[1] - 0.02 * h * ss
@@ -96,9 +127,17 @@ def render_synthetic(landmarks: np.ndarray, rng: np.random.Generator, size=SYNTH
     for c, r, val in ((sella, 9 * unit, 230), (porion, 7 * unit, 250)):
         draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], outline=val, width=int(3 * unit))
     # Orbit: an ellipse whose lowest point is Orbitale.
-    draw.ellipse([orbitale[0] - 14 * unit, orbitale[1] - 30 * unit, orbitale[0] + 14 * unit, orbitale[1]], outline=170, width=int(4 * unit))
+    draw.ellipse(
+        [orbitale[0] - 14 * unit, orbitale[1] - 30 * unit, orbitale[0] + 14 * unit, orbitale[1]],
+        outline=170,
+        width=int(4 * unit),
+    )
     # Frontal bone and nasal bone meeting at Nasion.
-    draw.line([lerp((cx, cy - ry), nasion, 0.5), nasion, (nasion[0] + 12 * unit, nasion[1] + 26 * unit)], fill=200, width=int(5 * unit))
+    draw.line(
+        [lerp((cx, cy - ry), nasion, 0.5), nasion, (nasion[0] + 12 * unit, nasion[1] + 26 * unit)],
+        fill=200,
+        width=int(5 * unit),
+    )
     # Maxilla: palate from PNS to ANS, then down through A point to the upper incisor.
     draw.polygon([pns, ans, a_pt, ui, lerp(pns, ui, 0.5)], fill=150)
     draw.line([pns, ans], fill=235, width=int(5 * unit))
@@ -116,15 +155,22 @@ def render_synthetic(landmarks: np.ndarray, rng: np.random.Generator, size=SYNTH
     img = img.filter(ImageFilter.GaussianBlur(radius=1.2 * ss)).resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    arr = arr * rng.uniform(1.0 - 0.2 * v, 1.0 + 0.1 * v) + 0.08 * v * np.sin(xx * rng.uniform(2, 5) + yy * rng.uniform(2, 5))
+    arr = arr * rng.uniform(1.0 - 0.2 * v, 1.0 + 0.1 * v) + 0.08 * v * np.sin(
+        xx * rng.uniform(2, 5) + yy * rng.uniform(2, 5)
+    )
     arr = np.clip(arr, 0, 1) ** rng.uniform(1.0 - 0.15 * v, 1.0 + 0.2 * v)
     arr = arr + rng.normal(0.0, 0.03 * min(v, 2.0), arr.shape)
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def write_synthetic_isbi(
-    out_dir: str | os.PathLike, num_images: int = 40, seed: int = 0, size=SYNTH_SIZE, image_format: str = "bmp",
-    annotator_noise_px: float = 1.0, variability: float = 1.0,
+    out_dir: str | os.PathLike,
+    num_images: int = 40,
+    seed: int = 0,
+    size=SYNTH_SIZE,
+    image_format: str = "bmp",
+    annotator_noise_px: float = 1.0,
+    variability: float = 1.0,
 ) -> Path:
     """Write ``num_images`` synthetic cephalograms in the ISBI 2015 layout:
     ``RawImage/TrainingData/NNN.<fmt>`` and ``AnnotationsByMD/{400_senior,400_junior}/NNN.txt``

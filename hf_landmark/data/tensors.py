@@ -82,8 +82,11 @@ class LandmarkTensors:
     def with_landmarks(self, original_landmarks) -> LandmarkTensors:
         """The same images with other landmarks ``[M, N, 2]`` (original pixels; NaN = none)."""
         original = torch.as_tensor(original_landmarks, dtype=torch.float32)
-        return replace(self, original_landmarks=original,
-                       landmarks=original_to_model(original, self.original_sizes[:, None, :], self.image_size).float())  # fmt: skip
+        return replace(
+            self,
+            original_landmarks=original,
+            landmarks=original_to_model(original, self.original_sizes[:, None, :], self.image_size).float(),
+        )
 
     @property
     def has_spacing(self) -> bool:
@@ -107,7 +110,9 @@ def load_tensors(split, image_size: int, resample: str = "area", fine_size: int 
     than it is given at inference."""
     if len(split) == 0:
         raise DatasetFormatError("the split is empty")
-    _check_prepared_size(split[0]["image"].size[0], [(image_size, "model's"), (fine_size, "refinement stage's")], resample)
+    _check_prepared_size(
+        split[0]["image"].size[0], [(image_size, "model's"), (fine_size, "refinement stage's")], resample
+    )
     images, fine, lms, sizes, spacing, ids = [], [], [], [], [], []
     for row in split:
         image01 = to_grayscale01(row["image"], source=row["image_id"])
@@ -115,7 +120,11 @@ def load_tensors(split, image_size: int, resample: str = "area", fine_size: int 
         if fine_size:
             fine.append(resize_image(image01, fine_size, resample))
         # An unlabeled split (the pool) has no landmarks: NaN, which no loss or metric may read.
-        lms.append(np.asarray(row["landmarks"], dtype=np.float32) if "landmarks" in row else np.full((len(row["landmark_names"]), 2), np.nan, np.float32))
+        lms.append(
+            np.asarray(row["landmarks"], dtype=np.float32)
+            if "landmarks" in row
+            else np.full((len(row["landmark_names"]), 2), np.nan, np.float32)
+        )
         sizes.append(row["original_size"])
         spacing.append(row["spacing"] if row["spacing"] is not None else [math.nan, math.nan])
         ids.append(row["image_id"])
@@ -189,7 +198,9 @@ def random_affine(
 
     angle = uniform(-rotation_deg, rotation_deg) * math.pi / 180.0
     s = uniform(1.0 - scale, 1.0 + scale)
-    t = torch.stack([uniform(-translation, translation), uniform(-translation, translation)], dim=-1) * 2.0  # normalised units
+    t = (
+        torch.stack([uniform(-translation, translation), uniform(-translation, translation)], dim=-1) * 2.0
+    )  # normalised units
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [B, 2, 2]
     # In normalised coordinates (align_corners=False; the centre is 0) the forward map is
@@ -264,7 +275,10 @@ class ImagePool:
 
     def _decode(self, indices) -> torch.Tensor:
         batch = self.rows[list(indices)] if not isinstance(indices, range) else self.rows[:]
-        out = [resize_image(to_grayscale01(im, source=i), self.size, "area") for im, i in zip(batch["image"], batch["image_id"])]
+        out = [
+            resize_image(to_grayscale01(im, source=i), self.size, "area")
+            for im, i in zip(batch["image"], batch["image_id"])
+        ]
         return torch.from_numpy(np.stack(out))[:, None]
 
 
