@@ -152,7 +152,7 @@ def _dots(count, size, generator):
 def test_the_refiner_learns_to_undo_a_first_stage_offset():
     """A first stage off by 6 fine pixels in a random direction; the refiner, trained with the
     training code's batches on 8 images, must bring new images' landmarks within 1.5 px."""
-    from hf_landmark.training.finetune import refiner_batch
+    from hf_landmark.refinement import refiner_batch
 
     g = torch.Generator().manual_seed(0)
     model = two_stage(refine_loss="contour")

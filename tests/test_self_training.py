@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hf_landmark.losses import get_loss
-from hf_landmark.training.finetune import choose_pseudo_labels, refiner_batch
+from hf_landmark.refinement import refiner_batch
+from hf_landmark.self_training import choose_pseudo_labels
 
 
 @pytest.mark.parametrize("name", ["contour", "bce"])
@@ -117,7 +118,7 @@ def prepared128(synth_raw, tmp_path_factory):
 def test_self_training_on_the_pool_of_synthetic_images(prepared128, tmp_path):
     from hf_landmark import LandmarkDetector
     from hf_landmark.data import load_prepared, load_tensors
-    from hf_landmark.training.finetune import pseudo_labels
+    from hf_landmark.self_training import pseudo_labels
     from hf_landmark_cli import main as cli
 
     out = tmp_path / "ft"

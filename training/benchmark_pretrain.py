@@ -95,7 +95,7 @@ def refiner_step_time(
     from hf_landmark import LandmarkConfig, LandmarkDetector
     from hf_landmark.losses import get_loss
     from hf_landmark.modeling_landmark import own_channel
-    from hf_landmark.training.finetune import refiner_batch
+    from hf_landmark.refinement import refiner_batch
 
     torch.manual_seed(0)
     config = LandmarkConfig(

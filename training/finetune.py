@@ -67,6 +67,7 @@ from tqdm.auto import tqdm
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
 from hf_landmark.backbones import IMAGENET_PIXEL_RANGE, SSL_METHODS, read_pretraining_info, resolve_ddpm_folder
+from hf_landmark.calibration import calibrate_saved_model
 from hf_landmark.configuration_landmark import UNET_PRESETS
 from hf_landmark.data import few_shot_indices, load_prepared, load_tensors, random_affine, random_gamma
 from hf_landmark.data.prepared import UNLABELED, common_spacing, require_split
@@ -76,8 +77,10 @@ from hf_landmark.evaluation import compute_metrics, mean_shape_prediction, predi
 from hf_landmark.fileio import atomic_directory, json_text, write_json_atomic
 from hf_landmark.heatmaps import DECODERS
 from hf_landmark.losses import LOSSES
-from hf_landmark.preprocessing import crop_patches, to_pixel_values
+from hf_landmark.preprocessing import to_pixel_values
 from hf_landmark.recipes import Recipe, describe_recipe, resolve_recipe
+from hf_landmark.refinement import first_stage_offsets, refiner_batch
+from hf_landmark.self_training import pseudo_label_quality, pseudo_labels, self_training_pool
 from hf_landmark.training_utils import (
     MIXED_PRECISION_CHOICES,
     MIXED_PRECISION_HELP,
@@ -550,39 +553,6 @@ def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor
             fh.write(json_text(record))
 
 
-#: At most this many pool images calibrate the flag (a forward pass each, at the end of fine-tuning).
-FLAG_POOL_LIMIT = 2000
-
-
-def calibrate_saved_model(
-    model_dir: str, calibration, reference, decoder: str, pool=(), offset_images: float = 0.0
-) -> dict:
-    """Calibrate the saved best model's landmark offsets (``offset_images`` > 0: each
-    landmark's shrunk mean error on ``calibration``), its error radii (split conformal on ``calibration``, the
-    validation split, which the weights never trained on) and its low-confidence flag
-    (``reference``: the labeled training images; ``pool``: images it never trained on, the
-    unlabeled rest of the training split and the unlabeled split, at most
-    :data:`FLAG_POOL_LIMIT`, evenly spaced); rewrite its processor config in place."""
-    from hf_landmark.evaluation import calibrate_processor
-    from hf_landmark.fileio import atomic_file
-    from hf_landmark.image_processing_landmark import PROCESSOR_FILE, processor_for_model
-
-    model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).eval()
-    processor = processor_for_model(model)
-    total = sum(len(p) for p in pool)
-    if total > FLAG_POOL_LIMIT:
-        pool = [
-            p.subset(np.linspace(0, len(p) - 1, max(1, len(p) * FLAG_POOL_LIMIT // total)).round().astype(int))
-            for p in pool
-        ]
-    measured = calibrate_processor(
-        model, processor, calibration, reference, decoder, pool=list(pool), offset_images=offset_images
-    )
-    with atomic_file(os.path.join(model_dir, PROCESSOR_FILE)) as tmp:
-        processor.to_json_file(tmp)
-    return measured
-
-
 def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_count: int) -> dict:
     """What a card must say about how a detector was trained: data, labels, initialisation."""
     kind, source = args.init_kind, args.init_source
@@ -995,126 +965,6 @@ def train_first_stage(
     return {"best": best, "steps": step, "history": history, "wrote_model": wrote_model}
 
 
-def self_training_pool(
-    train_split, pool_idx: list[int], unlabeled, size: int, resample: str, fine_size: int, limit: int
-):
-    """The images self-training may pseudo-label: the training split's unlabeled rows
-    (``pool_idx``) and the unlabeled split, at most ``limit`` evenly spaced, decoded at the
-    model's and the fine size. Returns ``(pool with NaN landmarks, their true landmarks [M, N, 2]
-    where known, NaN elsewhere: for reporting pseudo-label quality only)``."""
-    sources = [(train_split, i) for i in pool_idx] + (
-        [(unlabeled, i) for i in range(len(unlabeled))] if unlabeled is not None else []
-    )
-    if not sources:
-        return None, None
-    if len(sources) > limit:
-        sources = [sources[i] for i in np.linspace(0, len(sources) - 1, limit).round().astype(int)]
-    parts = []
-    for split in (train_split, unlabeled):
-        rows = [i for s, i in sources if s is split]
-        if rows:
-            parts.append(load_tensors(split.select(rows), size, resample, fine_size))
-    pool = parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
-    truth = pool.original_landmarks.clone()
-    return pool.with_landmarks(torch.full_like(truth, math.nan)), truth
-
-
-def pseudo_labels(
-    model_dir: str, pool, val, labeled, decoder: str, keep: float, device, keep_each: float = 0.0
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The saved model's predictions on ``pool`` and which of them to keep. The model's
-    low-confidence flag (its embedding test) is calibrated on ``labeled`` (what "like the
-    training data" means) and ``val`` alone, never on the pool, so that a pool full of odd
-    images cannot make itself look familiar; a flagged pool image gives no pseudo-label. Of the others,
-    :func:`choose_pseudo_labels` (its ratios from ``val``) keeps the ``keep`` share, and at least
-    the ``keep_each`` share of each landmark. Returns
-    ``(coords [M, N, 2] original px, keep mask [M, N], facts)``."""
-    from hf_landmark.evaluation import predict_split
-    from hf_landmark.image_processing_landmark import processor_for_model
-    from hf_landmark.metrics import radial_errors
-
-    model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    processor = processor_for_model(model)
-    cal = predict_split(model, processor, val, decoder)
-    reference = predict_split(model, processor, labeled, decoder, refine=False)["embeddings"]
-    processor.calibrate_flag(
-        reference, cal["embeddings"], processor.relative_spread(cal["first_stage_spread"], val.original_sizes.numpy())
-    )
-    # Only the embedding test: how sure the model is of each landmark is the expected error's part.
-    processor.spread_threshold = None
-    val_errors = radial_errors(cal["coords"], val.original_landmarks.double().numpy())
-    out = predict_split(model, processor, pool, decoder)
-    usable = np.array([f == "ok" for f in out["flags"]])
-    chosen, threshold = choose_pseudo_labels(
-        out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep, usable, keep_each
-    )
-    return out["coords"], chosen, {"flagged_images": int((~usable).sum()), "threshold_relative": threshold}
-
-
-def choose_pseudo_labels(
-    spread: np.ndarray,
-    sizes: np.ndarray,
-    val_spread: np.ndarray,
-    val_errors: np.ndarray,
-    keep: float,
-    usable: np.ndarray | None = None,
-    keep_each: float = 0.0,
-):
-    """The consistency test: each pool prediction's expected error is its heatmap spread
-    (``[M, N]`` original px) times its landmark's median error-to-spread ratio on the
-    validation images (``val_errors`` / ``val_spread``, ``[V, N]``), over the image's diagonal
-    (``sizes`` ``[M, 2]`` (W, H)); of the ``usable`` images (``[M]`` bool; default all) the
-    ``keep`` share of predictions with the smallest is kept (a landmark the model is unsure of,
-    or one it tends to miss, is left out). With ``keep_each`` > 0, each landmark also keeps the
-    ``keep_each`` share of its own usable predictions with the smallest expected error, so that
-    the landmarks the shared threshold leaves out still get their best ones. Returns
-    ``(mask [M, N], threshold)``: the threshold is the shared one."""
-    ratio = np.median(np.asarray(val_errors, np.float64) / np.asarray(val_spread, np.float64), axis=0)
-    expected = (
-        np.asarray(spread, np.float64)
-        * ratio[None, :]
-        / np.sqrt((np.asarray(sizes, np.float64) ** 2).sum(axis=1))[:, None]
-    )
-    usable = np.ones(len(expected), bool) if usable is None else np.asarray(usable, bool)
-    if not usable.any():
-        return np.zeros(expected.shape, bool), None
-    threshold = float(np.quantile(expected[usable], keep))
-    chosen = expected <= threshold
-    if keep_each > 0:
-        chosen |= expected <= np.quantile(expected[usable], keep_each, axis=0)[None, :]
-    return chosen & usable[:, None], threshold
-
-
-def pseudo_label_quality(coords: np.ndarray, chosen: np.ndarray, truth: torch.Tensor, pool, config) -> dict:
-    """Pseudo-labels' error against the truth where the pool has it (labeled training images
-    left out of the labeled set): kept ones and all predictions, in the model's unit. Only
-    reported, never used to choose."""
-    from hf_landmark.evaluation import physical_errors
-
-    known = torch.isfinite(truth).all(-1).all(-1).numpy()
-    if not known.any():
-        return {}
-    errors, unit = physical_errors(
-        coords[known], pool.subset(np.flatnonzero(known)).with_landmarks(truth[known]), config
-    )
-    kept = errors[chosen[known]]
-    facts = {
-        "images_with_truth": int(known.sum()),
-        "unit": unit,
-        "all_mre": float(errors.mean()),
-        "all_median": float(np.median(errors)),
-    }
-    if kept.size:
-        facts.update(
-            kept_mre=float(kept.mean()), kept_median=float(np.median(kept)), kept_p90=float(np.quantile(kept, 0.9))
-        )
-    if unit == "mm":
-        facts.update(
-            all_over_4mm=float((errors > 4).mean()), kept_over_4mm=float((kept > 4).mean()) if kept.size else None
-        )
-    return facts
-
-
 def self_train(
     args: FinetuneArguments,
     accelerator,
@@ -1304,64 +1154,6 @@ def refine_size_for(args: FinetuneArguments, prepared: int, size: int) -> int:
         )
         return 0
     return fine
-
-
-def first_stage_offsets(model, processor, val, fine_size: int, decoder: str) -> np.ndarray:
-    """The first stage's validation errors ``[M, N, 2]`` in fine pixels (estimate − truth):
-    the offsets the refiner is trained to undo."""
-    from hf_landmark.evaluation import predict_split
-    from hf_landmark.preprocessing import original_to_model
-
-    pred = predict_split(model, processor, val, decoder, refine=False)
-    sizes = val.original_sizes.double().numpy()[:, None, :]
-    first = original_to_model(pred["first_stage_coords"], sizes, fine_size)
-    truth = original_to_model(val.original_landmarks.double().numpy(), sizes, fine_size)
-    return first - truth
-
-
-def sample_offsets(errors: torch.Tensor, landmark: torch.Tensor, crop: int, generator=None) -> torch.Tensor:
-    """``[K, 2]`` crop-centre offsets (fine pixels) for crops of ``landmark`` ``[K]``: a
-    validation error of the same landmark (``errors`` ``[M, N, 2]``) with random signs and a
-    1-px jitter; one crop in ten uniform over the crop instead (so far-off estimates are seen
-    too); all kept 2 px inside the crop so the truth is in it."""
-    k = landmark.shape[0]
-    pick = torch.randint(0, errors.shape[0], (k,), generator=generator)
-    off = errors[pick, landmark] * (torch.randint(0, 2, (k, 2), generator=generator) * 2 - 1) + torch.randn(
-        k, 2, generator=generator
-    )
-    half = crop / 2 - 2
-    wide = torch.rand(k, generator=generator) < 0.1
-    off[wide] = (torch.rand(int(wide.sum()), 2, generator=generator) * 2 - 1) * half
-    return off.clamp(-half, half)
-
-
-def refiner_batch(
-    images01: torch.Tensor,
-    truth: torch.Tensor,
-    offsets: torch.Tensor,
-    config,
-    count: int,
-    generator=None,
-    valid: torch.Tensor | None = None,
-):
-    """``count`` training crops for the refiner from fine images ``[B, 1, F, F]`` in [0, 1] and
-    their landmarks ``truth`` ``[B, N, 2]`` (fine pixels): for a random image and landmark
-    each, the crop centred at the truth plus an offset (:func:`sample_offsets` of the first
-    stage's errors ``offsets`` ``[M, N, 2]``), exactly as inference places it; with ``valid``
-    ``[B, N]`` (False: a rejected pseudo-label) only among the valid pairs. Returns
-    ``(crops [K, 1, C, C] pixel values, landmark [K], local truth [K, 1, 2] crop pixels)``."""
-    device, crop = images01.device, config.refine_crop
-    if valid is None:
-        which = torch.randint(0, images01.shape[0], (count,), generator=generator).to(device)
-        landmark = torch.randint(0, truth.shape[1], (count,), generator=generator)
-    else:
-        pair = torch.multinomial(valid.flatten().float().cpu(), count, replacement=True, generator=generator)
-        which, landmark = (pair // truth.shape[1]).to(device), pair % truth.shape[1]
-    target = truth[which, landmark.to(device)]
-    origins = torch.round(target + sample_offsets(offsets, landmark, crop, generator).to(device)).long() - crop // 2
-    pixels = to_pixel_values(images01, config.pixel_range)[which]
-    crops = crop_patches(pixels, origins[:, None], crop, fill=config.pixel_range[0])[:, 0]
-    return crops, landmark.to(device), (target - origins)[:, None].float()
 
 
 def train_refiner(
