@@ -57,7 +57,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -685,7 +685,8 @@ def finetune(args: FinetuneArguments) -> dict:
     floor = compute_metrics(mean_shape_prediction(train, val), val, model.config)
     model_dir = os.path.join(args.output_dir, "model")
     start = time.perf_counter()
-    result = train_two_stages(args, accelerator, autocast, model, processor, train, val, fine_size, model_dir, record)
+    stages = Stages(args, accelerator, autocast, processor, val, fine_size)
+    result = train_two_stages(stages, model, train, model_dir, record)
     self_training = None
     labeled_set = set(labeled_idx)
     pool_idx = [i for i in range(len(train_all)) if i not in labeled_set]  # the training split's unlabeled images
@@ -702,19 +703,9 @@ def finetune(args: FinetuneArguments) -> dict:
         if pool[0] is None:
             logger.info("no self-training: every training image is labeled and there is no unlabeled split")
         else:
+            facts = DatasetFacts(first, spacing, shape)
             result, self_training = self_train(
-                args,
-                accelerator,
-                autocast,
-                (first, spacing, shape),
-                processor,
-                train,
-                val,
-                pool,
-                fine_size,
-                model_dir,
-                record,
-                result,
+                stages, facts, train, SelfTrainingPool(*pool), model_dir, record, result
             )
     accelerator.end_training()
     best = result["best"]
@@ -799,32 +790,51 @@ def averaged(ema, module: torch.nn.Module):
         ema.restore(params)
 
 
+@dataclass
+class Stages:
+    """What both stages and every self-training round share: the arguments, the Accelerator
+    and its autocast context, the image processor, the validation images (every stage is
+    selected on them) and the refiner's fine image size (0: no refinement stage)."""
+
+    args: FinetuneArguments
+    accelerator: Any
+    autocast: Any
+    processor: LandmarkImageProcessor
+    val: Any
+    fine_size: int
+
+
+@dataclass
+class DatasetFacts:
+    """What a new model of a self-training round is built from: the first training row (the
+    landmark names and the dataset), the spacing its config assumes, and the shape check's
+    ``(reference shape, tolerance)``."""
+
+    first: dict
+    spacing: list | None
+    shape: tuple
+
+
+@dataclass
+class SelfTrainingPool:
+    """The images self-training may pseudo-label (their landmarks NaN) and their true landmarks
+    where known (for reporting pseudo-label quality only)."""
+
+    images: Any
+    truth: torch.Tensor
+
+
 def train_two_stages(
-    args: FinetuneArguments,
-    accelerator,
-    autocast,
-    model,
-    processor,
-    train,
-    val,
-    fine_size: int,
-    model_dir: str,
-    record: dict,
-    weights: torch.Tensor | None = None,
-    tag: str = "",
+    ctx: Stages, model, train, model_dir: str, record: dict, weights: torch.Tensor | None = None, tag: str = ""
 ) -> dict:
     """The first stage on ``train`` (``weights``: each image's sampling weight; None: uniform),
     then the refinement stage on the best first stage, both selected on ``val``; the best model
     goes to ``model_dir``. ``tag`` prefixes the tracker's keys (a self-training round).
     Returns ``{"best", "first_stage", "refine", "steps", "history", "wrote_model"}``."""
-    first = train_first_stage(
-        args, accelerator, autocast, model, processor, train, val, model_dir, record, weights, tag
-    )
+    first = train_first_stage(ctx, model, train, model_dir, record, weights, tag)
     best, refine_summary = dict(first["best"]), None
-    if fine_size and first["wrote_model"]:
-        refine_summary, best = train_refiner(
-            args, accelerator, autocast, model_dir, train, val, fine_size, record, first["best"], weights, tag
-        )
+    if ctx.fine_size and first["wrote_model"]:
+        refine_summary, best = train_refiner(ctx, model_dir, train, record, first["best"], weights, tag)
     return {
         "best": best,
         "first_stage": first["best"],
@@ -836,22 +846,13 @@ def train_two_stages(
 
 
 def train_first_stage(
-    args: FinetuneArguments,
-    accelerator,
-    autocast,
-    model,
-    processor,
-    train,
-    val,
-    model_dir: str,
-    record: dict,
-    weights: torch.Tensor | None = None,
-    tag: str = "",
+    ctx: Stages, model, train, model_dir: str, record: dict, weights: torch.Tensor | None = None, tag: str = ""
 ) -> dict:
     """Stage 1: the heatmap detector on ``train``'s images at the model's size, validated every
     ``eval_steps`` on ``val``'s MRE (the best saved to ``model_dir``), with the plateau
     schedule and early stopping. Landmarks given as NaN (rejected pseudo-labels) are left out
     of the loss."""
+    args, accelerator, autocast, processor, val = ctx.args, ctx.accelerator, ctx.autocast, ctx.processor, ctx.val
     max_steps, eval_steps = args.max_steps, args.eval_steps
     if max_steps is None:
         batches_per_epoch = math.ceil(len(train) / args.train_batch_size)
@@ -966,18 +967,7 @@ def train_first_stage(
 
 
 def self_train(
-    args: FinetuneArguments,
-    accelerator,
-    autocast,
-    facts,
-    processor,
-    train,
-    val,
-    pool,
-    fine_size: int,
-    model_dir: str,
-    record: dict,
-    result: dict,
+    ctx: Stages, facts: DatasetFacts, train, pool: SelfTrainingPool, model_dir: str, record: dict, result: dict
 ) -> tuple[dict, dict]:
     """``--self-train`` rounds: the best model so far pseudo-labels ``pool`` (:func:`pseudo_labels`),
     a fresh model from ``--init`` trains both stages on the labeled images (drawn with
@@ -987,8 +977,9 @@ def self_train(
     beside the model. Returns ``(result of the best model, self-training summary)``."""
     from hf_landmark.fileio import replace_directory, write_text_atomic
 
-    pool, truth = pool
-    first, spacing, shape = facts
+    args, accelerator, val = ctx.args, ctx.accelerator, ctx.val
+    pool, truth = pool.images, pool.truth
+    first, spacing, shape = facts.first, facts.spacing, facts.shape
     rounds = []
     before = {
         "val_mre": result["best"]["val_mre"],
@@ -1041,14 +1032,9 @@ def self_train(
         tag = f"self-train round {r}"
         try:
             outcome = train_two_stages(
-                args,
-                accelerator,
-                autocast,
+                ctx,
                 model,
-                processor,
                 combined,
-                val,
-                fine_size,
                 os.path.join(round_dir, "model"),
                 dict(record, self_training_round=r),
                 weights,
@@ -1157,13 +1143,9 @@ def refine_size_for(args: FinetuneArguments, prepared: int, size: int) -> int:
 
 
 def train_refiner(
-    args: FinetuneArguments,
-    accelerator,
-    autocast,
+    ctx: Stages,
     model_dir: str,
     train,
-    val,
-    fine_size: int,
     record: dict,
     first_best: dict,
     weights: torch.Tensor | None = None,
@@ -1180,6 +1162,7 @@ def train_refiner(
     from hf_landmark.modeling_landmark import own_channel, refine_prior_sigmas
     from hf_landmark.preprocessing import original_to_model
 
+    args, accelerator, autocast, val, fine_size = ctx.args, ctx.accelerator, ctx.autocast, ctx.val, ctx.fine_size
     device = accelerator.device
     detector = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32)
     init = None if args.refine_init == "scratch" else args.refine_init
