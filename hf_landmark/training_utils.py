@@ -245,21 +245,35 @@ def check_choice(name: str, value, choices) -> None:
         raise UserInputError(f"{name}: {value!r} is not one of {', '.join(sorted(map(str, choices)))}")
 
 
-def argument_parser(arguments_class, prog: str, description: str | None):
+def argument_parser(
+    arguments_class, prog: str, description: str | None, groups: dict[str, tuple[str, ...]] | None = None
+):
     """The command-line parser of a training function's arguments dataclass (transformers'
-    ``HfArgumentParser``: every field is a flag, ``--a_b`` and ``--a-b`` alike)."""
+    ``HfArgumentParser``: every field is a flag, ``--a_b`` and ``--a-b`` alike). ``groups``
+    (title → field names) sorts the flags into sections of ``--help``."""
     import argparse
 
     from transformers import HfArgumentParser
 
     # No abbreviations: a misspelt flag must be an error, never a silent prefix match.
-    return HfArgumentParser(
+    parser = HfArgumentParser(
         arguments_class,
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
+    if groups:
+        actions = {a.dest: a for a in parser._actions}
+        for title, names in groups.items():
+            group = parser.add_argument_group(title)
+            for name in names:
+                action = actions[name]
+                for container in parser._action_groups:
+                    if action in container._group_actions and container is not group:
+                        container._group_actions.remove(action)
+                group._group_actions.append(action)
+    return parser
 
 
 def parse_arguments(parser, arguments_class, argv=None):

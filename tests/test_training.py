@@ -871,3 +871,31 @@ def test_the_recipe_is_one_table_shown_by_show_recipe_and_in_the_design_notes(ca
         "<!-- /recipe-table -->"
     )[0]
     assert table == recipe_table()
+
+
+def test_finetune_help_groups_every_argument_and_every_release_0_4_flag_still_parses():
+    import dataclasses
+
+    from hf_landmark.training.finetune import ARGUMENT_GROUPS, FinetuneArguments, parser
+
+    grouped = [name for names in ARGUMENT_GROUPS.values() for name in names]
+    fields = [f.name for f in dataclasses.fields(FinetuneArguments) if f.init]
+    assert sorted(grouped) == sorted(fields) and len(grouped) == len(set(grouped))
+    text = parser().format_help()
+    assert all(f"\n{title}:\n" in text for title in ARGUMENT_GROUPS)
+    # Every flag of release 0.4, with a value where it takes one, parses as it did.
+    flags_0_4 = (
+        "--dataset d --output-dir o --num-labels 3 --init scratch --pretrained scratch --backbone unet2d --encoder densenet161 "
+        "--subset first --selection first --seed 1 --preset tiny --recipe default --loss contour --resolution 32 --sigma 1.5 "
+        "--learning-rate 1e-4 --train-batch-size 2 --gradient-accumulation-steps 1 --max-steps 5 --max-epochs 2 --eval-steps 1 "
+        "--early-stopping-patience 3 --plateau-patience 2 --plateau-factor 0.5 --weight-decay 0.01 --ema-decay 0.9 "
+        "--max-grad-norm 1 --decoder centroid --augment 2,0.02,0.02 --no-augment --shape-check 2.5 --offset-correction 10 "
+        "--mixed-precision no --report-to none --pixel-range=-1,1 --no-refine --refine-init scratch --refine-size 256 "
+        "--refine-crop 64 --refine-preset tiny --refine-sigma 2 --refine-prior 1 --refine-max-steps 10 --refine-batch-size 4 "
+        "--refine-learning-rate 3e-4 --self-train 1 --self-train-keep 0.4 --self-train-keep-each 0.2 "
+        "--self-train-labeled-share 0.5 --self-train-pool 100"
+    ).split()
+    namespace = vars(parser().parse_args(flags_0_4))
+    assert (
+        namespace["refine_size"] == 256 and namespace["self_train_keep_each"] == 0.2 and namespace["no_refine"] is True
+    )

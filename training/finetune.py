@@ -427,8 +427,27 @@ def augment(args: FinetuneArguments, images01: torch.Tensor, landmarks: torch.Te
     return random_gamma(images01, gamma, generator=generator), landmarks
 
 
+#: ``--help``'s sections: each argument of :class:`FinetuneArguments` by concern.
+ARGUMENT_GROUPS = {
+    "data and labels": ("dataset", "output_dir", "num_labels", "subset", "seed"),
+    "initialisation and network": ("init", "backbone", "encoder", "preset", "resolution", "pixel_range"),
+    "recipe and loss": ("recipe", "loss", "sigma", "decoder"),
+    "first stage": (
+        "learning_rate", "train_batch_size", "gradient_accumulation_steps", "max_steps", "max_epochs", "eval_steps",
+        "early_stopping_patience", "plateau_patience", "plateau_factor", "weight_decay", "ema_decay", "max_grad_norm",
+        "augment", "no_augment", "mixed_precision", "report_to",
+    ),
+    "refinement stage": (
+        "no_refine", "refine_init", "refine_size", "refine_crop", "refine_preset", "refine_sigma", "refine_prior",
+        "refine_max_steps", "refine_batch_size", "refine_learning_rate",
+    ),
+    "self-training": ("self_train", "self_train_keep", "self_train_keep_each", "self_train_labeled_share", "self_train_pool"),
+    "calibration and checks": ("shape_check", "offset_correction"),
+}  # fmt: skip
+
+
 def parser():
-    return argument_parser(FinetuneArguments, "hf-landmark finetune", __doc__)
+    return argument_parser(FinetuneArguments, "hf-landmark finetune", __doc__, ARGUMENT_GROUPS)
 
 
 INIT_HINT = "--init takes 'scratch', a checkpoint-<step> folder of hf-landmark pretrain (or pretrain-ssl), a Hub repo, or imagenet"
