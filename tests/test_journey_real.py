@@ -230,6 +230,7 @@ def walk(tmp_path):
             page.keyboard.press("ArrowRight")
             ui.wait_status(f"Image {i + 2} of")
         annotate_image(ui, page, order[2], stop_after=3)  # half of the third image, then the server dies
+        page.screenshot(path=str(tmp_path / "annotate.png"))  # what the annotator sees at 1400 x 1000
         before = (tmp_path / "choose.csv").read_bytes()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -285,8 +286,10 @@ def walk(tmp_path):
         assert len(queue) == 11 and sum(" done " in f" {r} " for r in queue) == 6
         assert all(" done" in r for r in queue[-6:])  # the finished images last
         page.wait_for_selector("#annot-thumbnails img")
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
         page.get_by_role("tab", name="Annotate").click()
         ui.wait_status("Review order")
+        page.screenshot(path=str(tmp_path / "proposals.png"))
         first = queue[0].split()[1]
         assert first in ui.status() and first not in order
         page.keyboard.press("a")
