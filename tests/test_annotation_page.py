@@ -494,3 +494,55 @@ def test_two_pages_on_one_file_keep_each_others_images(tmp_path):
     b.place(7.0, 8.0)  # b's case0 was read when b opened: Sella only, now at (7, 8)
     saved = AnnotationFile(tmp_path / "ann.csv", NAMES).read()
     assert saved["case0.png"][0][0].tolist() == [7.0, 8.0] and np.isnan(saved["case0.png"][0][1]).all()
+
+
+def test_a_landmark_marked_missing_leaves_the_image_incomplete_as_prepare_custom_sees_it(tmp_path):
+    from hf_landmark.annotation import AnnotationSession, open_project
+
+    images = tmp_path / "xrays"
+    write_images(images, n=2)
+    session = AnnotationSession(open_project(str(images), str(tmp_path / "a.csv"), NAMES))
+    for k in range(4):
+        session.place(*truth(0)[k])
+    session.skip()  # Menton: missing on this image
+    assert session.finished(0) and not session.complete(0)
+    assert "leaves the image incomplete" in session.status() and "0 of 2 images complete" in session.status()
+    # A reload opens on it, as prepare custom would refuse it.
+    again = AnnotationSession(open_project(str(images), str(tmp_path / "a.csv"), NAMES))
+    assert again.index == 0 and again.states[0].skipped == {"Menton"}
+
+
+def test_choosing_a_landmark_from_the_list_moves_the_instruction_and_the_zoom(tmp_path):
+    from hf_landmark.annotation import AnnotationSession, open_project
+
+    images = tmp_path / "xrays"
+    write_images(images, n=1)
+    session = AnnotationSession(open_project(str(images), str(tmp_path / "a.csv"), NAMES))
+    session.click_overview([50, 60])  # the zoom opens there for Sella
+    assert session.zoom_centre is not None and "1 Sella" in session.message
+    session.select_landmark(4)  # Menton, not placed: the zoom closes and the page asks for Menton
+    assert session.current == 4 and session.zoom_centre is None
+    assert (
+        session.message.startswith("5 Menton: click near it on the image")
+        and "### Landmark 5 of 5: Menton" in session.status()
+    )
+    session.place(*truth(0)[4])
+    session.select_landmark(4)  # placed: the zoom opens on it, to move it
+    assert np.allclose(session.zoom_centre, truth(0)[4]) and "click its new position" in session.message
+
+
+def test_radii_are_drawn_in_two_tones_to_read_on_bone_and_on_air(tmp_path):
+    from hf_landmark.annotation import AnnotationSession, open_project
+
+    for grey in (0, 255):  # a black and a white image: the ring shows on both
+        images = tmp_path / f"g{grey}"
+        images.mkdir()
+        Image.fromarray(np.full((300, 300), grey, np.uint8)).save(images / "x.png")
+        session = AnnotationSession(open_project(str(images), str(tmp_path / f"a{grey}.csv"), NAMES))
+        session.state.proposals = np.array([[150.0, 150.0]] * 5)
+        session.state.radii = np.array([60.0] * 5)
+        picture = session.overview().astype(int)
+        # At 720 / 300 = 2.4 overview px per original px: the centre at (150 + 0.5) * 2.4 - 0.5 = 360.7,
+        # the ring 60 * 2.4 = 144 px to its right, about x = 505 on row 361.
+        ring = picture[361, 495:515].sum(axis=1)
+        assert ring.min() < 150 and ring.max() > 350, (grey, ring)  # a dark halo beside a light (orange) line
