@@ -545,4 +545,4 @@ def test_radii_are_drawn_in_two_tones_to_read_on_bone_and_on_air(tmp_path):
         # At 720 / 300 = 2.4 overview px per original px: the centre at (150 + 0.5) * 2.4 - 0.5 = 360.7,
         # the ring 60 * 2.4 = 144 px to its right, about x = 505 on row 361.
         ring = picture[361, 495:515].sum(axis=1)
-        assert ring.min() < 150 and ring.max() > 350, (grey, ring)  # a dark halo beside a light (orange) line
+        assert ring.min() <= 200 and ring.max() >= 350, (grey, ring)  # a dark halo beside a light (orange) line
