@@ -74,6 +74,10 @@ def main(argv=None) -> dict:
         "consistent_share": float(consistent.mean()),
         "mre_consistent": float(errors[consistent].mean()) if consistent.any() else None,
         "mre_inconsistent": float(errors[~consistent].mean()) if (~consistent).any() else None,
+        # What the annotation page shows as a proposal (the consistent matches alone): its spread too.
+        "consistent_median": float(np.median(errors[consistent])) if consistent.any() else None,
+        "consistent_p90": float(np.quantile(errors[consistent], 0.9)) if consistent.any() else None,
+        "consistent_max": float(errors[consistent].max()) if consistent.any() else None,
         "tail_share": float(tail.mean()),
         "tail_error_share": float(errors[tail].sum() / errors.sum()),
         "per_landmark": {
