@@ -340,6 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo-id", required=True, help="the Hub repo, org/name")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--message", default="Upload with hf-landmark", help="the commit message")
+    p.add_argument(
+        "--space",
+        action="store_true",
+        help="the folder is a Space (hf-landmark space): create and upload a Gradio Space",
+    )
+
+    p = sub.add_parser(
+        "space",
+        allow_abbrev=False,
+        help="write a Hugging Face Space folder: the web page (Detect, and Annotate a "
+        "visitor's own uploads) with this package as a wheel its requirements install",
+    )
+    p.add_argument("--out", required=True, help="the Space folder to write (replaced whole)")
+    p.add_argument("--model", help="the default model repo (also set HF_LANDMARK_MODEL in the Space's settings)")
 
     p = sub.add_parser("evaluate", allow_abbrev=False, help="evaluate a detector on a prepared split")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")

@@ -38,7 +38,9 @@ def landmark_pipeline(model: str):
     """The ``landmark-detection`` pipeline of a model folder or Hub repo."""
     from transformers import pipeline
 
-    if _package_available():
+    # A public Space (SPACE_ID set) runs only its owner's models, with the package installed or not.
+    public = bool(os.environ.get("SPACE_ID"))
+    if _package_available() and not (public and model not in trusted_models()):
         from hf_landmark.pipeline_landmark import detection_pipeline
 
         return detection_pipeline(model)

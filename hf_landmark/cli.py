@@ -675,15 +675,34 @@ def _cmd_push(args) -> int:
     if not os.path.isdir(args.model_dir):
         raise UserInputError(f"{args.model_dir}: no such folder")
     api = HfApi()
-    api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+    kind = "space" if args.space else "model"
+    if args.space and not os.path.isfile(os.path.join(args.model_dir, "app.py")):
+        raise UserInputError(
+            f"{args.model_dir}: not a Space folder (no app.py); write one with hf-landmark space --out DIR"
+        )
+    api.create_repo(
+        args.repo_id, private=args.private, exist_ok=True, repo_type=kind, space_sdk="gradio" if args.space else None
+    )
     # A pre-training checkpoint's state/ holds Accelerate's pickles: never published.
     api.upload_folder(
         folder_path=args.model_dir,
         repo_id=args.repo_id,
+        repo_type=kind,
         commit_message=args.message,
         ignore_patterns=["state/*", ".*", "logs/*"],
     )
-    print(f"pushed {args.model_dir} to https://huggingface.co/{args.repo_id}")
+    print(f"pushed {args.model_dir} to https://huggingface.co/{'spaces/' if args.space else ''}{args.repo_id}")
+    return 0
+
+
+def _cmd_space(args) -> int:
+    from .space import build_space
+
+    written = build_space(args.out, args.model)
+    print(
+        f"wrote the Space to {args.out} ({len(written)} files, the package as {next(f for f in written if f.endswith('.whl'))}); "
+        f"upload it with hf-landmark push {args.out} --repo-id ORG/NAME --space"
+    )
     return 0
 
 
@@ -699,6 +718,7 @@ COMMANDS = {
     "annotate": _cmd_annotate,
     "card": _cmd_card,
     "push": _cmd_push,
+    "space": _cmd_space,
 }
 
 

@@ -178,7 +178,7 @@ def test_real_exit_code_and_debug_traceback(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "hf_landmark.cli",
+        "hf_landmark_cli",
         "prepare",
         "chest",
         "--root",
