@@ -40,37 +40,10 @@ SMALL = {
     "--num-labels 9": "--num-labels 4",
 }
 FAST = {
-    "prepare": ["--image-size", "128"],
-    "pretrain": [
-        "--preset",
-        "tiny",
-        "--resolution",
-        "32",
-        "--max-steps",
-        "4",
-        "--save-steps",
-        "4",
-        "--train-batch-size",
-        "4",
-        "--gradient-accumulation-steps",
-        "1",
-        "--num-samples",
-        "0",
-        "--report-to",
-        "none",
-    ],
-    "finetune": [
-        "--max-steps",
-        "3",
-        "--eval-steps",
-        "1",
-        "--refine-max-steps",
-        "3",
-        "--self-train",
-        "1",
-        "--report-to",
-        "none",
-    ],
+    "prepare": "--image-size 128".split(),
+    "pretrain": "--preset tiny --resolution 32 --max-steps 4 --save-steps 4 --train-batch-size 4 --gradient-accumulation-steps 1 "
+    "--num-samples 0 --report-to none".split(),
+    "finetune": "--max-steps 3 --eval-steps 1 --refine-max-steps 3 --self-train 1 --report-to none".split(),
 }
 
 
