@@ -20,7 +20,7 @@ ZOOM_FACTORS = (2, 4, 8)
 SELECT_RADIUS = 7
 
 
-_PLACED, _PROPOSED, _UNSURE, _CURRENT = (60, 220, 90), (255, 150, 0), (255, 60, 200), (255, 235, 0)
+_PLACED, _PROPOSED, _CURRENT = (60, 220, 90), (255, 150, 0), (255, 235, 0)
 
 
 def display_scale(width: int, height: int, side: int = DISPLAY_SIDE) -> tuple[tuple[int, int], tuple[float, float]]:

@@ -15,7 +15,6 @@ from .geometry import (
     _CURRENT,
     _PLACED,
     _PROPOSED,
-    _UNSURE,
     SELECT_RADIUS,
     ZOOM_FACTORS,
     click_to_original,
@@ -59,7 +58,6 @@ class ImageState:
         self.skipped = set(skipped)
         self.proposals = None  # the model's (or matched) points [N, 2], its radii [N] and its flag
         self.radii = None
-        self.unsure = None  # matched proposals that are not cycle-consistent [N]
         self.flag = False
         self.undo: list[tuple[int, np.ndarray, bool, bool]] = []
 
@@ -174,7 +172,6 @@ class AnnotationSession:
         # Only a match that maps back to its landmark is shown: a far-off proposal is worse than none.
         consistent = np.asarray(m["consistent"], bool)
         st.proposals = np.where(consistent[:, None], m["xy"], np.nan)
-        st.unsure = np.zeros(len(consistent), bool)
         self.message = (
             f"Proposals matched from {self.project.files[ref]} for {int(consistent.sum())} of {len(consistent)} landmarks; "
             f"the other {int((~consistent).sum())} did not map back to their landmark and are not shown: place them."
@@ -423,10 +420,7 @@ class AnnotationSession:
             elif n in st.skipped:
                 x, y, what = np.nan, np.nan, "missing"
             elif st.proposals is not None and np.isfinite(st.proposals[k]).all():
-                x, y, what = (
-                    *st.proposals[k],
-                    "proposed (unsure)" if st.unsure is not None and st.unsure[k] else "proposed",
-                )
+                x, y, what = *st.proposals[k], "proposed"
             else:
                 x, y, what = np.nan, np.nan, ""
             radius = st.radii[k] if st.radii is not None else np.nan
@@ -461,7 +455,7 @@ class AnnotationSession:
             px, py = original_to_picture(p, scale, origin)
             if not (-40 <= px <= rgb.width + 40 and -40 <= py <= rgb.height + 40):
                 continue
-            colour = _PLACED if st.placed[k] else _UNSURE if st.unsure is not None and st.unsure[k] else _PROPOSED
+            colour = _PLACED if st.placed[k] else _PROPOSED
             if self.show_radii and not st.placed[k] and st.radii is not None and np.isfinite(st.radii[k]):
                 r = st.radii[k] * sx  # two-tone: a dark halo under a light line reads on bone and on air alike
                 draw.ellipse([px - r, py - r, px + r, py + r], outline=(0, 0, 0, 200), width=4)
