@@ -11,7 +11,6 @@ import math
 import os
 import sys
 
-from .data.formats import read_landmark_names
 from .errors import UserInputError
 
 
@@ -31,6 +30,7 @@ def _cmd_synth(args) -> int:
 
 def _cmd_prepare(args) -> int:
     from .data import prepare
+    from .data.formats import read_landmark_names
     from .training_utils import parse_int_list
 
     kwargs = {}
@@ -456,7 +456,7 @@ def _cmd_select(args) -> int:
     import numpy as np
 
     from .data import dataset_info, load_prepared, load_tensors
-    from .data.formats import write_annotations, write_csv
+    from .data.formats import read_landmark_names, write_annotations, write_csv
     from .data.prepared import require_split
     from .evaluation import predict_split
     from .pipeline_landmark import load_detector
@@ -591,6 +591,8 @@ def _validation_count(asked: int | None, chosen: int) -> int:
 
 
 def _cmd_annotate(args) -> int:
+    from .data.formats import read_landmark_names
+
     try:
         import gradio  # noqa: F401
     except ImportError as err:
