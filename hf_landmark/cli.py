@@ -525,9 +525,12 @@ def _cmd_select(args) -> int:
     if args.spacing:
         from .training_utils import parse_float_pair
 
-        spacing = parse_float_pair(
-            args.spacing if "," in args.spacing else f"{args.spacing},{args.spacing}", "--spacing"
-        )
+        try:
+            spacing = parse_float_pair(args.spacing if "," in args.spacing else f"{args.spacing},{args.spacing}")
+        except UserInputError as err:
+            raise UserInputError(
+                f"--spacing: expected mm per pixel, one number or SX,SY, got {args.spacing!r}"
+            ) from err
         if not all(v > 0 for v in spacing):
             raise UserInputError(f"--spacing: mm per pixel must be positive, got {args.spacing!r}")
         for row in rows:

@@ -28,6 +28,13 @@ def build_space(out: str | os.PathLike, model: str | None = None) -> list[str]:
         raise UserInputError(
             "hf-landmark space builds from a source checkout of hf-landmark (its space/ and pyproject.toml)"
         )
+    try:
+        return _write_space(out, model)
+    except OSError as err:
+        raise UserInputError(f"--out {out}: cannot write the Space there ({err.strerror or err})") from err
+
+
+def _write_space(out, model: str | None) -> list[str]:
     with atomic_directory(out) as tmp:
         tmp = Path(tmp)
         for name in ("app.py", "README.md"):

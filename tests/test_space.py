@@ -63,3 +63,10 @@ def test_push_space_refuses_a_folder_that_is_not_a_space(tmp_path, capsys):
     (tmp_path / "m").mkdir()
     assert cli(["push", str(tmp_path / "m"), "--repo-id", "org/x", "--space"]) == 2
     assert "not a Space folder (no app.py)" in capsys.readouterr().err
+
+
+def test_space_into_a_folder_that_cannot_be_written_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert cli(["space", "--out", str(tmp_path / "file" / "space")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and "cannot write the Space there" in err and "Traceback" not in err
