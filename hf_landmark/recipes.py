@@ -15,7 +15,10 @@ at 1 label and flat from 1.5 to 2 at 10; the landmark offsets were measured from
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import UserInputError
 
 #: The default recipe's regimes split here: below it the few-label regime.
 FEW_LABELS_BELOW = 5
@@ -147,3 +150,23 @@ def describe_recipe(recipe: Recipe) -> str:
     return f"recipe: {recipe.name}\n" + "".join(
         f"  {k.ljust(width)}  {_cell(getattr(recipe, k))}\n" for k in recipe_fields()
     )
+
+
+def parse_augment(text: str) -> tuple[float, float, float, float]:
+    """``--augment 'DEG,SCALE,SHIFT[,GAMMA]'`` → ``(deg, scale, shift, gamma)``: rotation in ±DEG
+    degrees, scale in 1 ± SCALE, shift in ± SHIFT x the side, an intensity power in
+    [1/(1+GAMMA), 1+GAMMA]. Below 5 labels the default recipe's is six times the paper's: the
+    detector otherwise sees its one to four images in nearly one pose, and the pool it
+    pseudo-labels varies more."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (3, 4) or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise UserInputError(
+            f"--augment: 'DEG,SCALE,SHIFT[,GAMMA]', three or four numbers >= 0 (e.g. 2,0.02,0.02), got {text!r}"
+        )
+    deg, scale, shift, gamma = values + [0.0] * (4 - len(values))
+    if deg > 45 or scale >= 0.5 or shift >= 0.5:
+        raise UserInputError(f"--augment: at most 45 degrees and a scale and shift below 0.5, got {text!r}")
+    return deg, scale, shift, gamma

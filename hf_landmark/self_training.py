@@ -1,16 +1,31 @@
 """Self-training's parts: which images it may pseudo-label, the pseudo-labels a saved model
 gives them and which of those to keep (the consistency test), and how good the kept ones
-are where the truth is known (reported only). ``training/finetune.py`` runs the rounds."""
+are where the truth is known (reported only), and the rounds themselves (:func:`self_train`)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
 
+from .configuration_landmark import LandmarkConfig
 from .data import load_tensors
+from .errors import UserInputError
+from .fileio import json_text, replace_directory, write_text_atomic
 from .modeling_landmark import LandmarkDetector
+from .training_loop import TRAINING_RECORD
+
+logger = get_logger(__name__)
 
 
 def self_training_pool(
@@ -131,3 +146,171 @@ def pseudo_label_quality(coords: np.ndarray, chosen: np.ndarray, truth: torch.Te
             all_over_4mm=float((errors > 4).mean()), kept_over_4mm=float((kept > 4).mean()) if kept.size else None
         )
     return facts
+
+
+@dataclass(frozen=True)
+class SelfTrainingPlan:
+    """How the rounds run: at most ``rounds``; the ``keep`` share of pool landmarks (and each
+    landmark's ``keep_each`` share) kept as pseudo-labels; ``labeled_share`` of each batch from
+    the labeled images; round ``r`` seeded ``seed + r``; ``new_model()`` the fresh model a
+    round trains (from the same initialisation as the first)."""
+
+    rounds: int
+    keep: float
+    keep_each: float
+    labeled_share: float
+    seed: int
+    new_model: Callable[[], Any]
+
+
+@dataclass
+class SelfTrainingPool:
+    """The images self-training may pseudo-label (their landmarks NaN) and their true landmarks
+    where known (for reporting pseudo-label quality only)."""
+
+    images: Any
+    truth: torch.Tensor
+
+
+def self_train(
+    ctx, plan: SelfTrainingPlan, train, pool: SelfTrainingPool, model_dir: str, record: dict, result: dict
+) -> tuple[dict, dict]:
+    """Self-training rounds: the best model so far pseudo-labels ``pool`` (:func:`pseudo_labels`),
+    a fresh model trains both stages on the labeled images (drawn with ``labeled_share`` of each
+    batch) plus the images with kept pseudo-labels (the rejected landmarks left out), and
+    replaces the best model only if it is better on validation. Every round's counts and
+    pseudo-label quality go into the training record beside the model. ``ctx`` is a
+    :class:`hf_landmark.stages.Stages`. Returns ``(result of the best model, self-training summary)``."""
+    rounds = []
+    before = {
+        "val_mre": result["best"]["val_mre"],
+        "val_sdr": result["best"].get("val_sdr"),
+        "first_stage_val_mre": result["first_stage"]["val_mre"],
+    }
+    for r in range(1, plan.rounds + 1):
+        t0 = time.perf_counter()
+        report, combined, weights = _pseudo_label_round(ctx, plan, train, pool, model_dir, r)
+        if combined is None:
+            rounds.append(dict(report, model_kept=False, seconds=time.perf_counter() - t0))
+            break
+        outcome, error = _train_round(ctx, plan, combined, weights, record, r)
+        if error is not None:
+            rounds.append(dict(report, diverged=error, model_kept=False, seconds=time.perf_counter() - t0))
+            break
+        better = outcome["wrote_model"] and outcome["best"]["val_mre"] < result["best"]["val_mre"]
+        report.update(
+            val_mre=outcome["best"]["val_mre"],
+            val_sdr=outcome["best"].get("val_sdr"),
+            first_stage_val_mre=outcome["first_stage"]["val_mre"],
+            previous_best_val_mre=result["best"]["val_mre"],
+            model_kept=bool(better),
+            seconds=time.perf_counter() - t0,
+        )
+        round_dir = os.path.join(ctx.settings.output_dir, f"self-train-{r}")
+        if better and ctx.accelerator.is_main_process:
+            replace_directory(os.path.join(round_dir, "model"), model_dir)
+        if better:
+            result = outcome
+        shutil.rmtree(round_dir, ignore_errors=True)
+        rounds.append(report)
+        _log_round(report, r, better, plan.rounds)
+        if not better:
+            # The next round would pseudo-label the pool with the same model: the same labels
+            # again, and another draw of training noise picked by validation is not a gain.
+            break
+    summary = {
+        "without": before,
+        "rounds": rounds,
+        "keep": plan.keep,
+        "keep_each": plan.keep_each,
+        "labeled_share": plan.labeled_share,
+        "model_from_round": max([0] + [x["round"] for x in rounds if x["model_kept"]]),
+    }
+    if ctx.accelerator.is_main_process:
+        path = os.path.join(model_dir, TRAINING_RECORD)
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        saved.pop("self_training_round", None)
+        write_text_atomic(json_text(dict(saved, self_training=summary)), path)
+    return result, summary
+
+
+def _pseudo_label_round(ctx, plan: SelfTrainingPlan, train, pool: SelfTrainingPool, model_dir: str, r: int):
+    """Round ``r``'s pseudo-labels: ``(report, labeled + pseudo-labeled images, their sampling
+    weights)``, or ``(report, None, None)`` when every pool image is flagged."""
+    settings = ctx.settings
+    coords, chosen, facts = pseudo_labels(
+        model_dir, pool.images, ctx.val, train, settings.decoder, plan.keep, ctx.accelerator.device, plan.keep_each
+    )
+    images = np.flatnonzero(chosen.any(axis=1))
+    report = {
+        "round": r,
+        "pool_images": len(pool.images),
+        "pool_landmarks": int(chosen.size),
+        "kept_landmarks": int(chosen.sum()),
+        "images_with_pseudo_labels": len(images),
+        **facts,
+        "pseudo_label_error": pseudo_label_quality(
+            coords, chosen, pool.truth, pool.images, LandmarkConfig.from_pretrained(model_dir)
+        ),
+    }
+    if not len(images):
+        logger.warning(
+            "self-train round %d: every pool image was flagged as unlike the training images; no pseudo-labels", r
+        )
+        return report, None, None
+    kept = np.where(chosen[..., None], coords, np.nan)[images]
+    combined = train.concat(pool.images.subset(images).with_landmarks(kept))
+    share = plan.labeled_share
+    weights = torch.cat(
+        [
+            torch.full((len(train),), share / len(train)),
+            torch.full((len(images),), (1 - share) / max(1, len(images))),
+        ]
+    )
+    return report, combined, weights
+
+
+def _train_round(
+    ctx, plan: SelfTrainingPlan, combined, weights, record: dict, r: int
+) -> tuple[dict | None, str | None]:
+    """``(outcome, None)``: a fresh model trained on ``combined`` into ``OUT/self-train-r/model``;
+    ``(None, error)`` (the round's folder removed) when it diverges: a round that diverges costs
+    the round, not the model of the passes before it."""
+    from .stages import train_two_stages
+
+    set_seed(plan.seed + r)
+    model = plan.new_model()
+    round_dir = os.path.join(ctx.settings.output_dir, f"self-train-{r}")
+    try:
+        outcome = train_two_stages(
+            ctx,
+            model,
+            combined,
+            os.path.join(round_dir, "model"),
+            dict(record, self_training_round=r),
+            weights,
+            tag=f"self-train-{r}",
+        )
+    except UserInputError as err:
+        logger.warning("self-train round %s: %s; the model before it is kept", r, err)
+        shutil.rmtree(round_dir, ignore_errors=True)
+        return None, str(err)
+    return outcome, None
+
+
+def _log_round(report: dict, r: int, better: bool, rounds: int) -> None:
+    quality = report["pseudo_label_error"]
+    logger.info(
+        "self-train round %d: kept %d of %d pool landmarks on %d images%s; validation MRE %.3f (best before %.3f)%s",
+        r,
+        report["kept_landmarks"],
+        report["pool_landmarks"],
+        report["images_with_pseudo_labels"],
+        f" (their error {quality['kept_mre']:.2f} {quality['unit']}, all predictions {quality['all_mre']:.2f})"
+        if "kept_mre" in quality
+        else "",
+        report["val_mre"],
+        report["previous_best_val_mre"],
+        ": kept" if better else ": not kept" + ("; self-training stops here" if r < rounds else ""),
+    )

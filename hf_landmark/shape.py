@@ -117,3 +117,22 @@ def shape_check(coords: torch.Tensor, log_p: torch.Tensor, reference, tolerance:
     coords[index] = again.to(coords)
     moved[index] = True
     return coords, moved
+
+
+def shape_prior(train, val, factor: float) -> tuple[list | None, float | None]:
+    """The shape check's ``(reference shape, tolerance)`` in model pixels: the labeled images'
+    (``train``) mean landmarks, and ``factor`` times the 90th percentile of the validation
+    images' distances from it (:func:`shape_tolerance`); ``(None, None)`` when off."""
+    import logging
+
+    if not factor or train.landmarks.shape[1] < MIN_LANDMARKS:
+        return None, None
+    reference = train.landmarks.double().mean(dim=0).numpy()
+    # At least a pixel: true shapes that a similarity matches exactly (synthetic data) leave no spread to scale.
+    tolerance = max(1.0, shape_tolerance(reference, val.landmarks.double().numpy(), factor))
+    logging.getLogger(__name__).info(
+        "shape check: a first-stage landmark more than %.2f px (of %d) from where the others put it is read again there",
+        tolerance,
+        train.image_size,
+    )
+    return reference.tolist(), tolerance

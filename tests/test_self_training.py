@@ -235,10 +235,11 @@ def test_self_training_stops_at_the_first_round_that_is_not_better(prepared128, 
     """With ROUNDS > 1, a round whose model is worse on validation ends self-training: the next
     round would pseudo-label the pool with the same model, and another draw of training noise
     chosen on validation is not a gain. The model of the first pass stays."""
+    from hf_landmark import stages
     from hf_landmark.training import finetune as ft
     from hf_landmark_cli import main as cli
 
-    real = ft.train_two_stages
+    real = stages.train_two_stages
     tags = []
 
     def every_round_worse(*args, tag="", **kwargs):
@@ -249,6 +250,7 @@ def test_self_training_stops_at_the_first_round_that_is_not_better(prepared128, 
         return outcome
 
     monkeypatch.setattr(ft, "train_two_stages", every_round_worse)
+    monkeypatch.setattr(stages, "train_two_stages", every_round_worse)  # the rounds' own calls
     out = tmp_path / "ft"
     assert (
         cli(

@@ -44,7 +44,7 @@ def test_training_steps_are_importable_functions(tmp_path):
     # Their arguments are dataclasses whose defaults follow the recipes.
     args = finetune.FinetuneArguments(
         dataset=str(tmp_path), output_dir="o", num_labels=3, init="scratch", recipe="paper"
-    )
+    ).resolved()
     assert dataclasses.is_dataclass(args) and (args.loss, args.learning_rate, args.max_epochs) == ("paper", 1e-4, 200)
     assert pretrain.PretrainArguments(
         dataset="org/dataset", output_dir="o", max_steps=50, save_steps="20"
