@@ -86,24 +86,13 @@ def train_refiner(
     detector replaces the first-stage one only if it is better on validation. ``ctx`` is a
     :class:`hf_landmark.stages.Stages`. Returns ``(summary, best)``."""
     from .evaluation import compute_metrics, predict_split
-    from .image_processing_landmark import LandmarkImageProcessor
     from .losses import get_loss
-    from .modeling_landmark import LandmarkDetector, refine_prior_sigmas
     from .training_loop import Selection, save_model_atomic, weight_average
 
     settings, accelerator = ctx.settings, ctx.accelerator
-    detector = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32)
-    init = None if settings.refine_init == "scratch" else settings.refine_init
-    detector.add_refiner(ctx.fine_size, settings.refine_crop, settings.refine_preset, settings.refine_sigma, ddpm=init)
-    detector.to(accelerator.device)
+    detector, processor, errors = refiner_for(ctx, model_dir)
     cfg = detector.config
-    processor = LandmarkImageProcessor.from_model_config(cfg)
-    errors = first_stage_offsets(
-        detector, processor, ctx.val, ctx.fine_size, settings.decoder
-    )  # the first stage alone
     summary = refiner_summary(settings, cfg, ctx.fine_size, errors)
-    # Validation, the saved model and every later prediction read the refiner's maps under the prior.
-    cfg.set_refine_prior(refine_prior_sigmas(errors, settings.refine_prior) if settings.refine_prior else None)
     summary["prior"] = {"factor": settings.refine_prior, "sigma_fine_px": cfg.refine_prior}
     optimizer = torch.optim.AdamW(
         detector.refiner.parameters(), lr=settings.refine_learning_rate, weight_decay=settings.weight_decay
@@ -135,21 +124,7 @@ def train_refiner(
     progress = tqdm(total=settings.refine_max_steps, desc=what, disable=not accelerator.is_local_main_process)
     refiner.train()
     for step in range(1, settings.refine_max_steps + 1):
-        crops, landmark, local = next_batch()
-        with ctx.autocast():
-            logits = own_channel(refiner(crops)[0], landmark).float()
-        loss = loss_fn(logits, local, cfg.refine_sigma)
-        if not torch.isfinite(loss):
-            raise UserInputError(
-                f"{settings.output_dir}: the refinement stage diverged (loss {loss.item()} at step {step}); "
-                f"lower --refine-learning-rate (now {settings.refine_learning_rate:g}); the first-stage model is kept"
-            )
-        accelerator.backward(loss)
-        if settings.max_grad_norm:
-            accelerator.clip_grad_norm_(refiner.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = _refiner_step(ctx, refiner, (optimizer, schedule), next_batch(), (loss_fn, cfg.refine_sigma), step)
         if ema is not None:
             ema.step(detector.refiner.parameters())
         progress.update(1)
@@ -178,6 +153,51 @@ def train_refiner(
         return summary, dict(first_best, refined=False)
     logger.info("refinement: validation MRE %.3f -> %.3f %s", first_best["val_mre"], best["val_mre"], best["unit"])
     return summary, best
+
+
+def refiner_for(ctx, model_dir: str):
+    """The saved best first stage with a new refiner, its processor, and the first stage's
+    validation errors (fine px) that the refiner trains to undo; the refinement prior set from them
+    (validation, the saved model and every later prediction read the refiner's maps under it)."""
+    from .image_processing_landmark import LandmarkImageProcessor
+    from .modeling_landmark import LandmarkDetector, refine_prior_sigmas
+
+    settings = ctx.settings
+    detector = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32)
+    init = None if settings.refine_init == "scratch" else settings.refine_init
+    detector.add_refiner(ctx.fine_size, settings.refine_crop, settings.refine_preset, settings.refine_sigma, ddpm=init)
+    detector.to(ctx.accelerator.device)
+    processor = LandmarkImageProcessor.from_model_config(detector.config)
+    errors = first_stage_offsets(
+        detector, processor, ctx.val, ctx.fine_size, settings.decoder
+    )  # the first stage alone
+    prior = refine_prior_sigmas(errors, settings.refine_prior) if settings.refine_prior else None
+    detector.config.set_refine_prior(prior)
+    return detector, processor, errors
+
+
+def _refiner_step(ctx, refiner, optimizers, batch, loss, step: int) -> torch.Tensor:
+    """One optimiser step of the refiner on ``batch`` ``(crops, landmark, local truth)`` with
+    ``loss`` ``(loss function, target sigma)``."""
+    settings, accelerator = ctx.settings, ctx.accelerator
+    optimizer, schedule = optimizers
+    crops, landmark, local = batch
+    with ctx.autocast():
+        logits = own_channel(refiner(crops)[0], landmark).float()
+    loss_fn, sigma = loss
+    loss = loss_fn(logits, local, sigma)
+    if not torch.isfinite(loss):
+        raise UserInputError(
+            f"{settings.output_dir}: the refinement stage diverged (loss {loss.item()} at step {step}); "
+            f"lower --refine-learning-rate (now {settings.refine_learning_rate:g}); the first-stage model is kept"
+        )
+    accelerator.backward(loss)
+    if settings.max_grad_norm:
+        accelerator.clip_grad_norm_(refiner.parameters(), settings.max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def refiner_summary(settings, cfg, fine_size: int, errors: np.ndarray) -> dict:

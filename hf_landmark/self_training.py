@@ -152,14 +152,15 @@ def pseudo_label_quality(coords: np.ndarray, chosen: np.ndarray, truth: torch.Te
 class SelfTrainingPlan:
     """How the rounds run: at most ``rounds``; the ``keep`` share of pool landmarks (and each
     landmark's ``keep_each`` share) kept as pseudo-labels; ``labeled_share`` of each batch from
-    the labeled images; round ``r`` seeded ``seed + r``; ``new_model()`` the fresh model a
-    round trains (from the same initialisation as the first)."""
+    the labeled images; round ``r`` seeded ``seed + r``; at most ``pool_limit`` pool images;
+    ``new_model()`` the fresh model a round trains (from the same initialisation as the first)."""
 
     rounds: int
     keep: float
     keep_each: float
     labeled_share: float
     seed: int
+    pool_limit: int
     new_model: Callable[[], Any]
 
 

@@ -98,16 +98,7 @@ def train_first_stage(
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
-    train_pixels, train_landmarks = train.images.to(device), train.landmarks.to(device)
-    batch = min(settings.train_batch_size, len(train))
-
-    def batch_of():
-        if weights is None:
-            idx = torch.randint(0, len(train), (batch,), device=device)
-        else:
-            idx = torch.multinomial(weights, batch, replacement=True).to(device)
-        return train_pixels[idx], train_landmarks[idx]
-
+    batch_of = _image_sampler(train, weights, min(settings.train_batch_size, len(train)), device)
     unwrapped = accelerator.unwrap_model(model)
     ema = weight_average(settings, unwrapped)
     selection = Selection({"val_mre": math.inf, "step": 0}, settings.early_stopping_patience)
@@ -141,13 +132,7 @@ def train_first_stage(
             plateau.step(metrics["val_loss"])
             lr = optimizer.param_groups[0]["lr"]
             history.append(
-                {
-                    "step": step,
-                    "train_loss": loss.item(),
-                    "val_loss": metrics["val_loss"],
-                    "val_mre": metrics["mre"],
-                    "lr": lr,
-                }
+                dict(step=step, train_loss=loss.item(), val_loss=metrics["val_loss"], val_mre=metrics["mre"], lr=lr)
             )
             accelerator.log({f"{prefix}{k}": v for k, v in history[-1].items() if k != "step"}, step=step)
             best = selection.best
@@ -158,9 +143,7 @@ def train_first_stage(
                 logger.info(
                     "early stopping at step %d (best %.3f %s at step %d)",
                     step,
-                    best["val_mre"],
-                    best["unit"],
-                    best["step"],
+                    *(best[k] for k in ("val_mre", "unit", "step")),
                 )
                 break
     except UserInputError:
@@ -171,6 +154,21 @@ def train_first_stage(
         raise
     progress.close()
     return {"best": selection.best, "steps": step, "history": history, "wrote_model": selection.wrote_model}
+
+
+def _image_sampler(train, weights: torch.Tensor | None, batch: int, device):
+    """A function giving the next batch ``(images in [0, 1], landmarks)`` of ``train``: images
+    drawn by ``weights`` (each image's sampling weight), else uniformly, with replacement."""
+    pixels, landmarks = train.images.to(device), train.landmarks.to(device)
+
+    def batch_of():
+        if weights is None:
+            idx = torch.randint(0, len(train), (batch,), device=device)
+        else:
+            idx = torch.multinomial(weights, batch, replacement=True).to(device)
+        return pixels[idx], landmarks[idx]
+
+    return batch_of
 
 
 def _validate_first_stage(ctx: Stages, model, step: int) -> dict:

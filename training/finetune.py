@@ -52,6 +52,8 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -94,27 +96,12 @@ def finetune(args: FinetuneArguments) -> dict:
     args = args.resolved()
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-
-    dataset = load_prepared(args.dataset)
-    train_split = require_split(dataset, "train", args.dataset)
-    val_split = require_split(dataset, "validation", args.dataset + " (fine-tuning selects its model on it)")
-    first = train_split[0]
-    # Only a spacing that every labeled image shares goes in the config (hand: the wrist
-    # convention gives each image its own; custom data: the annotation file's, where it is one).
-    spacing = (
-        common_spacing(train_split, val_split) if get_spec(first["dataset"]).unit_convention == "spacing" else None
-    )
-
-    def new_model():
-        return build_model(
-            args.model_spec(), len(first["landmark_names"]), first["landmark_names"], first["dataset"], spacing
-        )
-
-    model = new_model()
+    data = FinetuneData.load(args)
+    model = data.new_model(args)
     processor = LandmarkImageProcessor.from_model_config(model.config)
     size = model.config.image_size
-    fine_size = refine_size_for(args.no_refine, args.refine_size, first["image"].size[0], size)
-    train_all = load_tensors(train_split, size, processor.resample)
+    fine_size = refine_size_for(args.no_refine, args.refine_size, data.first["image"].size[0], size)
+    train_all = load_tensors(data.train_split, size, processor.resample)
     if args.num_labels > len(train_all):
         raise UserInputError(
             f"--num-labels: {args.num_labels} labels asked, but {args.dataset} has {len(train_all)} training images"
@@ -123,13 +110,12 @@ def finetune(args: FinetuneArguments) -> dict:
     labeled_idx = choose_labeled(args, model, processor, train_all)
     # Only the labeled images (and the validation split) are also decoded at the fine size.
     train = (
-        load_tensors(train_split.select(labeled_idx), size, processor.resample, fine_size)
+        load_tensors(data.train_split.select(labeled_idx), size, processor.resample, fine_size)
         if fine_size
         else train_all.subset(labeled_idx)
     )
-    val = load_tensors(val_split, size, processor.resample, fine_size)
+    val = load_tensors(data.val_split, size, processor.resample, fine_size)
     logger.info("labeled images: %s", ", ".join(train.image_ids))
-
     if accelerator.is_main_process:
         accelerator.init_trackers("finetune", config=tracker_config(args))
         if note := describe_cpu_threads(accelerator.device):
@@ -137,7 +123,7 @@ def finetune(args: FinetuneArguments) -> dict:
     shape = shape_prior(train, val, args.shape_check)
     model.config.set_shape_check(*shape)
     record = dict(
-        training_record(args, first["dataset"], train.image_ids, len(val)),
+        training_record(args, data.first["dataset"], train.image_ids, len(val)),
         mixed_precision=mixed_precision,
         precision_probe=probe,
         shape_check={"factor": args.shape_check, "tolerance_px": shape[1], "image_size": size},
@@ -151,61 +137,99 @@ def finetune(args: FinetuneArguments) -> dict:
     pool_idx = [i for i in range(len(train_all)) if i not in labeled_set]  # the training split's unlabeled images
     self_training = None
     if args.self_train and result["wrote_model"]:
-        pool = self_training_pool(
-            train_split,
-            pool_idx,
-            dataset.get(UNLABELED) if UNLABELED in dataset else None,
-            size,
-            processor.resample,
-            fine_size,
-            args.self_train_pool,
-        )
-        if pool[0] is None:
-            logger.info("no self-training: every training image is labeled and there is no unlabeled split")
-        else:
-
-            def new_round_model():
-                fresh = new_model()
-                fresh.config.set_shape_check(*shape)
-                return fresh
-
-            plan = SelfTrainingPlan(
-                args.self_train, args.self_train_keep, args.self_train_keep_each, args.self_train_labeled_share,
-                args.seed, new_round_model,
-            )  # fmt: skip
-            result, self_training = self_train(stages, plan, train, SelfTrainingPool(*pool), model_dir, record, result)
+        plan = self_training_plan(args, data, shape)
+        result, self_training = run_self_training(stages, plan, data, train, pool_idx, record, result)
     accelerator.end_training()
     calibration = None
     if accelerator.is_main_process and result["wrote_model"]:
         pool = [train_all.subset(pool_idx)]
-        if UNLABELED in dataset and len(dataset[UNLABELED]):
-            pool.append(load_tensors(dataset[UNLABELED], size, processor.resample))
+        if data.unlabeled is not None and len(data.unlabeled):
+            pool.append(load_tensors(data.unlabeled, size, processor.resample))
         calibration = calibrate(args, model_dir, val, train_all.subset(labeled_idx), pool)
-    summary = {
-        "labeled_image_ids": train.image_ids,
-        "num_labels": args.num_labels,
-        "seed": args.seed,
-        "init": args.init,
-        "recipe": args.recipe,
-        "recipe_defaults": args.resolved_recipe.as_dict(),
-        "loss": args.loss,
-        "learning_rate": args.learning_rate,
-        "resolution": size,
-        "steps": result["steps"],
-        "mixed_precision": mixed_precision,
-        "precision_probe": probe,
-        "seconds": time.perf_counter() - start,
-        "best": result["best"],
-        "first_stage": result["first_stage"],
-        "refine": result["refine"],
-        "self_training": self_training,
-        "mean_shape_val_mre": floor["mre"],
-        "history": result["history"],
-        "calibration": calibration,
-    }
+    summary = dict(
+        training_summary(args, result, train.image_ids, size),
+        mixed_precision=mixed_precision,
+        precision_probe=probe,
+        seconds=time.perf_counter() - start,
+        self_training=self_training,
+        mean_shape_val_mre=floor["mre"],
+        calibration=calibration,
+    )
     if accelerator.is_main_process:
         write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
     return summary
+
+
+@dataclass
+class FinetuneData:
+    """The prepared dataset as fine-tuning reads it: its splits, the first training row (the
+    landmark names and the dataset) and the spacing the detector's config states."""
+
+    dataset: Any
+    train_split: Any
+    val_split: Any
+    first: dict
+    spacing: list | None
+
+    @classmethod
+    def load(cls, args: FinetuneArguments) -> FinetuneData:
+        dataset = load_prepared(args.dataset)
+        train_split = require_split(dataset, "train", args.dataset)
+        val_split = require_split(dataset, "validation", args.dataset + " (fine-tuning selects its model on it)")
+        first = train_split[0]
+        # Only a spacing that every labeled image shares goes in the config (hand: the wrist
+        # convention gives each image its own; custom data: the annotation file's, where it is one).
+        convention = get_spec(first["dataset"]).unit_convention
+        spacing = common_spacing(train_split, val_split) if convention == "spacing" else None
+        return cls(dataset, train_split, val_split, first, spacing)
+
+    @property
+    def unlabeled(self):
+        return self.dataset[UNLABELED] if UNLABELED in self.dataset else None
+
+    def new_model(self, args: FinetuneArguments):
+        names = self.first["landmark_names"]
+        return build_model(args.model_spec(), len(names), names, self.first["dataset"], self.spacing)
+
+
+def self_training_plan(args: FinetuneArguments, data: FinetuneData, shape) -> SelfTrainingPlan:
+    """The rounds' settings; each round's model is a fresh one from ``--init`` with the shape check."""
+
+    def new_round_model():
+        fresh = data.new_model(args)
+        fresh.config.set_shape_check(*shape)
+        return fresh
+
+    return SelfTrainingPlan(
+        rounds=args.self_train,
+        keep=args.self_train_keep,
+        keep_each=args.self_train_keep_each,
+        labeled_share=args.self_train_labeled_share,
+        seed=args.seed,
+        pool_limit=args.self_train_pool,
+        new_model=new_round_model,
+    )
+
+
+def run_self_training(
+    stages: Stages, plan: SelfTrainingPlan, data: FinetuneData, train, pool_idx, record: dict, result: dict
+) -> tuple[dict, dict | None]:
+    """Self-training on the pool: the training split's unlabeled images (``pool_idx``) and the
+    unlabeled split, at most ``--self-train-pool`` of them."""
+    pool = self_training_pool(
+        data.train_split,
+        pool_idx,
+        data.unlabeled,
+        train.image_size,
+        stages.processor.resample,
+        stages.fine_size,
+        plan.pool_limit,
+    )
+    if pool[0] is None:
+        logger.info("no self-training: every training image is labeled and there is no unlabeled split")
+        return result, None
+    model_dir = os.path.join(stages.settings.output_dir, "model")
+    return self_train(stages, plan, train, SelfTrainingPool(*pool), model_dir, record, result)
 
 
 def prepare_accelerator(args: FinetuneArguments, model, processor, train_all):
@@ -272,6 +296,26 @@ def calibrate(args: FinetuneArguments, model_dir: str, val, labeled, pool) -> di
         100 * calibration["flag_false_alarm_rate"],
     )
     return calibration
+
+
+def training_summary(args: FinetuneArguments, result: dict, labeled_ids, size: int) -> dict:
+    """``OUT/training_summary.json``'s account of the run (the caller adds what it measured)."""
+    return {
+        "labeled_image_ids": labeled_ids,
+        "num_labels": args.num_labels,
+        "seed": args.seed,
+        "init": args.init,
+        "recipe": args.recipe,
+        "recipe_defaults": args.resolved_recipe.as_dict(),
+        "loss": args.loss,
+        "learning_rate": args.learning_rate,
+        "resolution": size,
+        "steps": result["steps"],
+        "best": result["best"],
+        "first_stage": result["first_stage"],
+        "refine": result["refine"],
+        "history": result["history"],
+    }
 
 
 def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_count: int) -> dict:
