@@ -27,6 +27,7 @@ def predict_split(
     batch_size: int = 16,
     device=None,
     refine: bool | None = None,
+    spread_check: bool = True,
 ) -> dict:
     """Predict every image of ``data`` through the image processor's path: its intensity
     mapping, the model (both stages when it has a refinement stage and ``data`` its fine
@@ -38,7 +39,8 @@ def predict_split(
     ``spread`` ``[M, N]`` (final heatmap spread, original pixels) and ``first_stage_spread``,
     ``embeddings`` ``[M, C]``, ``shape_moved`` ``[M, N]`` (the landmarks the shape check read
     again; all False without one), ``flags`` (per image) and ``loss`` (the first stage's
-    training loss against ``data.landmarks``, mean over images)."""
+    training loss against ``data.landmarks``, mean over images). ``spread_check=False``: the
+    flags from the embedding test alone (:meth:`LandmarkImageProcessor.flags`)."""
     device = device or next(model.parameters()).device
     decoder = decoder or processor.decoder
     was_training = model.training
@@ -74,7 +76,7 @@ def predict_split(
         parts["embeddings"].append(out.embeddings.double().cpu().numpy())
         moved = out.get("shape_moved")
         parts["shape_moved"].append(np.zeros(c.shape[:2], bool) if moved is None else moved.cpu().numpy())
-        parts["flags"] += processor.flags(out, sizes, first_spread)
+        parts["flags"] += processor.flags(out, sizes, first_spread, spread_check=spread_check)
         losses.append(out.loss.item() * x.shape[0] if labeled else float("nan"))
     model.train(was_training)
     result = {k: (v if k == "flags" else np.concatenate(v)) for k, v in parts.items()}

@@ -41,6 +41,33 @@ def conformal_quantile(scores, alpha: float) -> float:
     return float(s[k - 1]) if 1 <= k <= s.size else float("inf")
 
 
+#: The ``calibration`` section of a processor's config: what was measured after training.
+CALIBRATION_KEYS = (
+    "calibration_scores",
+    "embedding_mean",
+    "embedding_scale",
+    "ood_threshold",
+    "spread_threshold",
+    "flag_calibration_images",
+    "flag_false_alarm_rate",
+    "landmark_offsets",
+    "landmark_offsets_stage",
+)
+
+
+class _Calibrated:
+    """An attribute of :class:`LandmarkImageProcessor` kept in its ``calibration`` section."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.calibration.get(self.name)
+
+    def __set__(self, obj, value):
+        obj.calibration[self.name] = value
+
+
 class LandmarkImageProcessor(BaseImageProcessor):
     """Image processor of :class:`~hf_landmark.LandmarkDetector`.
 
@@ -57,25 +84,32 @@ class LandmarkImageProcessor(BaseImageProcessor):
         decoder: default decoder, one of ``centroid``, ``argmax``, ``soft_argmax``.
         alpha: miscoverage of the error radii: the true landmark lies within ``radius`` with
             probability at least ``1 - alpha`` (split conformal prediction, per landmark).
-        calibration_scores: per landmark, the normalised errors (radial error / heatmap spread)
-            of the calibration images (:meth:`calibrate`); ``None`` before calibration.
-        embedding_mean, embedding_scale, ood_threshold: the training images' embedding
-            statistics and the distance beyond which an image is flagged ``low_confidence``.
-        spread_threshold: the mean relative heatmap spread (spread over the image diagonal)
-            beyond which an image is flagged ``low_confidence``.
         false_alarm_rate: the share of images like the calibration ones the flag may flag
-            (δ, default 5 %); ``flag_calibration_images`` and ``flag_false_alarm_rate`` record
-            how many images calibrated it and the bound reached (:meth:`calibrate_flag`).
+            (δ, default 5 %).
         min_image_side: images with a shorter side (pixels) are flagged too.
         refine_size: side of the fine copy the refinement stage crops (``fine_pixel_values``);
             0 when the model has no refinement stage.
         refine_loss, refine_sigma: how the refiner's maps read as probabilities and scores.
-        landmark_offsets: ``[N, 2]`` model pixels subtracted from the decoded landmarks of the
-            stage they were measured on (``hf_landmark.evaluation.calibrate_processor``): each landmark's mean error
-            on held-out labeled images, shrunk toward none; ``None``: no correction.
-        landmark_offsets_stage: that stage, ``"refined"`` (a two-stage model's refined
-            landmarks) or ``"first"`` (a one-stage model's, or a two-stage model run without
-            its refiner's).
+        calibration: what was measured on held-out images after training (one section of the
+            config, :data:`CALIBRATION_KEYS`; each readable as an attribute of the same name):
+
+            - ``calibration_scores``: per landmark, the normalised errors (radial error / heatmap
+              spread) of the calibration images (:meth:`calibrate`); ``None`` before calibration.
+            - ``embedding_mean``, ``embedding_scale``, ``ood_threshold``: the training images'
+              embedding statistics and the distance beyond which an image is flagged
+              ``low_confidence``; ``spread_threshold``: the mean relative heatmap spread (spread
+              over the image diagonal) beyond which it is; ``flag_calibration_images`` and
+              ``flag_false_alarm_rate``: how many images calibrated the flag and the bound reached
+              (:meth:`calibrate_flag`).
+            - ``landmark_offsets``: ``[N, 2]`` model pixels subtracted from the decoded landmarks
+              of the stage they were measured on, ``landmark_offsets_stage`` (``"refined"``: a
+              two-stage model's refined landmarks; ``"first"``: a one-stage model's, or a
+              two-stage model run without its refiner), each landmark's mean error on held-out
+              labeled images, shrunk toward none (``hf_landmark.evaluation.calibrate_processor``);
+              ``None``: no correction.
+
+            A configuration saved by release 0.4 holds these keys at the top level; they are
+            read into this section.
     """
 
     model_input_names = ["pixel_values"]
@@ -91,20 +125,12 @@ class LandmarkImageProcessor(BaseImageProcessor):
         spacing: float | Sequence[float] | None = None,
         decoder: str = "centroid",
         alpha: float = 0.1,
-        calibration_scores: list[list[float]] | None = None,
-        embedding_mean: list[float] | None = None,
-        embedding_scale: list[float] | None = None,
-        ood_threshold: float | None = None,
-        spread_threshold: float | None = None,
         false_alarm_rate: float = 0.05,
-        flag_calibration_images: int | None = None,
-        flag_false_alarm_rate: float | None = None,
         min_image_side: int = 16,
         refine_size: int = 0,
         refine_loss: str = "contour",
         refine_sigma: float = 6.0,
-        landmark_offsets: list[list[float]] | None = None,
-        landmark_offsets_stage: str = "refined",
+        calibration: dict | None = None,
         **kwargs,
     ):
         if not 0.0 < alpha < 1.0:
@@ -114,6 +140,11 @@ class LandmarkImageProcessor(BaseImageProcessor):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         get_loss(loss)
+        calibration = dict(calibration or {})
+        calibration.update({k: kwargs.pop(k) for k in CALIBRATION_KEYS if k in kwargs})  # a 0.4 configuration
+        unknown = sorted(set(calibration) - set(CALIBRATION_KEYS))
+        if unknown:
+            raise ValueError(f"calibration: unknown keys {unknown}; known: {', '.join(CALIBRATION_KEYS)}")
         super().__init__(**kwargs)
         self.size = int(size)
         self.pixel_range = [float(v) for v in pixel_range]
@@ -124,19 +155,25 @@ class LandmarkImageProcessor(BaseImageProcessor):
         self.spacing = spacing
         self.decoder = decoder
         self.alpha = float(alpha)
-        self.calibration_scores = calibration_scores
-        self.embedding_mean = embedding_mean
-        self.embedding_scale = embedding_scale
-        self.ood_threshold = ood_threshold
-        self.spread_threshold = spread_threshold
         self.false_alarm_rate = float(false_alarm_rate)
-        self.flag_calibration_images = flag_calibration_images
-        self.flag_false_alarm_rate = flag_false_alarm_rate
         self.min_image_side = int(min_image_side)
         self.refine_size = int(refine_size)
         self.refine_loss = refine_loss
         self.refine_sigma = float(refine_sigma)
-        self.set_landmark_offsets(landmark_offsets, landmark_offsets_stage)
+        self.calibration = {k: calibration.get(k) for k in CALIBRATION_KEYS}
+        self.set_landmark_offsets(
+            calibration.get("landmark_offsets"), calibration.get("landmark_offsets_stage") or "refined"
+        )
+
+    calibration_scores = _Calibrated()
+    embedding_mean = _Calibrated()
+    embedding_scale = _Calibrated()
+    ood_threshold = _Calibrated()
+    spread_threshold = _Calibrated()
+    flag_calibration_images = _Calibrated()
+    flag_false_alarm_rate = _Calibrated()
+    landmark_offsets = _Calibrated()
+    landmark_offsets_stage = _Calibrated()
 
     def to_json_string(self) -> str:
         """The config as strict JSON (``allow_nan=False``): a non-finite number is ``null``."""
@@ -334,19 +371,20 @@ class LandmarkImageProcessor(BaseImageProcessor):
         sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
         return np.asarray(spread).mean(axis=1) / np.sqrt((sizes**2).sum(axis=1))
 
-    def flags(self, outputs, target_sizes, spread: np.ndarray | None = None) -> list[str]:
+    def flags(self, outputs, target_sizes, spread: np.ndarray | None = None, spread_check: bool = True) -> list[str]:
         """Per image ``"low_confidence"`` or ``"ok"``. Low confidence: smaller than
         ``min_image_side``, or (once calibrated, :meth:`calibrate_flag`) an embedding farther
         from the training images' or heatmaps more spread out than the thresholds, which let
         through all but ``flag_false_alarm_rate`` of images like the calibration ones. ``spread``: the
         :meth:`spread` of ``outputs`` (the first stage's: how sure the model is of where
-        to look), when already computed."""
+        to look), when already computed. ``spread_check=False``: the embedding test alone (how
+        sure the model is of each landmark is judged elsewhere, e.g. by self-training's choice)."""
         sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
         odd = sizes.min(axis=1) < self.min_image_side
         far = self.ood_distances(outputs)
         if far is not None and self.ood_threshold is not None:
             odd |= far > self.ood_threshold
-        if self.spread_threshold is not None:
+        if spread_check and self.spread_threshold is not None:
             spread = self.spread(outputs, sizes, stage="first") if spread is None else spread
             odd |= self.relative_spread(spread, sizes) > self.spread_threshold
         return ["low_confidence" if o else "ok" for o in odd]
@@ -420,16 +458,25 @@ class LandmarkImageProcessor(BaseImageProcessor):
 
     def post_process_landmark_detection(
         self, outputs, target_sizes, spacings=None, decoder: str | None = None
-    ) -> list[list[dict]]:
-        """Per image a list of ``{"label", "x", "y", "score", "flag"}`` in original pixels
-        (and ``"shape_moved"`` from a model with a shape check: True where the first stage's
-        landmark was read again near where the other landmarks put it), plus
-        ``"radius"`` (and ``"radius_mm"``) once calibrated: the true landmark lies within it
-        with probability at least ``1 - alpha``; ``"flag"`` is the image's (the same for each
-        of its landmarks): ``"low_confidence"`` when it is unlike the training images. Plus
-        ``"x_mm"``/``"y_mm"`` when a spacing is known: ``spacings[i]`` (e.g. from a DICOM
-        header) if finite, else the processor's ``spacing``, an assumption about the image
-        (its training data's), which ``"spacing_assumed": True`` marks.
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per image a dict of tensors in its original frame:
+
+        - ``landmarks`` ``[N, 2]`` float64 (x, y) original pixels and ``scores`` ``[N]`` in [0, 1];
+        - ``low_confidence``: a bool scalar, True when the image is unlike the training images
+          (or too small);
+        - ``shape_moved`` ``[N]`` bool, from a model with a shape check: True where the first
+          stage's landmark was read again near where the other landmarks put it;
+        - once calibrated, ``radii`` ``[N]`` (original pixels; NaN where too few calibration
+          images exist for the level): the true landmark lies within it with probability at
+          least ``radius_coverage`` (a float scalar);
+        - where a spacing is known, ``landmarks_mm`` ``[N, 2]``, ``spacing`` ``[2]`` (mm per pixel)
+          and ``spacing_assumed`` (bool scalar), plus ``radii_mm`` once calibrated (at the larger
+          spacing: never an under-estimate). The spacing is ``spacings[i]`` (e.g. from a DICOM
+          header) if finite, else the processor's ``spacing``: an assumption about the image
+          (its training data's).
+
+        The pipeline turns these into per-landmark records
+        (:func:`hf_landmark.pipeline_landmark.landmark_records`).
 
         Args:
             outputs: the model's output (``LandmarkDetectorOutput``).
@@ -442,29 +489,28 @@ class LandmarkImageProcessor(BaseImageProcessor):
         radii = self.radii(self.spread(outputs, target_sizes))
         flags = self.flags(outputs, target_sizes)
         moved = _get(outputs, "shape_moved")
-        names = self.landmark_names or [f"L{i}" for i in range(xy.shape[1])]
         results = []
         for i in range(xy.shape[0]):
+            result = {
+                "landmarks": torch.from_numpy(xy[i]),
+                "scores": torch.from_numpy(scores[i]),
+                "low_confidence": torch.tensor(flags[i] == "low_confidence"),
+            }
+            if moved is not None:
+                result["shape_moved"] = moved[i].detach().cpu().bool()
+            if radii is not None:
+                # Too few calibration images for 1 - alpha give no radius (NaN), never a small one.
+                result["radii"] = torch.from_numpy(np.where(np.isfinite(radii[i]), radii[i], np.nan))
+                result["radius_coverage"] = torch.tensor(1.0 - self.radius_alpha, dtype=torch.float64)
             spacing, assumed = self._spacing_of(None if spacings is None else spacings[i])
-            items = []
-            for j, (name, (x, y), s) in enumerate(zip(names, xy[i], scores[i])):
-                item = {"label": name, "x": float(x), "y": float(y), "score": float(s)}
-                # Too few calibration images for 1 - alpha give no radius (None), never a small one.
-                radius = float(radii[i, j]) if radii is not None and np.isfinite(radii[i, j]) else None
+            if spacing is not None:
+                pair = torch.tensor(spacing, dtype=torch.float64)
+                result.update(
+                    landmarks_mm=result["landmarks"] * pair, spacing=pair, spacing_assumed=torch.tensor(assumed)
+                )
                 if radii is not None:
-                    item["radius"] = radius
-                    item["radius_coverage"] = 1.0 - self.radius_alpha  # the level the radius holds at
-                if spacing is not None:
-                    item.update(x_mm=float(x * spacing[0]), y_mm=float(y * spacing[1]), spacing_assumed=assumed)
-                    if radii is not None:
-                        item["radius_mm"] = (
-                            None if radius is None else radius * max(spacing)
-                        )  # the larger spacing: never an under-estimate
-                item["flag"] = flags[i]
-                if moved is not None:
-                    item["shape_moved"] = bool(moved[i, j])
-                items.append(item)
-            results.append(items)
+                    result["radii_mm"] = result["radii"] * max(spacing)
+            results.append(result)
         return results
 
     def _spacing_of(self, image_spacing) -> tuple[tuple[float, float] | None, bool]:

@@ -62,9 +62,10 @@ class LandmarkDetectionPipeline(Pipeline):
         return dict(keep, original_sizes=inputs["original_sizes"], spacings=inputs["spacings"])
 
     def postprocess(self, outputs, decoder=None):
-        return self.image_processor.post_process_landmark_detection(
+        result = self.image_processor.post_process_landmark_detection(
             outputs, target_sizes=outputs["original_sizes"], spacings=outputs["spacings"], decoder=decoder
         )[0]
+        return landmark_records(result, self.image_processor.landmark_names)
 
     def draw_overlay(self, image, landmarks: list[dict], truth=None, min_side: int | None = None):
         """The overlay of one image and its predictions (this pipeline's output for it): the
@@ -121,3 +122,34 @@ def register_pipeline() -> None:
         PIPELINE_REGISTRY.register_pipeline(
             "landmark-detection", pipeline_class=LandmarkDetectionPipeline, pt_model=AutoModel, type="image"
         )
+
+
+def landmark_records(result: dict, names=None) -> list[dict]:
+    """One image's result of ``post_process_landmark_detection`` (a dict of tensors) as the
+    pipeline's per-landmark records: ``{"label", "x", "y", "score", "flag"}`` in original
+    pixels (``"flag"`` is the image's: ``"low_confidence"`` or ``"ok"``), plus ``"radius"``
+    (None where too few calibration images exist) and ``"radius_coverage"`` once calibrated,
+    ``"x_mm"``, ``"y_mm"`` and ``"spacing_assumed"`` (and ``"radius_mm"``) where a spacing is
+    known, and ``"shape_moved"`` from a model with a shape check."""
+    import math
+
+    xy, scores = result["landmarks"].tolist(), result["scores"].tolist()
+    names = names or [f"L{i}" for i in range(len(xy))]
+    flag = "low_confidence" if bool(result["low_confidence"]) else "ok"
+    radii = result["radii"].tolist() if "radii" in result else None
+    mm = result["landmarks_mm"].tolist() if "landmarks_mm" in result else None
+    items = []
+    for j, (name, (x, y), score) in enumerate(zip(names, xy, scores)):
+        item = {"label": name, "x": x, "y": y, "score": score}
+        radius = None if radii is None or math.isnan(radii[j]) else radii[j]
+        if radii is not None:
+            item.update(radius=radius, radius_coverage=float(result["radius_coverage"]))
+        if mm is not None:
+            item.update(x_mm=mm[j][0], y_mm=mm[j][1], spacing_assumed=bool(result["spacing_assumed"]))
+            if radii is not None:
+                item["radius_mm"] = None if radius is None else float(result["radii_mm"][j])
+        item["flag"] = flag
+        if "shape_moved" in result:
+            item["shape_moved"] = bool(result["shape_moved"][j])
+        items.append(item)
+    return items

@@ -73,10 +73,9 @@ def pseudo_labels(
     processor.calibrate_flag(
         reference, cal["embeddings"], processor.relative_spread(cal["first_stage_spread"], val.original_sizes.numpy())
     )
-    # Only the embedding test: how sure the model is of each landmark is the expected error's part.
-    processor.spread_threshold = None
     val_errors = radial_errors(cal["coords"], val.original_landmarks.double().numpy())
-    out = predict_split(model, processor, pool, decoder)
+    # Only the embedding test: how sure the model is of each landmark is the expected error's part.
+    out = predict_split(model, processor, pool, decoder, spread_check=False)
     usable = np.array([f == "ok" for f in out["flags"]])
     chosen, threshold = choose_pseudo_labels(
         out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep, usable, keep_each

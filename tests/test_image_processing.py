@@ -5,6 +5,7 @@ from transformers import AutoImageProcessor
 
 from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
 from hf_landmark.modeling_landmark import LandmarkDetectorOutput
+from hf_landmark.pipeline_landmark import landmark_records
 
 
 def _bump_logits(size, centres):
@@ -55,9 +56,14 @@ def test_post_process_maps_to_each_original_frame_and_mm():
     # Bumps at model (20.5, 9.25) and (0, 31): the soft-argmax of a symmetric bump is its centre,
     # except where the image edge cuts it, so only the first landmark is checked exactly.
     outputs = LandmarkDetectorOutput(heatmaps=_bump_logits(32, [(20.5, 9.25), (0.0, 31.0)]).expand(2, -1, -1, -1))
-    result = processor.post_process_landmark_detection(
+    tensors = processor.post_process_landmark_detection(
         outputs, target_sizes=[[100, 200], [64, 32]], spacings=[[float("nan")] * 2, [0.3, 0.4]], decoder="soft_argmax"
     )
+    # Per image a dict of tensors, as transformers' keypoint processors give; the pipeline's records from it.
+    assert tensors[0]["landmarks"].shape == (2, 2) and tensors[0]["scores"].shape == (2,)
+    torch.testing.assert_close(tensors[0]["landmarks_mm"], tensors[0]["landmarks"] * 0.5)
+    assert bool(tensors[0]["spacing_assumed"]) and not bool(tensors[1]["spacing_assumed"])
+    result = [landmark_records(t, processor.landmark_names) for t in tensors]
     # x = (20.5 + 0.5) * W / 32 - 0.5, y = (9.25 + 0.5) * H / 32 - 0.5.
     a, b = result[0][0], result[1][0]
     assert (
@@ -77,7 +83,8 @@ def test_post_process_maps_to_each_original_frame_and_mm():
     assert 0.0 <= a["score"] <= 1.0 and result[0][1]["label"] == "base"
     # Without any spacing there are no mm fields.
     bare = LandmarkImageProcessor(size=32, loss="contour", sigma=1.0)
-    assert "x_mm" not in bare.post_process_landmark_detection(outputs, target_sizes=[[32, 32]] * 2)[0][0]
+    plain = bare.post_process_landmark_detection(outputs, target_sizes=[[32, 32]] * 2)[0]
+    assert "landmarks_mm" not in plain and "x_mm" not in landmark_records(plain)[0]
 
 
 def test_decoding_reads_logits_as_the_loss_does():
@@ -153,13 +160,17 @@ def test_three_calibration_images_give_radii_at_75_percent_and_strict_json(tmp_p
     assert np.isinf(processor.radii(np.array([[2.0, 10.0]]), alpha=0.1)).all()  # an explicit 90 % still has none
     logits = torch.zeros(1, 2, 32, 32)
     logits[0, 0, 10, 12] = logits[0, 1, 20, 5] = 8.0
-    items = processor.post_process_landmark_detection(LandmarkDetectorOutput(heatmaps=logits), [[64, 64]])[0]
+    items = landmark_records(
+        processor.post_process_landmark_detection(LandmarkDetectorOutput(heatmaps=logits), [[64, 64]])[0]
+    )
     assert all(np.isfinite(p["radius"]) and p["radius_coverage"] == pytest.approx(0.75) for p in items)
     processor.ood_threshold = float("inf")  # a non-finite number saved by mistake is null, never Infinity
     processor.save_pretrained(tmp_path)
     text = (tmp_path / "preprocessor_config.json").read_text()
     config = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}"))
-    assert config["ood_threshold"] is None and len(config["calibration_scores"][0]) == 3
+    calibration = config["calibration"]  # what was measured after training: one section
+    assert calibration["ood_threshold"] is None and len(calibration["calibration_scores"][0]) == 3
+    assert "calibration_scores" not in config
 
 
 def test_the_flag_is_calibrated_at_the_false_alarm_rate_on_many_images():
@@ -230,3 +241,38 @@ def test_landmark_offsets_never_carry_a_landmark_off_the_picture():
     assert after[0, 1, 1] - before[0, 1, 1] == pytest.approx(3 * 300 / 32)
     assert after[0, 0, 1] == pytest.approx(294.8125) and before[0, 0, 1] == pytest.approx(30.5 * 300 / 32 - 0.5)
     assert after[0, 0, 0] == pytest.approx(before[0, 0, 0])
+
+
+def test_a_release_0_4_model_folder_loads_with_its_calibration_and_predicts_the_same(tmp_path):
+    """Release 0.4 saved the calibration at the top level of preprocessor_config.json; it is
+    read into the calibration section, and the folder predicts what the new layout does."""
+    import json
+
+    from hf_landmark.pipeline_landmark import detection_pipeline
+
+    config = LandmarkConfig(
+        backbone_config="tiny", num_landmarks=2, image_size=32, landmark_names=["a", "b"], spacing=0.1
+    )
+    model = LandmarkDetector(config)
+    processor = LandmarkImageProcessor.from_model_config(config)
+    rng = np.random.default_rng(0)
+    processor.calibrate(rng.uniform(1, 2, (12, 2)), rng.uniform(0, 3, (12, 2)))
+    processor.calibrate_flag(rng.normal(size=(20, 64)), rng.normal(size=(12, 64)), rng.uniform(0.01, 0.02, 12))
+    processor.set_landmark_offsets([[0.5, 0.0], [0.0, -0.25]], "first")
+    for name in ("new", "old"):
+        model.save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+    path = tmp_path / "old" / "preprocessor_config.json"
+    saved = json.loads(path.read_text())
+    flat = {k: v for k, v in saved.items() if k != "calibration"} | saved["calibration"]  # as 0.4 wrote it
+    path.write_text(json.dumps(flat))
+    old = AutoImageProcessor.from_pretrained(tmp_path / "old")
+    assert old.calibration == processor.calibration and old.landmark_offsets_stage == "first"
+    assert old.calibration_scores == processor.calibration_scores and old.ood_threshold == processor.ood_threshold
+    image = (rng.uniform(0, 255, (48, 40))).astype(np.uint8)
+    got = detection_pipeline(str(tmp_path / "old"))(image)
+    want = detection_pipeline(str(tmp_path / "new"))(image)
+    assert got == want and "radius" in got[0] and "x_mm" in got[0]
+    # Saved again, it is in the new layout.
+    old.save_pretrained(tmp_path / "resaved")
+    assert "calibration_scores" not in json.loads((tmp_path / "resaved" / "preprocessor_config.json").read_text())

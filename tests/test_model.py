@@ -148,11 +148,11 @@ def test_remote_code_route_without_the_package(tmp_path):
         "inputs = p(torch.zeros(40, 30))\n"
         "out = p.post_process_landmark_detection(m(pixel_values=inputs['pixel_values']), inputs['original_sizes'])\n"
         "print(type(m).__module__.startswith('transformers_modules'), type(p).__module__.startswith('transformers_modules'),"
-        " len(out[0]), [d['label'] for d in out[0]])\n"
+        " len(out[0]['landmarks']), p.landmark_names)\n"
         "from transformers import pipeline\n"
         f"pipe = pipeline('landmark-detection', model={str(tmp_path / 'm')!r}, trust_remote_code=True)\n"
         "res = pipe([torch.zeros(40, 30).numpy()] * 3, batch_size=2)\n"
-        "print(type(pipe).__module__.startswith('transformers_modules'), len(res), max(abs(a['x'] - b['x']) for a, b in zip(res[0], out[0])) < 1e-3)\n"
+        "print(type(pipe).__module__.startswith('transformers_modules'), len(res), max(abs(a['x'] - b[0]) for a, b in zip(res[0], out[0]['landmarks'].tolist())) < 1e-3)\n"
     )
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
