@@ -32,7 +32,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -220,23 +220,8 @@ def sample_grid(unet: UNet2DModel, args, num: int, seed: int) -> Image.Image:
 
 def pretrain(args: PretrainArguments) -> str:
     """Pre-train a DDPM; returns the folder of its last checkpoint (a ``DDPMPipeline``)."""
-    save_at = args.save_at
-    # auto: a timed training step of this U-Net at this size decides between bf16 and fp32 on a
-    # CPU; a resumed run keeps the precision its checkpoint recorded (bit-exact resume).
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
-    choice = args.mixed_precision
-    if (
-        choice == "auto"
-        and resume is not None
-        and os.path.isfile(info := os.path.join(resume[1], PRETRAINING_INFO_FILE))
-    ):
-        with open(info, encoding="utf-8") as fh:
-            choice = json.load(fh).get("mixed_precision") or choice
-    n = min(2, args.train_batch_size)  # two images: the probe costs six small training steps
-    probe_inputs = {"sample": torch.randn(n, 1, args.resolution, args.resolution), "timestep": torch.full((n,), 100)}
-    precision, probe = choose_mixed_precision(
-        choice, training_step_probe(lambda: build_unet(args.preset, args.resolution), probe_inputs)
-    )
+    precision, probe = choose_precision(args, resume)
     accelerator, autocast, mixed_precision = make_accelerator(
         precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -249,7 +234,6 @@ def pretrain(args: PretrainArguments) -> str:
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         remove_partial_checkpoints(args.output_dir)
-
     # Data: the train (+ validation) images, decoded once at the model resolution (or at
     # --crop-from, which the crops are cut from).
     images = ImagePool(
@@ -259,15 +243,78 @@ def pretrain(args: PretrainArguments) -> str:
         args.dataset,
         max_bytes=args.pool_memory_mb * 2**20,
     ).to(accelerator.device)
-    num_images, split_counts = len(images), images.counts
     logger.info(
         "pre-training on %s from %s (%s)",
-        describe_split_counts(split_counts),
+        describe_split_counts(images.counts),
         args.dataset,
         "decoded in memory" if images.in_memory else "read from its Arrow files batch by batch",
     )
     logger.info(accelerator.state, main_process_only=False)
+    run = build_run(args, accelerator, autocast, images)
+    global_step = 0
+    if args.resume_from_checkpoint and resume is None:
+        logger.info("no checkpoint to resume from in %s; starting from scratch", args.output_dir)
+    if resume is not None:
+        global_step, path = resume
+        accelerator.load_state(os.path.join(path, "state"))
+        logger.info("resumed from %s (step %d)", path, global_step)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("pretrain", config=tracker_config(args))
+    record = pretraining_record(args, run, mixed_precision, probe)
+    logger.info(
+        "pre-training %s (%.2f M parameters) on %d images at %d px, batch %d (%d x %d x %d processes), %d steps, %s precision",
+        args.preset,
+        record["num_parameters"] / 1e6,
+        record["num_images"],
+        args.resolution,
+        record["effective_batch_size"],
+        args.train_batch_size,
+        args.gradient_accumulation_steps,
+        accelerator.num_processes,
+        args.max_steps,
+        mixed_precision,
+    )
+    global_step = train_loop(args, run, global_step, resume[0] if resume else 0, record)
+    accelerator.end_training()
+    return os.path.join(args.output_dir, f"checkpoint-{global_step}")
 
+
+def choose_precision(args: PretrainArguments, resume) -> tuple[str, dict | None]:
+    """``--mixed-precision``; auto: a timed training step of this U-Net at this size decides
+    between bf16 and fp32 on a CPU, and a resumed run keeps the precision its checkpoint
+    recorded (bit-exact resume)."""
+    choice = args.mixed_precision
+    if (
+        choice == "auto"
+        and resume is not None
+        and os.path.isfile(info := os.path.join(resume[1], PRETRAINING_INFO_FILE))
+    ):
+        with open(info, encoding="utf-8") as fh:
+            choice = json.load(fh).get("mixed_precision") or choice
+    n = min(2, args.train_batch_size)  # two images: the probe costs six small training steps
+    probe_inputs = {"sample": torch.randn(n, 1, args.resolution, args.resolution), "timestep": torch.full((n,), 100)}
+    return choose_mixed_precision(
+        choice, training_step_probe(lambda: build_unet(args.preset, args.resolution), probe_inputs)
+    )
+
+
+@dataclass
+class PretrainRun:
+    """What the training loop works with: the Accelerator and its autocast, the images, the
+    (prepared) U-Net, its moving average, the optimiser and both schedules."""
+
+    accelerator: Any
+    autocast: Any
+    images: Any
+    unet: Any
+    ema: Any
+    optimizer: Any
+    lr_scheduler: Any
+    noise_scheduler: Any
+    num_parameters: int
+
+
+def build_run(args: PretrainArguments, accelerator, autocast, images) -> PretrainRun:
     unet = build_unet(args.preset, args.resolution)
     num_parameters = sum(p.numel() for p in unet.parameters())
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=UNet2DModel, model_config=unet.config)
@@ -288,48 +335,30 @@ def pretrain(args: PretrainArguments) -> str:
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
-
-    global_step = 0
-    if args.resume_from_checkpoint and resume is None:
-        logger.info("no checkpoint to resume from in %s; starting from scratch", args.output_dir)
-    if resume is not None:
-        global_step, path = resume
-        accelerator.load_state(os.path.join(path, "state"))
-        logger.info("resumed from %s (step %d)", path, global_step)
-
-    if accelerator.is_main_process:
-        accelerator.init_trackers("pretrain", config=tracker_config(args))
-    effective_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    logger.info(
-        "pre-training %s (%.2f M parameters) on %d images at %d px, batch %d (%d x %d x %d processes), %d steps, %s precision",
-        args.preset,
-        num_parameters / 1e6,
-        num_images,
-        args.resolution,
-        effective_batch,
-        args.train_batch_size,
-        args.gradient_accumulation_steps,
-        accelerator.num_processes,
-        args.max_steps,
-        mixed_precision,
+    return PretrainRun(
+        accelerator, autocast, images, unet, ema, optimizer, lr_scheduler, noise_scheduler, num_parameters
     )
 
-    # What each checkpoint records about its training (hf_landmark_pretraining.json and the card).
-    record = {
+
+def pretraining_record(args: PretrainArguments, run: PretrainRun, mixed_precision: str, probe) -> dict:
+    """What each checkpoint records about its training (hf_landmark_pretraining.json and the card)."""
+    return {
         "dataset": str(args.dataset),
         "dataset_name": dataset_info(args.dataset).get("kind"),
         "splits": args.splits,
-        "split_counts": split_counts,
-        "num_images": num_images,
+        "split_counts": run.images.counts,
+        "num_images": len(run.images),
         "preset": args.preset,
-        "num_parameters": num_parameters,
+        "num_parameters": run.num_parameters,
         "resolution": args.resolution,
         "crop_from": args.crop_from,
         "pixel_range": list(args.pixel_range),
         "num_train_timesteps": args.num_train_timesteps,
         "beta_schedule": args.beta_schedule,
         "prediction_type": "epsilon",
-        "effective_batch_size": effective_batch,
+        "effective_batch_size": args.train_batch_size
+        * args.gradient_accumulation_steps
+        * run.accelerator.num_processes,
         "learning_rate": args.learning_rate,
         "ema_decay": args.ema_decay,
         "recipe": args.recipe,
@@ -337,67 +366,75 @@ def pretrain(args: PretrainArguments) -> str:
         "mixed_precision": mixed_precision,
         "precision_probe": probe,
     }
+
+
+def train_step(args: PretrainArguments, run: PretrainRun, global_step: int) -> float:
+    """One optimiser step (``gradient_accumulation_steps`` batches of noised images or crops);
+    returns its mean loss. A non-finite loss ends the run with the checkpoints intact."""
+    accelerator, unet, images = run.accelerator, run.unet, run.images
+    step_loss = 0.0
+    for _ in range(args.gradient_accumulation_steps):
+        with accelerator.accumulate(unet):
+            idx = torch.randint(0, len(images), (args.train_batch_size,))
+            clean = images[idx]
+            if not args.no_augment:
+                clean, _ = random_affine(clean, clean.new_zeros(clean.shape[0], 0, 2))
+            if args.crop_from:
+                origins = torch.randint(
+                    0, args.crop_from - args.resolution + 1, (clean.shape[0], 1, 2), device=clean.device
+                )
+                clean = crop_patches(clean, origins, args.resolution, fill=0.0)[:, 0]
+            clean = to_pixel_values(clean, args.pixel_range)
+            noise = torch.randn_like(clean)
+            t = torch.randint(args.min_timestep, args.num_train_timesteps, (clean.shape[0],), device=clean.device)
+            noisy = run.noise_scheduler.add_noise(clean, noise, t)
+            with run.autocast():
+                pred = unet(noisy, t).sample
+            loss = F.mse_loss(pred.float(), noise)
+            if not torch.isfinite(loss):
+                accelerator.end_training()
+                last = max((s for s in args.save_at if s <= global_step), default=None)
+                raise UserInputError(
+                    f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step {global_step + 1}; "
+                    f"lower --learning-rate (now {args.learning_rate:g})"
+                    + (f"; checkpoint-{last} and earlier are intact" if last else "; no checkpoint was written")
+                )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                if args.clip_grad_value:
+                    accelerator.clip_grad_value_(unet.parameters(), args.clip_grad_value)
+                elif args.max_grad_norm:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+            run.optimizer.step()
+            run.lr_scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach().item() / args.gradient_accumulation_steps
+    return step_loss
+
+
+def train_loop(args: PretrainArguments, run: PretrainRun, global_step: int, resumed_at: int, record: dict) -> int:
+    """Steps from ``global_step`` to ``--max-steps`` (or ``--stop-after-steps``), logging the mean
+    loss and speed every ``--logging-steps`` and saving at ``--save-steps``; returns the last step."""
+    accelerator = run.accelerator
     recent_losses = deque(maxlen=100)
     progress = tqdm(
         total=args.max_steps, initial=global_step, desc="pre-training", disable=not accelerator.is_local_main_process
     )
-    unet.train()
+    run.unet.train()
     if accelerator.is_main_process and (note := describe_cpu_threads(accelerator.device)):
         logger.info(note)
     first_step_start = time.perf_counter()
     tick, tick_step, window_loss = time.perf_counter(), global_step, 0.0
     while global_step < args.max_steps:
-        step_loss = 0.0
-        for _ in range(args.gradient_accumulation_steps):
-            with accelerator.accumulate(unet):
-                idx = torch.randint(0, num_images, (args.train_batch_size,))
-                clean = images[idx]
-                if not args.no_augment:
-                    clean, _ = random_affine(clean, clean.new_zeros(clean.shape[0], 0, 2))
-                if args.crop_from:
-                    origins = torch.randint(
-                        0, args.crop_from - args.resolution + 1, (clean.shape[0], 1, 2), device=clean.device
-                    )
-                    clean = crop_patches(clean, origins, args.resolution, fill=0.0)[:, 0]
-                clean = to_pixel_values(clean, args.pixel_range)
-                noise = torch.randn_like(clean)
-                t = torch.randint(args.min_timestep, args.num_train_timesteps, (clean.shape[0],), device=clean.device)
-                noisy = noise_scheduler.add_noise(clean, noise, t)
-                with autocast():
-                    pred = unet(noisy, t).sample
-                loss = F.mse_loss(pred.float(), noise)
-                if not torch.isfinite(loss):
-                    accelerator.end_training()
-                    last = max((s for s in save_at if s <= global_step), default=None)
-                    raise UserInputError(
-                        f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step {global_step + 1}; "
-                        f"lower --learning-rate (now {args.learning_rate:g})"
-                        + (f"; checkpoint-{last} and earlier are intact" if last else "; no checkpoint was written")
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if args.clip_grad_value:
-                        accelerator.clip_grad_value_(unet.parameters(), args.clip_grad_value)
-                    elif args.max_grad_norm:
-                        accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach().item() / args.gradient_accumulation_steps
-
-        ema.step(unet.parameters())
+        step_loss = train_step(args, run, global_step)
+        run.ema.step(run.unet.parameters())
         global_step += 1
-        if global_step == (resume[0] if resume else 0) + 1:
+        if global_step == resumed_at + 1:
             timed_from = (time.perf_counter(), global_step)  # after the first step, which pays for warm-up
-        if global_step == (resume[0] if resume else 0) + 2 and accelerator.is_local_main_process:
+        if global_step == resumed_at + 2 and accelerator.is_local_main_process:
             # The first step pays for warm-up; the second gives an honest estimate.
-            warning = long_run_warning(
-                (time.perf_counter() - first_step_start) / 2,
-                args.max_steps - global_step,
-                accelerator.device,
-                "pre-training",
-            )
-            if warning:
+            seconds = (time.perf_counter() - first_step_start) / 2
+            if warning := long_run_warning(seconds, args.max_steps - global_step, accelerator.device, "pre-training"):
                 progress.write("warning: " + warning)
         recent_losses.append(step_loss)
         window_loss += step_loss
@@ -405,33 +442,20 @@ def pretrain(args: PretrainArguments) -> str:
         if global_step % args.logging_steps == 0 or global_step == args.max_steps:
             # The tracker gets the mean loss and the speed over the steps since the last log.
             now = time.perf_counter()
-            logs = {
-                "loss": window_loss / (global_step - tick_step),
-                "steps_per_s": (global_step - tick_step) / max(now - tick, 1e-9),
-                "lr": lr_scheduler.get_last_lr()[0],
-                "ema_decay": ema.cur_decay_value,
-            }
+            steps, lr = global_step - tick_step, run.lr_scheduler.get_last_lr()[0]
+            logs = {"loss": window_loss / steps, "steps_per_s": steps / max(now - tick, 1e-9), "lr": lr}
             tick, tick_step, window_loss = now, global_step, 0.0
-            accelerator.log(logs, step=global_step)
+            accelerator.log(dict(logs, ema_decay=run.ema.cur_decay_value), step=global_step)
         progress.set_postfix(loss=f"{step_loss:.4f}")
-
-        if global_step in save_at:
-            info = dict(
-                record,
-                step=global_step,
-                recent_loss=float(np.mean(recent_losses)),
-                recent_loss_steps=len(recent_losses),
-                seconds_per_step=(time.perf_counter() - timed_from[0]) / (global_step - timed_from[1])
-                if global_step > timed_from[1]
-                else None,
-            )
-            save_checkpoint(accelerator, unet, ema, args, info)
+        if global_step in args.save_at:
+            timed = global_step - timed_from[1]
+            per_step = (time.perf_counter() - timed_from[0]) / timed if timed > 0 else None
+            info = dict(record, step=global_step, recent_loss=float(np.mean(recent_losses)), seconds_per_step=per_step)
+            save_checkpoint(accelerator, run.unet, run.ema, args, dict(info, recent_loss_steps=len(recent_losses)))
         if args.stop_after_steps and global_step >= args.stop_after_steps:
             break
-
     progress.close()
-    accelerator.end_training()
-    return os.path.join(args.output_dir, f"checkpoint-{global_step}")
+    return global_step
 
 
 def main(argv=None) -> str:
