@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -305,3 +307,54 @@ def long_run_warning(seconds_per_step: float, remaining_steps: int, device, what
         f"{what} will take about {total / 3600:.1f} h on this CPU ({seconds_per_step:.2f} s per step, {remaining_steps} steps "
         "to go): a GPU, a smaller --preset or --resolution, or fewer steps shorten it"
     )
+
+
+def run_steps(args, accelerator, step, save, global_step: int, desc: str, extra_logs=None) -> int:
+    """The pre-trainings' loop from ``global_step`` (0, or the step resumed from) to
+    ``args.max_steps`` (or ``args.stop_after_steps``): ``step(global_step)`` runs one optimiser
+    step and returns its loss; every ``args.logging_steps`` the tracker gets the mean loss and
+    the speed since the last log (plus ``extra_logs()``); at each of ``args.save_at``,
+    ``save(step, facts)`` with the recent loss and the seconds per step (timed from the second
+    step: the first pays for warm-up). Returns the last step."""
+    from collections import deque
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    resumed_at = global_step
+    recent_losses = deque(maxlen=100)
+    progress = tqdm(
+        total=args.max_steps, initial=global_step, desc=desc, disable=not accelerator.is_local_main_process
+    )
+    if accelerator.is_main_process and (note := describe_cpu_threads(accelerator.device)):
+        logging.getLogger(__name__).info(note)
+    first_step_start = time.perf_counter()
+    tick, tick_step, window_loss = time.perf_counter(), global_step, 0.0
+    while global_step < args.max_steps:
+        step_loss = step(global_step)
+        global_step += 1
+        if global_step == resumed_at + 1:
+            timed_from = (time.perf_counter(), global_step)
+        if global_step == resumed_at + 2 and accelerator.is_local_main_process:
+            # The first step pays for warm-up; the second gives an honest estimate.
+            seconds = (time.perf_counter() - first_step_start) / 2
+            if warning := long_run_warning(seconds, args.max_steps - global_step, accelerator.device, desc):
+                progress.write("warning: " + warning)
+        recent_losses.append(step_loss)
+        window_loss += step_loss
+        progress.update(1)
+        progress.set_postfix(loss=f"{step_loss:.4f}")
+        if global_step % args.logging_steps == 0 or global_step == args.max_steps:
+            now, steps = time.perf_counter(), global_step - tick_step
+            logs = {"loss": window_loss / steps, "steps_per_s": steps / max(now - tick, 1e-9)}
+            accelerator.log(dict(logs, **(extra_logs() if extra_logs else {})), step=global_step)
+            tick, tick_step, window_loss = now, global_step, 0.0
+        if global_step in args.save_at:
+            timed = global_step - timed_from[1]
+            per_step = (time.perf_counter() - timed_from[0]) / timed if timed > 0 else None
+            facts = {"recent_loss": float(np.mean(recent_losses)), "recent_loss_steps": len(recent_losses)}
+            save(global_step, dict(facts, seconds_per_step=per_step))
+        if args.stop_after_steps and global_step >= args.stop_after_steps:
+            break
+    progress.close()
+    return global_step

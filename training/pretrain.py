@@ -29,8 +29,6 @@ import json
 import logging
 import math
 import os
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +41,6 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, 
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
-from tqdm.auto import tqdm
 
 from hf_landmark.backbones import PRETRAINING_INFO_FILE
 from hf_landmark.cards import ddpm_card, write_card
@@ -58,14 +55,13 @@ from hf_landmark.training_utils import (
     argument_parser,
     check_choice,
     choose_mixed_precision,
-    describe_cpu_threads,
-    long_run_warning,
     make_accelerator,
     parse_arguments,
     parse_float_pair,
     parse_int_list,
     remove_partial_checkpoints,
     resolve_resume,
+    run_steps,
     tracker_config,
     training_step_probe,
 )
@@ -274,7 +270,7 @@ def pretrain(args: PretrainArguments) -> str:
         args.max_steps,
         mixed_precision,
     )
-    global_step = train_loop(args, run, global_step, resume[0] if resume else 0, record)
+    global_step = train_loop(args, run, global_step, record)
     accelerator.end_training()
     return os.path.join(args.output_dir, f"checkpoint-{global_step}")
 
@@ -412,50 +408,23 @@ def train_step(args: PretrainArguments, run: PretrainRun, global_step: int) -> f
     return step_loss
 
 
-def train_loop(args: PretrainArguments, run: PretrainRun, global_step: int, resumed_at: int, record: dict) -> int:
-    """Steps from ``global_step`` to ``--max-steps`` (or ``--stop-after-steps``), logging the mean
-    loss and speed every ``--logging-steps`` and saving at ``--save-steps``; returns the last step."""
-    accelerator = run.accelerator
-    recent_losses = deque(maxlen=100)
-    progress = tqdm(
-        total=args.max_steps, initial=global_step, desc="pre-training", disable=not accelerator.is_local_main_process
-    )
-    run.unet.train()
-    if accelerator.is_main_process and (note := describe_cpu_threads(accelerator.device)):
-        logger.info(note)
-    first_step_start = time.perf_counter()
-    tick, tick_step, window_loss = time.perf_counter(), global_step, 0.0
-    while global_step < args.max_steps:
-        step_loss = train_step(args, run, global_step)
+def train_loop(args: PretrainArguments, run: PretrainRun, global_step: int, record: dict) -> int:
+    """Steps from ``global_step`` to ``--max-steps`` (:func:`hf_landmark.training_utils.run_steps`),
+    the moving average updated after each; returns the last step."""
+
+    def step(at: int) -> float:
+        loss = train_step(args, run, at)
         run.ema.step(run.unet.parameters())
-        global_step += 1
-        if global_step == resumed_at + 1:
-            timed_from = (time.perf_counter(), global_step)  # after the first step, which pays for warm-up
-        if global_step == resumed_at + 2 and accelerator.is_local_main_process:
-            # The first step pays for warm-up; the second gives an honest estimate.
-            seconds = (time.perf_counter() - first_step_start) / 2
-            if warning := long_run_warning(seconds, args.max_steps - global_step, accelerator.device, "pre-training"):
-                progress.write("warning: " + warning)
-        recent_losses.append(step_loss)
-        window_loss += step_loss
-        progress.update(1)
-        if global_step % args.logging_steps == 0 or global_step == args.max_steps:
-            # The tracker gets the mean loss and the speed over the steps since the last log.
-            now = time.perf_counter()
-            steps, lr = global_step - tick_step, run.lr_scheduler.get_last_lr()[0]
-            logs = {"loss": window_loss / steps, "steps_per_s": steps / max(now - tick, 1e-9), "lr": lr}
-            tick, tick_step, window_loss = now, global_step, 0.0
-            accelerator.log(dict(logs, ema_decay=run.ema.cur_decay_value), step=global_step)
-        progress.set_postfix(loss=f"{step_loss:.4f}")
-        if global_step in args.save_at:
-            timed = global_step - timed_from[1]
-            per_step = (time.perf_counter() - timed_from[0]) / timed if timed > 0 else None
-            info = dict(record, step=global_step, recent_loss=float(np.mean(recent_losses)), seconds_per_step=per_step)
-            save_checkpoint(accelerator, run.unet, run.ema, args, dict(info, recent_loss_steps=len(recent_losses)))
-        if args.stop_after_steps and global_step >= args.stop_after_steps:
-            break
-    progress.close()
-    return global_step
+        return loss
+
+    def save(at: int, facts: dict) -> None:
+        save_checkpoint(run.accelerator, run.unet, run.ema, args, dict(record, step=at, **facts))
+
+    def extra_logs() -> dict:
+        return {"lr": run.lr_scheduler.get_last_lr()[0], "ema_decay": run.ema.cur_decay_value}
+
+    run.unet.train()
+    return run_steps(args, run.accelerator, step, save, global_step, "pre-training", extra_logs)
 
 
 def main(argv=None) -> str:

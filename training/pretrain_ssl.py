@@ -48,18 +48,14 @@ import copy
 import logging
 import math
 import os
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from hf_landmark.backbones import (
     BASELINES_HINT,
@@ -79,14 +75,13 @@ from hf_landmark.training_utils import (
     MIXED_PRECISION_HELP,
     argument_parser,
     check_choice,
-    describe_cpu_threads,
-    long_run_warning,
     make_accelerator,
     parse_arguments,
     parse_float_pair,
     parse_int_list,
     remove_partial_checkpoints,
     resolve_resume,
+    run_steps,
     tracker_config,
 )
 from hf_landmark.training_utils import save_checkpoint as save_staged_checkpoint
@@ -343,21 +338,33 @@ def pretrain_ssl(args: SSLArguments) -> str:
     if accelerator.is_main_process:
         accelerator.init_trackers("pretrain_ssl", config=tracker_config(args))
     effective_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    batch = f"batch {effective_batch} ({args.train_batch_size} x {args.gradient_accumulation_steps} x {accelerator.num_processes} processes)"
     logger.info(
-        "%s pre-training of %s (%.2f M parameters) on %d images at %d px, batch %d (%d x %d x %d processes), %d steps, %s precision",
-        args.method,
-        args.encoder,
-        num_parameters / 1e6,
-        num_images,
-        args.resolution,
-        effective_batch,
-        args.train_batch_size,
-        args.gradient_accumulation_steps,
-        accelerator.num_processes,
-        args.max_steps,
+        "%s pre-training of %s (%.2f M parameters) on %d images at %d px, %s, %d steps, %s precision",
+        *(args.method, args.encoder, num_parameters / 1e6, num_images, args.resolution, batch, args.max_steps),
         mixed_precision,
     )
-    record = {
+    record = ssl_record(args, images, num_parameters, effective_batch, mixed_precision)
+    unwrapped = accelerator.unwrap_model(model)
+
+    def step(at: int) -> float:
+        # Once per optimiser step, not per accumulated batch (that would compound the momentum).
+        unwrapped.update_momentum_networks(at / args.max_steps)
+        return train_step(args, accelerator, autocast, (model, optimizer, images), at)
+
+    def save(at: int, facts: dict) -> None:
+        save_checkpoint(accelerator, model, args, dict(record, step=at, **facts))
+
+    model.train()
+    global_step = run_steps(args, accelerator, step, save, global_step, f"{args.method} pre-training")
+    accelerator.end_training()
+    return os.path.join(args.output_dir, f"checkpoint-{global_step}")
+
+
+def ssl_record(args: SSLArguments, images, num_parameters: int, effective_batch: int, mixed_precision: str) -> dict:
+    """What each checkpoint records about its training (its pre-training record and card)."""
+    num_images, split_counts = len(images), images.counts
+    return {
         "method": args.method,
         "encoder_name": args.encoder,
         "in_channels": 1,
@@ -375,76 +382,31 @@ def pretrain_ssl(args: SSLArguments) -> str:
         "seed": args.seed,
         "mixed_precision": mixed_precision,
     }
-    recent_losses = deque(maxlen=100)
-    progress = tqdm(
-        total=args.max_steps,
-        initial=global_step,
-        desc=f"{args.method} pre-training",
-        disable=not accelerator.is_local_main_process,
-    )
-    model.train()
-    if accelerator.is_main_process and (note := describe_cpu_threads(accelerator.device)):
-        logger.info(note)
-    first_step_start = time.perf_counter()
-    tick, tick_step, window_loss = time.perf_counter(), global_step, 0.0
-    while global_step < args.max_steps:
-        step_loss = 0.0
-        # Once per optimiser step, not per accumulated batch (that would compound the momentum).
-        accelerator.unwrap_model(model).update_momentum_networks(global_step / args.max_steps)
-        for _ in range(args.gradient_accumulation_steps):
-            with accelerator.accumulate(model):
-                idx = torch.randint(0, num_images, (args.train_batch_size,))
-                with autocast():
-                    loss = model(images[idx]).float()
-                if not torch.isfinite(loss):
-                    accelerator.end_training()
-                    raise UserInputError(
-                        f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step "
-                        f"{global_step + 1}; lower --learning-rate (now {args.learning_rate:g})"
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach().item() / args.gradient_accumulation_steps
-        global_step += 1
-        if global_step == (resume[0] if resume else 0) + 2 and accelerator.is_local_main_process:
-            warning = long_run_warning(
-                (time.perf_counter() - first_step_start) / 2,
-                args.max_steps - global_step,
-                accelerator.device,
-                "pre-training",
-            )
-            if warning:
-                progress.write("warning: " + warning)
-        recent_losses.append(step_loss)
-        window_loss += step_loss
-        progress.update(1)
-        progress.set_postfix(loss=f"{step_loss:.4f}")
-        if global_step % args.logging_steps == 0 or global_step == args.max_steps:
-            now = time.perf_counter()
-            accelerator.log(
-                {
-                    "loss": window_loss / (global_step - tick_step),
-                    "steps_per_s": (global_step - tick_step) / max(now - tick, 1e-9),
-                },
-                step=global_step,
-            )
-            tick, tick_step, window_loss = now, global_step, 0.0
-        if global_step in args.save_at:
-            info = dict(
-                record,
-                step=global_step,
-                recent_loss=float(np.mean(recent_losses)),
-                recent_loss_steps=len(recent_losses),
-            )
-            save_checkpoint(accelerator, model, args, info)
-        if args.stop_after_steps and global_step >= args.stop_after_steps:
-            break
-    progress.close()
-    accelerator.end_training()
-    return os.path.join(args.output_dir, f"checkpoint-{global_step}")
+
+
+def train_step(args: SSLArguments, accelerator, autocast, parts, global_step: int) -> float:
+    """One optimiser step (``gradient_accumulation_steps`` batches); returns its mean loss. A
+    non-finite loss ends the run with the checkpoints intact."""
+    model, optimizer, images = parts
+    step_loss = 0.0
+    for _ in range(args.gradient_accumulation_steps):
+        with accelerator.accumulate(model):
+            idx = torch.randint(0, len(images), (args.train_batch_size,))
+            with autocast():
+                loss = model(images[idx]).float()
+            if not torch.isfinite(loss):
+                accelerator.end_training()
+                raise UserInputError(
+                    f"{args.output_dir}: pre-training diverged: the loss became {loss.item()} at step "
+                    f"{global_step + 1}; lower --learning-rate (now {args.learning_rate:g})"
+                )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach().item() / args.gradient_accumulation_steps
+    return step_loss
 
 
 def save_checkpoint(accelerator, model, args, info: dict) -> None:
