@@ -193,9 +193,10 @@ def build_demo(
             if tabbed:
                 # Annotation reads and writes files where the page runs: only on the page
                 # hf-landmark annotate serves (on this machine by default), never in a public demo.
-                from hf_landmark.annotation import build_annotate_tabs
+                from hf_landmark.annotation import AnnotateSource, build_annotate_tabs
 
-                build_annotate_tabs(gr, demo, tabs, **annotate)
+                start = {k: v for k, v in annotate.items() if k != "uploads"}
+                build_annotate_tabs(gr, demo, tabs, AnnotateSource(**start), bool(annotate.get("uploads")))
         outputs = [overlay, table, note, download]
         # The previous result (its picture, its notes) is cleared first, so that a failed
         # prediction never shows the last image's warnings beside the error.

@@ -52,11 +52,11 @@ from .store import (
     open_project,
     uploads_project,
 )
-from .ui import KEYBOARD_JS, build_annotate_tabs
+from .ui import KEYBOARD_JS, AnnotateSource, build_annotate_tabs
 
 __all__ = [
     "DISPLAY_SIDE", "SELECT_RADIUS", "ZOOM_FACTORS", "ZOOM_SIDE", "click_to_original", "display_scale", "original_to_picture",
     "zoom_crop", "zoom_origin", "AnnotationSession", "ImageState", "review_order", "review_scores", "SKIPPED_COLUMN",
     "UPLOAD_PREFIX", "UPLOAD_TYPES", "AnnotationFile", "Project", "export_annotations", "open_project", "uploads_project",
-    "KEYBOARD_JS", "build_annotate_tabs",
+    "KEYBOARD_JS", "AnnotateSource", "build_annotate_tabs",
 ]  # fmt: skip
