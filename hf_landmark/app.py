@@ -116,6 +116,47 @@ def _mm(value):
     return "" if value is None else round(value, 2)
 
 
+def _detect_tab(gr, default_model: str | None, examples: list[str] | None):
+    """The *Detect* tab's controls: the x-ray, the model, the decoder and the result."""
+    from types import SimpleNamespace
+
+    ui = SimpleNamespace()
+    with gr.Row():
+        with gr.Column():
+            ui.image = gr.File(label="x-ray", file_types=FILE_TYPES, type="filepath")
+            ui.model = gr.Textbox(
+                value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""),
+                label="model folder or Hub repo",
+            )
+            ui.decoder = gr.Dropdown(["centroid", "argmax", "soft_argmax"], value="centroid", label="decoder")
+            ui.radii = gr.Checkbox(value=True, label="draw the error radii")
+            ui.run = gr.Button("Detect landmarks", variant="primary")
+            if examples:
+                gr.Examples(
+                    examples=[[e] for e in examples],
+                    inputs=[ui.image],
+                    label="examples (synthetic cephalograms)",
+                )
+        with gr.Column():
+            ui.overlay = gr.Image(type="pil", format="png", label="landmarks (red, numbered as in the table)")
+            ui.table = gr.Dataframe(
+                headers=[
+                    "#",
+                    "landmark",
+                    "x (px)",
+                    "y (px)",
+                    "x (mm)",
+                    "y (mm)",
+                    "radius (mm, else px)",
+                    "score",
+                ],
+                label="coordinates",
+            )
+            ui.note = gr.Markdown()
+            ui.download = gr.File(label="JSON")
+    return ui
+
+
 def build_demo(
     default_model: str | None = None,
     examples: list[str] | None = None,
@@ -157,39 +198,7 @@ def build_demo(
             else contextlib.nullcontext() as tabs
         ):
             with gr.Tab("Detect", id="detect") if tabbed else contextlib.nullcontext():
-                with gr.Row():
-                    with gr.Column():
-                        image = gr.File(label="x-ray", file_types=FILE_TYPES, type="filepath")
-                        model = gr.Textbox(
-                            value=default_model or os.environ.get("HF_LANDMARK_MODEL", ""),
-                            label="model folder or Hub repo",
-                        )
-                        decoder = gr.Dropdown(["centroid", "argmax", "soft_argmax"], value="centroid", label="decoder")
-                        radii = gr.Checkbox(value=True, label="draw the error radii")
-                        run = gr.Button("Detect landmarks", variant="primary")
-                        if examples:
-                            gr.Examples(
-                                examples=[[e] for e in examples],
-                                inputs=[image],
-                                label="examples (synthetic cephalograms)",
-                            )
-                    with gr.Column():
-                        overlay = gr.Image(type="pil", format="png", label="landmarks (red, numbered as in the table)")
-                        table = gr.Dataframe(
-                            headers=[
-                                "#",
-                                "landmark",
-                                "x (px)",
-                                "y (px)",
-                                "x (mm)",
-                                "y (mm)",
-                                "radius (mm, else px)",
-                                "score",
-                            ],
-                            label="coordinates",
-                        )
-                        note = gr.Markdown()
-                        download = gr.File(label="JSON")
+                detect = _detect_tab(gr, default_model, examples)
             if tabbed:
                 # Annotation reads and writes files where the page runs: only on the page
                 # hf-landmark annotate serves (on this machine by default), never in a public demo.
@@ -197,10 +206,12 @@ def build_demo(
 
                 start = {k: v for k, v in annotate.items() if k != "uploads"}
                 build_annotate_tabs(gr, demo, tabs, AnnotateSource(**start), bool(annotate.get("uploads")))
-        outputs = [overlay, table, note, download]
+        outputs = [detect.overlay, detect.table, detect.note, detect.download]
         # The previous result (its picture, its notes) is cleared first, so that a failed
         # prediction never shows the last image's warnings beside the error.
-        run.click(lambda: (None, None, "", None), outputs=outputs, queue=False, api_visibility="private").then(
-            run_predict, inputs=[image, model, decoder, radii], outputs=outputs, api_name="predict"
+        clear = detect.run.click(
+            lambda: (None, None, "", None), outputs=outputs, queue=False, api_visibility="private"
         )
+        inputs = [detect.image, detect.model, detect.decoder, detect.radii]
+        clear.then(run_predict, inputs=inputs, outputs=outputs, api_name="predict")
     return demo
