@@ -41,7 +41,8 @@ from .geometry import (
     zoom_crop,
     zoom_origin,
 )
-from .session import AnnotationSession, ImageState, review_order, review_scores
+from .review import review_order, review_scores
+from .session import AnnotationSession, ImageState
 from .store import (
     SKIPPED_COLUMN,
     UPLOAD_PREFIX,

@@ -4,7 +4,6 @@ queue's order, and the pictures the page shows."""
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -23,32 +22,8 @@ from .geometry import (
     zoom_crop,
     zoom_origin,
 )
-from .store import (
-    Project,
-)
-
-
-def review_scores(radii, sizes, scores) -> np.ndarray:
-    """How likely each image's predictions are wrong, to review the worst first: the mean over
-    its landmarks of the calibrated radius relative to the image's size and to that landmark's
-    median over the images (so every landmark weighs alike, whatever its usual radius); for a
-    model without radii, one minus the mean heatmap score. ``radii`` ``[M, N]`` original
-    pixels (NaN: none), ``sizes`` ``[M, 2]`` (W, H), ``scores`` ``[M, N]``."""
-    radii = np.asarray(radii, dtype=np.float64)
-    if radii.size and np.isfinite(radii).any():
-        relative = radii / np.asarray(sizes, dtype=np.float64).max(axis=1, keepdims=True)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            typical = np.nanmedian(relative, axis=0, keepdims=True)
-            score = np.nanmean(relative / np.where(typical > 0, typical, np.nan), axis=1)
-        return np.nan_to_num(score, nan=0.0)
-    return 1.0 - np.asarray(scores, dtype=np.float64).mean(axis=1)
-
-
-def review_order(scores, finished) -> list[int]:
-    """Images in the order to review them: those with work left first, the highest
-    :func:`review_scores` first; finished images last, in the same order."""
-    return sorted(range(len(scores)), key=lambda i: (bool(finished[i]), -float(scores[i]), i))
+from .review import review_order, review_scores
+from .store import Project
 
 
 class ImageState:

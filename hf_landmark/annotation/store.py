@@ -131,23 +131,12 @@ class Project:
         self.features = features
 
 
-def open_project(
-    images: str, out: str, landmarks=None, model: str | None = None, features: str | None = None
-) -> Project:
-    """``images``: an image folder (every image under it) or a prepared dataset (its images,
-    under the folder it was prepared from). ``out``: the annotation CSV; if it exists
-    (``select``'s template, or an earlier session) its images come first, in its order, and
-    the folder's others after them (a row is written for an image once it is touched).
-    Landmark names: ``landmarks`` (a list), else the file's, the model's or the dataset's.
-    ``features``: a pre-trained DDPM; without a model, images start from the landmarks of the
-    first finished image, matched into them (:mod:`hf_landmark.matching`)."""
+def _folder_images(images: str):
+    """``(root, its image files relative to it, the prepared dataset's record or {})`` of
+    ``--images``: an image folder, or a prepared dataset (the folder it was prepared from)."""
     from ..data.prepared import INFO_FILE, dataset_info
     from ..data.readers import _image_files
 
-    if not images:
-        raise UserInputError("--images: give the image folder (or a prepared dataset) to annotate")
-    if not out:
-        raise UserInputError("--out: give the annotation CSV to write (an existing one is continued)")
     path = Path(images)
     info = {}
     if path.is_file():
@@ -168,6 +157,42 @@ def open_project(
     else:
         root = path
         folder_files = [p.relative_to(root).as_posix() for p in _image_files(root)]
+    return root, folder_files, info
+
+
+def _file_then_folder(out: str, listed: list[str], root: Path, folder_files: list[str]):
+    """The annotation file's images first, in its order (select's choice); the folder's others
+    after them, so that a later round (a model's worst predictions) goes to the same file."""
+    missing = [f for f in listed if not (root / f).is_file()]
+    if missing:
+        raise UserInputError(
+            f"{out}: {len(missing)} listed image(s) not found under {root}: {', '.join(missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+        )
+    listed_set = set(listed)
+    rest = [f for f in folder_files if f not in listed_set]
+    files = listed + rest
+    note = f"the {len(listed)} images listed in {Path(out).name}" + (
+        f", then the {len(rest)} others under {root}" if rest else ""
+    )
+    return files, note
+
+
+def open_project(
+    images: str, out: str, landmarks=None, model: str | None = None, features: str | None = None
+) -> Project:
+    """``images``: an image folder (every image under it) or a prepared dataset (its images,
+    under the folder it was prepared from). ``out``: the annotation CSV; if it exists
+    (``select``'s template, or an earlier session) its images come first, in its order, and
+    the folder's others after them (a row is written for an image once it is touched).
+    Landmark names: ``landmarks`` (a list), else the file's, the model's or the dataset's.
+    ``features``: a pre-trained DDPM; without a model, images start from the landmarks of the
+    first finished image, matched into them (:mod:`hf_landmark.matching`)."""
+    if not images:
+        raise UserInputError("--images: give the image folder (or a prepared dataset) to annotate")
+    if not out:
+        raise UserInputError("--out: give the annotation CSV to write (an existing one is continued)")
+    root, folder_files, info = _folder_images(images)
     out_path = Path(out)
     if out_path.suffix.lower() != ".csv":
         raise UserInputError(
@@ -192,20 +217,7 @@ def open_project(
             f"{out}: its landmarks ({', '.join(file_names)}) are not --landmarks ({', '.join(names)})"
         )
     if out_path.exists():
-        missing = [f for f in listed if not (root / f).is_file()]
-        if missing:
-            raise UserInputError(
-                f"{out}: {len(missing)} listed image(s) not found under {root}: {', '.join(missing[:5])}"
-                + (" ..." if len(missing) > 5 else "")
-            )
-        # The file's images first, in its order (select's choice); the others after them, so that
-        # a later round (a model's worst predictions) goes to the same file.
-        listed_set = set(listed)
-        rest = [f for f in folder_files if f not in listed_set]
-        files = listed + rest
-        note = f"the {len(listed)} images listed in {out_path.name}" + (
-            f", then the {len(rest)} others under {root}" if rest else ""
-        )
+        files, note = _file_then_folder(out, listed, root, folder_files)
     else:
         if not folder_files:
             raise UserInputError(f"--images {images}: no images (PNG, JPEG, BMP, TIFF, DICOM) found")
