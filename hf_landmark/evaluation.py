@@ -25,7 +25,6 @@ def predict_split(
     data: LandmarkTensors,
     decoder: str | None = None,
     batch_size: int = 16,
-    device=None,
     refine: bool | None = None,
     spread_check: bool = True,
 ) -> dict:
@@ -41,7 +40,7 @@ def predict_split(
     again; all False without one), ``flags`` (per image) and ``loss`` (the first stage's
     training loss against ``data.landmarks``, mean over images). ``spread_check=False``: the
     flags from the embedding test alone (:meth:`LandmarkImageProcessor.flags`)."""
-    device = device or next(model.parameters()).device
+    device = next(model.parameters()).device
     decoder = decoder or processor.decoder
     was_training = model.training
     model.eval()
@@ -84,11 +83,9 @@ def predict_split(
     return result
 
 
-def predict_tensors(
-    model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16, device=None
-):
+def predict_tensors(model, processor, data: LandmarkTensors, decoder: str | None = None, batch_size: int = 16):
     """``(coordinates [M, N, 2] original pixels, scores [M, N], mean loss)``; see :func:`predict_split`."""
-    out = predict_split(model, processor, data, decoder, batch_size, device)
+    out = predict_split(model, processor, data, decoder, batch_size)
     return out["coords"], out["scores"], out["loss"]
 
 

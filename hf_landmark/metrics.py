@@ -126,6 +126,10 @@ def paper_ground_truth(true_model, model_size: int, sigma: float = 5.0) -> torch
     return torch.round(decode_centroid(maps, weighted=False))
 
 
+#: The paper's code re-decodes its ground truth from Gaussian heatmaps of this sigma (grid pixels).
+PAPER_SIGMA = 5.0
+
+
 def paper_compatible_errors(
     pred_model,
     true_model,
@@ -134,7 +138,6 @@ def paper_compatible_errors(
     original_sizes=None,
     spacing: float = 0.1,
     wrist_indices: Sequence[int] = (0, 4),
-    sigma: float = 5.0,
 ) -> np.ndarray:
     """Errors exactly as the paper's code computes them.
 
@@ -152,7 +155,7 @@ def paper_compatible_errors(
         ``[M, N]`` errors (mm for ceph and hand, grid pixels otherwise).
     """
     pred = np.round(_np(pred_model))
-    gt = paper_ground_truth(true_model, model_size, sigma).numpy().astype(np.float64)
+    gt = paper_ground_truth(true_model, model_size, PAPER_SIGMA).numpy().astype(np.float64)
     diff = pred - gt
     if dataset == "ceph":
         if original_sizes is None:

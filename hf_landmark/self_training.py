@@ -53,19 +53,20 @@ def self_training_pool(
 
 
 def pseudo_labels(
-    model_dir: str, pool, val, labeled, decoder: str, keep: float, device, keep_each: float = 0.0
+    model_dir: str, pool, val, labeled, decoder: str, shares: tuple[float, float], device
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """The saved model's predictions on ``pool`` and which of them to keep. The model's
     low-confidence flag (its embedding test) is calibrated on ``labeled`` (what "like the
     training data" means) and ``val`` alone, never on the pool, so that a pool full of odd
     images cannot make itself look familiar; a flagged pool image gives no pseudo-label. Of the others,
     :func:`choose_pseudo_labels` (its ratios from ``val``) keeps the ``keep`` share, and at least
-    the ``keep_each`` share of each landmark. Returns
+    the ``keep_each`` share of each landmark (``shares``: ``(keep, keep_each)``). Returns
     ``(coords [M, N, 2] original px, keep mask [M, N], facts)``."""
     from .evaluation import predict_split
     from .image_processing_landmark import processor_for_model
     from .metrics import radial_errors
 
+    keep, keep_each = shares
     model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     processor = processor_for_model(model)
     cal = predict_split(model, processor, val, decoder)
@@ -240,7 +241,7 @@ def _pseudo_label_round(ctx, plan: SelfTrainingPlan, train, pool: SelfTrainingPo
     weights)``, or ``(report, None, None)`` when every pool image is flagged."""
     settings = ctx.settings
     coords, chosen, facts = pseudo_labels(
-        model_dir, pool.images, ctx.val, train, settings.decoder, plan.keep, ctx.accelerator.device, plan.keep_each
+        model_dir, pool.images, ctx.val, train, settings.decoder, (plan.keep, plan.keep_each), ctx.accelerator.device
     )
     images = np.flatnonzero(chosen.any(axis=1))
     report = {

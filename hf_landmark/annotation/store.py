@@ -134,8 +134,8 @@ class Project:
 def _folder_images(images: str):
     """``(root, its image files relative to it, the prepared dataset's record or {})`` of
     ``--images``: an image folder, or a prepared dataset (the folder it was prepared from)."""
+    from ..data.custom import _image_files
     from ..data.prepared import INFO_FILE, dataset_info
-    from ..data.readers import _image_files
 
     path = Path(images)
     info = {}

@@ -135,8 +135,7 @@ def _encode_png(image01: np.ndarray) -> bytes:
 
 def check_landmarks(
     lm: np.ndarray,
-    w: int,
-    h: int,
+    size: tuple[int, int],
     names: Sequence[str],
     where: str,
     policy: str,
@@ -144,10 +143,11 @@ def check_landmarks(
     image_id: str,
 ):
     """``lm`` ``[N, 2]`` (original pixels, pixel centres at integers) checked against a
-    ``w`` x ``h`` image: a point within one pixel beyond the pixel edges (a tool that puts the
+    ``size`` ``(w, h)`` image: a point within one pixel beyond the pixel edges (a tool that puts the
     last row's bottom edge at ``y = H``, as JSRT's chest contours do) is inside the picture a
     user sees and is clamped to the nearest pixel centre, counted in the report; a point
     farther out follows ``policy`` (``error``, ``keep`` or ``clamp``)."""
+    w, h = size
     lo_x, hi_x, lo_y, hi_y = -0.5, w - 0.5, -0.5, h - 0.5
     outside = (lm[:, 0] < lo_x) | (lm[:, 0] > hi_x) | (lm[:, 1] < lo_y) | (lm[:, 1] > hi_y)
     far = (lm[:, 0] < lo_x - 1) | (lm[:, 0] > hi_x + 1) | (lm[:, 1] < lo_y - 1) | (lm[:, 1] > hi_y + 1)
@@ -170,14 +170,27 @@ def check_landmarks(
     return lm
 
 
+@dataclass(frozen=True)
+class ImagePolicy:
+    """What preparing does with a bad image or landmark: ``skip_bad`` lists an unreadable image
+    in the report instead of stopping; ``outside_image`` is what a landmark farther than a
+    pixel outside its image gets (:data:`OUTSIDE_IMAGE_POLICIES`: ``error``, ``keep`` or ``clamp``)."""
+
+    skip_bad: bool = False
+    outside_image: str = "error"
+
+    def __post_init__(self):
+        if self.outside_image not in OUTSIDE_IMAGE_POLICIES:
+            raise ValueError(f"outside_image must be one of {OUTSIDE_IMAGE_POLICIES}, got {self.outside_image!r}")
+
+
 def build_dataset_dict(
     records: Sequence[Record],
     landmark_names: Sequence[str],
     dataset: str,
     image_size: int = 256,
     report: ConversionReport | None = None,
-    skip_bad: bool = False,
-    outside_image: str = "error",
+    policy: ImagePolicy | None = None,
     cache_dir: str | None = None,
 ):
     """Read, resize and encode ``records`` into a ``DatasetDict`` (splits in :data:`SPLITS`
@@ -186,12 +199,11 @@ def build_dataset_dict(
 
     Images are read one at a time and streamed into Arrow files (in ``cache_dir``, else the
     ``datasets`` cache), so a pool of any size is prepared without holding it in memory.
-    Unreadable images raise :class:`ImageReadError` unless ``skip_bad``, which lists them in
-    ``report.skipped``. A non-finite coordinate is always an error; landmarks on or just
-    beyond the border are clamped and counted, and farther out follow ``outside_image``
-    (see :func:`check_landmarks`)."""
-    if outside_image not in OUTSIDE_IMAGE_POLICIES:
-        raise ValueError(f"outside_image must be one of {OUTSIDE_IMAGE_POLICIES}, got {outside_image!r}")
+    Unreadable images raise :class:`ImageReadError` unless ``policy.skip_bad``, which lists
+    them in ``report.skipped``. A non-finite coordinate is always an error; landmarks on or
+    just beyond the border are clamped and counted, and farther out follow
+    ``policy.outside_image`` (see :func:`check_landmarks`)."""
+    policy = policy or ImagePolicy()
     from datasets import Dataset, DatasetDict
 
     report = report or ConversionReport(dataset=dataset)
@@ -203,7 +215,7 @@ def build_dataset_dict(
             if rec.split != split or failure:
                 continue
             try:
-                row = _encode_record(rec, names, dataset, image_size, report, skip_bad, outside_image)
+                row = _encode_record(rec, names, dataset, image_size, report, policy)
             except Exception as err:  # noqa: BLE001 - every error is re-raised below, unchanged
                 failure.append(err)
                 return
@@ -249,11 +261,11 @@ def build_dataset_dict(
     return out
 
 
-def _encode_record(rec: Record, names, dataset, image_size, report, skip_bad, outside_image) -> dict | None:
+def _encode_record(rec: Record, names, dataset, image_size, report, policy: ImagePolicy) -> dict | None:
     try:
         image = read_image(rec.image_path)
     except ImageReadError as err:
-        if not skip_bad:
+        if not policy.skip_bad:
             raise
         report.skipped.append(f"{rec.image_path} ({err})")
         return None
@@ -273,7 +285,9 @@ def _encode_record(rec: Record, names, dataset, image_size, report, skip_bad, ou
         raise DatasetFormatError(
             f"{rec.image_path}: landmarks must be {len(names)} finite (x, y) pairs, got {lm.tolist()}"
         )
-    row["landmarks"] = check_landmarks(lm, w, h, names, rec.image_path, outside_image, report, rec.image_id).tolist()
+    row["landmarks"] = check_landmarks(
+        lm, (w, h), names, rec.image_path, policy.outside_image, report, rec.image_id
+    ).tolist()
     return row
 
 
@@ -351,3 +365,13 @@ def common_spacing(*splits):
             elif not np.allclose(spacing, found, rtol=1e-6, atol=0):
                 return None
     return found
+
+
+def assign_splits(records: list[Record], counts, report: ConversionReport) -> list[Record]:
+    """Split ``records`` by sorted id: ``counts`` ``(train, validation, test)`` (:func:`split_by_counts`)."""
+    ids = sorted(r.image_id for r in records)
+    split = split_by_counts(ids, counts)
+    for r in records:
+        r.split = split[r.image_id]
+    report.split_sizes = {s: sum(r.split == s for r in records) for s in ("train", "validation", "test")}
+    return sorted(records, key=lambda r: r.image_id)
