@@ -115,49 +115,10 @@ def calibrate_processor(
     truth = calibration.original_landmarks.double().numpy()
     offsets_report = None
     if offset_images > 0:
-        scale = calibration.original_sizes.double().numpy()[:, None, :] / processor.size  # original px per model px
-        offsets, held_out = mean_offsets((cal["coords"] - truth) / scale, offset_images)
-        processor.set_landmark_offsets(offsets, stage)
-        # As the processor applies them: clamped to the centres of the model's edge pixels.
-        low, high = 0.5 * scale - 0.5, (processor.size - 0.5) * scale - 0.5
-        shifted = cal["coords"] - held_out * scale
-        corrected = np.clip(shifted, low, high)
-        clamped = int(np.sum(np.any((shifted < low) | (shifted > high), axis=-1)))
-        before, after = (
-            compute_metrics(cal["coords"], calibration, model.config),
-            compute_metrics(corrected, calibration, model.config),
-        )
-        offsets_report = {
-            "images": offset_images,
-            "stage": stage,
-            "model_px": offsets.tolist(),
-            "clamped_landmarks": clamped,
-            "leave_one_out": {
-                "unit": after["unit"],
-                "mre_without": before["mre"],
-                "mre_with": after["mre"],
-                "sdr_without": before["sdr"],
-                "sdr_with": after["sdr"],
-            },
-        }
-        cal["coords"] = corrected
+        offsets_report, cal["coords"] = _calibrate_offsets(model, processor, calibration, cal, offset_images, stage)
     errors = radial_errors(cal["coords"], truth)
     processor.calibrate(cal["spread"], errors)
-    # The flag reads the first stage only: embeddings and first-stage spreads.
-    ref_parts = [predict_split(model, processor, reference, decoder, refine=False)["embeddings"]]
-    flag_emb, flag_spread = (
-        [cal["embeddings"]],
-        [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())],
-    )
-    for part in pool or []:
-        if not len(part):
-            continue
-        out = predict_split(model, processor, part, decoder, refine=False)
-        rel = processor.relative_spread(out["first_stage_spread"], part.original_sizes.numpy())
-        ref_parts.append(out["embeddings"][0::2])
-        flag_emb.append(out["embeddings"][1::2])
-        flag_spread.append(rel[1::2])
-    processor.calibrate_flag(np.concatenate(ref_parts), np.concatenate(flag_emb), np.concatenate(flag_spread))
+    _calibrate_flag(model, processor, (calibration, cal), reference, pool or [], decoder)
     radii = processor.radii(cal["spread"])
     return {
         "calibration_images": len(calibration),
@@ -170,6 +131,61 @@ def calibrate_processor(
         "flag_calibration_images": processor.flag_calibration_images,
         "flag_false_alarm_rate": processor.flag_false_alarm_rate,
     }
+
+
+def _calibrate_offsets(model, processor, calibration, cal: dict, offset_images: float, stage: str):
+    """Set ``processor``'s landmark offsets from ``calibration``'s errors (``cal``: its
+    predictions without them), shrunk by ``offset_images``; returns ``(report, each image's
+    coordinates corrected by the offsets of the others)``."""
+    truth = calibration.original_landmarks.double().numpy()
+    scale = calibration.original_sizes.double().numpy()[:, None, :] / processor.size  # original px per model px
+    offsets, held_out = mean_offsets((cal["coords"] - truth) / scale, offset_images)
+    processor.set_landmark_offsets(offsets, stage)
+    # As the processor applies them: clamped to the centres of the model's edge pixels.
+    low, high = 0.5 * scale - 0.5, (processor.size - 0.5) * scale - 0.5
+    shifted = cal["coords"] - held_out * scale
+    corrected = np.clip(shifted, low, high)
+    clamped = int(np.sum(np.any((shifted < low) | (shifted > high), axis=-1)))
+    before, after = (
+        compute_metrics(cal["coords"], calibration, model.config),
+        compute_metrics(corrected, calibration, model.config),
+    )
+    offsets_report = {
+        "images": offset_images,
+        "stage": stage,
+        "model_px": offsets.tolist(),
+        "clamped_landmarks": clamped,
+        "leave_one_out": {
+            "unit": after["unit"],
+            "mre_without": before["mre"],
+            "mre_with": after["mre"],
+            "sdr_without": before["sdr"],
+            "sdr_with": after["sdr"],
+        },
+    }
+    return offsets_report, corrected
+
+
+def _calibrate_flag(model, processor, held_out, reference, pool: list, decoder: str | None) -> None:
+    """The low-confidence flag, on the first stage only (embeddings and first-stage spreads):
+    ``held_out`` ``(calibration images, their predictions)`` and every other ``pool`` image set
+    the thresholds; ``reference`` and the pool's other images define "like the training data"."""
+    calibration, cal = held_out
+    # The flag reads the first stage only: embeddings and first-stage spreads.
+    ref_parts = [predict_split(model, processor, reference, decoder, refine=False)["embeddings"]]
+    flag_emb, flag_spread = (
+        [cal["embeddings"]],
+        [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())],
+    )
+    for part in pool:
+        if not len(part):
+            continue
+        out = predict_split(model, processor, part, decoder, refine=False)
+        rel = processor.relative_spread(out["first_stage_spread"], part.original_sizes.numpy())
+        ref_parts.append(out["embeddings"][0::2])
+        flag_emb.append(out["embeddings"][1::2])
+        flag_spread.append(rel[1::2])
+    processor.calibrate_flag(np.concatenate(ref_parts), np.concatenate(flag_emb), np.concatenate(flag_spread))
 
 
 def mean_offsets(errors, pseudo_images: float) -> tuple[np.ndarray, np.ndarray]:

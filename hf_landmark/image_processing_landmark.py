@@ -28,44 +28,9 @@ from .preprocessing import (
     spacing_pair,
     to_pixel_values,
 )
+from .uncertainty import CALIBRATION_KEYS, Calibrated, conformal_quantile  # noqa: F401 (conformal_quantile: its home before)
 
 PROCESSOR_FILE = "preprocessor_config.json"
-
-
-def conformal_quantile(scores, alpha: float) -> float:
-    """The split conformal quantile of ``n`` calibration scores: their ⌈(n + 1)(1 − α)⌉-th
-    smallest, so that a new exchangeable score falls at or below it with probability at least
-    1 − α; ``inf`` when ``n`` is too small for that (n < 1/α − 1)."""
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    k = int(np.ceil((s.size + 1) * (1.0 - alpha)))
-    return float(s[k - 1]) if 1 <= k <= s.size else float("inf")
-
-
-#: The ``calibration`` section of a processor's config: what was measured after training.
-CALIBRATION_KEYS = (
-    "calibration_scores",
-    "embedding_mean",
-    "embedding_scale",
-    "ood_threshold",
-    "spread_threshold",
-    "flag_calibration_images",
-    "flag_false_alarm_rate",
-    "landmark_offsets",
-    "landmark_offsets_stage",
-)
-
-
-class _Calibrated:
-    """An attribute of :class:`LandmarkImageProcessor` kept in its ``calibration`` section."""
-
-    def __set_name__(self, owner, name):
-        self.name = name
-
-    def __get__(self, obj, owner=None):
-        return self if obj is None else obj.calibration.get(self.name)
-
-    def __set__(self, obj, value):
-        obj.calibration[self.name] = value
 
 
 class LandmarkImageProcessor(BaseImageProcessor):
@@ -90,26 +55,11 @@ class LandmarkImageProcessor(BaseImageProcessor):
         refine_size: side of the fine copy the refinement stage crops (``fine_pixel_values``);
             0 when the model has no refinement stage.
         refine_loss, refine_sigma: how the refiner's maps read as probabilities and scores.
-        calibration: what was measured on held-out images after training (one section of the
-            config, :data:`CALIBRATION_KEYS`; each readable as an attribute of the same name):
-
-            - ``calibration_scores``: per landmark, the normalised errors (radial error / heatmap
-              spread) of the calibration images (:meth:`calibrate`); ``None`` before calibration.
-            - ``embedding_mean``, ``embedding_scale``, ``ood_threshold``: the training images'
-              embedding statistics and the distance beyond which an image is flagged
-              ``low_confidence``; ``spread_threshold``: the mean relative heatmap spread (spread
-              over the image diagonal) beyond which it is; ``flag_calibration_images`` and
-              ``flag_false_alarm_rate``: how many images calibrated the flag and the bound reached
-              (:meth:`calibrate_flag`).
-            - ``landmark_offsets``: ``[N, 2]`` model pixels subtracted from the decoded landmarks
-              of the stage they were measured on, ``landmark_offsets_stage`` (``"refined"``: a
-              two-stage model's refined landmarks; ``"first"``: a one-stage model's, or a
-              two-stage model run without its refiner), each landmark's mean error on held-out
-              labeled images, shrunk toward none (``hf_landmark.evaluation.calibrate_processor``);
-              ``None``: no correction.
-
-            A configuration saved by release 0.4 holds these keys at the top level; they are
-            read into this section.
+        calibration: what was measured on held-out images after training, one section of the
+            config (:data:`hf_landmark.uncertainty.CALIBRATION_KEYS`, each readable as an
+            attribute of the same name): the radii's conformal scores, the flag's statistics and
+            thresholds, the landmark offsets. A configuration saved by release 0.4 holds these
+            keys at the top level; they are read into this section.
     """
 
     model_input_names = ["pixel_values"]
@@ -165,15 +115,15 @@ class LandmarkImageProcessor(BaseImageProcessor):
             calibration.get("landmark_offsets"), calibration.get("landmark_offsets_stage") or "refined"
         )
 
-    calibration_scores = _Calibrated()
-    embedding_mean = _Calibrated()
-    embedding_scale = _Calibrated()
-    ood_threshold = _Calibrated()
-    spread_threshold = _Calibrated()
-    flag_calibration_images = _Calibrated()
-    flag_false_alarm_rate = _Calibrated()
-    landmark_offsets = _Calibrated()
-    landmark_offsets_stage = _Calibrated()
+    calibration_scores = Calibrated()
+    embedding_mean = Calibrated()
+    embedding_scale = Calibrated()
+    ood_threshold = Calibrated()
+    spread_threshold = Calibrated()
+    flag_calibration_images = Calibrated()
+    flag_false_alarm_rate = Calibrated()
+    landmark_offsets = Calibrated()
+    landmark_offsets_stage = Calibrated()
 
     def to_json_string(self) -> str:
         """The config as strict JSON (``allow_nan=False``): a non-finite number is ``null``."""

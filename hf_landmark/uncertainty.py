@@ -1,0 +1,59 @@
+"""What a processor's calibration holds and how it is read: the split conformal quantile of the
+error radii, and the keys of the ``calibration`` section of the processor's config.
+Self-contained (numpy): it travels with a model's remote code."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def conformal_quantile(scores, alpha: float) -> float:
+    """The split conformal quantile of ``n`` calibration scores: their ⌈(n + 1)(1 − α)⌉-th
+    smallest, so that a new exchangeable score falls at or below it with probability at least
+    1 − α; ``inf`` when ``n`` is too small for that (n < 1/α − 1)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    k = int(np.ceil((s.size + 1) * (1.0 - alpha)))
+    return float(s[k - 1]) if 1 <= k <= s.size else float("inf")
+
+
+#: The ``calibration`` section of a processor's config: what was measured on held-out images
+#: after training, each key readable as an attribute of the processor:
+#:
+#: - ``calibration_scores``: per landmark, the normalised errors (radial error / heatmap
+#:   spread) of the calibration images (``LandmarkImageProcessor.calibrate``); ``None`` before calibration.
+#: - ``embedding_mean``, ``embedding_scale``, ``ood_threshold``: the training images'
+#:   embedding statistics and the distance beyond which an image is flagged
+#:   ``low_confidence``; ``spread_threshold``: the mean relative heatmap spread (spread
+#:   over the image diagonal) beyond which it is; ``flag_calibration_images`` and
+#:   ``flag_false_alarm_rate``: how many images calibrated the flag and the bound reached
+#:   (``LandmarkImageProcessor.calibrate_flag``).
+#: - ``landmark_offsets``: ``[N, 2]`` model pixels subtracted from the decoded landmarks
+#:   of the stage they were measured on, ``landmark_offsets_stage`` (``"refined"``: a
+#:   two-stage model's refined landmarks; ``"first"``: a one-stage model's, or a
+#:   two-stage model run without its refiner), each landmark's mean error on held-out
+#:   labeled images, shrunk toward none (``hf_landmark.evaluation.calibrate_processor``);
+#:   ``None``: no correction.
+CALIBRATION_KEYS = (
+    "calibration_scores",
+    "embedding_mean",
+    "embedding_scale",
+    "ood_threshold",
+    "spread_threshold",
+    "flag_calibration_images",
+    "flag_false_alarm_rate",
+    "landmark_offsets",
+    "landmark_offsets_stage",
+)
+
+
+class Calibrated:
+    """An attribute of :class:`LandmarkImageProcessor` kept in its ``calibration`` section."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.calibration.get(self.name)
+
+    def __set__(self, obj, value):
+        obj.calibration[self.name] = value
