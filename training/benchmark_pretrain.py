@@ -33,6 +33,7 @@ import multiprocessing
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +43,19 @@ from hf_landmark.training.pretrain import build_unet
 from hf_landmark.training_utils import parse_int_list
 
 
-def step_time(
-    preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str
-) -> tuple[float, float, int]:
+@dataclass(frozen=True)
+class Timing:
+    """How a step is timed: its precision, batch, warm-up and timed steps, and the device."""
+
+    precision: str
+    batch: int
+    warmup: int
+    steps: int
+    device: str
+
+
+def step_time(preset: str, size: int, timing: Timing) -> tuple[float, float, int]:
+    batch, device = timing.batch, timing.device
     torch.manual_seed(0)
     unet = build_unet(preset, size).to(device)
     sched = DDPMScheduler(num_train_timesteps=500, beta_schedule="linear")
@@ -55,14 +66,19 @@ def step_time(
         t = torch.randint(0, 500, (batch,), device=device)
         return F.mse_loss(unet(sched.add_noise(x, noise, t), t).sample.float(), noise)
 
-    return measure(unet, loss_of_one_step, precision, batch, warmup, steps, device)
+    return measure(unet, loss_of_one_step, timing)
 
 
-def measure(
-    module, loss_of_one_step, precision: str, batch: int, warmup: int, steps: int, device: str, trainable=None
-) -> tuple[float, float, int]:
+def measure(module, loss_of_one_step, timing: Timing, trainable=None) -> tuple[float, float, int]:
     """``(items/s, peak memory MiB, parameters)`` of AdamW steps on ``loss_of_one_step()``
     (its forward runs under the precision's autocast) over ``trainable`` (default: all)."""
+    precision, batch, warmup, steps, device = (
+        timing.precision,
+        timing.batch,
+        timing.warmup,
+        timing.steps,
+        timing.device,
+    )
     params = sum(p.numel() for p in module.parameters())
     opt = torch.optim.AdamW(module.parameters() if trainable is None else trainable, lr=1e-4)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
@@ -89,9 +105,7 @@ def measure(
     return batch / elapsed, peak, params
 
 
-def refiner_step_time(
-    preset: str, crop: int, fine: int, precision: str, batch: int, warmup: int, steps: int, device: str
-):
+def refiner_step_time(preset: str, crop: int, fine: int, timing: Timing):
     from hf_landmark import LandmarkConfig, LandmarkDetector
     from hf_landmark.losses import get_loss
     from hf_landmark.modeling_landmark import own_channel
@@ -107,6 +121,7 @@ def refiner_step_time(
         refine_backbone_config=preset,
         refine_sigma=2.0,
     )
+    batch, device = timing.batch, timing.device
     refiner = LandmarkDetector(config).refiner.to(device)
     images = torch.rand(4, 1, fine, fine, device=device)
     truth = torch.rand(4, 19, 2, device=device) * (fine - 1)
@@ -117,14 +132,13 @@ def refiner_step_time(
         crops, landmark, local = refiner_batch(images, truth, offsets, config, batch)
         return loss_fn(own_channel(refiner(crops)[0], landmark), local, config.refine_sigma)
 
-    return measure(refiner, loss_of_one_step, precision, batch, warmup, steps, device)
+    return measure(refiner, loss_of_one_step, timing)
 
 
-def detector_step_time(
-    backbone: str, preset: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str
-):
+def detector_step_time(backbone: str, preset: str, size: int, timing: Timing):
     from hf_landmark import LandmarkConfig, LandmarkDetector
 
+    batch, device = timing.batch, timing.device
     torch.manual_seed(0)
     config = LandmarkConfig(
         backbone=backbone,
@@ -136,14 +150,13 @@ def detector_step_time(
     model = LandmarkDetector(config).to(device).train()
     x = torch.rand(batch, 1, size, size, device=device) * 2 - 1
     labels = torch.rand(batch, 19, 2, device=device) * (size - 1)
-    return measure(model, lambda: model(x, labels=labels).loss, precision, batch, warmup, steps, device)
+    return measure(model, lambda: model(x, labels=labels).loss, timing)
 
 
-def ssl_step_time(
-    method: str, encoder: str, size: int, precision: str, batch: int, warmup: int, steps: int, device: str
-):
+def ssl_step_time(method: str, encoder: str, size: int, timing: Timing):
     from hf_landmark.training.pretrain_ssl import SSLModel
 
+    batch, device = timing.batch, timing.device
     torch.manual_seed(0)
     model = (
         SSLModel(method, encoder, size, (-1.0, 1.0), {"mocov3": 0.2, "simclrv2": 0.5}.get(method)).to(device).train()
@@ -155,7 +168,7 @@ def ssl_step_time(
         model.update_momentum_networks(0.5)
         return model(images)
 
-    ips, peak, _ = measure(model, loss_of_one_step, precision, batch, warmup, steps, device, params)
+    ips, peak, _ = measure(model, loss_of_one_step, timing, params)
     return ips, peak, sum(p.numel() for p in model.encoder.parameters())
 
 
@@ -200,48 +213,17 @@ def main(argv=None):
         for size in parse_int_list(args.resolutions):
             for precision in precisions:
                 # A fresh process per configuration: its peak memory is its own.
+                timing = Timing(precision, args.batch_size, args.warmup, args.steps, device)
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                     if method:
-                        job = pool.submit(
-                            ssl_step_time,
-                            method,
-                            preset,
-                            size,
-                            precision,
-                            args.batch_size,
-                            args.warmup,
-                            args.steps,
-                            device,
-                        )
+                        job = pool.submit(ssl_step_time, method, preset, size, timing)
                         what = f"{method} pre-training"
                     elif args.backbone:
-                        job = pool.submit(
-                            detector_step_time,
-                            args.backbone,
-                            preset,
-                            size,
-                            precision,
-                            args.batch_size,
-                            args.warmup,
-                            args.steps,
-                            device,
-                        )
+                        job = pool.submit(detector_step_time, args.backbone, preset, size, timing)
                     elif args.refiner:
-                        job = pool.submit(
-                            refiner_step_time,
-                            preset,
-                            size,
-                            args.fine_size,
-                            precision,
-                            args.batch_size,
-                            args.warmup,
-                            args.steps,
-                            device,
-                        )
+                        job = pool.submit(refiner_step_time, preset, size, args.fine_size, timing)
                     else:
-                        job = pool.submit(
-                            step_time, preset, size, precision, args.batch_size, args.warmup, args.steps, device
-                        )
+                        job = pool.submit(step_time, preset, size, timing)
                     ips, peak, params = job.result()
                 print(
                     f"| {preset} | {params / 1e6:.2f} M | {size} | {precision} | {ips:.2f} | {args.batch_size / ips:.3f} | {peak:.0f} | {what} |",
