@@ -139,7 +139,7 @@ class LandmarkConfig(PreTrainedConfig):
 
     model_type = "ddpm-landmark"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (every saved field a parameter, as in transformers)
         self,
         backbone: str = "unet2d",
         backbone_config: dict | str | None = None,

@@ -64,7 +64,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
 
     model_input_names = ["pixel_values"]
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (every saved field a parameter, as in transformers)
         self,
         size: int = 256,
         pixel_range: Sequence[float] = (-1.0, 1.0),

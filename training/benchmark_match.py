@@ -61,12 +61,35 @@ def main(argv=None) -> dict:
         dataset_name=template["dataset"],
     )
     metrics = compute_metrics(pred, data, config)
+    out = summarise(metrics, consistent, args, (ids[t_idx], len(targets), list(template["landmark_names"])))
+    print(
+        f"template {out['template']}, {len(targets)} {args.split} images: MRE {out['mre']:.2f} {out['unit']}, SDR "
+        + ", ".join(f"{k}: {v:.1f} %" for k, v in out["sdr"].items())
+    )
+
+    def mre(v):
+        return "none" if v is None else f"{v:.2f}"
+
+    print(
+        f"cycle-consistent: {100 * out['consistent_share']:.1f} % of landmarks, MRE {mre(out['mre_consistent'])} vs "
+        f"{mre(out['mre_inconsistent'])} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
+        f"{100 * out['tail_error_share']:.1f} % of the error"
+    )
+    if args.output:
+        write_json_atomic(out, args.output)
+    return out
+
+
+def summarise(metrics: dict, consistent: np.ndarray, args, about: tuple) -> dict:
+    """The benchmark's record: ``metrics`` of the matches, how many were cycle-consistent and how
+    good those were, the tail beyond ``--tail``, per landmark; ``about``: (template id, images, names)."""
+    template_id, num_images, names = about
     errors = np.asarray(metrics["errors"])
     tail = errors > args.tail
-    out = {
-        "template": ids[t_idx],
+    return {
+        "template": template_id,
         "split": args.split,
-        "images": len(targets),
+        "images": num_images,
         "timestep": args.timestep,
         "unit": metrics["unit"],
         "mre": metrics["mre"],
@@ -86,25 +109,9 @@ def main(argv=None) -> dict:
                 "tail_share": float(tail[:, j].mean()),
                 "consistent": float(consistent[:, j].mean()),
             }
-            for j, n in enumerate(template["landmark_names"])
+            for j, n in enumerate(names)
         },
     }
-    print(
-        f"template {out['template']}, {len(targets)} {args.split} images: MRE {out['mre']:.2f} {out['unit']}, SDR "
-        + ", ".join(f"{k}: {v:.1f} %" for k, v in out["sdr"].items())
-    )
-
-    def mre(v):
-        return "none" if v is None else f"{v:.2f}"
-
-    print(
-        f"cycle-consistent: {100 * out['consistent_share']:.1f} % of landmarks, MRE {mre(out['mre_consistent'])} vs "
-        f"{mre(out['mre_inconsistent'])} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
-        f"{100 * out['tail_error_share']:.1f} % of the error"
-    )
-    if args.output:
-        write_json_atomic(out, args.output)
-    return out
 
 
 if __name__ == "__main__":

@@ -62,9 +62,6 @@ def _quiet(verbose: bool) -> None:
 
 
 def main(argv=None) -> dict:
-    from hf_landmark.training.finetune import FinetuneArguments, finetune
-    from hf_landmark.training.pretrain import PretrainArguments, pretrain
-
     args = parse_args(argv)
     _quiet(args.verbose)
     out = os.path.abspath(args.output_dir)
@@ -73,38 +70,7 @@ def main(argv=None) -> dict:
     timings = {}
 
     raw, prepared = os.path.join(out, "raw"), os.path.join(out, "prepared")
-    write_synthetic_isbi(raw, num_images=args.num_images, seed=args.seed, variability=args.variability)
-    n_test = args.num_images // 5
-    n_val = max(2, args.num_images // 10)
-    prepare(
-        "ceph",
-        raw,
-        prepared,
-        image_size=args.resolution * 2,
-        split_counts=(args.num_images - n_val - n_test, n_val, None),
-    )
-    timings["data"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    checkpoint = pretrain(
-        PretrainArguments(
-            dataset=prepared,
-            output_dir=os.path.join(out, "ddpm"),
-            preset=args.preset,
-            resolution=args.resolution,
-            max_steps=args.pretrain_steps,
-            save_steps=str(args.pretrain_steps),
-            train_batch_size=8,
-            gradient_accumulation_steps=1,
-            learning_rate=1e-3,
-            num_samples=16,
-            sample_inference_steps=50,
-            seed=args.seed,
-            report_to="tensorboard",
-        )
-    )
-    timings["pretrain"] = time.perf_counter() - t
-
+    checkpoint = prepare_and_pretrain(args, raw, prepared, timings)
     dataset = load_prepared(prepared)
     test = load_tensors(dataset["test"], args.resolution)
     train = load_tensors(dataset["train"], args.resolution)
@@ -118,23 +84,7 @@ def main(argv=None) -> dict:
                 run_dir = os.path.join(
                     out, "finetune", f"{'ddpm' if init != 'scratch' else 'scratch'}-n{labels}-s{seed}"
                 )
-                finetune(
-                    FinetuneArguments(
-                        dataset=prepared,
-                        output_dir=run_dir,
-                        num_labels=labels,
-                        seed=seed,
-                        init=init,
-                        preset=args.preset,
-                        resolution=args.resolution,
-                        max_steps=args.finetune_steps,
-                        eval_steps=25,
-                        early_stopping_patience=100,
-                        learning_rate=1e-3,
-                        report_to="none",
-                        no_refine=True,
-                    )
-                )
+                finetune_run(args, prepared, run_dir, (labels, seed, init))
                 model = LandmarkDetector.from_pretrained(os.path.join(run_dir, "model"), dtype=torch.float32).eval()
                 processor = processor_for_model(model)
                 result = predict_split(model, processor, test)
@@ -153,6 +103,80 @@ def main(argv=None) -> dict:
     timings["finetune (all runs)"] = time.perf_counter() - t
 
     table, gaps = results_table(runs, len(test))
+    write_results(args, (raw, out, checkpoint), (runs, curves, example, test), table, (gaps, timings, t0))
+    return {"runs": runs, "ddpm_gain_percent": gaps}
+
+
+def prepare_and_pretrain(args, raw: str, prepared: str, timings: dict) -> str:
+    """The synthetic cephalograms written and prepared, and the DDPM pre-trained on them;
+    returns its checkpoint."""
+    from hf_landmark.training.pretrain import PretrainArguments, pretrain
+
+    t0 = time.perf_counter()
+    write_synthetic_isbi(raw, num_images=args.num_images, seed=args.seed, variability=args.variability)
+    n_test = args.num_images // 5
+    n_val = max(2, args.num_images // 10)
+    prepare(
+        "ceph",
+        raw,
+        prepared,
+        image_size=args.resolution * 2,
+        split_counts=(args.num_images - n_val - n_test, n_val, None),
+    )
+    timings["data"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    checkpoint = pretrain(
+        PretrainArguments(
+            dataset=prepared,
+            output_dir=os.path.join(os.path.dirname(prepared), "ddpm"),
+            preset=args.preset,
+            resolution=args.resolution,
+            max_steps=args.pretrain_steps,
+            save_steps=str(args.pretrain_steps),
+            train_batch_size=8,
+            gradient_accumulation_steps=1,
+            learning_rate=1e-3,
+            num_samples=16,
+            sample_inference_steps=50,
+            seed=args.seed,
+            report_to="tensorboard",
+        )
+    )
+    timings["pretrain"] = time.perf_counter() - t
+
+    return checkpoint
+
+
+def finetune_run(args, prepared: str, run_dir: str, cell: tuple) -> None:
+    """One fine-tuning of the demo, ``(labels, seed, init)``: the first stage alone."""
+    from hf_landmark.training.finetune import FinetuneArguments, finetune
+
+    labels, seed, init = cell
+    finetune(
+        FinetuneArguments(
+            dataset=prepared,
+            output_dir=run_dir,
+            num_labels=labels,
+            seed=seed,
+            init=init,
+            preset=args.preset,
+            resolution=args.resolution,
+            max_steps=args.finetune_steps,
+            eval_steps=25,
+            early_stopping_patience=100,
+            learning_rate=1e-3,
+            report_to="none",
+            no_refine=True,
+        )
+    )
+
+
+def write_results(args, places: tuple, measured: tuple, table: str, facts: tuple) -> None:
+    """The overlay, the cumulative error plot, results.json / results.md, and the summary printed."""
+    raw, out, checkpoint = places
+    runs, curves, example, test = measured
+    gaps, timings, t0 = facts
     # The first test image's original file, the last DDPM model's predictions against the truth.
     original = read_image(os.path.join(raw, "RawImage", "TrainingData", f"{test.image_ids[0]}.bmp"))
     draw_landmarks(original, example[0], test.original_landmarks[0].numpy(), radii=example[1], min_side=900).save(
@@ -176,7 +200,6 @@ def main(argv=None) -> dict:
         "90 % error radii; green: true)"
     )
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    return {"runs": runs, "ddpm_gain_percent": gaps}
 
 
 def results_table(runs: dict[tuple[str, int], list[dict]], num_test: int) -> tuple[str, dict[int, float]]:

@@ -218,7 +218,9 @@ def evaluate_model(model_dir: str, eval_data, mode: str, decoder: str) -> dict:
     return metrics
 
 
-def run_cell(args: BenchmarkArguments, overrides: dict, name, init, labels, seed, cell_dir, eval_data) -> dict:
+def run_cell(args: BenchmarkArguments, overrides: dict, cell: tuple, cell_dir: str, eval_data) -> dict:
+    """Fine-tune and evaluate one cell, ``(init name, init, labels, seed)``."""
+    name, init, labels, seed = cell
     ft = FinetuneArguments(
         dataset=args.dataset,
         output_dir=cell_dir,
@@ -270,7 +272,7 @@ def benchmark(args: BenchmarkArguments, finetune_overrides: dict | None = None) 
                         metrics = json.load(fh)
                     print(f"[skip] {name} {labels} labels seed {seed}: {metrics['mre']:.3f} {metrics['unit']}")
                 else:
-                    metrics = run_cell(args, overrides, name, init, labels, seed, cell_dir, eval_data)
+                    metrics = run_cell(args, overrides, (name, init, labels, seed), cell_dir, eval_data)
                     print(f"[done] {name} {labels} labels seed {seed}: {metrics['mre']:.3f} {metrics['unit']}")
                 results.setdefault((name, labels), []).append(metrics)
             # The floor, on the labeled images of the last cell (they depend on the seed only for random subsets).
