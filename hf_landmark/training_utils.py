@@ -358,3 +358,32 @@ def run_steps(args, accelerator, step, save, global_step: int, desc: str, extra_
             break
     progress.close()
     return global_step
+
+
+def run_accelerator(args, mixed_precision: str):
+    """:func:`make_accelerator` for a training script's ``args``: its gradient accumulation, its
+    tracker (``--report-to``; ``none``: no tracker) and its logs under ``OUT/logs``."""
+    from accelerate.utils import ProjectConfiguration
+
+    return make_accelerator(
+        mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+        ),
+    )
+
+
+def load_resume_state(accelerator, args, resume) -> int:
+    """Load ``resume`` (:func:`resolve_resume`'s ``(step, folder)``) into ``accelerator`` and
+    return its step; 0 (and a note when one was asked for) when there is none."""
+    log = logging.getLogger(__name__)
+    if args.resume_from_checkpoint and resume is None:
+        log.info("no checkpoint to resume from in %s; starting from scratch", args.output_dir)
+    if resume is None:
+        return 0
+    step, path = resume
+    accelerator.load_state(os.path.join(path, "state"))
+    log.info("resumed from %s (step %d)", path, step)
+    return step

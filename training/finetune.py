@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 
 from hf_landmark import LandmarkImageProcessor
 from hf_landmark.calibration import calibrate_saved_model
@@ -78,8 +78,8 @@ from hf_landmark.training_loop import TRAINING_RECORD, Stages, averaged, weight_
 from hf_landmark.training_utils import (
     choose_mixed_precision,
     describe_cpu_threads,
-    make_accelerator,
     parse_arguments,
+    run_accelerator,
     tracker_config,
     training_step_probe,
 )
@@ -242,14 +242,7 @@ def prepare_accelerator(args: FinetuneArguments, model, processor, train_all):
         "labels": train_all.landmarks[:n],
     }
     precision, probe = choose_mixed_precision(args.mixed_precision, training_step_probe(model, probe_inputs))
-    accelerator, autocast, mixed_precision = make_accelerator(
-        precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
-        ),
-    )
+    accelerator, autocast, mixed_precision = run_accelerator(args, precision)
     if probe:
         logger.info(
             "mixed precision %s: a training step took %.3f s in fp32 and %.3f s in bf16",

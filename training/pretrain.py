@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -55,12 +55,13 @@ from hf_landmark.training_utils import (
     argument_parser,
     check_choice,
     choose_mixed_precision,
-    make_accelerator,
+    load_resume_state,
     parse_arguments,
     parse_float_pair,
     parse_int_list,
     remove_partial_checkpoints,
     resolve_resume,
+    run_accelerator,
     run_steps,
     tracker_config,
     training_step_probe,
@@ -218,14 +219,7 @@ def pretrain(args: PretrainArguments) -> str:
     """Pre-train a DDPM; returns the folder of its last checkpoint (a ``DDPMPipeline``)."""
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
     precision, probe = choose_precision(args, resume)
-    accelerator, autocast, mixed_precision = make_accelerator(
-        precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
-        ),
-    )
+    accelerator, autocast, mixed_precision = run_accelerator(args, precision)
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -247,13 +241,7 @@ def pretrain(args: PretrainArguments) -> str:
     )
     logger.info(accelerator.state, main_process_only=False)
     run = build_run(args, accelerator, autocast, images)
-    global_step = 0
-    if args.resume_from_checkpoint and resume is None:
-        logger.info("no checkpoint to resume from in %s; starting from scratch", args.output_dir)
-    if resume is not None:
-        global_step, path = resume
-        accelerator.load_state(os.path.join(path, "state"))
-        logger.info("resumed from %s (step %d)", path, global_step)
+    global_step = load_resume_state(accelerator, args, resume)
     if accelerator.is_main_process:
         accelerator.init_trackers("pretrain", config=tracker_config(args))
     record = pretraining_record(args, run, mixed_precision, probe)

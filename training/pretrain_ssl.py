@@ -54,7 +54,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 
 from hf_landmark.backbones import (
@@ -75,12 +75,13 @@ from hf_landmark.training_utils import (
     MIXED_PRECISION_HELP,
     argument_parser,
     check_choice,
-    make_accelerator,
+    load_resume_state,
     parse_arguments,
     parse_float_pair,
     parse_int_list,
     remove_partial_checkpoints,
     resolve_resume,
+    run_accelerator,
     run_steps,
     tracker_config,
 )
@@ -292,14 +293,7 @@ class SSLModel(nn.Module):
 
 def pretrain_ssl(args: SSLArguments) -> str:
     """Pre-train an encoder; returns the folder of its last checkpoint."""
-    accelerator, autocast, mixed_precision = make_accelerator(
-        args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
-        ),
-    )
+    accelerator, autocast, mixed_precision = run_accelerator(args, args.mixed_precision)
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -327,14 +321,8 @@ def pretrain_ssl(args: SSLArguments) -> str:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    global_step = 0
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and resume is None:
-        logger.info("no checkpoint to resume from in %s; starting from scratch", args.output_dir)
-    if resume is not None:
-        global_step, path = resume
-        accelerator.load_state(os.path.join(path, "state"))
-        logger.info("resumed from %s (step %d)", path, global_step)
+    global_step = load_resume_state(accelerator, args, resume)
     if accelerator.is_main_process:
         accelerator.init_trackers("pretrain_ssl", config=tracker_config(args))
     effective_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
