@@ -222,7 +222,7 @@ def test_self_training_on_the_pool_of_synthetic_images(prepared128, tmp_path):
         blank.fine_images = torch.full_like(pool.fine_images, 0.5)
     mixed = pool.concat(blank)
     labeled = load_tensors(data["train"].select(range(3)), size, "area", fine)
-    coords, keep, facts = pseudo_labels(str(out / "model"), mixed, val, labeled, "centroid", 0.4, "cpu")
+    coords, keep, facts = pseudo_labels(str(out / "model"), mixed, val, labeled, "centroid", (0.4, 0.0), "cpu")
     truth = mixed.original_landmarks.numpy()
     errors = np.linalg.norm(coords - truth, axis=-1)
     # Blank images are flagged as unlike the labeled ones and give no pseudo-label; the kept
