@@ -355,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the Space folder to write (replaced whole)")
     p.add_argument("--model", help="the default model repo (also set HF_LANDMARK_MODEL in the Space's settings)")
 
+    p = sub.add_parser(
+        "calibrate",
+        allow_abbrev=False,
+        help="re-calibrate a detector's error radii on labeled images from the site it will run on "
+        "(images that chose nothing: not its training labels); rewrites its processor config in place",
+    )
+    p.add_argument("--model", required=True, help="detector folder (rewritten in place)")
+    p.add_argument("--dataset", required=True, help="prepared dataset folder (hf-landmark prepare) or Hub dataset id")
+    p.add_argument("--split", default="test", help="the labeled split to calibrate on (default test)")
+    p.add_argument("--alpha", type=float, help="miscoverage of the radii (default: the model's, 0.1: 90 %%)")
+
     p = sub.add_parser("evaluate", allow_abbrev=False, help="evaluate a detector on a prepared split")
     p.add_argument("--model", required=True, help="detector folder or Hub repo")
     p.add_argument("--dataset", required=True, help="prepared dataset folder (hf-landmark prepare) or Hub dataset id")

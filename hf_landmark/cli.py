@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from .cli_annotate import cmd_annotate, cmd_match, cmd_select
-from .cli_predict import cmd_evaluate, cmd_predict
+from .cli_predict import cmd_calibrate, cmd_evaluate, cmd_predict
 from .errors import UserInputError
 
 
@@ -123,6 +123,7 @@ def cmd_card(args) -> int:
             calibration = {
                 "alpha": processor.alpha,
                 "images": processor.calibration_size,
+                "source": processor.calibration_source,
                 "level": 1.0 - processor.radius_alpha,
                 "flags": processor.ood_threshold is not None,
                 "flag_images": processor.flag_calibration_images,
@@ -179,6 +180,7 @@ COMMANDS = {
     "synth": cmd_synth,
     "prepare": cmd_prepare,
     "evaluate": cmd_evaluate,
+    "calibrate": cmd_calibrate,
     "predict": cmd_predict,
     "match": cmd_match,
     "select": cmd_select,

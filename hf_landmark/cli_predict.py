@@ -95,7 +95,8 @@ def without_training_labels(data, args):
     record = os.path.join(args.model, "hf_landmark_training.json")
     if not os.path.isfile(record):
         raise UserInputError(
-            f"{args.model}: --exclude-training-labels needs the training record hf_landmark_training.json"
+            f"{args.model}: leaving out the images the model was fine-tuned on needs its training record "
+            "hf_landmark_training.json"
         )
     with open(record, encoding="utf-8") as fh:
         labeled = set(json.load(fh)["labeled_image_ids"])
@@ -105,6 +106,54 @@ def without_training_labels(data, args):
             f"{args.dataset}: every {args.split} image was a training label; nothing is left to evaluate"
         )
     return data
+
+
+def cmd_calibrate(args) -> int:
+    """Re-calibrate a detector's error radii on labeled images that chose nothing (the images it
+    was fine-tuned on are left out), from the site it will run on; its processor config is
+    rewritten in place, and the coverage before and after on those images printed."""
+    from .data import load_prepared, load_tensors
+    from .data.prepared import require_split
+    from .evaluation import predict_split, uncertainty_metrics
+    from .fileio import atomic_file
+    from .image_processing_landmark import PROCESSOR_FILE
+    from .metrics import radial_errors
+    from .pipeline_landmark import load_detector
+
+    if not os.path.isfile(os.path.join(args.model, PROCESSOR_FILE)):
+        raise UserInputError(
+            f"{args.model}: not a detector folder ({PROCESSOR_FILE} missing); calibrate rewrites a local folder"
+        )
+    split = require_split(load_prepared(args.dataset), args.split, args.dataset)
+    model, processor = load_detector(args.model)
+    data = load_tensors(split, processor.size, processor.resample, processor.refine_size)
+    data = without_training_labels(data, args)
+    complete = data.landmarks.isfinite().all(-1).sum(0)  # per landmark, the images that have it
+    if int(complete.min()) == 0:
+        raise UserInputError(
+            f"{args.dataset}: the {args.split} split has no labels to calibrate on (some landmark is never annotated)"
+        )
+    if args.alpha is not None:
+        if not 0 < args.alpha < 1:
+            raise UserInputError(f"--alpha: a miscoverage between 0 and 1 (0.1: radii at 90 %), got {args.alpha}")
+        processor.alpha = args.alpha
+    pred = predict_split(model, processor, data)
+    before = uncertainty_metrics(pred, data, processor, model.config) if processor.calibration_scores else None
+    processor.calibrate(pred["spread"], radial_errors(pred["coords"], data.original_landmarks.double().numpy()))
+    processor.calibration_source = (
+        f"{len(data)} images of {os.path.basename(os.path.normpath(args.dataset))} ({args.split})"
+    )
+    after = uncertainty_metrics(pred, data, processor, model.config)
+    with atomic_file(os.path.join(args.model, PROCESSOR_FILE)) as tmp:
+        processor.to_json_file(tmp)
+    if before is not None and before.get("coverage") is not None:
+        print(
+            f"before: radii at {100 * before['radius_coverage']:.1f} % covered {100 * before['coverage']:.1f} % of these "
+            f"images' landmarks (mean radius {before['mean_radius']:.2f} {before['unit']})"
+        )
+    print(describe_radii(after, len(model.config.landmark_names or []) or data.landmarks.shape[1]))
+    print(f"calibrated the radii of {args.model} on {processor.calibration_source}")
+    return 0
 
 
 def print_evaluation(metrics: dict, uncertainty: dict, config, shape: tuple[int, int]) -> None:

@@ -116,6 +116,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
         )
 
     calibration_scores = Calibrated()
+    calibration_source = Calibrated()
     embedding_mean = Calibrated()
     embedding_scale = Calibrated()
     ood_threshold = Calibrated()
@@ -363,7 +364,8 @@ class LandmarkImageProcessor(BaseImageProcessor):
         """
         spread = np.asarray(spread, dtype=np.float64)
         scores = np.asarray(errors, dtype=np.float64) / spread
-        self.calibration_scores = [[float(v) for v in col] for col in scores.T]
+        # A landmark an image lacks (NaN error) is left out of that landmark's scores.
+        self.calibration_scores = [[float(v) for v in col if np.isfinite(v)] for col in scores.T]
         if target_sizes is not None and reference_embeddings is not None and calibration_embeddings is not None:
             first = spread if first_stage_spread is None else np.asarray(first_stage_spread, dtype=np.float64)
             self.calibrate_flag(

@@ -33,8 +33,12 @@ def conformal_quantile(scores, alpha: float) -> float:
 #:   two-stage model run without its refiner), each landmark's mean error on held-out
 #:   labeled images, shrunk toward none (``hf_landmark.evaluation.calibrate_processor``);
 #:   ``None``: no correction.
+#: - ``calibration_source``: which images calibrated the radii when not the validation split
+#:   fine-tuning held out (``hf-landmark calibrate``: a user's labeled images from the site
+#:   the detector will run on); ``None``: the validation split.
 CALIBRATION_KEYS = (
     "calibration_scores",
+    "calibration_source",
     "embedding_mean",
     "embedding_scale",
     "ood_threshold",

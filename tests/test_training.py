@@ -841,6 +841,39 @@ def test_fine_tuning_calibrates_radii_and_flags_unfamiliar_images(ddpm, synth_ra
     assert (
         tmp_path / "m_reliability.png"
     ).is_file() and "error radii at 80.0 % (5 calibration images): coverage" in capsys.readouterr().out
+    # calibrate: the radii again on the 5 test images (from the site the model will run on).
+    # At the 80 % the test set above, 5 images give each landmark's largest normalised error as
+    # its quantile, so the radii reach every landmark of those same images (the largest one
+    # of each lies on its radius, equal up to rounding); the source reaches the card.
+    assert cli(["calibrate", "--model", str(out / "model"), "--dataset", str(synth_prepared)]) == 0
+    assert "calibrated the radii of" in capsys.readouterr().out
+    recal = LandmarkImageProcessor.from_pretrained(out / "model")
+    assert recal.calibration_size == 5 and recal.calibration_source == f"5 images of {synth_prepared.name} (test)"
+    evaluated = ["evaluate", "--model", str(out / "model"), "--dataset", str(synth_prepared), "--split", "test"]
+    assert cli([*evaluated, "--output", str(tmp_path / "m6.json")]) == 0
+    u6 = json.loads((tmp_path / "m6.json").read_text())["uncertainty"]
+    assert u6["radius_coverage"] == pytest.approx(0.8)
+    from hf_landmark.data import load_prepared, load_tensors
+    from hf_landmark.evaluation import predict_split
+    from hf_landmark.pipeline_landmark import load_detector
+
+    model, fresh = load_detector(str(out / "model"))
+    test = load_tensors(load_prepared(synth_prepared)["test"], fresh.size, fresh.resample, fresh.refine_size)
+    pred = predict_split(model, fresh, test)
+    errors = np.hypot(*(pred["coords"] - test.original_landmarks.double().numpy()).transpose(2, 0, 1))
+    assert np.sort(errors / pred["spread"], axis=0) == pytest.approx(np.sort(recal.calibration_scores, axis=1).T)
+    assert (errors <= fresh.radii(pred["spread"]) * (1 + 1e-9)).all() and u6["coverage"] >= 1 - 19 / 95
+    assert cli(["card", str(out / "model"), "--metrics", str(tmp_path / "m6.json")]) == 0
+    assert (
+        f"conformal prediction on 5 images of {synth_prepared.name} (test) the weights"
+        in (out / "model" / "README.md").read_text()
+    )
+    # The training labels chose the weights: left out (14 training images, 3 labeled: 11).
+    assert cli(["calibrate", "--model", str(out / "model"), "--dataset", str(synth_prepared), "--split", "train"]) == 0
+    assert LandmarkImageProcessor.from_pretrained(out / "model").calibration_size == 11
+    capsys.readouterr()
+    assert cli(["calibrate", "--model", str(tmp_path), "--dataset", str(synth_prepared)]) == 2
+    assert "not a detector folder (preprocessor_config.json missing)" in capsys.readouterr().err
     # Every JSON written on the way is strict JSON (no NaN, no Infinity).
     written = [*out.rglob("*.json"), *tmp_path.glob("*.json")]
     assert len(written) >= 7  # config, processor, record, summary, predictions, two metrics files
