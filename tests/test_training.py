@@ -863,6 +863,16 @@ def test_fine_tuning_calibrates_radii_and_flags_unfamiliar_images(ddpm, synth_ra
     errors = np.hypot(*(pred["coords"] - test.original_landmarks.double().numpy()).transpose(2, 0, 1))
     assert np.sort(errors / pred["spread"], axis=0) == pytest.approx(np.sort(recal.calibration_scores, axis=1).T)
     assert (errors <= fresh.radii(pred["spread"]) * (1 + 1e-9)).all() and u6["coverage"] >= 1 - 19 / 95
+    # benchmark_radii reads the same predictions (its MRE is evaluate's); 5 images give no
+    # radii at 90 or 95 %, and halves of 2 and 3 images none at 80 % for its cross-fit.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from benchmark_radii import main as benchmark_radii
+
+    bench = benchmark_radii(["--model", str(out / "model"), "--dataset", str(synth_prepared), "--splits", "test"])
+    row = bench["splits"]["test"]
+    assert row["mre"] == pytest.approx(json.loads((tmp_path / "m6.json").read_text())["mre"])
+    assert row["levels"]["0.8"]["coverage"] == pytest.approx(100 * u6["coverage"])
+    assert row["levels"]["0.9"]["coverage"] is None and row["levels"]["0.8"]["cross_fit_coverage"] is None
     assert cli(["card", str(out / "model"), "--metrics", str(tmp_path / "m6.json")]) == 0
     assert (
         f"conformal prediction on 5 images of {synth_prepared.name} (test) the weights"

@@ -130,6 +130,8 @@ def print_report(name: str, rep: dict) -> None:
                 f"mean radius {row['cross_fit_mean_radius']:.2f} {u}"
             )
         print(line)
+    hardest = sorted(rep["per_landmark"].items(), key=lambda kv: -kv[1]["mre"])[:3]
+    print("  hardest landmarks: " + ", ".join(f"{n} {v['mre']:.2f}" for n, v in hardest))
     worst = sorted(rep["per_landmark"].items(), key=lambda kv: kv[1]["coverage"])[:3]
     print(
         f"  least covered at {100 * rep['radius_coverage']:.1f} %: "
