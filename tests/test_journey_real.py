@@ -2,7 +2,8 @@
 real headless browser: prepare images (with a hold-out) -> pretrain -> select -> annotate
 (clicks at the true landmarks; the server killed mid-image and restarted) -> prepare custom ->
 finetune -> evaluate in mm -> annotate --model (the review queue; proposals accepted) ->
-prepare custom -> finetune -> predict with mm, in every tool format, each read back.
+prepare custom -> finetune -> calibrate the radii on the held-out images -> predict with mm, in
+every tool format, each read back.
 
 The commands are the README's block "Your own x-rays, start to finish", read from the README;
 only paths, image counts, sizes and training steps are made small. The images are read from
@@ -68,6 +69,7 @@ def test_the_readme_block_is_the_journey_this_test_walks():
         "annotate",
         "prepare custom",
         "finetune",
+        "calibrate",
         "predict",
     ]
     assert all(small in " ".join(readme_commands()) for small in SMALL)
@@ -280,17 +282,26 @@ def walk(tmp_path):
     assert again["validation"]["image_id"] == mine["validation"]["image_id"]
     assert sorted(again["test"]["image_id"]) == sorted(mine["test"]["image_id"])
     j.run(steps[9])  # finetune, round two
+    # calibrate: round two's radii from the 2 held-out test images (they chose nothing; the 1
+    # validation image allows radii at 50 % only, 2 images at 2/3).
+    before = json.loads((tmp_path / "ft2" / "model" / "preprocessor_config.json").read_text())["calibration"]
+    assert len(before["calibration_scores"][0]) == 1 and before["calibration_source"] is None
+    j.run(steps[10])
+    after = json.loads((tmp_path / "ft2" / "model" / "preprocessor_config.json").read_text())["calibration"]
+    assert [len(s) for s in after["calibration_scores"]] == [2] * 6
+    assert after["calibration_source"] == "2 images of mine (test)"
 
     # predict, in mm, and in every tool's format, each read back through prepare custom.
-    j.run(steps[10])
+    j.run(steps[11])
     predicted = json.loads((tmp_path / "preds.json").read_text())["predictions"]
     assert len(predicted) == 11
     for preds in predicted.values():
         assert all(p["spacing_assumed"] and p["x_mm"] == pytest.approx(p["x"] * 0.35, rel=1e-6) for p in preds)
+        assert all(p["radius_coverage"] == pytest.approx(2 / 3) for p in preds)
     for kind in ("csv", "json", "cvat", "coco", "labelstudio", "labelme"):
         out = tmp_path / (f"pre_{kind}" if kind == "labelme" else f"pre.{kind}")
         if kind != "cvat":
-            argv = j.argv(steps[10])
+            argv = j.argv(steps[11])
             argv[argv.index("--format") + 1], argv[argv.index("--format-output") + 1] = kind, str(out)
             assert cli([*argv, "--coco-origin", "corner"]) == 0
         else:
