@@ -120,6 +120,8 @@ def cmd_calibrate(args) -> int:
     from .metrics import radial_errors
     from .pipeline_landmark import load_detector
 
+    if args.alpha is not None and not 0 < args.alpha < 1:
+        raise UserInputError(f"--alpha: a miscoverage between 0 and 1 (0.1: radii at 90 %), got {args.alpha}")
     if not os.path.isfile(os.path.join(args.model, PROCESSOR_FILE)):
         raise UserInputError(
             f"{args.model}: not a detector folder ({PROCESSOR_FILE} missing); calibrate rewrites a local folder"
@@ -134,8 +136,6 @@ def cmd_calibrate(args) -> int:
             f"{args.dataset}: the {args.split} split has no labels to calibrate on (some landmark is never annotated)"
         )
     if args.alpha is not None:
-        if not 0 < args.alpha < 1:
-            raise UserInputError(f"--alpha: a miscoverage between 0 and 1 (0.1: radii at 90 %), got {args.alpha}")
         processor.alpha = args.alpha
     pred = predict_split(model, processor, data)
     before = uncertainty_metrics(pred, data, processor, model.config) if processor.calibration_scores else None

@@ -70,6 +70,8 @@ MISTAKES = [
     ("evaluate --model MODEL --dataset ./nope", ["--dataset", "./nope"]),
     ("evaluate --model MODEL --dataset DATA --split tset", ["DATA", "no 'tset' split"]),
     ("evaluate --model MODEL --dataset DATA --thresholds a,b", ["--thresholds", "'a,b'"]),
+    ("calibrate --model MODEL --dataset DATA --alpha 2", ["--alpha", "between 0 and 1", "got 2.0"]),
+    ("calibrate --model ./nope --dataset DATA", ["./nope", "not a detector folder", "preprocessor_config.json"]),
     ("predict IMG --model ./nope", ["--model", "./nope", "no such model folder"]),
     ("predict TMP/missing.png --model MODEL", ["missing.png", "no such file"]),
     ("synth --out TMP/s --num-images -3", ["--num-images", "at least 1", "-3"]),
