@@ -29,15 +29,13 @@ import numpy as np
 LEVELS = (0.8, 0.9, 0.95)
 
 
-def split_predictions(model, processor, dataset: str, split_name: str, labeled: set) -> dict:
-    """Predictions, errors (original pixels and mm) and heatmap spreads on one split, less the
-    images the detector was fine-tuned on."""
-    from hf_landmark.data import load_prepared, load_tensors
-    from hf_landmark.data.prepared import require_split
+def split_predictions(model, processor, split, labeled: set) -> dict:
+    """Predictions, errors (original pixels and mm) and heatmap spreads on one prepared split,
+    less the images the detector was fine-tuned on."""
+    from hf_landmark.data import load_tensors
     from hf_landmark.evaluation import physical_spacing, predict_split
     from hf_landmark.metrics import radial_errors
 
-    split = require_split(load_prepared(dataset), split_name, dataset)
     data = load_tensors(split, processor.size, processor.resample, processor.refine_size)
     data = data.subset([i for i, image_id in enumerate(data.image_ids) if image_id not in labeled])
     pred = predict_split(model, processor, data)
@@ -140,6 +138,8 @@ def print_report(name: str, rep: dict) -> None:
 
 
 def main(argv=None) -> dict:
+    from hf_landmark.data import load_prepared
+    from hf_landmark.data.prepared import require_split
     from hf_landmark.fileio import write_json_atomic
     from hf_landmark.pipeline_landmark import load_detector
 
@@ -159,8 +159,9 @@ def main(argv=None) -> dict:
         labeled = set(json.load(fh)["labeled_image_ids"])
     print(f"{args.model}: radii calibrated on {processor.calibration_size} images")
     out = {"model": args.model, "calibration_images": processor.calibration_size, "splits": {}}
+    dataset = load_prepared(args.dataset)
     for name in args.splits.split(","):
-        part = split_predictions(model, processor, args.dataset, name, labeled)
+        part = split_predictions(model, processor, require_split(dataset, name, args.dataset), labeled)
         rep = split_report(processor, part, name != "validation", model.config.landmark_names)
         rep["radius_coverage"] = 1.0 - processor.radius_alpha
         out["splits"][name] = rep
