@@ -114,10 +114,9 @@ def cmd_calibrate(args) -> int:
     rewritten in place, and the coverage before and after on those images printed."""
     from .data import load_prepared, load_tensors
     from .data.prepared import require_split
-    from .evaluation import predict_split, uncertainty_metrics
+    from .evaluation import predict_split, prediction_errors, uncertainty_metrics
     from .fileio import atomic_file
     from .image_processing_landmark import PROCESSOR_FILE
-    from .metrics import radial_errors
     from .pipeline_landmark import load_detector
 
     if args.alpha is not None and not 0 < args.alpha < 1:
@@ -139,7 +138,7 @@ def cmd_calibrate(args) -> int:
         processor.alpha = args.alpha
     pred = predict_split(model, processor, data)
     before = uncertainty_metrics(pred, data, processor, model.config) if processor.calibration_scores else None
-    processor.calibrate(pred["spread"], radial_errors(pred["coords"], data.original_landmarks.double().numpy()))
+    processor.calibrate(pred["spread"], prediction_errors(pred, data, model.config)["errors_px"])
     processor.calibration_source = (
         f"{len(data)} images of {os.path.basename(os.path.normpath(args.dataset))} ({args.split})"
     )

@@ -204,6 +204,21 @@ def mean_offsets(errors, pseudo_images: float) -> tuple[np.ndarray, np.ndarray]:
     return offsets, held_out
 
 
+def prediction_errors(pred: dict, data: LandmarkTensors, config) -> dict:
+    """The radial errors of ``pred`` (:func:`predict_split`) against ``data``'s landmarks:
+    ``errors_px`` ``[M, N]`` in original pixels (what radii are compared with), ``errors`` in the
+    unit of the model's convention, ``px_to_unit`` ``[M, 1]`` (the larger axis spacing, as
+    radii convert) and ``unit``."""
+    truth = data.original_landmarks.double().numpy()
+    spacing, unit = physical_spacing(data, config)
+    return {
+        "errors_px": radial_errors(pred["coords"], truth),
+        "errors": radial_errors(pred["coords"], truth, spacing),
+        "px_to_unit": np.ones((len(data), 1)) if spacing is None else spacing.max(axis=1, keepdims=True),
+        "unit": unit,
+    }
+
+
 def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) -> dict:
     """How good the uncertainty is on an evaluated split: per landmark and overall, the
     empirical coverage of the calibrated radii and their mean size (in the unit of the model's
@@ -212,10 +227,8 @@ def uncertainty_metrics(pred: dict, data: LandmarkTensors, processor, config) ->
     landmarks; the images flagged; and coverage at several nominal levels (reliability)."""
     from scipy.stats import spearmanr
 
-    truth = data.original_landmarks.double().numpy()
-    spacing, unit = physical_spacing(data, config)
-    errors_px, errors = radial_errors(pred["coords"], truth), radial_errors(pred["coords"], truth, spacing)
-    px_to_unit = np.ones((len(data), 1)) if spacing is None else spacing.max(axis=1, keepdims=True)
+    measured = prediction_errors(pred, data, config)
+    errors_px, errors, px_to_unit, unit = (measured[k] for k in ("errors_px", "errors", "px_to_unit", "unit"))
     scores = pred["scores"]
     confident = scores.ravel() >= np.quantile(scores.ravel(), 0.2)
     out: dict = {

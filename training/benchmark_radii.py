@@ -21,35 +21,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 
 import numpy as np
 
 LEVELS = (0.8, 0.9, 0.95)
 
 
-def split_predictions(model, processor, split, labeled: set) -> dict:
-    """Predictions, errors (original pixels and mm) and heatmap spreads on one prepared split,
-    less the images the detector was fine-tuned on."""
+def split_predictions(model, processor, split, args) -> dict:
+    """Predictions' errors (:func:`hf_landmark.evaluation.prediction_errors`) and heatmap
+    spreads on one prepared split, less the images the detector was fine-tuned on."""
+    from hf_landmark.cli_predict import without_training_labels
     from hf_landmark.data import load_tensors
-    from hf_landmark.evaluation import physical_spacing, predict_split
-    from hf_landmark.metrics import radial_errors
+    from hf_landmark.evaluation import predict_split, prediction_errors
 
     data = load_tensors(split, processor.size, processor.resample, processor.refine_size)
-    data = data.subset([i for i, image_id in enumerate(data.image_ids) if image_id not in labeled])
+    data = without_training_labels(data, args)
     pred = predict_split(model, processor, data)
-    truth = data.original_landmarks.double().numpy()
-    spacing, unit = physical_spacing(data, model.config)
-    px_to_unit = np.ones((len(data), 1)) if spacing is None else spacing.max(axis=1, keepdims=True)
-    return {
-        "images": len(data),
-        "errors_px": radial_errors(pred["coords"], truth),
-        "errors": radial_errors(pred["coords"], truth, spacing),
-        "spread": pred["spread"],
-        "px_to_unit": px_to_unit,
-        "unit": unit,
-    }
+    return {"images": len(data), "spread": pred["spread"], **prediction_errors(pred, data, model.config)}
 
 
 def coverage(processor, part: dict, alpha: float) -> tuple[float, float] | tuple[None, None]:
@@ -155,13 +143,12 @@ def main(argv=None) -> dict:
         raise SystemExit(
             f"{args.model}: the detector's radii were never calibrated (fine-tune it with a validation split)"
         )
-    with open(os.path.join(args.model, "hf_landmark_training.json"), encoding="utf-8") as fh:
-        labeled = set(json.load(fh)["labeled_image_ids"])
     print(f"{args.model}: radii calibrated on {processor.calibration_size} images")
     out = {"model": args.model, "calibration_images": processor.calibration_size, "splits": {}}
     dataset = load_prepared(args.dataset)
     for name in args.splits.split(","):
-        part = split_predictions(model, processor, require_split(dataset, name, args.dataset), labeled)
+        args.split = name  # named in without_training_labels' messages
+        part = split_predictions(model, processor, require_split(dataset, name, args.dataset), args)
         rep = split_report(processor, part, name != "validation", model.config.landmark_names)
         rep["radius_coverage"] = 1.0 - processor.radius_alpha
         out["splits"][name] = rep
