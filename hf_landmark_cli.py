@@ -356,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the default model repo (also set HF_LANDMARK_MODEL in the Space's settings)")
 
     p = sub.add_parser(
+        "ensemble",
+        allow_abbrev=False,
+        help="save detectors fine-tuned on the same labels (e.g. with other seeds) as one ensemble that averages "
+        "their landmarks, calibrated on the dataset's validation split (finetune --ensemble K does this itself)",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="two or more detector folders (OUT/model of finetune)")
+    p.add_argument("--dataset", required=True, help="the prepared dataset they were fine-tuned on")
+    p.add_argument("--output", required=True, help="the ensemble's detector folder to write")
+    p.add_argument(
+        "--offset-correction",
+        type=float,
+        help="the landmark offsets' shrinkage in images (0: none; default: the first member's recipe's)",
+    )
+
+    p = sub.add_parser(
         "calibrate",
         allow_abbrev=False,
         help="re-calibrate a detector's error radii on labeled images from the site it will run on "

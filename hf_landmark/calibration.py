@@ -41,3 +41,43 @@ def calibrate_saved_model(
     with atomic_file(os.path.join(model_dir, PROCESSOR_FILE)) as tmp:
         processor.to_json_file(tmp)
     return measured
+
+
+def calibration_sets(dataset: str, labeled_ids, size: int, resample: str, fine_size: int):
+    """What fine-tuning calibrates a detector on, from a prepared ``dataset`` whose
+    ``labeled_ids`` training images it was fine-tuned on: ``(validation at the model's and
+    the fine size, the labeled images, the pool: the rest of the training split and the
+    unlabeled split)``."""
+    from .data import load_prepared, load_tensors
+    from .data.prepared import UNLABELED, require_split
+    from .errors import UserInputError
+
+    prepared = load_prepared(dataset)
+    train_all = load_tensors(require_split(prepared, "train", dataset), size, resample)
+    val = load_tensors(require_split(prepared, "validation", dataset), size, resample, fine_size)
+    labeled_set = set(labeled_ids)
+    labeled = [i for i, image_id in enumerate(train_all.image_ids) if image_id in labeled_set]
+    missing = sorted(labeled_set - {train_all.image_ids[i] for i in labeled})
+    if missing:
+        raise UserInputError(f"{dataset}: the detector's labeled images {', '.join(missing)} are not in its train split")
+    pool = [train_all.subset([i for i in range(len(train_all)) if i not in set(labeled)])]
+    if UNLABELED in prepared and len(prepared[UNLABELED]):
+        pool.append(load_tensors(prepared[UNLABELED], size, resample))
+    return val, train_all.subset(labeled), [p for p in pool if len(p)]
+
+
+def calibrate_on_dataset(model_dir: str, dataset: str, labeled_ids, decoder: str, offset_images: float):
+    """Calibrate the detector saved at ``model_dir`` on ``dataset`` as fine-tuning does
+    (:func:`calibration_sets`, :func:`calibrate_saved_model`). Returns ``(what was measured,
+    the validation metrics of its landmarks before the offsets)``."""
+    from .evaluation import compute_metrics, predict_split
+    from .image_processing_landmark import processor_for_model
+
+    model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = processor_for_model(model)
+    val, labeled, pool = calibration_sets(
+        dataset, labeled_ids, processor.size, processor.resample, processor.refine_size
+    )
+    processor.set_landmark_offsets(None)
+    metrics = compute_metrics(predict_split(model, processor, val, decoder)["coords"], val, model.config)
+    return calibrate_saved_model(model_dir, val, labeled, decoder, pool, offset_images), metrics

@@ -14,6 +14,32 @@ from .cli_predict import cmd_calibrate, cmd_evaluate, cmd_predict
 from .errors import UserInputError
 
 
+def cmd_ensemble(args) -> int:
+    from .ensembles import save_ensemble
+
+    if len(args.models) < 2:
+        raise UserInputError(f"ensemble: two or more detector folders are needed, got {len(args.models)}")
+    if os.path.abspath(args.output) in {os.path.abspath(m) for m in args.models}:
+        raise UserInputError(f"--output: {args.output} is one of the members; write the ensemble to a new folder")
+    if args.offset_correction is not None and not args.offset_correction >= 0:
+        raise UserInputError(f"--offset-correction: a number of images of 0 (off) or more, got {args.offset_correction}")
+    built = save_ensemble(args.models, args.output, args.dataset, args.offset_correction)
+    each = ", ".join(f"{m['val_mre']:.3f}" for m in built["members"]["each"])
+    cal = built["calibration"]
+    print(
+        f"wrote an ensemble of {len(args.models)} detectors to {args.output}: validation MRE {built['val_mre']:.3f} "
+        f"{built['unit']} (members {each}); radii at {100 * cal['radius_coverage']:.1f} % calibrated on "
+        f"{cal['calibration_images']} validation images"
+    )
+    if cal["offsets"]:
+        loo = cal["offsets"]["leave_one_out"]
+        print(
+            f"landmark offsets: validation MRE {loo['mre_without']:.3f} -> {loo['mre_with']:.3f} {loo['unit']}, "
+            "each image corrected by the offsets of the others"
+        )
+    return 0
+
+
 def cmd_synth(args) -> int:
     from .data.synthetic import write_synthetic_isbi
 
@@ -181,6 +207,7 @@ COMMANDS = {
     "prepare": cmd_prepare,
     "evaluate": cmd_evaluate,
     "calibrate": cmd_calibrate,
+    "ensemble": cmd_ensemble,
     "predict": cmd_predict,
     "match": cmd_match,
     "select": cmd_select,

@@ -27,10 +27,11 @@ def cmd_evaluate(args) -> int:
 
     split = require_split(load_prepared(args.dataset), args.split, args.dataset)
     model, processor = load_detector(args.model)
-    if args.no_shape_check:
-        model.config.set_shape_check(None, None)
-    if args.no_refine_prior:
-        model.config.set_refine_prior(None)
+    for detector in model.detectors():  # an ensemble's members each hold their own
+        if args.no_shape_check:
+            detector.config.set_shape_check(None, None)
+        if args.no_refine_prior:
+            detector.config.set_refine_prior(None)
     if args.no_offset_correction:
         processor.set_landmark_offsets(None)
     data = load_tensors(split, processor.size, processor.resample, 0 if args.no_refine else processor.refine_size)

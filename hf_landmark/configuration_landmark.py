@@ -8,6 +8,7 @@ loaded with ``trust_remote_code=True`` on a machine without ``hf_landmark``.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -44,6 +45,10 @@ UNET_PRESETS: dict[str, dict] = {
 }
 
 UNIT_CONVENTIONS = ("spacing", "wrist", "pixels")
+
+#: What each member of an ensemble measured for itself on its own validation errors; every
+#: other field of its configuration is the ensemble's.
+MEMBER_FIELDS = ("reference_shape", "shape_tolerance", "refine_prior")
 
 #: The paper's baselines' architecture (``backbone="smp_unet"``): segmentation_models_pytorch's
 #: ``Unet`` with a DenseNet161 encoder, its default decoder, one input channel.
@@ -135,6 +140,10 @@ class LandmarkConfig(PreTrainedConfig):
             first-stage estimate that multiplies each refiner map before it is read (the
             refiner may move a landmark far only where its map is much surer there);
             ``None``: the refiner's map alone.
+        ensemble_members: ``None`` for one detector; for an ensemble of K detectors of this
+            architecture (fine-tuned with different seeds, landmarks averaged), K dicts of
+            what each member measured for itself (:data:`MEMBER_FIELDS`: its shape check and
+            refinement prior). The top-level values of those fields are the first member's.
     """
 
     model_type = "ddpm-landmark"
@@ -163,6 +172,7 @@ class LandmarkConfig(PreTrainedConfig):
         reference_shape: list | None = None,
         shape_tolerance: float | None = None,
         refine_prior: list | None = None,
+        ensemble_members: list[dict] | None = None,
         **kwargs: Any,
     ):
         # Saved configs name the repository's own pipeline file for `pipeline(...,
@@ -209,7 +219,42 @@ class LandmarkConfig(PreTrainedConfig):
         self.set_refinement(refine_size, refine_crop, refine_backbone_config, refine_loss, refine_sigma)
         self.set_shape_check(reference_shape, shape_tolerance)
         self.set_refine_prior(refine_prior)
+        self.set_ensemble_members(ensemble_members)
         super().__init__(**kwargs)
+
+    @property
+    def ensemble_size(self) -> int:
+        """How many detectors the model holds: 1, or the ensemble's K."""
+        return len(self.ensemble_members) if self.ensemble_members else 1
+
+    def set_ensemble_members(self, members: list[dict] | None) -> None:
+        """Set (and check) the ensemble's per-member fields; ``None``: one detector."""
+        if not members:
+            self.ensemble_members = None
+            return
+        members = [dict(m) for m in members]
+        if len(members) < 2:
+            raise ValueError(f"an ensemble holds at least 2 members, got {len(members)}")
+        for m in members:
+            if set(m) != set(MEMBER_FIELDS):
+                raise ValueError(f"ensemble_members: each member gives exactly {MEMBER_FIELDS}, got {sorted(m)}")
+            probe = copy.copy(self)  # the setters' checks, on a scratch copy
+            probe.set_shape_check(m["reference_shape"], m["shape_tolerance"])
+            probe.set_refine_prior(m["refine_prior"])
+        self.ensemble_members = members
+
+    def member_fields(self) -> dict:
+        """This (single) detector's :data:`MEMBER_FIELDS`."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in MEMBER_FIELDS}
+
+    def member_config(self, index: int) -> LandmarkConfig:
+        """The configuration of ensemble member ``index``: this one with the member's own fields."""
+        member = copy.deepcopy(self)
+        fields = self.ensemble_members[index]
+        member.ensemble_members = None
+        member.set_shape_check(fields["reference_shape"], fields["shape_tolerance"])
+        member.set_refine_prior(fields["refine_prior"])
+        return member
 
     def set_refine_prior(self, sigmas) -> None:
         """Set (and check) the refinement prior's per-landmark sigmas in fine pixels; ``None``: off."""

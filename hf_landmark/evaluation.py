@@ -50,7 +50,7 @@ def predict_split(
     losses = []
     pixel_values = data.pixel_values(processor.pixel_range)
     # Fine images only for a model that has a refinement stage to run on them.
-    refines = refine is not False and getattr(model, "refiner", None) is not None
+    refines = refine is not False and getattr(model, "has_refinement_stage", False)
     fine = data.fine_pixel_values(processor.pixel_range) if refines else None
     labels = data.landmarks
     labeled = bool(torch.isfinite(labels).all())  # an unlabeled pool has no loss
@@ -108,7 +108,7 @@ def calibrate_processor(
     ``reference`` (the training images) in defining "like the training data" and the rest
     set the thresholds, so that no image does both. Returns what was measured."""
     stage = (
-        "refined" if getattr(model, "refiner", None) is not None and calibration.fine_images is not None else "first"
+        "refined" if getattr(model, "has_refinement_stage", False) and calibration.fine_images is not None else "first"
     )
     processor.set_landmark_offsets(None, stage)
     cal = predict_split(model, processor, calibration, decoder)

@@ -9,6 +9,8 @@ saved next to the weights and loaded with ``trust_remote_code=True``.
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from .backbones import (
     read_pretraining_info,
     resolve_ddpm_folder,
 )
-from .configuration_landmark import LandmarkConfig
+from .configuration_landmark import MEMBER_FIELDS, LandmarkConfig
 from .errors import UserInputError
 from .heatmaps import decode, squared_distance_maps
 from .image_processing_landmark import PROCESSOR_FILE, LandmarkImageProcessor
@@ -44,6 +46,9 @@ _PIPELINE_ENTRY = {
     "tf": [],
     "type": "image",
 }
+#: Fields that may differ between an ensemble's members: where each came from and what it was
+#: last given. (:data:`~hf_landmark.configuration_landmark.MEMBER_FIELDS` are kept per member.)
+ENSEMBLE_FREE_FIELDS = ("base_model", "refine_base_model", "transformers_version", "_name_or_path", "dtype")
 #: Checkpoints saved before the backbone seam keep the U-Net at ``unet.*``.
 _LEGACY_KEYS = {r"^unet\.": "backbone.unet."}
 
@@ -98,9 +103,50 @@ class LandmarkDetector(PreTrainedModel):
     def __init__(self, config: LandmarkConfig):
         super().__init__(config)
         self.heatmap_loss = get_loss(config.loss)
-        self.backbone = build_backbone(config)
-        self.refiner = build_backbone(config, refiner=True) if config.refine_size else None
+        if config.ensemble_members:
+            # An ensemble: K detectors of one architecture; see `_ensemble_forward`.
+            self.members = torch.nn.ModuleList(
+                LandmarkDetector(config.member_config(k)) for k in range(config.ensemble_size)
+            )
+            self.backbone = self.refiner = None
+        else:
+            self.members = None
+            self.backbone = build_backbone(config)
+            self.refiner = build_backbone(config, refiner=True) if config.refine_size else None
         self.post_init()
+
+    def detectors(self) -> list[LandmarkDetector]:
+        """The single detectors this model runs: its ensemble's members, or itself."""
+        return list(self.members) if self.members is not None else [self]
+
+    @property
+    def has_refinement_stage(self) -> bool:
+        return self.detectors()[0].refiner is not None
+
+    @classmethod
+    def ensemble(cls, detectors: list[LandmarkDetector]) -> LandmarkDetector:
+        """An ensemble of fine-tuned detectors of one architecture (e.g. the same recipe with
+        different seeds): it runs each and averages their landmarks. Its configuration is the
+        first detector's, with each member's own :data:`MEMBER_FIELDS`; the members' weights
+        are copied."""
+        if len(detectors) < 2:
+            raise ValueError(f"an ensemble needs at least 2 detectors, got {len(detectors)}")
+        singles = [d for det in detectors for d in det.detectors()]
+        first = singles[0].config.to_dict()
+        for det in singles[1:]:
+            other = det.config.to_dict()
+            differ = sorted(
+                k for k in set(first) | set(other)
+                if k not in MEMBER_FIELDS and k not in ENSEMBLE_FREE_FIELDS and first.get(k) != other.get(k)
+            )  # fmt: skip
+            if differ:
+                raise ValueError(f"the detectors differ in {', '.join(differ)}: an ensemble's members share them")
+        config = copy.deepcopy(singles[0].config)
+        config.set_ensemble_members([d.config.member_fields() for d in singles])
+        model = cls(config)
+        for member, det in zip(model.members, singles):
+            member.load_state_dict(det.state_dict())
+        return model.eval()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -158,6 +204,9 @@ class LandmarkDetector(PreTrainedModel):
         decoder: how the first stage's heatmaps are read to place the crops (and the
             refined maps to place the landmarks).
         """
+        if self.members is not None:
+            out = self._ensemble_forward(pixel_values, fine_pixel_values, labels, refine, decoder)
+            return out.to_tuple() if return_dict is False else out
         heatmaps, embeddings = self.backbone(pixel_values)
         loss = None
         if labels is not None:
@@ -178,6 +227,46 @@ class LandmarkDetector(PreTrainedModel):
                 out[key] = value
         if return_dict is False:
             return out.to_tuple()
+        return out
+
+    def _ensemble_forward(self, pixel_values, fine_pixel_values, labels, refine, decoder) -> LandmarkDetectorOutput:
+        """An ensemble's output: each member's landmarks, averaged (``coarse_coordinates``,
+        ``coordinates``), and its maps as the mixture of the members' (what the scores, the
+        spreads and so the radii read): the first stage's ``log_probabilities`` are the log of
+        the members' mean probability; each member's refined map is placed in one crop of
+        twice the side centred on the averaged landmark (``crop_origins``) and the maps
+        averaged there, so the spread holds both the members' own and their disagreement.
+        ``embeddings`` are the members' side by side; ``shape_moved`` where any member's moved."""
+        outs = [m(pixel_values, fine_pixel_values, labels=labels, refine=refine, decoder=decoder) for m in self.members]
+        log_p = torch.logsumexp(torch.stack([o.log_probabilities for o in outs]), 0) - math.log(len(outs))
+        coarse = [
+            o.coarse_coordinates
+            if o.coarse_coordinates is not None
+            else decode(o.log_probabilities.detach().exp(), decoder, log_maps=o.log_probabilities.detach())
+            for o in outs
+        ]
+        out = LandmarkDetectorOutput(
+            loss=None if labels is None else torch.stack([o.loss for o in outs]).mean(),
+            heatmaps=log_p,
+            log_probabilities=log_p,
+            embeddings=None if outs[0].embeddings is None else torch.cat([o.embeddings for o in outs], dim=-1),
+            coarse_coordinates=torch.stack(coarse).mean(0),
+        )
+        moved = [o.shape_moved for o in outs if o.shape_moved is not None]
+        if moved:
+            out["shape_moved"] = torch.stack(moved).any(0)
+        if outs[0].coordinates is not None:
+            cfg = self.config
+            coords = torch.stack([o.coordinates for o in outs]).mean(0)
+            side = 2 * cfg.refine_crop
+            origins = crop_origins(coords, cfg.image_size, fine_pixel_values.shape[-1], side)
+            probs = sum(
+                shift_into(o.refined_log_probabilities.exp(), o.crop_origins - origins, side) for o in outs
+            )
+            probs = probs / probs.sum(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
+            out["coordinates"] = coords
+            out["refined_log_probabilities"] = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+            out["crop_origins"] = origins
         return out
 
     def refine(self, fine_pixel_values: torch.Tensor, coarse: torch.Tensor, decoder: str = "centroid") -> dict:
@@ -355,6 +444,22 @@ def refine_prior_sigmas(errors, factor: float, pseudo_images: float = 5.0) -> li
     own = np.where(count > 0, np.nansum(squared, 0) / np.maximum(count, 1), pooled)
     shrunk = (count * own + pseudo_images * pooled) / (count + pseudo_images)
     return [max(1.0, factor * float(v)) for v in np.sqrt(shrunk)]
+
+
+def shift_into(maps: torch.Tensor, offsets: torch.Tensor, side: int) -> torch.Tensor:
+    """Maps ``[B, N, C, C]`` whose top-left pixels sit at ``offsets`` ``[B, N, 2]`` (integer x, y)
+    from another crop's, placed into that ``side`` x ``side`` crop: ``[B, N, side, side]``, zero
+    where a map does not reach and the part of a map outside it dropped."""
+    c = maps.shape[-1]
+    grid = torch.arange(side, device=maps.device)
+    offsets = offsets.to(maps.device)
+    rows = grid - offsets[..., 1:2]  # [B, N, side]: each crop row's row in the map
+    cols = grid - offsets[..., 0:1]
+    inside = ((rows >= 0) & (rows < c))[..., :, None] & ((cols >= 0) & (cols < c))[..., None, :]
+    b, n = maps.shape[:2]
+    picked = maps.gather(2, rows.clamp(0, c - 1)[..., :, None].expand(b, n, side, c))
+    picked = picked.gather(3, cols.clamp(0, c - 1)[..., None, :].expand(b, n, side, side))
+    return picked * inside.to(maps.dtype)
 
 
 def own_channel(logits: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:

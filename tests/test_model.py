@@ -184,3 +184,107 @@ def test_the_baselines_backbone_without_its_extra_says_how_to_install_it(monkeyp
     with pytest.raises(ImportError, match=r"hf-landmark\[baselines\]") as info:
         LandmarkDetector(config)
     assert isinstance(info.value, UserInputError)  # the command line prints it as one line
+
+
+def _two_stage(seed: int, prior=None):
+    torch.manual_seed(seed)
+    model = tiny(refine_size=64, refine_crop=16, refine_backbone_config="tiny").eval()
+    if prior:
+        model.config.set_refine_prior(prior)
+    return model
+
+
+def _moments(maps, origins):
+    """Each map's mean (fine px, in the image) and variance per axis, ``[B, N, 2]`` each."""
+    from hf_landmark.heatmaps import spatial_spread
+
+    p = maps / maps.sum((-2, -1), keepdim=True)
+    side = maps.shape[-1]
+    grid = torch.arange(side, dtype=p.dtype)
+    mean = torch.stack([(p.sum(-2) * grid).sum(-1), (p.sum(-1) * grid).sum(-1)], -1) + origins
+    return mean, spatial_spread(maps) ** 2
+
+
+def test_an_ensemble_averages_its_members_landmarks_and_mixes_their_maps(tmp_path):
+    import copy
+
+    a, b = _two_stage(0, prior=[2.0, 3.0, 4.0]), _two_stage(1)
+    ensemble = LandmarkDetector.ensemble([a, b])
+    assert ensemble.config.ensemble_size == 2 and ensemble.has_refinement_stage
+    # Each member keeps what it measured for itself.
+    assert ensemble.members[0].config.refine_prior == [2.0, 3.0, 4.0]
+    assert ensemble.members[1].config.refine_prior is None
+    g = torch.Generator().manual_seed(0)
+    x, fine = torch.randn(2, 1, 32, 32, generator=g), torch.randn(2, 1, 64, 64, generator=g)
+    with torch.no_grad():
+        out_a, out_b, out = a(x, fine), b(x, fine), ensemble(x, fine)
+    torch.testing.assert_close(out.coordinates, (out_a.coordinates + out_b.coordinates) / 2)
+    torch.testing.assert_close(out.coarse_coordinates, (out_a.coarse_coordinates + out_b.coarse_coordinates) / 2)
+    # The first stage's maps: the members' mean probability.
+    torch.testing.assert_close(
+        out.log_probabilities.exp(), (out_a.log_probabilities.exp() + out_b.log_probabilities.exp()) / 2
+    )
+    assert out.embeddings.shape == (2, 2 * out_a.embeddings.shape[1])
+    # Saved and loaded as one folder: the same landmarks.
+    ensemble.save_pretrained(tmp_path)
+    loaded = LandmarkDetector.from_pretrained(tmp_path).eval()
+    assert loaded.members[0].config.refine_prior == [2.0, 3.0, 4.0]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, fine).coordinates, out.coordinates, atol=0, rtol=0)
+
+    # The refined maps' mixture, on a crop twice the side: its variance is the members' mean
+    # variance plus the variance of their means. Two members with one first stage (their crops
+    # coincide, so nothing of them falls outside) and their own refiners:
+    c = copy.deepcopy(a)
+    c.refiner = b.refiner
+    with torch.no_grad():  # sharper maps, peaked elsewhere than a's
+        c.refiner.unet.conv_out.weight.mul_(30.0)
+    with torch.no_grad():
+        out_c, out = c(x, fine), LandmarkDetector.ensemble([a, c])(x, fine)
+    assert out.refined_log_probabilities.shape[-1] == 32
+    ma, va = _moments(out_a.refined_log_probabilities.exp(), out_a.crop_origins)
+    mc, vc = _moments(out_c.refined_log_probabilities.exp(), out_c.crop_origins)
+    m, v = _moments(out.refined_log_probabilities.exp(), out.crop_origins)
+    assert (ma - mc).abs().max() > 2.0  # the members disagree
+    torch.testing.assert_close(m, (ma + mc) / 2, atol=1e-3, rtol=0)
+    torch.testing.assert_close(v, (va + vc) / 2 + ((ma - mc) / 2) ** 2, atol=1e-3, rtol=1e-4)
+
+
+def test_an_ensemble_of_one_detector_twice_predicts_what_it_predicts():
+    one = _two_stage(0)
+    processor = LandmarkImageProcessor.from_model_config(one.config)
+    ensemble = LandmarkDetector.ensemble([one, one])
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    fine = torch.nn.functional.interpolate(x, size=64, mode="bilinear")
+    with torch.no_grad():
+        single, double = one(x, fine), ensemble(x, fine)
+    sizes = [[320, 320]]
+    for get in (
+        lambda o: processor.post_process_coordinates(o, sizes)[0],
+        lambda o: processor.post_process_coordinates(o, sizes)[1],
+        lambda o: processor.spread(o, sizes),
+        lambda o: processor.spread(o, sizes, stage="first"),
+    ):
+        np.testing.assert_allclose(get(double), get(single), rtol=1e-4, atol=1e-6)
+
+
+def test_ensemble_members_must_share_the_architecture():
+    with pytest.raises(ValueError, match="refine_size"):
+        LandmarkDetector.ensemble([_two_stage(0), tiny()])
+    with pytest.raises(ValueError, match="at least 2"):
+        LandmarkDetector.ensemble([tiny()])
+
+
+def test_shift_into_places_each_map_at_its_offset():
+    from hf_landmark.modeling_landmark import shift_into
+
+    maps = torch.zeros(1, 3, 4, 4)
+    maps[0, 0, 1, 2] = 1.0  # row 1, column 2
+    maps[0, 1, 3, 3] = 1.0
+    maps[0, 2, 3, 3] = 1.0
+    # (x, y) of each map's top-left pixel in the 8-px crop.
+    offsets = torch.tensor([[[3, 1], [-2, -1], [6, 6]]])
+    out = shift_into(maps, offsets, 8)
+    assert out[0, 0].nonzero().tolist() == [[2, 5]]
+    assert out[0, 1].nonzero().tolist() == [[2, 1]]
+    assert out[0, 2].sum() == 0  # row 9, column 9: outside the crop

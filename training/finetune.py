@@ -48,6 +48,7 @@ states each round's counts and, where the pool images have labels, the pseudo-la
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -68,7 +69,7 @@ from hf_landmark.evaluation import compute_metrics, mean_shape_prediction
 from hf_landmark.fileio import write_json_atomic
 from hf_landmark.initialisation import build_model, init_record, parse_init  # noqa: F401 (parse_init: the 0.4 import path)
 from hf_landmark.preprocessing import to_pixel_values
-from hf_landmark.recipes import describe_recipe, resolve_recipe
+from hf_landmark.recipes import RECIPE_NAMES, describe_recipe, resolve_recipe
 from hf_landmark.refinement import refine_size_for
 from hf_landmark.self_training import SelfTrainingPlan, SelfTrainingPool, self_train, self_training_pool
 from hf_landmark.shape import shape_prior
@@ -92,8 +93,11 @@ def parser():
 
 
 def finetune(args: FinetuneArguments) -> dict:
-    """Fine-tune one detector; returns the training summary (also ``OUT/training_summary.json``)."""
+    """Fine-tune one detector, or an ensemble (``--ensemble K``: :func:`finetune_ensemble`);
+    returns the training summary (also ``OUT/training_summary.json``)."""
     args = args.resolved()
+    if args.ensemble > 1:
+        return finetune_ensemble(args)
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     data = FinetuneData.load(args)
@@ -157,6 +161,47 @@ def finetune(args: FinetuneArguments) -> dict:
     )
     if accelerator.is_main_process:
         write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
+    return summary
+
+
+def finetune_ensemble(args: FinetuneArguments) -> dict:
+    """``--ensemble K``: K detectors fine-tuned in turn on the same labeled images (drawn with
+    ``--seed``) with seeds ``seed .. seed+K-1``, each to ``OUT/members/seed-<s>`` with its own
+    summary, then saved as one ensemble at ``OUT/model`` and calibrated on validation
+    (:func:`hf_landmark.ensembles.save_ensemble`)."""
+    from hf_landmark.ensembles import MEMBERS_DIR, save_ensemble
+
+    log = logging.getLogger(__name__)  # between members, no Accelerator is running
+    start = time.perf_counter()
+    members = []
+    for k in range(args.ensemble):
+        member = copy.copy(args)
+        member.ensemble, member.seed, member.labeled_seed = 1, args.seed + k, args.seed
+        member.output_dir = os.path.join(args.output_dir, MEMBERS_DIR, f"seed-{member.seed}")
+        log.info("ensemble member %d of %d: seed %d, in %s", k + 1, args.ensemble, member.seed, member.output_dir)
+        members.append((member.output_dir, finetune(member)))
+    model_dir = os.path.join(args.output_dir, "model")
+    built = save_ensemble(
+        [os.path.join(out, "model") for out, _ in members], model_dir, args.dataset, args.offset_correction
+    )
+    log.info(
+        "ensemble of %d detectors: validation MRE %.3f %s (members: %s)",
+        args.ensemble,
+        built["val_mre"],
+        built["unit"],
+        ", ".join(f"{s['best']['val_mre']:.3f}" for _, s in members),
+    )
+    first = members[0][1]
+    summary = dict(
+        {k: first[k] for k in ("labeled_image_ids", "num_labels", "init", "recipe", "recipe_defaults", "resolution")},
+        seed=[s["seed"] for _, s in members],
+        ensemble=built["members"],
+        best={"val_mre": built["val_mre"], "unit": built["unit"]},
+        calibration=built["calibration"],
+        members={os.path.relpath(out, args.output_dir): s for out, s in members},
+        seconds=time.perf_counter() - start,
+    )
+    write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
     return summary
 
 
@@ -256,7 +301,8 @@ def prepare_accelerator(args: FinetuneArguments, model, processor, train_all):
 def choose_labeled(args: FinetuneArguments, model, processor, train_all) -> list[int]:
     """The labeled training images' indices: ``--subset`` first, random (seeded) or coverage."""
     if args.subset != "coverage":
-        return few_shot_indices(train_all.image_ids, args.num_labels, args.subset, args.seed)
+        seed = args.seed if args.labeled_seed is None else args.labeled_seed
+        return few_shot_indices(train_all.image_ids, args.num_labels, args.subset, seed)
     from hf_landmark.selection import choose, pooled_features
 
     # The pre-trained network, before any fine-tuning, sees the training images as a pool (as hf-landmark select does).
@@ -345,7 +391,7 @@ def show_recipe(argv: list[str]) -> None:
 
     p = argparse.ArgumentParser(prog="hf-landmark finetune --show-recipe", allow_abbrev=False)
     p.add_argument("--show-recipe", type=int, required=True, metavar="NUM_LABELS")
-    p.add_argument("--recipe", default="default", choices=["default", "paper"])
+    p.add_argument("--recipe", default="default", choices=list(RECIPE_NAMES))
     args, _ = p.parse_known_args(argv)
     print(describe_recipe(resolve_recipe(args.recipe, args.show_recipe)), end="")
 

@@ -25,7 +25,7 @@ from hf_landmark.training_utils import MIXED_PRECISION_CHOICES, MIXED_PRECISION_
 ARGUMENT_RECIPE_FIELDS = (
     "loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience",
     "shape_check", "augment", "self_train", "self_train_keep_each", "refine_prior", "offset_correction", "ema_decay",
-    "eval_steps",
+    "eval_steps", "ensemble",
 )  # fmt: skip
 
 
@@ -66,7 +66,16 @@ class FinetuneArguments:
     preset: str = field(
         default="base", metadata={"help": f"U-Net preset for --init scratch: {', '.join(sorted(UNET_PRESETS))}"}
     )
-    recipe: Literal["default", "paper"] = field(default="default", metadata={"help": "see the description above"})
+    recipe: Literal["default", "long", "paper"] = field(
+        default="default", metadata={"help": "see the description above"}
+    )
+    ensemble: int | None = field(
+        default=None,
+        metadata={
+            "help": "fine-tune K detectors on the same labels with seeds SEED .. SEED+K-1 (OUT/members) and save their "
+            "ensemble, which averages their landmarks, to OUT/model: K times the time (recipe: 1; long: 3)"
+        },
+    )
     loss: str | None = field(
         default=None,
         metadata={
@@ -245,6 +254,8 @@ class FinetuneArguments:
     augmentation: tuple | None = field(default=None, init=False)
     init_kind: str | None = field(default=None, init=False)
     init_source: str | None = field(default=None, init=False)
+    #: An ensemble member's: the seed that drew the labeled images (the ensemble's), not its own.
+    labeled_seed: int | None = field(default=None, init=False)
 
     def __post_init__(self):
         """Validates the values given; those left to the recipe are the recipe's (valid by construction)."""
@@ -289,6 +300,7 @@ class FinetuneArguments:
         check("self_train_keep_each", lambda v: 0 <= v <= 1, "a share in [0, 1]")
         check("self_train_labeled_share", lambda v: 0 < v < 1, "a share in (0, 1)")
         check("self_train_pool", lambda v: v >= 1, "at least 1 image")
+        check("ensemble", lambda v: 1 <= v <= 16, "between 1 (one detector) and 16 members")
 
     @property
     def resolved_recipe(self) -> Recipe:
@@ -338,7 +350,7 @@ class FinetuneArguments:
 
 #: ``--help``'s sections: each argument of :class:`FinetuneArguments` by concern.
 ARGUMENT_GROUPS = {
-    "data and labels": ("dataset", "output_dir", "num_labels", "subset", "seed"),
+    "data and labels": ("dataset", "output_dir", "num_labels", "subset", "seed", "ensemble"),
     "initialisation and network": ("init", "backbone", "encoder", "preset", "resolution", "pixel_range"),
     "recipe and loss": ("recipe", "loss", "sigma", "decoder"),
     "first stage": (

@@ -1,0 +1,104 @@
+"""Ensembles of fine-tuned detectors: K detectors of one recipe, fine-tuned on the same labels
+with different seeds, saved as one detector folder that runs each and averages their landmarks
+(:meth:`LandmarkDetector.ensemble`), then calibrated as one model on the validation split: its
+landmark offsets, error radii and low-confidence flag are measured on the ensemble's own
+predictions. ``hf-landmark finetune --ensemble K`` (and ``--recipe long``) trains the members in
+turn and calls :func:`save_ensemble`; ``hf-landmark ensemble`` assembles detectors already
+trained."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .errors import UserInputError
+
+#: A member's training record's keys that are its own (its selection, rounds and checks).
+MEMBER_RECORD_KEYS = ("best_step", "val_mre", "self_training", "shape_check", "precision_probe", "seed")
+#: Where ``finetune --ensemble K`` puts its members: ``OUT/members/seed-<seed>/model``.
+MEMBERS_DIR = "members"
+
+
+def read_training_record(model_dir: str) -> dict:
+    """A detector folder's training record (``hf_landmark_training.json``), or a
+    :class:`UserInputError` naming the folder."""
+    from .training_loop import TRAINING_RECORD
+
+    path = os.path.join(model_dir, TRAINING_RECORD)
+    if not os.path.isfile(path):
+        raise UserInputError(f"{model_dir}: no {TRAINING_RECORD}; an ensemble's members are detectors hf-landmark fine-tuned")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def ensemble_record(records: list[dict], sources: list[str]) -> dict:
+    """The ensemble's training record: the first member's (the labels, the data, the recipe
+    they share), with ``seed`` the members' seeds and ``ensemble`` naming each member. Members
+    fine-tuned on other labels or other data are a :class:`UserInputError`."""
+    first = records[0]
+    for record, source in zip(records[1:], sources[1:]):
+        for key in ("dataset", "labeled_image_ids"):
+            if record.get(key) != first.get(key):
+                raise UserInputError(
+                    f"{source}: fine-tuned on other {'labels' if key == 'labeled_image_ids' else 'data'} than "
+                    f"{sources[0]} ({key} differs); an ensemble's members share their labels"
+                )
+    seeds = [r.get("seed") for r in records]
+    members = [
+        {"seed": r.get("seed"), "val_mre": r.get("val_mre"), "best_step": r.get("best_step"), "source": os.path.basename(os.path.dirname(os.path.abspath(s))) or s}
+        for r, s in zip(records, sources)
+    ]  # fmt: skip
+    # What each member measured for itself stays in its own record.
+    record = {k: v for k, v in first.items() if k not in MEMBER_RECORD_KEYS}
+    return dict(record, seed=seeds, ensemble={"members": len(records), "seeds": seeds, "each": members})
+
+
+def save_ensemble(member_dirs: list[str], output_dir: str, dataset: str, offset_correction: float | None = None) -> dict:
+    """Assemble the detectors in ``member_dirs`` into one ensemble detector at ``output_dir``
+    (written whole or not at all) and calibrate it on ``dataset``'s validation split as
+    fine-tuning calibrates one detector (:func:`hf_landmark.calibration.calibrate_saved_model`;
+    ``offset_correction``: the offsets' shrinkage in images, by default the first member's
+    recipe's). Returns ``{"members", "calibration", "val_mre", "unit"}``."""
+    from .calibration import calibrate_on_dataset
+    from .modeling_landmark import LandmarkDetector
+    from .pipeline_landmark import load_detector
+    from .training_loop import save_model_atomic
+
+    if len(member_dirs) < 2:
+        raise UserInputError(f"an ensemble needs at least 2 detectors, got {len(member_dirs)}")
+    loaded = [load_detector(d) for d in member_dirs]
+    records = [read_training_record(d) for d in member_dirs]
+    record = ensemble_record(records, member_dirs)
+    try:
+        model = LandmarkDetector.ensemble([m for m, _ in loaded])
+    except ValueError as err:
+        raise UserInputError(f"{', '.join(member_dirs)}: {err}") from err
+    first = loaded[0][1]
+    processor = type(first).from_model_config(model.config, resample=first.resample, decoder=first.decoder)
+    processor.alpha = first.alpha
+    if offset_correction is None:
+        offset_correction = float(
+            records[0].get("offset_correction", (records[0].get("recipe_defaults") or {}).get("offset_correction", 0.0))
+        )
+    record["offset_correction"] = offset_correction
+    save_model_atomic(model, processor, output_dir, record)
+    try:
+        calibration, val_metrics = calibrate_on_dataset(
+            output_dir, dataset, record["labeled_image_ids"], processor.decoder, offset_correction
+        )
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(output_dir, ignore_errors=True)  # an uncalibrated ensemble is not left behind
+        raise
+    record.update(val_mre=val_metrics["mre"], unit=val_metrics["unit"])
+    from .fileio import write_json_atomic
+    from .training_loop import TRAINING_RECORD
+
+    write_json_atomic(record, os.path.join(output_dir, TRAINING_RECORD))
+    return {
+        "members": record["ensemble"],
+        "calibration": calibration,
+        "val_mre": val_metrics["mre"],
+        "unit": val_metrics["unit"],
+    }
