@@ -102,3 +102,26 @@ def save_ensemble(member_dirs: list[str], output_dir: str, dataset: str, offset_
         "val_mre": val_metrics["mre"],
         "unit": val_metrics["unit"],
     }
+
+
+def differing_fields(a: str, b: str) -> list[str]:
+    """The shared configuration fields in which the detectors at ``a`` and ``b`` differ."""
+    from .configuration_landmark import LandmarkConfig
+    from .modeling_landmark import shared_fields
+
+    x, y = (shared_fields(LandmarkConfig.from_pretrained(d)) for d in (a, b))
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+
+
+def compatible_members(member_dirs: list[str], val_mres: list[float]) -> tuple[list[str], list[str]]:
+    """The members that can form one ensemble: the largest group of one architecture (ties: the
+    group with the best validation MRE), and the others. On little data a member's refinement
+    stage may lose to its first stage on validation, and then it has none while others do."""
+    from .configuration_landmark import LandmarkConfig
+    from .modeling_landmark import shared_fields
+
+    groups: dict[str, list[int]] = {}
+    for i, d in enumerate(member_dirs):
+        groups.setdefault(json.dumps(shared_fields(LandmarkConfig.from_pretrained(d)), sort_keys=True), []).append(i)
+    best = max(groups.values(), key=lambda g: (len(g), -min(val_mres[i] for i in g)))
+    return [member_dirs[i] for i in best], [d for i, d in enumerate(member_dirs) if i not in best]

@@ -132,13 +132,10 @@ class LandmarkDetector(PreTrainedModel):
         if len(detectors) < 2:
             raise ValueError(f"an ensemble needs at least 2 detectors, got {len(detectors)}")
         singles = [d for det in detectors for d in det.detectors()]
-        first = singles[0].config.to_dict()
+        first = shared_fields(singles[0].config)
         for det in singles[1:]:
-            other = det.config.to_dict()
-            differ = sorted(
-                k for k in set(first) | set(other)
-                if k not in MEMBER_FIELDS and k not in ENSEMBLE_FREE_FIELDS and first.get(k) != other.get(k)
-            )  # fmt: skip
+            other = shared_fields(det.config)
+            differ = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
             if differ:
                 raise ValueError(f"the detectors differ in {', '.join(differ)}: an ensemble's members share them")
         config = copy.deepcopy(singles[0].config)
@@ -421,6 +418,13 @@ class LandmarkDetector(PreTrainedModel):
             raise UserInputError(str(err)) from err
         model.config.base_model = source
         return model
+
+
+def shared_fields(config: LandmarkConfig) -> dict:
+    """The configuration fields an ensemble's members must share (all but
+    :data:`MEMBER_FIELDS` and :data:`ENSEMBLE_FREE_FIELDS`)."""
+    skip = set(MEMBER_FIELDS) | set(ENSEMBLE_FREE_FIELDS)
+    return {k: v for k, v in config.to_dict().items() if k not in skip}
 
 
 def crop_origins(coarse: torch.Tensor, image_size: int, fine_size: int, crop: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 real headless browser: prepare images (with a hold-out) -> pretrain -> select -> annotate
 (clicks at the true landmarks; the server killed mid-image and restarted) -> prepare custom ->
 finetune -> evaluate in mm -> annotate --model (the review queue; proposals accepted) ->
-prepare custom -> finetune -> calibrate the radii on the held-out images -> predict with mm, in
+prepare custom -> finetune (the long recipe: an ensemble) -> calibrate the radii on the held-out images -> predict with mm, in
 every tool format, each read back.
 
 The commands are the README's block "Your own x-rays, start to finish", read from the README;
@@ -281,7 +281,13 @@ def walk(tmp_path):
     assert {s: len(d) for s, d in again.items()} == {"train": 4, "validation": 1, "test": 2, "unlabeled": 4}
     assert again["validation"]["image_id"] == mine["validation"]["image_id"]
     assert sorted(again["test"]["image_id"]) == sorted(mine["test"]["image_id"])
-    j.run(steps[9])  # finetune, round two
+    j.run(steps[9])  # finetune, round two, with the long recipe: an ensemble of three seeds
+    summary = json.loads((tmp_path / "ft2" / "training_summary.json").read_text())
+    assert sorted(summary["members"]) == ["members/seed-0", "members/seed-1", "members/seed-2"]
+    assert all(m["labeled_image_ids"] == summary["labeled_image_ids"] for m in summary["members"].values())
+    # A member whose refinement stage lost to its first stage (or won where the others' lost) is left out.
+    config = json.loads((tmp_path / "ft2" / "model" / "config.json").read_text())
+    assert len(config.get("ensemble_members") or [config]) == 3 - len(summary["left_out"])
     # calibrate: round two's radii from the 2 held-out test images (they chose nothing; the 1
     # validation image allows radii at 50 % only, 2 images at 2/3).
     before = json.loads((tmp_path / "ft2" / "model" / "preprocessor_config.json").read_text())["calibration"]

@@ -942,3 +942,55 @@ def test_finetune_help_groups_every_argument_and_every_release_0_4_flag_still_pa
     assert (
         namespace["refine_size"] == 256 and namespace["self_train_keep_each"] == 0.2 and namespace["no_refine"] is True
     )
+
+
+def test_an_ensemble_is_fine_tuned_on_one_draw_of_labels_and_predicts_its_members_mean(
+    ddpm, synth_raw, synth_prepared, tmp_path, capsys
+):
+    """``--ensemble 2``: two detectors on the same (seeded random) labels with seeds 4 and 5,
+    saved as one folder whose landmarks are their mean, calibrated as one model, with a card
+    that says what it is; ``hf-landmark ensemble`` builds the same model from the members."""
+    from transformers import pipeline
+
+    from hf_landmark import LandmarkImageProcessor
+    from hf_landmark.data import few_shot_indices
+
+    out = tmp_path / "ens"
+    args = ["--dataset", str(synth_prepared), "--num-labels", "3", "--subset", "random", "--seed", "4"]
+    args += ["--max-steps", "12", "--eval-steps", "6", "--no-refine", "--self-train", "0", "--offset-correction", "0"]
+    args += ["--report-to", "none", "--init", str(ddpm / "checkpoint-50")]
+    assert cli(["finetune", *args, "--ensemble", "2", "--output-dir", str(out)]) == 0
+    ids = load_prepared(synth_prepared)["train"]["image_id"]
+    drawn = sorted(ids[i] for i in few_shot_indices(ids, 3, "random", 4))
+    records = [json.loads((out / d / "hf_landmark_training.json").read_text()) for d in
+               ("members/seed-4/model", "members/seed-5/model", "model")]  # fmt: skip
+    assert [r["seed"] for r in records] == [4, 5, [4, 5]]
+    assert all(sorted(r["labeled_image_ids"]) == drawn for r in records)
+    assert records[2]["ensemble"]["members"] == 2
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert set(summary["members"]) == {"members/seed-4", "members/seed-5"}
+    assert summary["calibration"]["calibration_images"] == 5
+    processor = LandmarkImageProcessor.from_pretrained(out / "model")
+    assert len(processor.calibration_scores) == 19 and len(processor.calibration_scores[0]) == 5
+    image = str(synth_raw / "RawImage" / "TrainingData" / "020.bmp")  # a test image
+    run = [pipeline("landmark-detection", model=str(out / d))(image) for d in
+           ("members/seed-4/model", "members/seed-5/model", "model")]  # fmt: skip
+    for a, b, mean in zip(*run):
+        assert mean["x"] == pytest.approx((a["x"] + b["x"]) / 2, abs=1e-4)
+        assert mean["y"] == pytest.approx((a["y"] + b["y"]) / 2, abs=1e-4)
+        assert mean["radius"] > 0
+    assert abs(run[0][0]["x"] - run[1][0]["x"]) > 1e-3  # the seeds gave two detectors
+
+    # The same members assembled after the fact: the same model and calibration.
+    capsys.readouterr()
+    members = [str(out / "members" / s / "model") for s in ("seed-4", "seed-5")]
+    again = tmp_path / "again"
+    assert cli(["ensemble", *members, "--dataset", str(synth_prepared), "--output", str(again)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote an ensemble of 2 detectors to {again}: validation MRE ")
+    assert LandmarkImageProcessor.from_pretrained(again).calibration_scores == processor.calibration_scores
+    # Its card says what it is.
+    assert cli(["evaluate", "--model", str(again), "--dataset", str(synth_prepared), "--output", str(tmp_path / "m.json")]) == 0
+    assert cli(["card", str(again), "--metrics", str(tmp_path / "m.json"), "--repo-id", "org/ens"]) == 0
+    card = (again / "README.md").read_text()
+    assert "as an **ensemble of 2 detectors**" in card and "own seed\n(4, 5)" in card
+    assert "2 detectors of this architecture, landmarks averaged" in card

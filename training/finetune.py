@@ -51,6 +51,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -169,7 +170,8 @@ def finetune_ensemble(args: FinetuneArguments) -> dict:
     ``--seed``) with seeds ``seed .. seed+K-1``, each to ``OUT/members/seed-<s>`` with its own
     summary, then saved as one ensemble at ``OUT/model`` and calibrated on validation
     (:func:`hf_landmark.ensembles.save_ensemble`)."""
-    from hf_landmark.ensembles import MEMBERS_DIR, save_ensemble
+    from hf_landmark.ensembles import MEMBERS_DIR, compatible_members, differing_fields, save_ensemble
+    from hf_landmark.fileio import atomic_directory
 
     log = logging.getLogger(__name__)  # between members, no Accelerator is running
     start = time.perf_counter()
@@ -181,26 +183,41 @@ def finetune_ensemble(args: FinetuneArguments) -> dict:
         log.info("ensemble member %d of %d: seed %d, in %s", k + 1, args.ensemble, member.seed, member.output_dir)
         members.append((member.output_dir, finetune(member)))
     model_dir = os.path.join(args.output_dir, "model")
-    built = save_ensemble(
-        [os.path.join(out, "model") for out, _ in members], model_dir, args.dataset, args.offset_correction
-    )
-    log.info(
-        "ensemble of %d detectors: validation MRE %.3f %s (members: %s)",
-        args.ensemble,
-        built["val_mre"],
-        built["unit"],
-        ", ".join(f"{s['best']['val_mre']:.3f}" for _, s in members),
-    )
+    dirs = [os.path.join(out, "model") for out, _ in members]
+    chosen, left_out = compatible_members(dirs, [s["best"]["val_mre"] for _, s in members])
+    for d in left_out:
+        log.warning(
+            "%s is left out of the ensemble: it differs from %s in %s (on few validation images a refinement "
+            "stage can lose to its first stage in one member and win in another)",
+            d,
+            chosen[0],
+            ", ".join(differing_fields(d, chosen[0])),
+        )
     first = members[0][1]
     summary = dict(
         {k: first[k] for k in ("labeled_image_ids", "num_labels", "init", "recipe", "recipe_defaults", "resolution")},
         seed=[s["seed"] for _, s in members],
-        ensemble=built["members"],
-        best={"val_mre": built["val_mre"], "unit": built["unit"]},
-        calibration=built["calibration"],
         members={os.path.relpath(out, args.output_dir): s for out, s in members},
-        seconds=time.perf_counter() - start,
+        left_out=[os.path.relpath(os.path.dirname(d), args.output_dir) for d in left_out],
     )
+    if len(chosen) > 1:
+        built = save_ensemble(chosen, model_dir, args.dataset, args.offset_correction)
+        log.info(
+            "ensemble of %d detectors: validation MRE %.3f %s (members: %s)",
+            len(chosen),
+            built["val_mre"],
+            built["unit"],
+            ", ".join(f"{m['val_mre']:.3f}" for m in built["members"]["each"]),
+        )
+        summary.update(ensemble=built["members"], best={"val_mre": built["val_mre"], "unit": built["unit"]})
+        summary["calibration"] = built["calibration"]
+    else:  # one detector left: it is the model
+        with atomic_directory(model_dir) as tmp:
+            shutil.copytree(chosen[0], tmp, dirs_exist_ok=True)
+        chosen_summary = members[dirs.index(chosen[0])][1]
+        summary.update(ensemble=None, best=chosen_summary["best"], calibration=chosen_summary["calibration"])
+        log.warning("no ensemble: only %s is left; it is saved as %s", chosen[0], model_dir)
+    summary["seconds"] = time.perf_counter() - start
     write_json_atomic(summary, os.path.join(args.output_dir, "training_summary.json"))
     return summary
 
