@@ -28,7 +28,9 @@ STRATEGIES = ("coverage", "first", "random", "uncertainty")
 @torch.no_grad()
 def pooled_features(model, pixel_values: torch.Tensor, grid: int = 4, batch_size: int = 16) -> np.ndarray:
     """``[M, C * grid * grid]`` unit-norm features of ``pixel_values`` ``[M, 1, S, S]`` (the
-    model's intensity range) from ``model``'s bottleneck."""
+    model's intensity range) from ``model``'s bottleneck (an ensemble's first member's)."""
+    if getattr(model, "members", None) is not None:
+        model = model.members[0]
     backbone = model.backbone
     hooked = backbone.unet.mid_block if hasattr(backbone, "unet") else backbone.net.encoder
     kept: list[torch.Tensor] = []

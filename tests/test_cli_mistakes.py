@@ -1,6 +1,8 @@
 """Mistaken command lines, as a new user types them: each is one line naming the argument or
 file, exit code 2, no traceback, before any work is done."""
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -14,6 +16,13 @@ def places(synth_prepared, tmp_path_factory):
     LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(
         tmp / "model"
     )
+    for name, labels in (("a", ["001", "002"]), ("b", ["001", "003"])):  # fine-tuned on other labels
+        LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(
+            tmp / name
+        )
+        (tmp / name / "hf_landmark_training.json").write_text(
+            json.dumps({"dataset": "ceph", "labeled_image_ids": labels, "seed": 0})
+        )
     Image.new("L", (20, 20)).save(tmp / "x.png")
     (tmp / "metrics.json").write_text("{not json")
     return {"DATA": str(synth_prepared), "MODEL": str(tmp / "model"), "IMG": str(tmp / "x.png"), "TMP": str(tmp)}
@@ -72,6 +81,12 @@ MISTAKES = [
     ("evaluate --model MODEL --dataset DATA --thresholds a,b", ["--thresholds", "'a,b'"]),
     ("calibrate --model MODEL --dataset DATA --alpha 2", ["--alpha", "between 0 and 1", "got 2.0"]),
     ("calibrate --model ./nope --dataset DATA", ["./nope", "not a detector folder", "preprocessor_config.json"]),
+    ("ensemble MODEL --dataset DATA --output TMP/e", ["two or more detector folders", "got 1"]),
+    ("ensemble MODEL TMP/a --dataset DATA --output TMP/a", ["--output", "TMP/a", "one of the members"]),
+    ("ensemble ./nope MODEL --dataset DATA --output TMP/e", ["--model", "./nope", "no such model folder"]),
+    ("ensemble MODEL TMP/a --dataset DATA --output TMP/e", ["MODEL", "no hf_landmark_training.json"]),
+    ("ensemble TMP/a TMP/b --dataset DATA --output TMP/e", ["TMP/b", "other labels than TMP/a"]),
+    (FT + " --init scratch --ensemble 0", ["--ensemble", "between 1 (one detector) and 16", "got 0"]),
     ("predict IMG --model ./nope", ["--model", "./nope", "no such model folder"]),
     ("predict TMP/missing.png --model MODEL", ["missing.png", "no such file"]),
     ("synth --out TMP/s --num-images -3", ["--num-images", "at least 1", "-3"]),

@@ -900,6 +900,12 @@ def test_the_recipe_is_one_table_shown_by_show_recipe_and_in_the_design_notes(ca
 
     assert resolve_recipe("default", 4) is DEFAULT_FEW and resolve_recipe("default", 5) is DEFAULT
     assert resolve_recipe("paper", 1) is resolve_recipe("paper", 50) is PAPER
+    # The long recipe: the default one, three seeds' detectors saved as their ensemble.
+    for n in (1, 10):
+        long, default = resolve_recipe("long", n).as_dict(), resolve_recipe("default", n).as_dict()
+        assert (long.pop("ensemble"), default.pop("ensemble")) == (3, 1)
+        assert {k: v for k, v in long.items() if k != "name"} == {k: v for k, v in default.items() if k != "name"}
+    assert FinetuneArguments(dataset=".", output_dir="o", num_labels=1, init="scratch", recipe="long").resolved().ensemble == 3
     assert main(["--show-recipe", "3"]) is None
     shown = capsys.readouterr().out
     assert (
