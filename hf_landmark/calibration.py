@@ -59,7 +59,9 @@ def calibration_sets(dataset: str, labeled_ids, size: int, resample: str, fine_s
     labeled = [i for i, image_id in enumerate(train_all.image_ids) if image_id in labeled_set]
     missing = sorted(labeled_set - {train_all.image_ids[i] for i in labeled})
     if missing:
-        raise UserInputError(f"{dataset}: the detector's labeled images {', '.join(missing)} are not in its train split")
+        raise UserInputError(
+            f"{dataset}: the detector's labeled images {', '.join(missing)} are not in its train split"
+        )
     pool = [train_all.subset([i for i in range(len(train_all)) if i not in set(labeled)])]
     if UNLABELED in prepared and len(prepared[UNLABELED]):
         pool.append(load_tensors(prepared[UNLABELED], size, resample))

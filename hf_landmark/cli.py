@@ -22,7 +22,9 @@ def cmd_ensemble(args) -> int:
     if os.path.abspath(args.output) in {os.path.abspath(m) for m in args.models}:
         raise UserInputError(f"--output: {args.output} is one of the members; write the ensemble to a new folder")
     if args.offset_correction is not None and not args.offset_correction >= 0:
-        raise UserInputError(f"--offset-correction: a number of images of 0 (off) or more, got {args.offset_correction}")
+        raise UserInputError(
+            f"--offset-correction: a number of images of 0 (off) or more, got {args.offset_correction}"
+        )
     built = save_ensemble(args.models, args.output, args.dataset, args.offset_correction)
     each = ", ".join(f"{m['val_mre']:.3f}" for m in built["members"]["each"])
     cal = built["calibration"]

@@ -26,7 +26,9 @@ def read_training_record(model_dir: str) -> dict:
 
     path = os.path.join(model_dir, TRAINING_RECORD)
     if not os.path.isfile(path):
-        raise UserInputError(f"{model_dir}: no {TRAINING_RECORD}; an ensemble's members are detectors hf-landmark fine-tuned")
+        raise UserInputError(
+            f"{model_dir}: no {TRAINING_RECORD}; an ensemble's members are detectors hf-landmark fine-tuned"
+        )
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
@@ -53,7 +55,9 @@ def ensemble_record(records: list[dict], sources: list[str]) -> dict:
     return dict(record, seed=seeds, ensemble={"members": len(records), "seeds": seeds, "each": members})
 
 
-def save_ensemble(member_dirs: list[str], output_dir: str, dataset: str, offset_correction: float | None = None) -> dict:
+def save_ensemble(
+    member_dirs: list[str], output_dir: str, dataset: str, offset_correction: float | None = None
+) -> dict:
     """Assemble the detectors in ``member_dirs`` into one ensemble detector at ``output_dir``
     (written whole or not at all) and calibrate it on ``dataset``'s validation split as
     fine-tuning calibrates one detector (:func:`hf_landmark.calibration.calibrate_saved_model`;
@@ -74,11 +78,19 @@ def save_ensemble(member_dirs: list[str], output_dir: str, dataset: str, offset_
     except ValueError as err:
         raise UserInputError(f"{', '.join(member_dirs)}: {err}") from err
     first = loaded[0][1]
-    processor = type(first).from_model_config(model.config, resample=first.resample, decoder=first.decoder)
-    processor.alpha = first.alpha
+    processor = type(first).from_model_config(
+        model.config,
+        resample=first.resample,
+        decoder=first.decoder,
+        alpha=first.alpha,
+        false_alarm_rate=first.false_alarm_rate,
+        min_image_side=first.min_image_side,
+    )
     if offset_correction is None:
         offset_correction = float(
-            records[0].get("offset_correction", (records[0].get("recipe_defaults") or {}).get("offset_correction", 0.0))
+            records[0].get(
+                "offset_correction", (records[0].get("recipe_defaults") or {}).get("offset_correction", 0.0)
+            )
         )
     record["offset_correction"] = offset_correction
     save_model_atomic(model, processor, output_dir, record)

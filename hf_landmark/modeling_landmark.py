@@ -234,7 +234,9 @@ class LandmarkDetector(PreTrainedModel):
         twice the side centred on the averaged landmark (``crop_origins``) and the maps
         averaged there, so the spread holds both the members' own and their disagreement.
         ``embeddings`` are the members' side by side; ``shape_moved`` where any member's moved."""
-        outs = [m(pixel_values, fine_pixel_values, labels=labels, refine=refine, decoder=decoder) for m in self.members]
+        outs = [
+            m(pixel_values, fine_pixel_values, labels=labels, refine=refine, decoder=decoder) for m in self.members
+        ]
         log_p = torch.logsumexp(torch.stack([o.log_probabilities for o in outs]), 0) - math.log(len(outs))
         coarse = [
             o.coarse_coordinates
@@ -257,9 +259,7 @@ class LandmarkDetector(PreTrainedModel):
             coords = torch.stack([o.coordinates for o in outs]).mean(0)
             side = 2 * cfg.refine_crop
             origins = crop_origins(coords, cfg.image_size, fine_pixel_values.shape[-1], side)
-            probs = sum(
-                shift_into(o.refined_log_probabilities.exp(), o.crop_origins - origins, side) for o in outs
-            )
+            probs = sum(shift_into(o.refined_log_probabilities.exp(), o.crop_origins - origins, side) for o in outs)
             probs = probs / probs.sum(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
             out["coordinates"] = coords
             out["refined_log_probabilities"] = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()

@@ -905,7 +905,10 @@ def test_the_recipe_is_one_table_shown_by_show_recipe_and_in_the_design_notes(ca
         long, default = resolve_recipe("long", n).as_dict(), resolve_recipe("default", n).as_dict()
         assert (long.pop("ensemble"), default.pop("ensemble")) == (3, 1)
         assert {k: v for k, v in long.items() if k != "name"} == {k: v for k, v in default.items() if k != "name"}
-    assert FinetuneArguments(dataset=".", output_dir="o", num_labels=1, init="scratch", recipe="long").resolved().ensemble == 3
+    assert (
+        FinetuneArguments(dataset=".", output_dir="o", num_labels=1, init="scratch", recipe="long").resolved().ensemble
+        == 3
+    )
     assert main(["--show-recipe", "3"]) is None
     shown = capsys.readouterr().out
     assert (
@@ -995,7 +998,12 @@ def test_an_ensemble_is_fine_tuned_on_one_draw_of_labels_and_predicts_its_member
     assert capsys.readouterr().out.startswith(f"wrote an ensemble of 2 detectors to {again}: validation MRE ")
     assert LandmarkImageProcessor.from_pretrained(again).calibration_scores == processor.calibration_scores
     # Its card says what it is.
-    assert cli(["evaluate", "--model", str(again), "--dataset", str(synth_prepared), "--output", str(tmp_path / "m.json")]) == 0
+    assert (
+        cli(
+            ["evaluate", "--model", str(again), "--dataset", str(synth_prepared), "--output", str(tmp_path / "m.json")]
+        )
+        == 0
+    )
     assert cli(["card", str(again), "--metrics", str(tmp_path / "m.json"), "--repo-id", "org/ens"]) == 0
     card = (again / "README.md").read_text()
     assert "as an **ensemble of 2 detectors**" in card and "own seed\n(4, 5)" in card

@@ -209,6 +209,7 @@ def finetune_ensemble(args: FinetuneArguments) -> dict:
             built["unit"],
             ", ".join(f"{m['val_mre']:.3f}" for m in built["members"]["each"]),
         )
+        log_calibration(built["calibration"], built["calibration"]["calibration_images"], args.offset_correction, log)
         summary.update(ensemble=built["members"], best={"val_mre": built["val_mre"], "unit": built["unit"]})
         summary["calibration"] = built["calibration"]
     else:  # one detector left: it is the model
@@ -331,27 +332,32 @@ def choose_labeled(args: FinetuneArguments, model, processor, train_all) -> list
 def calibrate(args: FinetuneArguments, model_dir: str, val, labeled, pool) -> dict:
     """The saved best model's offsets, radii and flag, calibrated on validation (logged)."""
     calibration = calibrate_saved_model(model_dir, val, labeled, args.decoder, pool, args.offset_correction)
+    log_calibration(calibration, len(val), args.offset_correction)
+    return calibration
+
+
+def log_calibration(calibration: dict, num_val: int, offset_correction: float, log=logger) -> None:
+    """What calibration measured, logged: the offsets' effect, the radii's level and the flag's."""
     if calibration["offsets"]:
         loo = calibration["offsets"]["leave_one_out"]
-        logger.info(
+        log.info(
             "landmark offsets from %d validation images (shrunk by %g): validation MRE %.3f -> %.3f %s, each image "
             "corrected by the offsets of the others",
-            len(val),
-            args.offset_correction,
+            num_val,
+            offset_correction,
             loo["mre_without"],
             loo["mre_with"],
             loo["unit"],
         )
-    logger.info(
+    log.info(
         "calibrated the error radii on %d validation images (alpha %.2f, radii at %.1f %%) and the low-confidence flag "
         "on %d images (false alarms at most %.1f %%)",
-        len(val),
+        num_val,
         calibration["alpha"],
         100 * calibration["radius_coverage"],
         calibration["flag_calibration_images"],
         100 * calibration["flag_false_alarm_rate"],
     )
-    return calibration
 
 
 def training_summary(args: FinetuneArguments, result: dict, labeled_ids, size: int) -> dict:
