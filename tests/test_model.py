@@ -288,3 +288,30 @@ def test_shift_into_places_each_map_at_its_offset():
     assert out[0, 0].nonzero().tolist() == [[2, 5]]
     assert out[0, 1].nonzero().tolist() == [[2, 1]]
     assert out[0, 2].sum() == 0  # row 9, column 9: outside the crop
+
+
+def test_an_ensemble_loads_through_remote_code_without_the_package(tmp_path):
+    import subprocess
+    import sys
+
+    ensemble = LandmarkDetector.ensemble([_two_stage(0, prior=[2.0, 3.0, 4.0]), _two_stage(1)])
+    ensemble.save_pretrained(tmp_path / "m")
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    fine = torch.nn.functional.interpolate(x, size=64, mode="bilinear")
+    torch.save({"x": x, "fine": fine}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        want = ensemble(x, fine).coordinates
+    code = (
+        "import sys; sys.modules['hf_landmark'] = None\n"
+        "import torch\nfrom transformers import AutoModel\n"
+        f"m = AutoModel.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True, dtype=torch.float32).eval()\n"
+        f"i = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        "with torch.no_grad():\n    c = m(i['x'], i['fine']).coordinates\n"
+        f"torch.save(c, {str(tmp_path / 'got.pt')!r})\n"
+        "print(type(m).__module__.startswith('transformers_modules'), len(m.members))\n"
+    )
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True 2"
+    torch.testing.assert_close(torch.load(tmp_path / "got.pt"), want, atol=0, rtol=0)
