@@ -315,3 +315,17 @@ def test_an_ensemble_loads_through_remote_code_without_the_package(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True 2"
     torch.testing.assert_close(torch.load(tmp_path / "got.pt"), want, atol=0, rtol=0)
+
+
+def test_members_of_another_architecture_are_left_out_of_the_ensemble(tmp_path):
+    from hf_landmark.ensembles import compatible_members, differing_fields
+
+    dirs = []
+    for name, model in (("a", _two_stage(0)), ("b", tiny()), ("c", _two_stage(1))):
+        model.save_pretrained(tmp_path / name)
+        dirs.append(str(tmp_path / name))
+    # b has no refinement stage: the two that have one form the ensemble, whatever b measured.
+    assert compatible_members(dirs, [2.0, 1.0, 2.5]) == ([dirs[0], dirs[2]], [dirs[1]])
+    assert "refine_size" in differing_fields(dirs[1], dirs[0])
+    # One each: the group of the better member on validation.
+    assert compatible_members(dirs[:2], [2.0, 1.0]) == ([dirs[1]], [dirs[0]])
