@@ -64,9 +64,10 @@ def save_ensemble(
     ``offset_correction``: the offsets' shrinkage in images, by default the first member's
     recipe's). Returns ``{"members", "calibration", "val_mre", "unit"}``."""
     from .calibration import calibrate_on_dataset
+    from .fileio import atomic_directory, write_json_atomic
     from .modeling_landmark import LandmarkDetector
     from .pipeline_landmark import load_detector
-    from .training_loop import save_model_atomic
+    from .training_loop import TRAINING_RECORD, write_model_files
 
     if len(member_dirs) < 2:
         raise UserInputError(f"an ensemble needs at least 2 detectors, got {len(member_dirs)}")
@@ -93,21 +94,14 @@ def save_ensemble(
             )
         )
     record["offset_correction"] = offset_correction
-    save_model_atomic(model, processor, output_dir, record)
-    try:
+    # Saved, calibrated and recorded in a temporary folder that becomes output_dir only when whole.
+    with atomic_directory(output_dir) as tmp:
+        write_model_files(model, processor, tmp, record)
         calibration, val_metrics = calibrate_on_dataset(
-            output_dir, dataset, record["labeled_image_ids"], processor.decoder, offset_correction
+            tmp, dataset, record["labeled_image_ids"], processor.decoder, offset_correction
         )
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(output_dir, ignore_errors=True)  # an uncalibrated ensemble is not left behind
-        raise
-    record.update(val_mre=val_metrics["mre"], unit=val_metrics["unit"])
-    from .fileio import write_json_atomic
-    from .training_loop import TRAINING_RECORD
-
-    write_json_atomic(record, os.path.join(output_dir, TRAINING_RECORD))
+        record.update(val_mre=val_metrics["mre"], unit=val_metrics["unit"])
+        write_json_atomic(record, os.path.join(tmp, TRAINING_RECORD))
     return {
         "members": record["ensemble"],
         "calibration": calibration,

@@ -111,10 +111,15 @@ def save_model_atomic(model: LandmarkDetector, processor: LandmarkImageProcessor
     """The detector, its image processor and its training record (``TRAINING_RECORD``, what
     the model card states), written whole or not at all."""
     with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        with open(os.path.join(tmp, TRAINING_RECORD), "w", encoding="utf-8") as fh:
-            fh.write(json_text(record))
+        write_model_files(model, processor, tmp, record)
+
+
+def write_model_files(model: LandmarkDetector, processor: LandmarkImageProcessor, folder: str, record: dict) -> None:
+    """The detector's weights and config, its image processor and its training record, into ``folder``."""
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    with open(os.path.join(folder, TRAINING_RECORD), "w", encoding="utf-8") as fh:
+        fh.write(json_text(record))
 
 
 @dataclass
