@@ -20,7 +20,9 @@ original image frame, measured through the image processor exactly as users run 
 The best model and its image processor are saved to ``OUT/model``.
 
 Recipes: ``--recipe default`` (built on the paper's for 1-10 labels; its values differ below 5
-labels) or ``paper``. Every value is a flag's default, held in one table,
+labels), ``long`` (the default three times, with seeds SEED, SEED+1, SEED+2 on the same labels,
+saved to ``OUT/model`` as one detector that averages their landmarks: ``--ensemble 3``; each
+member in ``OUT/members/seed-<s>``) or ``paper``. Every value is a flag's default, held in one table,
 :mod:`hf_landmark.recipes` (``hf-landmark finetune --show-recipe N [--recipe paper]`` prints
 the values N labels get; ``docs/design.md`` shows the table). Both use ``ReduceLROnPlateau``
 on the validation loss.
