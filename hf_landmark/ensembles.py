@@ -47,9 +47,14 @@ def ensemble_record(records: list[dict], sources: list[str]) -> dict:
                 )
     seeds = [r.get("seed") for r in records]
     members = [
-        {"seed": r.get("seed"), "val_mre": r.get("val_mre"), "best_step": r.get("best_step"), "source": os.path.basename(os.path.dirname(os.path.abspath(s))) or s}
+        {
+            "seed": r.get("seed"),
+            "val_mre": r.get("val_mre"),
+            "best_step": r.get("best_step"),
+            "source": os.path.basename(os.path.dirname(os.path.abspath(s))) or s,
+        }
         for r, s in zip(records, sources)
-    ]  # fmt: skip
+    ]
     # What each member measured for itself stays in its own record.
     record = {k: v for k, v in first.items() if k not in MEMBER_RECORD_KEYS}
     return dict(record, seed=seeds, ensemble={"members": len(records), "seeds": seeds, "each": members})

@@ -971,8 +971,8 @@ def test_an_ensemble_is_fine_tuned_on_one_draw_of_labels_and_predicts_its_member
     assert cli(["finetune", *args, "--ensemble", "2", "--output-dir", str(out)]) == 0
     ids = load_prepared(synth_prepared)["train"]["image_id"]
     drawn = sorted(ids[i] for i in few_shot_indices(ids, 3, "random", 4))
-    records = [json.loads((out / d / "hf_landmark_training.json").read_text()) for d in
-               ("members/seed-4/model", "members/seed-5/model", "model")]  # fmt: skip
+    folders = ("members/seed-4/model", "members/seed-5/model", "model")
+    records = [json.loads((out / d / "hf_landmark_training.json").read_text()) for d in folders]
     assert [r["seed"] for r in records] == [4, 5, [4, 5]]
     assert all(sorted(r["labeled_image_ids"]) == drawn for r in records)
     assert records[2]["ensemble"]["members"] == 2
@@ -982,8 +982,7 @@ def test_an_ensemble_is_fine_tuned_on_one_draw_of_labels_and_predicts_its_member
     processor = LandmarkImageProcessor.from_pretrained(out / "model")
     assert len(processor.calibration_scores) == 19 and len(processor.calibration_scores[0]) == 5
     image = str(synth_raw / "RawImage" / "TrainingData" / "020.bmp")  # a test image
-    run = [pipeline("landmark-detection", model=str(out / d))(image) for d in
-           ("members/seed-4/model", "members/seed-5/model", "model")]  # fmt: skip
+    run = [pipeline("landmark-detection", model=str(out / d))(image) for d in folders]
     for a, b, mean in zip(*run):
         assert mean["x"] == pytest.approx((a["x"] + b["x"]) / 2, abs=1e-4)
         assert mean["y"] == pytest.approx((a["y"] + b["y"]) / 2, abs=1e-4)
