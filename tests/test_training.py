@@ -988,6 +988,12 @@ def test_an_ensemble_is_fine_tuned_on_one_draw_of_labels_and_predicts_its_member
         assert mean["y"] == pytest.approx((a["y"] + b["y"]) / 2, abs=1e-4)
         assert mean["radius"] > 0
     assert abs(run[0][0]["x"] - run[1][0]["x"]) > 1e-3  # the seeds gave two detectors
+    # The web page shows the ensemble's landmarks and radii as any detector's.
+    from hf_landmark.app import predict as app_predict
+
+    overlay, table, _, _ = app_predict(image, str(out / "model"))
+    assert len(table) == 19 and table[0][2] == round(run[2][0]["x"], 1) and table[0][6] != ""
+    assert min(overlay.size) >= 256
 
     # The same members assembled after the fact: the same model and calibration.
     capsys.readouterr()
