@@ -62,7 +62,8 @@ def calibration_sets(dataset: str, labeled_ids, size: int, resample: str, fine_s
         raise UserInputError(
             f"{dataset}: the detector's labeled images {', '.join(missing)} are not in its train split"
         )
-    pool = [train_all.subset([i for i in range(len(train_all)) if i not in set(labeled)])]
+    labeled_idx = set(labeled)
+    pool = [train_all.subset([i for i in range(len(train_all)) if i not in labeled_idx])]
     if UNLABELED in prepared and len(prepared[UNLABELED]):
         pool.append(load_tensors(prepared[UNLABELED], size, resample))
     return val, train_all.subset(labeled), [p for p in pool if len(p)]
