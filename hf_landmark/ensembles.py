@@ -118,10 +118,9 @@ def save_ensemble(
 def differing_fields(a: str, b: str) -> list[str]:
     """The shared configuration fields in which the detectors at ``a`` and ``b`` differ."""
     from .configuration_landmark import LandmarkConfig
-    from .modeling_landmark import shared_fields
+    from .modeling_landmark import differing_shared_fields
 
-    x, y = (shared_fields(LandmarkConfig.from_pretrained(d)) for d in (a, b))
-    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+    return differing_shared_fields(LandmarkConfig.from_pretrained(a), LandmarkConfig.from_pretrained(b))
 
 
 def compatible_members(member_dirs: list[str], val_mres: list[float]) -> tuple[list[str], list[str]]:

@@ -132,10 +132,8 @@ class LandmarkDetector(PreTrainedModel):
         if len(detectors) < 2:
             raise ValueError(f"an ensemble needs at least 2 detectors, got {len(detectors)}")
         singles = [d for det in detectors for d in det.detectors()]
-        first = shared_fields(singles[0].config)
         for det in singles[1:]:
-            other = shared_fields(det.config)
-            differ = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            differ = differing_shared_fields(singles[0].config, det.config)
             if differ:
                 raise ValueError(f"the detectors differ in {', '.join(differ)}: an ensemble's members share them")
         config = copy.deepcopy(singles[0].config)
@@ -448,6 +446,12 @@ def refine_prior_sigmas(errors, factor: float, pseudo_images: float = 5.0) -> li
     own = np.where(count > 0, np.nansum(squared, 0) / np.maximum(count, 1), pooled)
     shrunk = (count * own + pseudo_images * pooled) / (count + pseudo_images)
     return [max(1.0, factor * float(v)) for v in np.sqrt(shrunk)]
+
+
+def differing_shared_fields(a: LandmarkConfig, b: LandmarkConfig) -> list[str]:
+    """The :func:`shared_fields` in which configurations ``a`` and ``b`` differ, sorted."""
+    x, y = shared_fields(a), shared_fields(b)
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
 
 
 def shift_into(maps: torch.Tensor, offsets: torch.Tensor, side: int) -> torch.Tensor:
