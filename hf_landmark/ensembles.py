@@ -27,7 +27,8 @@ def read_training_record(model_dir: str) -> dict:
     path = os.path.join(model_dir, TRAINING_RECORD)
     if not os.path.isfile(path):
         raise UserInputError(
-            f"{model_dir}: no {TRAINING_RECORD}; an ensemble's members are detectors hf-landmark fine-tuned"
+            f"{model_dir}: no {TRAINING_RECORD}, the record of the labels and data a detector hf-landmark "
+            "fine-tuned learned from"
         )
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

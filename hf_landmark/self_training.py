@@ -153,7 +153,9 @@ class SelfTrainingPlan:
     """How the rounds run: at most ``rounds``; the ``keep`` share of pool landmarks (and each
     landmark's ``keep_each`` share) kept as pseudo-labels; ``labeled_share`` of each batch from
     the labeled images; round ``r`` seeded ``seed + r``; at most ``pool_limit`` pool images;
-    ``new_model()`` the fresh model a round trains (from the same initialisation as the first)."""
+    ``new_model()`` the fresh model a round trains (from the same initialisation as the first);
+    ``teacher``: a saved detector (or ensemble) on the same labels whose predictions are the first
+    round's pseudo-labels instead of the model's (:func:`check_teacher`)."""
 
     rounds: int
     keep: float
@@ -162,6 +164,33 @@ class SelfTrainingPlan:
     seed: int
     pool_limit: int
     new_model: Callable[[], Any]
+    teacher: str | None = None
+
+
+def check_teacher(teacher: str, record: dict) -> dict:
+    """What the training record says of ``teacher``: ``{"path", "seed", "val_mre", "members"}``. A
+    teacher fine-tuned on other data, other labels or another validation split is a
+    :class:`UserInputError`: its pseudo-labels would carry labels (or validation images) that
+    this run's record does not name."""
+    from .ensembles import read_training_record
+
+    theirs = read_training_record(teacher)
+    for key, what in (
+        ("dataset", "data"),
+        ("labeled_image_ids", "labels"),
+        ("validation_images", "validation images"),
+    ):
+        if theirs.get(key) != record.get(key):
+            raise UserInputError(
+                f"--teacher {teacher}: fine-tuned on other {what} ({key}: {theirs.get(key)} against this run's "
+                f"{record.get(key)}); a teacher shares the labels of the detector it teaches"
+            )
+    return {
+        "path": os.path.abspath(teacher),
+        "seed": theirs.get("seed"),
+        "val_mre": theirs.get("val_mre"),
+        "members": (theirs.get("ensemble") or {}).get("members", 1),
+    }
 
 
 @dataclass
@@ -190,7 +219,8 @@ def self_train(
     }
     for r in range(1, plan.rounds + 1):
         t0 = time.perf_counter()
-        report, combined, weights = _pseudo_label_round(ctx, plan, train, pool, model_dir, r)
+        source = plan.teacher if r == 1 and plan.teacher else model_dir
+        report, combined, weights = _pseudo_label_round(ctx, plan, train, pool, source, model_dir, r)
         if combined is None:
             rounds.append(dict(report, model_kept=False, seconds=time.perf_counter() - t0))
             break
@@ -227,6 +257,8 @@ def self_train(
         "labeled_share": plan.labeled_share,
         "model_from_round": max([0] + [x["round"] for x in rounds if x["model_kept"]]),
     }
+    if plan.teacher:
+        summary["teacher"] = os.path.abspath(plan.teacher)
     if ctx.accelerator.is_main_process:
         path = os.path.join(model_dir, TRAINING_RECORD)
         with open(path, encoding="utf-8") as fh:
@@ -236,16 +268,20 @@ def self_train(
     return result, summary
 
 
-def _pseudo_label_round(ctx, plan: SelfTrainingPlan, train, pool: SelfTrainingPool, model_dir: str, r: int):
-    """Round ``r``'s pseudo-labels: ``(report, labeled + pseudo-labeled images, their sampling
+def _pseudo_label_round(
+    ctx, plan: SelfTrainingPlan, train, pool: SelfTrainingPool, source: str, model_dir: str, r: int
+):
+    """Round ``r``'s pseudo-labels, ``source``'s predictions (the best model so far at
+    ``model_dir``, or the teacher): ``(report, labeled + pseudo-labeled images, their sampling
     weights)``, or ``(report, None, None)`` when every pool image is flagged."""
     settings = ctx.settings
     coords, chosen, facts = pseudo_labels(
-        model_dir, pool.images, ctx.val, train, settings.decoder, (plan.keep, plan.keep_each), ctx.accelerator.device
+        source, pool.images, ctx.val, train, settings.decoder, (plan.keep, plan.keep_each), ctx.accelerator.device
     )
     images = np.flatnonzero(chosen.any(axis=1))
     report = {
         "round": r,
+        **({"pseudo_labels_from": "teacher"} if source != model_dir else {}),
         "pool_images": len(pool.images),
         "pool_landmarks": int(chosen.size),
         "kept_landmarks": int(chosen.sum()),
@@ -303,10 +339,11 @@ def _train_round(
 def _log_round(report: dict, r: int, better: bool, rounds: int) -> None:
     quality = report["pseudo_label_error"]
     logger.info(
-        "self-train round %d: kept %d of %d pool landmarks on %d images%s; validation MRE %.3f (best before %.3f)%s",
+        "self-train round %d: kept %d of %d %spool landmarks on %d images%s; validation MRE %.3f (best before %.3f)%s",
         r,
         report["kept_landmarks"],
         report["pool_landmarks"],
+        "teacher's " if report.get("pseudo_labels_from") == "teacher" else "",
         report["images_with_pseudo_labels"],
         f" (their error {quality['kept_mre']:.2f} {quality['unit']}, all predictions {quality['all_mre']:.2f})"
         if "kept_mre" in quality

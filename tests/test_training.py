@@ -1013,3 +1013,103 @@ def test_an_ensemble_is_fine_tuned_on_one_draw_of_labels_and_predicts_its_member
     card = (again / "README.md").read_text()
     assert "as an **ensemble of 2 detectors**" in card and "own seed\n(4, 5)" in card
     assert "2 detectors of this architecture, landmarks averaged" in card
+
+
+def test_an_ensemble_with_one_member_left_is_that_member(ddpm, synth_prepared, tmp_path, monkeypatch, caplog):
+    """When every member but one differs in architecture (on few validation images one member's
+    refinement stage can lose while the others' win), ``--ensemble`` saves the one left as the
+    model, says so, and names the others in the summary."""
+    import logging
+
+    import hf_landmark.ensembles as ensembles
+
+    monkeypatch.setattr(ensembles, "compatible_members", lambda dirs, mres: (dirs[1:], dirs[:1]))
+    monkeypatch.setattr(ensembles, "differing_fields", lambda a, b: ["refine_size"])
+    out = tmp_path / "ens"
+    args = ["--dataset", str(synth_prepared), "--num-labels", "2", "--seed", "7", "--max-steps", "6"]
+    args += [
+        "--eval-steps",
+        "3",
+        "--no-refine",
+        "--self-train",
+        "0",
+        "--offset-correction",
+        "0",
+        "--report-to",
+        "none",
+    ]
+    with caplog.at_level(logging.WARNING):
+        assert (
+            cli(
+                ["finetune", *args, "--init", str(ddpm / "checkpoint-50"), "--ensemble", "2", "--output-dir", str(out)]
+            )
+            == 0
+        )
+    summary = json.loads((out / "training_summary.json").read_text())
+    member = json.loads((out / "members" / "seed-8" / "training_summary.json").read_text())
+    assert summary["left_out"] == ["members/seed-7"] and summary["ensemble"] is None
+    assert summary["best"] == member["best"] and summary["calibration"] == member["calibration"]
+    kept = out / "members" / "seed-8" / "model"
+    assert (out / "model" / "model.safetensors").read_bytes() == (kept / "model.safetensors").read_bytes()
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert not config.get("ensemble_members")
+    assert f"no ensemble: only {kept} is left" in caplog.text
+    assert "members/seed-7/model is left out of the ensemble: it differs from" in caplog.text
+
+
+def test_a_teacher_gives_the_first_self_training_round_its_pseudo_labels(ddpm, synth_prepared, tmp_path):
+    """``--teacher``: the first round pseudo-labels the pool with the teacher's predictions (the
+    error the round reports for all of them is the teacher's own on those images, computed here
+    independently), and the record, the summary and the card say so."""
+    from hf_landmark.evaluation import physical_errors, predict_split
+    from hf_landmark.pipeline_landmark import load_detector
+
+    base = ["finetune", "--dataset", str(synth_prepared), "--num-labels", "3", "--max-steps", "8"]
+    base += ["--eval-steps", "4", "--no-refine", "--offset-correction", "0", "--report-to", "none"]
+    base += ["--init", str(ddpm / "checkpoint-50")]
+    teacher = tmp_path / "teacher"
+    assert cli([*base, "--self-train", "0", "--output-dir", str(teacher)]) == 0
+    student = tmp_path / "student"
+    assert (
+        cli(
+            [
+                *base,
+                "--self-train",
+                "1",
+                "--seed",
+                "3",
+                "--teacher",
+                str(teacher / "model"),
+                "--output-dir",
+                str(student),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((student / "training_summary.json").read_text())
+    first = summary["self_training"]["rounds"][0]
+    assert first["pseudo_labels_from"] == "teacher" and summary["self_training"]["teacher"] == str(teacher / "model")
+    # The teacher's predictions on the training images left unlabeled (the pool's with labels).
+    model, processor = load_detector(str(teacher / "model"))
+    train = load_prepared(synth_prepared)["train"]
+    labeled = json.loads((teacher / "model" / "hf_landmark_training.json").read_text())["labeled_image_ids"]
+    pool = load_tensors(
+        train.select([i for i, x in enumerate(train["image_id"]) if x not in labeled]),
+        model.config.image_size,
+        processor.resample,
+    )
+    errors, unit = physical_errors(predict_split(model, processor, pool)["coords"], pool, model.config)
+    assert first["pseudo_label_error"]["images_with_truth"] == len(pool) > 0
+    assert first["pseudo_label_error"]["all_mre"] == pytest.approx(float(errors.mean()), rel=1e-5)
+    record = json.loads((student / "model" / "hf_landmark_training.json").read_text())
+    assert record["teacher"]["members"] == 1 and record["teacher"]["path"] == str(teacher / "model")
+    metrics = tmp_path / "m.json"
+    assert (
+        cli(
+            ["evaluate", "--model", str(student / "model"), "--dataset", str(synth_prepared), "--output", str(metrics)]
+        )
+        == 0
+    )
+    assert cli(["card", str(student / "model"), "--metrics", str(metrics), "--repo-id", "org/student"]) == 0
+    card = (student / "model" / "README.md").read_text()
+    assert "(the teacher's predictions: a detector fine-tuned on the same labels)" in card

@@ -46,6 +46,8 @@ images (half of each batch) plus those (the rejected landmarks left out of the l
 round's model replaces the best only if it is better on validation, and the first round that
 is not ends self-training (the next would pseudo-label with the same model); the training record
 states each round's counts and, where the pool images have labels, the pseudo-labels' error.
+With ``--teacher MODEL`` (a detector or an ensemble fine-tuned on the same labels) the first
+round's pseudo-labels are MODEL's predictions instead of the first pass's.
 """
 
 from __future__ import annotations
@@ -74,7 +76,13 @@ from hf_landmark.initialisation import build_model, init_record, parse_init  # n
 from hf_landmark.preprocessing import to_pixel_values
 from hf_landmark.recipes import RECIPE_NAMES, describe_recipe, resolve_recipe
 from hf_landmark.refinement import refine_size_for
-from hf_landmark.self_training import SelfTrainingPlan, SelfTrainingPool, self_train, self_training_pool
+from hf_landmark.self_training import (
+    SelfTrainingPlan,
+    SelfTrainingPool,
+    check_teacher,
+    self_train,
+    self_training_pool,
+)
 from hf_landmark.shape import shape_prior
 from hf_landmark.stages import train_two_stages
 from hf_landmark.training.finetune_arguments import ARGUMENT_GROUPS, FinetuneArguments, make_parser  # noqa: F401
@@ -135,6 +143,9 @@ def finetune(args: FinetuneArguments) -> dict:
         precision_probe=probe,
         shape_check={"factor": args.shape_check, "tolerance_px": shape[1], "image_size": size},
     )
+    if args.teacher:
+        record["teacher"] = check_teacher(args.teacher, record)
+        logger.info("the first self-training round's pseudo-labels: %s's predictions", args.teacher)
     floor = compute_metrics(mean_shape_prediction(train, val), val, model.config)
     model_dir = os.path.join(args.output_dir, "model")
     start = time.perf_counter()
@@ -273,6 +284,7 @@ def self_training_plan(args: FinetuneArguments, data: FinetuneData, shape) -> Se
         seed=args.seed,
         pool_limit=args.self_train_pool,
         new_model=new_round_model,
+        teacher=args.teacher,
     )
 
 
