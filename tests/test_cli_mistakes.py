@@ -88,6 +88,10 @@ MISTAKES = [
     ("ensemble TMP/a TMP/b --dataset DATA --output TMP/e", ["TMP/b", "other labels than TMP/a"]),
     (FT + " --init scratch --ensemble 0", ["--ensemble", "between 1 (one detector) and 16", "got 0"]),
     (FT + " --init scratch --teacher ./nope", ["--teacher", "./nope", "not a detector folder"]),
+    (
+        "finetune --dataset DATA --output-dir TMP --num-labels 2 --init scratch --teacher TMP/a",
+        ["--teacher", "TMP/a", "inside --output-dir", "overwrites"],
+    ),
     (FT + " --init scratch --teacher MODEL --self-train 0", ["--teacher", "--self-train 0 runs no round"]),
     (FT + " --init scratch --preset tiny --resolution 32 --teacher MODEL", ["MODEL", "no hf_landmark_training.json"]),
     (FT + " --init scratch --preset tiny --resolution 32 --teacher TMP/b", ["--teacher", "TMP/b", "other labels"]),

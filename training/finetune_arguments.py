@@ -316,6 +316,13 @@ class FinetuneArguments:
         check("ensemble", lambda v: 1 <= v <= 16, "between 1 (one detector) and 16 members")
         if self.teacher is not None and not os.path.isfile(os.path.join(self.teacher, "config.json")):
             raise UserInputError(f"--teacher {self.teacher}: not a detector folder (no config.json)")
+        if self.teacher is not None and os.path.realpath(self.teacher).startswith(
+            os.path.join(os.path.realpath(self.output_dir), "")
+        ):
+            raise UserInputError(
+                f"--teacher {self.teacher}: inside --output-dir {self.output_dir}, which this run overwrites; "
+                "give the teacher's own folder another output"
+            )
 
     @property
     def resolved_recipe(self) -> Recipe:
