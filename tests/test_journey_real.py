@@ -71,6 +71,7 @@ def test_the_readme_block_is_the_journey_this_test_walks():
         "finetune",
         "calibrate",
         "predict",
+        "finetune",
     ]
     assert all(small in " ".join(readme_commands()) for small in SMALL)
 
@@ -104,7 +105,7 @@ class Journey:
                     word = real + word[len(name) :]
                     break
             else:
-                word = re.sub(r"^(ddpm|ft2?)(/|$)", lambda m, t=self.tmp: str(t / m.group(1)) + m.group(2), word)
+                word = re.sub(r"^(ddpm|ft[23]?)(/|$)", lambda m, t=self.tmp: str(t / m.group(1)) + m.group(2), word)
             args.append(word)
         return args + FAST.get(args[0], [])
 
@@ -334,4 +335,11 @@ def walk(tmp_path):
         for row in rows:
             expected = [[p["x"], p["y"]] for p in predicted[str(CHEST / "pngs" / (row["image_id"] + ".png"))]]
             assert np.abs(np.array(row["landmarks"]) - np.array(expected)).max() < 1e-4, kind
+    # One detector taught by the ensemble: its first round learns from the ensemble's pseudo-labels.
+    j.run(steps[12])
+    taught = json.loads((tmp_path / "ft3" / "training_summary.json").read_text())
+    assert taught["self_training"]["rounds"][0]["pseudo_labels_from"] == "teacher"
+    record = json.loads((tmp_path / "ft3" / "model" / "hf_landmark_training.json").read_text())
+    assert record["teacher"]["members"] == 3 - len(summary["left_out"])
+    assert record["labeled_image_ids"] == summary["labeled_image_ids"]
     print(f"the journey on {len(order) + 5} real chest radiographs took {time.time() - started:.0f} s")
