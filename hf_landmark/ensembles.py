@@ -34,18 +34,22 @@ def read_training_record(model_dir: str) -> dict:
         return json.load(fh)
 
 
+def differing_record_key(record: dict, other: dict, keys) -> str | None:
+    """The first of ``keys`` whose value differs between two training records, or None."""
+    return next((key for key in keys if record.get(key) != other.get(key)), None)
+
+
 def ensemble_record(records: list[dict], sources: list[str]) -> dict:
     """The ensemble's training record: the first member's (the labels, the data, the recipe
     they share), with ``seed`` the members' seeds and ``ensemble`` naming each member. Members
     fine-tuned on other labels or other data are a :class:`UserInputError`."""
     first = records[0]
     for record, source in zip(records[1:], sources[1:]):
-        for key in ("dataset", "labeled_image_ids"):
-            if record.get(key) != first.get(key):
-                raise UserInputError(
-                    f"{source}: fine-tuned on other {'labels' if key == 'labeled_image_ids' else 'data'} than "
-                    f"{sources[0]} ({key} differs); an ensemble's members share their labels"
-                )
+        if key := differing_record_key(record, first, ("dataset", "labeled_image_ids")):
+            raise UserInputError(
+                f"{source}: fine-tuned on other {'labels' if key == 'labeled_image_ids' else 'data'} than "
+                f"{sources[0]} ({key} differs); an ensemble's members share their labels"
+            )
     seeds = [r.get("seed") for r in records]
     members = [
         {

@@ -172,19 +172,15 @@ def check_teacher(teacher: str, record: dict) -> dict:
     teacher fine-tuned on other data, other labels or another validation split is a
     :class:`UserInputError`: its pseudo-labels would carry labels (or validation images) that
     this run's record does not name."""
-    from .ensembles import read_training_record
+    from .ensembles import differing_record_key, read_training_record
 
     theirs = read_training_record(teacher)
-    for key, what in (
-        ("dataset", "data"),
-        ("labeled_image_ids", "labels"),
-        ("validation_images", "validation images"),
-    ):
-        if theirs.get(key) != record.get(key):
-            raise UserInputError(
-                f"--teacher {teacher}: fine-tuned on other {what} ({key}: {theirs.get(key)} against this run's "
-                f"{record.get(key)}); a teacher shares the labels of the detector it teaches"
-            )
+    what = {"dataset": "data", "labeled_image_ids": "labels", "validation_images": "validation images"}
+    if key := differing_record_key(theirs, record, what):
+        raise UserInputError(
+            f"--teacher {teacher}: fine-tuned on other {what[key]} ({key}: {theirs.get(key)} against this run's "
+            f"{record.get(key)}); a teacher shares the labels of the detector it teaches"
+        )
     return {
         "path": os.path.abspath(teacher),
         "seed": theirs.get("seed"),
