@@ -381,8 +381,8 @@ def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_mor
         args(1, recipe="paper").refine_prior == args(10, recipe="paper").refine_prior == 0.0
         and args(1, refine_prior=3).refine_prior == 3
     )
-    # Landmark offsets shrunk by 10 validation images' worth from 5 labels up (measured there), none below or in the paper's recipe.
-    assert [args(n).offset_correction for n in (1, 4, 5, 10)] == [0.0, 0.0, 10.0, 10.0]
+    # Landmark offsets shrunk by 10 validation images' worth at every label count, none in the paper's recipe.
+    assert [args(n).offset_correction for n in (1, 4, 5, 10)] == [10.0, 10.0, 10.0, 10.0]
     assert args(10, recipe="paper").offset_correction == 0.0 and args(1, offset_correction=4).offset_correction == 4
     # Self-training rounds: two below 5 labels, one from 5 up, none in the paper's recipe; a flag wins.
     assert [args(n).self_train for n in (1, 4, 5, 10)] == [2, 2, 1, 1]
