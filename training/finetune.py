@@ -410,6 +410,7 @@ def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_c
         "learning_rate": args.learning_rate,
         "ema_decay": args.ema_decay,
         "augment": ",".join(f"{v:g}" for v in args.augmentation),
+        "offset_correction": args.offset_correction,
         "init": init_record(args.model_spec()),
     }
 
