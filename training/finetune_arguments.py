@@ -255,7 +255,7 @@ class FinetuneArguments:
         metadata={
             "help": "a detector or ensemble fine-tuned on the same labels of this dataset (e.g. OUT/model of finetune "
             "--ensemble 3): the first self-training round's pseudo-labels are its predictions, the later rounds' this "
-            "run's best model's (at 1 label on ISBI, an ensemble of three as teacher gave each detector 4-5 %% lower error)",
+            "run's best model's (at 1 label on ISBI, an ensemble of three as teacher gave each detector 1-5 %% lower error)",
         },
     )
 
