@@ -34,6 +34,11 @@ def read_training_record(model_dir: str) -> dict:
         return json.load(fh)
 
 
+#: The training-record keys detectors must share to join one ensemble or teach one another, and
+#: what each names in an error.
+SHARED_RECORD_KEYS = {"dataset": "data", "labeled_image_ids": "labels", "validation_images": "validation images"}
+
+
 def differing_record_key(record: dict, other: dict, keys) -> str | None:
     """The first of ``keys`` whose value differs between two training records, or None."""
     return next((key for key in keys if record.get(key) != other.get(key)), None)
@@ -42,13 +47,16 @@ def differing_record_key(record: dict, other: dict, keys) -> str | None:
 def ensemble_record(records: list[dict], sources: list[str]) -> dict:
     """The ensemble's training record: the first member's (the labels, the data, the recipe
     they share), with ``seed`` the members' seeds and ``ensemble`` naming each member. Members
-    fine-tuned on other labels or other data are a :class:`UserInputError`."""
+    fine-tuned on other labels, other data or another validation split
+    (:data:`SHARED_RECORD_KEYS`) are a :class:`UserInputError`: the ensemble is calibrated on
+    one validation split, which must be the one every member was selected on."""
     first = records[0]
     for record, source in zip(records[1:], sources[1:]):
-        if key := differing_record_key(record, first, ("dataset", "labeled_image_ids")):
+        if key := differing_record_key(record, first, SHARED_RECORD_KEYS):
             raise UserInputError(
-                f"{source}: fine-tuned on other {'labels' if key == 'labeled_image_ids' else 'data'} than "
-                f"{sources[0]} ({key} differs); an ensemble's members share their labels"
+                f"{source}: fine-tuned on other {SHARED_RECORD_KEYS[key]} than {sources[0]} "
+                f"({key}: {record.get(key)} against {first.get(key)}); an ensemble's members share their labels "
+                "and their validation images"
             )
     seeds = [r.get("seed") for r in records]
     members = [

@@ -172,13 +172,12 @@ def check_teacher(teacher: str, record: dict) -> dict:
     teacher fine-tuned on other data, other labels or another validation split is a
     :class:`UserInputError`: its pseudo-labels would carry labels (or validation images) that
     this run's record does not name."""
-    from .ensembles import differing_record_key, read_training_record
+    from .ensembles import SHARED_RECORD_KEYS, differing_record_key, read_training_record
 
     theirs = read_training_record(teacher)
-    what = {"dataset": "data", "labeled_image_ids": "labels", "validation_images": "validation images"}
-    if key := differing_record_key(theirs, record, what):
+    if key := differing_record_key(theirs, record, SHARED_RECORD_KEYS):
         raise UserInputError(
-            f"--teacher {teacher}: fine-tuned on other {what[key]} ({key}: {theirs.get(key)} against this run's "
+            f"--teacher {teacher}: fine-tuned on other {SHARED_RECORD_KEYS[key]} ({key}: {theirs.get(key)} against this run's "
             f"{record.get(key)}); a teacher shares the labels of the detector it teaches"
         )
     return {

@@ -16,12 +16,13 @@ def places(synth_prepared, tmp_path_factory):
     LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(
         tmp / "model"
     )
-    for name, labels in (("a", ["001", "002"]), ("b", ["001", "003"])):  # fine-tuned on other labels
+    # b: fine-tuned on other labels than a; c: on a's labels, selected on another validation split
+    for name, labels, val in (("a", ["001", "002"], 20), ("b", ["001", "003"], 20), ("c", ["001", "002"], 5)):
         LandmarkDetector(LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)).save_pretrained(
             tmp / name
         )
         (tmp / name / "hf_landmark_training.json").write_text(
-            json.dumps({"dataset": "ceph", "labeled_image_ids": labels, "seed": 0})
+            json.dumps({"dataset": "ceph", "labeled_image_ids": labels, "validation_images": val, "seed": 0})
         )
     Image.new("L", (20, 20)).save(tmp / "x.png")
     (tmp / "metrics.json").write_text("{not json")
@@ -86,6 +87,10 @@ MISTAKES = [
     ("ensemble ./nope MODEL --dataset DATA --output TMP/e", ["--model", "./nope", "no such model folder"]),
     ("ensemble MODEL TMP/a --dataset DATA --output TMP/e", ["MODEL", "no hf_landmark_training.json"]),
     ("ensemble TMP/a TMP/b --dataset DATA --output TMP/e", ["TMP/b", "other labels than TMP/a"]),
+    (
+        "ensemble TMP/a TMP/c --dataset DATA --output TMP/e",
+        ["TMP/c", "other validation images than TMP/a", "validation_images: 5 against 20"],
+    ),
     (FT + " --init scratch --ensemble 0", ["--ensemble", "between 1 (one detector) and 16", "got 0"]),
     (FT + " --init scratch --teacher ./nope", ["--teacher", "./nope", "not a detector folder"]),
     (
