@@ -4,6 +4,7 @@ paper-compatible), the mean-shape floor, tables, overlays and cumulative-error p
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -167,25 +168,41 @@ def _calibrate_offsets(model, processor, calibration, cal: dict, offset_images: 
 
 
 def _calibrate_flag(model, processor, held_out, reference, pool: list, decoder: str | None) -> None:
-    """The low-confidence flag, on the first stage only (embeddings and first-stage spreads):
-    ``held_out`` ``(calibration images, their predictions)`` and every other ``pool`` image set
-    the thresholds; ``reference`` and the pool's other images define "like the training data"."""
+    """The low-confidence flag, on the first stage only (embeddings, first-stage spreads and
+    landmarks): ``held_out`` ``(calibration images, their predictions)`` and every other ``pool``
+    image set the thresholds; ``reference`` and the pool's other images define "like the
+    training data" (the shape test's reference shape is ``reference``'s mean landmarks)."""
     calibration, cal = held_out
-    # The flag reads the first stage only: embeddings and first-stage spreads.
-    ref_parts = [predict_split(model, processor, reference, decoder, refine=False)["embeddings"]]
-    flag_emb, flag_spread = (
-        [cal["embeddings"]],
-        [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())],
-    )
+
+    def model_px(coords, part):  # first-stage landmarks, original -> model pixels
+        return original_to_model(coords, part.original_sizes.double().numpy()[:, None, :], processor.size)
+
+    ref = predict_split(model, processor, reference, decoder, refine=False)
+    ref_emb, ref_shapes = [ref["embeddings"]], [model_px(ref["first_stage_coords"], reference)]
+    flag_emb, flag_shapes = [cal["embeddings"]], [model_px(cal["first_stage_coords"], calibration)]
+    flag_spread = [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())]
     for part in pool:
         if not len(part):
             continue
         out = predict_split(model, processor, part, decoder, refine=False)
         rel = processor.relative_spread(out["first_stage_spread"], part.original_sizes.numpy())
-        ref_parts.append(out["embeddings"][0::2])
+        shapes = model_px(out["first_stage_coords"], part)
+        ref_emb.append(out["embeddings"][0::2])
+        ref_shapes.append(shapes[0::2])
         flag_emb.append(out["embeddings"][1::2])
+        flag_shapes.append(shapes[1::2])
         flag_spread.append(rel[1::2])
-    processor.calibrate_flag(np.concatenate(ref_parts), np.concatenate(flag_emb), np.concatenate(flag_spread))
+    mean_shape = None
+    if len(reference):
+        with warnings.catch_warnings():  # a landmark no labeled image has stays NaN: the test leaves it out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean_shape = np.nanmean(reference.landmarks.double().numpy(), axis=0)
+    processor.calibrate_flag(
+        np.concatenate(ref_emb),
+        np.concatenate(flag_emb),
+        np.concatenate(flag_spread),
+        None if mean_shape is None else (mean_shape, np.concatenate(ref_shapes), np.concatenate(flag_shapes)),
+    )
 
 
 def mean_offsets(errors, pseudo_images: float) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from .preprocessing import (
     spacing_pair,
     to_pixel_values,
 )
+from .shape import MIN_LANDMARKS, shape_distance, similarity_scale
 from .uncertainty import CALIBRATION_KEYS, Calibrated, conformal_quantile  # noqa: F401 (conformal_quantile: its home before)
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -123,6 +124,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
     spread_threshold = Calibrated()
     flag_calibration_images = Calibrated()
     flag_false_alarm_rate = Calibrated()
+    shape_reference = Calibrated()
+    shape_scale = Calibrated()
+    shape_threshold = Calibrated()
     landmark_offsets = Calibrated()
     landmark_offsets_stage = Calibrated()
 
@@ -322,10 +326,20 @@ class LandmarkImageProcessor(BaseImageProcessor):
         sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
         return np.asarray(spread).mean(axis=1) / np.sqrt((sizes**2).sum(axis=1))
 
+    def shape_distances(self, coords) -> np.ndarray | None:
+        """``[B]``: how far the first stage's landmarks ``coords`` ``[B, N, 2]`` (model pixels)
+        lie from the calibrated reference shape at its typical scale
+        (:func:`hf_landmark.shape.shape_distance`); ``None`` before :meth:`calibrate_flag` set one."""
+        if self.shape_reference is None or self.shape_scale is None:
+            return None
+        points = coords.detach().double().cpu().numpy() if torch.is_tensor(coords) else np.asarray(coords)
+        return shape_distance(np.asarray(self.shape_reference, dtype=np.float64), points, self.shape_scale)
+
     def flags(self, outputs, target_sizes, spread: np.ndarray | None = None, spread_check: bool = True) -> list[str]:
         """Per image ``"low_confidence"`` or ``"ok"``. Low confidence: smaller than
         ``min_image_side``, or (once calibrated, :meth:`calibrate_flag`) an embedding farther
-        from the training images' or heatmaps more spread out than the thresholds, which let
+        from the training images', heatmaps more spread out, or first-stage landmarks farther
+        from the labeled images' shape (:meth:`shape_distances`) than the thresholds, which let
         through all but ``flag_false_alarm_rate`` of images like the calibration ones. ``spread``: the
         :meth:`spread` of ``outputs`` (the first stage's: how sure the model is of where
         to look), when already computed. ``spread_check=False``: the embedding test alone (how
@@ -338,6 +352,8 @@ class LandmarkImageProcessor(BaseImageProcessor):
         if spread_check and self.spread_threshold is not None:
             spread = self.spread(outputs, sizes, stage="first") if spread is None else spread
             odd |= self.relative_spread(spread, sizes) > self.spread_threshold
+        if spread_check and self.shape_threshold is not None:
+            odd |= self.shape_distances(self.decode(outputs, stage="first")[0]) > self.shape_threshold
         return ["low_confidence" if o else "ok" for o in odd]
 
     def calibrate(
@@ -372,24 +388,37 @@ class LandmarkImageProcessor(BaseImageProcessor):
                 reference_embeddings, calibration_embeddings, self.relative_spread(first, target_sizes)
             )
 
-    def calibrate_flag(self, reference_embeddings, embeddings, relative_spread) -> None:
+    def calibrate_flag(self, reference_embeddings, embeddings, relative_spread, shapes=None) -> None:
         """Calibrate the low-confidence flag: ``reference_embeddings`` ``[K, C]`` (training
         images) set what "like the training data" means; ``embeddings`` ``[M, C]`` and their
         first-stage ``relative_spread`` ``[M]`` (:meth:`relative_spread`), of other images like
         those the model will see (validation and unlabeled pool images, never test), set each
-        test's threshold at its conformal quantile at level ``false_alarm_rate / 2`` (or
-        ``1 / (M + 1)``, the largest, when M is too small), so that the two tests together flag
+        test's threshold at its conformal quantile at level ``false_alarm_rate / T`` for T tests
+        (or ``1 / (M + 1)``, the largest, when M is too small), so that the tests together flag
         at most ``false_alarm_rate`` of such images (``flag_false_alarm_rate`` records the bound
-        reached)."""
+        reached). ``shapes``: ``(reference [N, 2], reference points [K', N, 2], points [M, N, 2])``
+        in model pixels, for the third test: the labeled images' mean landmarks, the first
+        stage's landmarks on the reference images (their median similarity scale is the typical
+        one) and on the M images (their :meth:`shape_distances` set its threshold); ``None`` (or
+        fewer than 3 landmarks) leaves the shape test off."""
         ref = np.asarray(reference_embeddings, dtype=np.float64)
         self.embedding_mean = ref.mean(axis=0).tolist()
         self.embedding_scale = np.maximum(ref.std(axis=0), 1e-6).tolist()
+        self.shape_reference = self.shape_scale = self.shape_threshold = None
+        if shapes is not None:
+            reference = np.asarray(shapes[0], dtype=np.float64)
+            if np.isfinite(reference).all(-1).sum() >= MIN_LANDMARKS:
+                self.shape_reference = reference.tolist()  # NaN (saved as null): no labeled image had it
+                self.shape_scale = float(np.median(similarity_scale(reference, np.asarray(shapes[1]))))
         n = len(relative_spread)
-        level = max(self.false_alarm_rate / 2.0, 1.0 / (n + 1))
+        tests = 2 if self.shape_reference is None else 3
+        level = max(self.false_alarm_rate / tests, 1.0 / (n + 1))
         self.ood_threshold = conformal_quantile(self._embedding_distance(embeddings), level)
         self.spread_threshold = conformal_quantile(np.asarray(relative_spread, dtype=np.float64), level)
+        if self.shape_reference is not None:
+            self.shape_threshold = conformal_quantile(self.shape_distances(np.asarray(shapes[2])), level)
         self.flag_calibration_images = int(n)
-        self.flag_false_alarm_rate = float(min(1.0, 2.0 * level))
+        self.flag_false_alarm_rate = float(min(1.0, tests * level))
 
     def _log_probabilities(self, outputs) -> torch.Tensor:
         log_p = _get(outputs, "log_probabilities")

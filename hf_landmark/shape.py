@@ -33,6 +33,17 @@ def _complex(points: np.ndarray) -> np.ndarray:
     return points[..., 0] + 1j * points[..., 1]
 
 
+def _similarity(w: np.ndarray, z: np.ndarray, wt: np.ndarray):
+    """The least-squares similarity ``z ≈ a (w - wm) + zm`` (complex landmarks ``w`` ``[N]``
+    onto each row of ``z`` ``[B, N]``, weights ``wt`` ``[B, N]``): ``(a, wm, zm)``, each ``[B, 1]``."""
+    total = wt.sum(-1, keepdims=True).clip(min=1e-12)
+    wm, zm = (wt * w).sum(-1, keepdims=True) / total, (wt * z).sum(-1, keepdims=True) / total
+    a = (wt * np.conj(w - wm) * (z - zm)).sum(-1, keepdims=True) / (wt * np.abs(w - wm) ** 2).sum(
+        -1, keepdims=True
+    ).clip(min=1e-12)
+    return a, wm, zm
+
+
 def fit_similarity(reference: np.ndarray, points: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Least-squares similarity from ``reference`` ``[N, 2]`` onto each of ``points``
     ``[B, N, 2]`` (``weights`` ``[B, N]``, default 1); returns the mapped reference
@@ -40,13 +51,41 @@ def fit_similarity(reference: np.ndarray, points: np.ndarray, weights: np.ndarra
     w = _complex(np.asarray(reference, np.float64))
     z = _complex(np.asarray(points, np.float64))
     wt = np.ones(z.shape) if weights is None else np.asarray(weights, np.float64)
-    total = wt.sum(-1, keepdims=True).clip(min=1e-12)
-    wm, zm = (wt * w).sum(-1, keepdims=True) / total, (wt * z).sum(-1, keepdims=True) / total
-    a = (wt * np.conj(w - wm) * (z - zm)).sum(-1, keepdims=True) / (wt * np.abs(w - wm) ** 2).sum(
-        -1, keepdims=True
-    ).clip(min=1e-12)
+    a, wm, zm = _similarity(w, z, wt)
     mapped = a * (w - wm) + zm
     return np.stack([mapped.real, mapped.imag], -1)
+
+
+def _known(reference: np.ndarray, points: np.ndarray):
+    """Complex reference and points, and weights ``[B, N]`` that leave out the landmarks the
+    reference lacks (NaN: no labeled image had them)."""
+    known = np.isfinite(reference).all(-1)
+    w = _complex(np.where(known[:, None], reference, 0.0))
+    z = _complex(np.asarray(points, np.float64))
+    return w, z, np.broadcast_to(known.astype(np.float64), z.shape)
+
+
+def similarity_scale(reference, points) -> np.ndarray:
+    """``[B]``: the scale of the least-squares similarity from ``reference`` ``[N, 2]`` onto each
+    of ``points`` ``[B, N, 2]`` (how large each predicted shape is against the reference)."""
+    w, z, wt = _known(np.asarray(reference, np.float64), points)
+    return np.abs(_similarity(w, z, wt)[0][:, 0])
+
+
+def shape_distance(reference, points, scale: float) -> np.ndarray:
+    """``[B]``: how far each of ``points`` ``[B, N, 2]`` is from the ``reference`` shape
+    ``[N, 2]`` at the typical ``scale``: the root-mean-square distance between the points and
+    the reference scaled by ``scale``, then rotated and shifted onto them by least squares, over
+    the scaled reference's root-mean-square radius. A shape that is distorted, or drawn larger or
+    smaller than images like it, scores high (one scaled by s: about |s / scale − 1|)."""
+    w, z, wt = _known(np.asarray(reference, np.float64), points)
+    a, wm, zm = _similarity(w, z, wt)
+    rotation = a / np.abs(a).clip(min=1e-12)
+    mapped = scale * rotation * (w - wm) + zm
+    total = wt.sum(-1).clip(min=1e-12)
+    rms = np.sqrt((wt * np.abs(z - mapped) ** 2).sum(-1) / total)
+    radius = np.sqrt((wt * np.abs(w - wm) ** 2).sum(-1) / total)
+    return rms / (scale * radius).clip(min=1e-12)
 
 
 def robust_similarity(reference: np.ndarray, points: np.ndarray, tolerance: float) -> np.ndarray | None:

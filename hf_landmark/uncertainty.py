@@ -26,7 +26,11 @@ def conformal_quantile(scores, alpha: float) -> float:
 #:   ``low_confidence``; ``spread_threshold``: the mean relative heatmap spread (spread
 #:   over the image diagonal) beyond which it is; ``flag_calibration_images`` and
 #:   ``flag_false_alarm_rate``: how many images calibrated the flag and the bound reached
-#:   (``LandmarkImageProcessor.calibrate_flag``).
+#:   (``LandmarkImageProcessor.calibrate_flag``); ``shape_reference`` (``[N, 2]`` model pixels,
+#:   the labeled images' mean landmarks), ``shape_scale`` (the typical scale of the first
+#:   stage's shapes against it) and ``shape_threshold``: the shape distance
+#:   (:func:`hf_landmark.shape.shape_distance`) beyond which an image is flagged, its landmarks
+#:   drawn distorted, or larger or smaller than images like it.
 #: - ``landmark_offsets``: ``[N, 2]`` model pixels subtracted from the decoded landmarks
 #:   of the stage they were measured on, ``landmark_offsets_stage`` (``"refined"``: a
 #:   two-stage model's refined landmarks; ``"first"``: a one-stage model's, or a
@@ -45,6 +49,9 @@ CALIBRATION_KEYS = (
     "spread_threshold",
     "flag_calibration_images",
     "flag_false_alarm_rate",
+    "shape_reference",
+    "shape_scale",
+    "shape_threshold",
     "landmark_offsets",
     "landmark_offsets_stage",
 )

@@ -191,6 +191,49 @@ def test_the_flag_is_calibrated_at_the_false_alarm_rate_on_many_images():
     ) and processor.flag_false_alarm_rate == pytest.approx(0.2)
 
 
+def test_the_flag_catches_a_whole_shape_drawn_small_that_the_other_tests_let_through(tmp_path):
+    """The shape test: a square of 4 landmarks, side 10 model px; the reference images' shapes
+    at scales 0.9, 1.0, 1.0, 1.1 (typical scale: their median, 1.0); 99 calibration images at
+    scales 0.90-1.10, so with 3 tests at delta = 5 % the threshold is their largest distance,
+    |1.1 / 1.0 - 1| = 0.1 (the ceil(100 x (1 - 0.05 / 3)) = 99th of 99), a bound of 5 %. A shape
+    drawn at 0.7 of the size (distance 0.3) is flagged; one at 1.05, rotated and moved, is not;
+    an image with the same embedding and spreads as the calibration ones is only flagged by its shape."""
+    square = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]])
+
+    def drawn(scale, angle=0.0, at=(16.0, 16.0)):
+        c, s = np.cos(angle), np.sin(angle)
+        return (square - 5.0) @ np.array([[c, s], [-s, c]]) * scale + np.array(at)
+
+    rng = np.random.default_rng(0)
+    ref_emb, emb = rng.normal(size=(50, 4)), rng.normal(size=(99, 4))
+    spreads = rng.uniform(0.01, 0.02, 99)
+    calibration_shapes = np.stack([drawn(s) for s in np.linspace(0.9, 1.1, 99)])
+    reference_shapes = np.stack([drawn(s) for s in (0.9, 1.0, 1.0, 1.1)])
+    processor = LandmarkImageProcessor(size=32)
+    processor.calibrate_flag(ref_emb, emb, spreads, (square, reference_shapes, calibration_shapes))
+    assert processor.shape_scale == pytest.approx(1.0)
+    assert processor.shape_threshold == pytest.approx(0.1)
+    assert processor.flag_false_alarm_rate == pytest.approx(0.05)
+    assert processor.spread_threshold == pytest.approx(spreads.max())  # 3 tests: each at its largest value
+    odd = np.stack([drawn(0.7, at=(8.0, 24.0)), drawn(1.05, angle=0.4, at=(12.0, 18.0))])
+    assert processor.shape_distances(odd) == pytest.approx([0.3, 0.05])
+    # The two images: an ordinary embedding and spread each; only the first shape is implausible.
+    log_p = torch.full((2, 4, 32, 32), -np.log(32.0 * 32.0))
+    outputs = {"embeddings": torch.from_numpy(emb[:2]), "log_probabilities": log_p}
+    outputs["coarse_coordinates"] = torch.from_numpy(odd).float()
+    sizes = np.full((2, 2), 320.0)
+    assert processor.flags(outputs, sizes, spread=np.full((2, 4), 0.015 * np.sqrt(2) * 320)) == [
+        "low_confidence",
+        "ok",
+    ]
+    # Saved and loaded, the test travels; calibrated without shapes (the 0.4 API), it is off.
+    processor.save_pretrained(tmp_path)
+    loaded = LandmarkImageProcessor.from_pretrained(tmp_path)
+    assert loaded.shape_threshold == pytest.approx(0.1) and loaded.shape_distances(odd) == pytest.approx([0.3, 0.05])
+    loaded.calibrate_flag(ref_emb, emb, spreads)
+    assert loaded.shape_threshold is None and loaded.flag_false_alarm_rate == pytest.approx(0.05)
+
+
 def test_mean_offsets_shrink_toward_none_and_leave_each_image_out():
     from hf_landmark.evaluation import mean_offsets
 
