@@ -179,7 +179,7 @@ def print_evaluation(metrics: dict, uncertainty: dict, config, shape: tuple[int,
         )
     elif uncertainty["flagged_images"]:
         print(
-            f"{uncertainty['flagged_images']} of {num_images} images flagged low_confidence (unlike the training images)"
+            f"{uncertainty['flagged_images']} of {num_images} images flagged low_confidence (unlike the training images, or an unlikely shape)"
         )
 
 
@@ -281,7 +281,7 @@ def cmd_predict(args) -> int:
     low = sorted(image for image, flag in flags.items() if flag != "ok")
     if low:
         print(
-            f"{len(low)} image(s) flagged low_confidence (unlike the training images; check them by hand): "
+            f"{len(low)} image(s) flagged low_confidence (unlike the training images, or an unlikely shape; check them by hand): "
             + ", ".join(low[:10])
         )
     print(f"{len(results)} images predicted, {len(errors)} failed; wrote {args.output}")

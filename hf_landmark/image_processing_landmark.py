@@ -443,8 +443,8 @@ class LandmarkImageProcessor(BaseImageProcessor):
         """Per image a dict of tensors in its original frame:
 
         - ``landmarks`` ``[N, 2]`` float64 (x, y) original pixels and ``scores`` ``[N]`` in [0, 1];
-        - ``low_confidence``: a bool scalar, True when the image is unlike the training images
-          (or too small);
+        - ``low_confidence``: a bool scalar, True when the image is unlike the training images,
+          its landmarks draw an unlikely shape, or it is too small (:meth:`flags`);
         - ``shape_moved`` ``[N]`` bool, from a model with a shape check: True where the first
           stage's landmark was read again near where the other landmarks put it;
         - once calibrated, ``radii`` ``[N]`` (original pixels; NaN where too few calibration
