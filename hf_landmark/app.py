@@ -81,7 +81,8 @@ def predict(image_path: str | None, model: str, decoder: str = "centroid", radii
     if preds and preds[0].get("flag") == "low_confidence":
         notes.append(
             "**Low confidence: this image is unlike the model's training images** (another anatomy, a blank or a "
-            "tiny image?). Do not use these coordinates without checking every one."
+            "tiny image?), **or its landmarks draw a shape unlike theirs** (too small, too large, distorted). "
+            "Do not use these coordinates without checking every one."
         )
     moved = [str(i + 1) for i, p in enumerate(preds) if p.get("shape_moved")]
     if moved:
