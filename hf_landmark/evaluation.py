@@ -76,7 +76,7 @@ def predict_split(
         parts["embeddings"].append(out.embeddings.double().cpu().numpy())
         moved = out.get("shape_moved")
         parts["shape_moved"].append(np.zeros(c.shape[:2], bool) if moved is None else moved.cpu().numpy())
-        parts["flags"] += processor.flags(out, sizes, first_spread, spread_check=spread_check)
+        parts["flags"] += processor.flags(out, sizes, first_spread, spread_check=spread_check, decoder=decoder)
         losses.append(out.loss.item() * x.shape[0] if labeled else float("nan"))
     model.train(was_training)
     result = {k: (v if k == "flags" else np.concatenate(v)) for k, v in parts.items()}

@@ -335,7 +335,14 @@ class LandmarkImageProcessor(BaseImageProcessor):
         points = coords.detach().double().cpu().numpy() if torch.is_tensor(coords) else np.asarray(coords)
         return shape_distance(np.asarray(self.shape_reference, dtype=np.float64), points, self.shape_scale)
 
-    def flags(self, outputs, target_sizes, spread: np.ndarray | None = None, spread_check: bool = True) -> list[str]:
+    def flags(
+        self,
+        outputs,
+        target_sizes,
+        spread: np.ndarray | None = None,
+        spread_check: bool = True,
+        decoder: str | None = None,
+    ) -> list[str]:
         """Per image ``"low_confidence"`` or ``"ok"``. Low confidence: smaller than
         ``min_image_side``, or (once calibrated, :meth:`calibrate_flag`) an embedding farther
         from the training images', heatmaps more spread out, or first-stage landmarks farther
@@ -343,7 +350,9 @@ class LandmarkImageProcessor(BaseImageProcessor):
         through all but ``flag_false_alarm_rate`` of images like the calibration ones. ``spread``: the
         :meth:`spread` of ``outputs`` (the first stage's: how sure the model is of where
         to look), when already computed. ``spread_check=False``: the embedding test alone (how
-        sure the model is of each landmark is judged elsewhere, e.g. by self-training's choice)."""
+        sure the model is of each landmark is judged elsewhere, e.g. by self-training's choice).
+        ``decoder``: how the first stage's maps are read where the output has no landmarks of its
+        own (as :meth:`decode`)."""
         sizes = np.asarray(target_sizes, dtype=np.float64).reshape(-1, 2)
         odd = sizes.min(axis=1) < self.min_image_side
         far = self.ood_distances(outputs)
@@ -353,7 +362,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
             spread = self.spread(outputs, sizes, stage="first") if spread is None else spread
             odd |= self.relative_spread(spread, sizes) > self.spread_threshold
         if spread_check and self.shape_threshold is not None:
-            odd |= self.shape_distances(self.decode(outputs, stage="first")[0]) > self.shape_threshold
+            odd |= self.shape_distances(self.decode(outputs, decoder, stage="first")[0]) > self.shape_threshold
         return ["low_confidence" if o else "ok" for o in odd]
 
     def calibrate(
@@ -468,7 +477,7 @@ class LandmarkImageProcessor(BaseImageProcessor):
         """
         xy, scores = self.post_process_coordinates(outputs, target_sizes, decoder)
         radii = self.radii(self.spread(outputs, target_sizes))
-        flags = self.flags(outputs, target_sizes)
+        flags = self.flags(outputs, target_sizes, decoder=decoder)
         moved = _get(outputs, "shape_moved")
         results = []
         for i in range(xy.shape[0]):
