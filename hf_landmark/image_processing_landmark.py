@@ -333,7 +333,13 @@ class LandmarkImageProcessor(BaseImageProcessor):
         if self.shape_reference is None or self.shape_scale is None:
             return None
         points = coords.detach().double().cpu().numpy() if torch.is_tensor(coords) else np.asarray(coords)
-        return shape_distance(np.asarray(self.shape_reference, dtype=np.float64), points, self.shape_scale)
+        reference = np.asarray(self.shape_reference, dtype=np.float64)
+        if points.shape[-2:] != reference.shape:
+            raise ValueError(
+                f"calibration.shape_reference holds {len(reference)} landmarks, the model predicted "
+                f"{points.shape[-2]}: the processor was calibrated for another model"
+            )
+        return shape_distance(reference, points, self.shape_scale)
 
     def flags(
         self,

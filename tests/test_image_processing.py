@@ -230,6 +230,8 @@ def test_the_flag_catches_a_whole_shape_drawn_small_that_the_other_tests_let_thr
     processor.save_pretrained(tmp_path)
     loaded = LandmarkImageProcessor.from_pretrained(tmp_path)
     assert loaded.shape_threshold == pytest.approx(0.1) and loaded.shape_distances(odd) == pytest.approx([0.3, 0.05])
+    with pytest.raises(ValueError, match="shape_reference holds 4 landmarks, the model predicted 3"):
+        loaded.shape_distances(odd[:, :3])
     loaded.calibrate_flag(ref_emb, emb, spreads)
     assert loaded.shape_threshold is None and loaded.flag_false_alarm_rate == pytest.approx(0.05)
 
