@@ -4,11 +4,16 @@ its low-confidence flag, written into its image processor config in place."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
 
+from .data.tensors import LandmarkTensors
+from .evaluation import compute_metrics, predict_split
+from .metrics import radial_errors
 from .modeling_landmark import LandmarkDetector
+from .preprocessing import original_to_model
 
 #: At most this many pool images calibrate the flag (a forward pass each, at the end of fine-tuning).
 FLAG_POOL_LIMIT = 2000
@@ -23,7 +28,6 @@ def calibrate_saved_model(
     (``reference``: the labeled training images; ``pool``: images it never trained on, the
     unlabeled rest of the training split and the unlabeled split, at most
     :data:`FLAG_POOL_LIMIT`, evenly spaced); rewrite its processor config in place."""
-    from .evaluation import calibrate_processor
     from .fileio import atomic_file
     from .image_processing_landmark import PROCESSOR_FILE, processor_for_model
 
@@ -73,7 +77,6 @@ def calibrate_on_dataset(model_dir: str, dataset: str, labeled_ids, decoder: str
     """Calibrate the detector saved at ``model_dir`` on ``dataset`` as fine-tuning does
     (:func:`calibration_sets`, :func:`calibrate_saved_model`). Returns ``(what was measured,
     the validation metrics of its landmarks before the offsets)``."""
-    from .evaluation import compute_metrics, predict_split
     from .image_processing_landmark import processor_for_model
 
     model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -84,3 +87,134 @@ def calibrate_on_dataset(model_dir: str, dataset: str, labeled_ids, decoder: str
     processor.set_landmark_offsets(None)
     metrics = compute_metrics(predict_split(model, processor, val, decoder)["coords"], val, model.config)
     return calibrate_saved_model(model_dir, val, labeled, decoder, pool, offset_images), metrics
+
+
+def calibrate_processor(
+    model,
+    processor,
+    calibration: LandmarkTensors,
+    reference: LandmarkTensors,
+    decoder: str | None = None,
+    pool: list[LandmarkTensors] | None = None,
+    offset_images: float = 0.0,
+) -> dict:
+    """Calibrate ``processor``: with ``offset_images`` > 0 first its landmark offsets (each
+    landmark's mean error on ``calibration``, shrunk toward none by that many images' worth:
+    :func:`mean_offsets`; 0 removes them); then the radii by split conformal prediction on
+    held-out labeled images (``calibration``, the validation split), on each image's errors
+    under the offsets measured without it; the low-confidence flag on those and on
+    ``pool`` (images the model never trained on, labeled or not: the unlabeled split, the
+    unlabeled rest of the training split; never test), whose every other image joins
+    ``reference`` (the training images) in defining "like the training data" and the rest
+    set the thresholds, so that no image does both. Returns what was measured."""
+    stage = (
+        "refined" if getattr(model, "has_refinement_stage", False) and calibration.fine_images is not None else "first"
+    )
+    processor.set_landmark_offsets(None, stage)
+    cal = predict_split(model, processor, calibration, decoder)
+    truth = calibration.original_landmarks.double().numpy()
+    offsets_report = None
+    if offset_images > 0:
+        offsets_report, cal["coords"] = _calibrate_offsets(model, processor, calibration, cal, offset_images, stage)
+    errors = radial_errors(cal["coords"], truth)
+    processor.calibrate(cal["spread"], errors)
+    _calibrate_flag(model, processor, (calibration, cal), reference, pool or [], decoder)
+    radii = processor.radii(cal["spread"])
+    return {
+        "calibration_images": len(calibration),
+        "offsets": offsets_report,
+        "alpha": processor.alpha,
+        "ood_threshold": processor.ood_threshold,
+        "spread_threshold": processor.spread_threshold,
+        "finite_radii": bool(np.isfinite(radii).all()),
+        "radius_coverage": 1.0 - processor.radius_alpha,
+        "flag_calibration_images": processor.flag_calibration_images,
+        "flag_false_alarm_rate": processor.flag_false_alarm_rate,
+    }
+
+
+def _calibrate_offsets(model, processor, calibration, cal: dict, offset_images: float, stage: str):
+    """Set ``processor``'s landmark offsets from ``calibration``'s errors (``cal``: its
+    predictions without them), shrunk by ``offset_images``; returns ``(report, each image's
+    coordinates corrected by the offsets of the others)``."""
+    truth = calibration.original_landmarks.double().numpy()
+    scale = calibration.original_sizes.double().numpy()[:, None, :] / processor.size  # original px per model px
+    offsets, held_out = mean_offsets((cal["coords"] - truth) / scale, offset_images)
+    processor.set_landmark_offsets(offsets, stage)
+    # As the processor applies them: clamped to the centres of the model's edge pixels.
+    low, high = 0.5 * scale - 0.5, (processor.size - 0.5) * scale - 0.5
+    shifted = cal["coords"] - held_out * scale
+    corrected = np.clip(shifted, low, high)
+    clamped = int(np.sum(np.any((shifted < low) | (shifted > high), axis=-1)))
+    before, after = (
+        compute_metrics(cal["coords"], calibration, model.config),
+        compute_metrics(corrected, calibration, model.config),
+    )
+    offsets_report = {
+        "images": offset_images,
+        "stage": stage,
+        "model_px": offsets.tolist(),
+        "clamped_landmarks": clamped,
+        "leave_one_out": {
+            "unit": after["unit"],
+            "mre_without": before["mre"],
+            "mre_with": after["mre"],
+            "sdr_without": before["sdr"],
+            "sdr_with": after["sdr"],
+        },
+    }
+    return offsets_report, corrected
+
+
+def _calibrate_flag(model, processor, held_out, reference, pool: list, decoder: str | None) -> None:
+    """The low-confidence flag, on the first stage only (embeddings, first-stage spreads and
+    landmarks): ``held_out`` ``(calibration images, their predictions)`` and every other ``pool``
+    image set the thresholds; ``reference`` and the pool's other images define "like the
+    training data" (the shape test's reference shape is ``reference``'s mean landmarks)."""
+    calibration, cal = held_out
+
+    def model_px(coords, part):  # first-stage landmarks, original -> model pixels
+        return original_to_model(coords, part.original_sizes.double().numpy()[:, None, :], processor.size)
+
+    ref = predict_split(model, processor, reference, decoder, refine=False)
+    ref_emb, ref_shapes = [ref["embeddings"]], [model_px(ref["first_stage_coords"], reference)]
+    flag_emb, flag_shapes = [cal["embeddings"]], [model_px(cal["first_stage_coords"], calibration)]
+    flag_spread = [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())]
+    for part in pool:
+        if not len(part):
+            continue
+        out = predict_split(model, processor, part, decoder, refine=False)
+        rel = processor.relative_spread(out["first_stage_spread"], part.original_sizes.numpy())
+        shapes = model_px(out["first_stage_coords"], part)
+        ref_emb.append(out["embeddings"][0::2])
+        ref_shapes.append(shapes[0::2])
+        flag_emb.append(out["embeddings"][1::2])
+        flag_shapes.append(shapes[1::2])
+        flag_spread.append(rel[1::2])
+    mean_shape = None
+    if len(reference):
+        with warnings.catch_warnings():  # a landmark no labeled image has stays NaN: the test leaves it out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean_shape = np.nanmean(reference.landmarks.double().numpy(), axis=0)
+    processor.calibrate_flag(
+        np.concatenate(ref_emb),
+        np.concatenate(flag_emb),
+        np.concatenate(flag_spread),
+        None if mean_shape is None else (mean_shape, np.concatenate(ref_shapes), np.concatenate(flag_shapes)),
+    )
+
+
+def mean_offsets(errors, pseudo_images: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-landmark offsets from signed errors ``[M, N, 2]`` (prediction minus truth; NaN
+    where a landmark is missing): each landmark's mean error shrunk toward zero as if
+    ``pseudo_images`` more images had measured none (a landmark seen on ``n`` images keeps
+    ``n / (n + pseudo_images)`` of its mean, so 2-6 validation images move little). Returns
+    ``(offsets [N, 2], held_out [M, N, 2])``: ``held_out[i]`` the offsets measured without
+    image ``i``, to score the correction on images it did not see."""
+    errors = np.asarray(errors, dtype=np.float64)
+    seen = np.isfinite(errors).all(-1)  # [M, N]
+    values = np.where(seen[..., None], errors, 0.0)
+    total, count = values.sum(0), seen.sum(0)[:, None].astype(np.float64)  # [N, 2], [N, 1]
+    offsets = total / (count + pseudo_images)
+    held_out = (total[None] - values) / (count[None] - seen[..., None] + pseudo_images)
+    return offsets, held_out

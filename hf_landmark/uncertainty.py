@@ -35,7 +35,7 @@ def conformal_quantile(scores, alpha: float) -> float:
 #:   of the stage they were measured on, ``landmark_offsets_stage`` (``"refined"``: a
 #:   two-stage model's refined landmarks; ``"first"``: a one-stage model's, or a
 #:   two-stage model run without its refiner), each landmark's mean error on held-out
-#:   labeled images, shrunk toward none (``hf_landmark.evaluation.calibrate_processor``);
+#:   labeled images, shrunk toward none (``hf_landmark.calibration.calibrate_processor``);
 #:   ``None``: no correction.
 #: - ``calibration_source``: which images calibrated the radii when not the validation split
 #:   fine-tuning held out (``hf-landmark calibrate``: a user's labeled images from the site

@@ -237,7 +237,7 @@ def test_the_flag_catches_a_whole_shape_drawn_small_that_the_other_tests_let_thr
 
 
 def test_mean_offsets_shrink_toward_none_and_leave_each_image_out():
-    from hf_landmark.evaluation import mean_offsets
+    from hf_landmark.calibration import mean_offsets
 
     nan = float("nan")
     # 3 images, 2 landmarks; landmark 1 is missing on image 2.
