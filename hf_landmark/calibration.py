@@ -126,6 +126,7 @@ def calibrate_processor(
         "alpha": processor.alpha,
         "ood_threshold": processor.ood_threshold,
         "spread_threshold": processor.spread_threshold,
+        "shape_threshold": processor.shape_threshold,
         "finite_radii": bool(np.isfinite(radii).all()),
         "radius_coverage": 1.0 - processor.radius_alpha,
         "flag_calibration_images": processor.flag_calibration_images,
