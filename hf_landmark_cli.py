@@ -369,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="the landmark offsets' shrinkage in images (0: none; default: the first member's recipe's)",
     )
+    p.add_argument(
+        "--shape-fusion",
+        type=float,
+        help="the shape fusion's weight (0: none; default: the first member's; 0 for members trained without it)",
+    )
 
     p = sub.add_parser(
         "calibrate",
@@ -420,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-offset-correction",
         action="store_true",
         help="report the landmarks as the maps place them, without the per-landmark offsets measured on validation",
+    )
+    p.add_argument(
+        "--no-shape-fusion",
+        action="store_true",
+        help="report the landmarks without the shape fusion (the same weights, for comparison)",
     )
     return parser
 

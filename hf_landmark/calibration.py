@@ -1,10 +1,11 @@
-"""Calibrating a saved detector after fine-tuning: its landmark offsets, its error radii and
-its low-confidence flag, written into its image processor config in place."""
+"""Calibrating a saved detector after fine-tuning: its landmark offsets, its shape fusion, its
+error radii and its low-confidence flag, written into its image processor config in place."""
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,16 +15,31 @@ from .evaluation import compute_metrics, predict_split
 from .metrics import radial_errors
 from .modeling_landmark import LandmarkDetector
 from .preprocessing import original_to_model
+from .shape_model import fit_shape_model, fuse_shapes, noise_factors
 
 #: At most this many pool images calibrate the flag (a forward pass each, at the end of fine-tuning).
 FLAG_POOL_LIMIT = 2000
 
 
+@dataclass(frozen=True)
+class Corrections:
+    """What calibration fits to the predictions themselves: ``offset_images`` > 0, the landmark
+    offsets shrunk by that many images (:func:`mean_offsets`); ``shape_fusion`` > 0, the shape
+    fusion with that weight (:func:`_calibrate_shape_model`). 0: off."""
+
+    offset_images: float = 0.0
+    shape_fusion: float = 0.0
+
+
+#: No offsets, no shape fusion.
+NO_CORRECTIONS = Corrections()
+
+
 def calibrate_saved_model(
-    model_dir: str, calibration, reference, decoder: str, pool=(), offset_images: float = 0.0
+    model_dir: str, calibration, reference, decoder: str, pool=(), corrections: Corrections = NO_CORRECTIONS
 ) -> dict:
-    """Calibrate the saved best model's landmark offsets (``offset_images`` > 0: each
-    landmark's shrunk mean error on ``calibration``), its error radii (split conformal on ``calibration``, the
+    """Calibrate the saved best model's ``corrections`` (landmark offsets, shape fusion) on
+    ``calibration``, its error radii (split conformal on ``calibration``, the
     validation split, which the weights never trained on) and its low-confidence flag
     (``reference``: the labeled training images; ``pool``: images it never trained on, the
     unlabeled rest of the training split and the unlabeled split, at most
@@ -40,7 +56,13 @@ def calibrate_saved_model(
             for p in pool
         ]
     measured = calibrate_processor(
-        model, processor, calibration, reference, decoder, pool=list(pool), offset_images=offset_images
+        model,
+        processor,
+        calibration,
+        reference,
+        decoder,
+        pool=list(pool),
+        corrections=corrections,
     )
     with atomic_file(os.path.join(model_dir, PROCESSOR_FILE)) as tmp:
         processor.to_json_file(tmp)
@@ -73,7 +95,7 @@ def calibration_sets(dataset: str, labeled_ids, size: int, resample: str, fine_s
     return val, train_all.subset(labeled), [p for p in pool if len(p)]
 
 
-def calibrate_on_dataset(model_dir: str, dataset: str, labeled_ids, decoder: str, offset_images: float):
+def calibrate_on_dataset(model_dir: str, dataset: str, labeled_ids, decoder: str, corrections: Corrections):
     """Calibrate the detector saved at ``model_dir`` on ``dataset`` as fine-tuning does
     (:func:`calibration_sets`, :func:`calibrate_saved_model`). Returns ``(what was measured,
     the validation metrics of its landmarks before the offsets)``."""
@@ -85,8 +107,9 @@ def calibrate_on_dataset(model_dir: str, dataset: str, labeled_ids, decoder: str
         dataset, labeled_ids, processor.size, processor.resample, processor.refine_size
     )
     processor.set_landmark_offsets(None)
+    processor.set_shape_model(None)
     metrics = compute_metrics(predict_split(model, processor, val, decoder)["coords"], val, model.config)
-    return calibrate_saved_model(model_dir, val, labeled, decoder, pool, offset_images), metrics
+    return calibrate_saved_model(model_dir, val, labeled, decoder, pool, corrections), metrics
 
 
 def calibrate_processor(
@@ -96,13 +119,14 @@ def calibrate_processor(
     reference: LandmarkTensors,
     decoder: str | None = None,
     pool: list[LandmarkTensors] | None = None,
-    offset_images: float = 0.0,
+    corrections: Corrections = NO_CORRECTIONS,
 ) -> dict:
-    """Calibrate ``processor``: with ``offset_images`` > 0 first its landmark offsets (each
-    landmark's mean error on ``calibration``, shrunk toward none by that many images' worth:
-    :func:`mean_offsets`; 0 removes them); then the radii by split conformal prediction on
+    """Calibrate ``processor``: first its ``corrections``, the landmark offsets (each
+    landmark's mean error on ``calibration``, shrunk toward none by ``offset_images`` images' worth:
+    :func:`mean_offsets`; 0 removes them), then the shape fusion
+    (:func:`_calibrate_shape_model`; 0 removes it); then the radii by split conformal prediction on
     held-out labeled images (``calibration``, the validation split), on each image's errors
-    under the offsets measured without it; the low-confidence flag on those and on
+    under the offsets and the shape model measured without it; the low-confidence flag on those and on
     ``pool`` (images the model never trained on, labeled or not: the unlabeled split, the
     unlabeled rest of the training split; never test), whose every other image joins
     ``reference`` (the training images) in defining "like the training data" and the rest
@@ -111,18 +135,32 @@ def calibrate_processor(
         "refined" if getattr(model, "has_refinement_stage", False) and calibration.fine_images is not None else "first"
     )
     processor.set_landmark_offsets(None, stage)
+    processor.set_shape_model(None)
     cal = predict_split(model, processor, calibration, decoder)
     truth = calibration.original_landmarks.double().numpy()
-    offsets_report = None
-    if offset_images > 0:
-        offsets_report, cal["coords"] = _calibrate_offsets(model, processor, calibration, cal, offset_images, stage)
+    offsets_report = fusion_report = None
+    if corrections.offset_images > 0:
+        offsets_report, cal["coords"] = _calibrate_offsets(
+            model, processor, calibration, cal, corrections.offset_images, stage
+        )
+    first_stage = [
+        (part, predict_split(model, processor, part, decoder, refine=False))
+        for part in [reference, *(p for p in pool or [] if len(p))]
+    ]
+    if corrections.shape_fusion > 0:
+        shapes = [reference.original_landmarks.double().numpy()]
+        shapes += [out["first_stage_coords"] for _, out in first_stage[1:]]
+        fusion_report, cal["coords"] = _calibrate_shape_model(
+            model, processor, calibration, cal, np.concatenate(shapes), corrections.shape_fusion, stage
+        )
     errors = radial_errors(cal["coords"], truth)
     processor.calibrate(cal["spread"], errors)
-    _calibrate_flag(model, processor, (calibration, cal), reference, pool or [], decoder)
+    _calibrate_flag(processor, (calibration, cal), first_stage)
     radii = processor.radii(cal["spread"])
     return {
         "calibration_images": len(calibration),
         "offsets": offsets_report,
+        "shape_fusion": fusion_report,
         "alpha": processor.alpha,
         "ood_threshold": processor.ood_threshold,
         "spread_threshold": processor.spread_threshold,
@@ -132,6 +170,61 @@ def calibrate_processor(
         "flag_calibration_images": processor.flag_calibration_images,
         "flag_false_alarm_rate": processor.flag_false_alarm_rate,
     }
+
+
+#: The calibration images' held-out fusion: each fused by a shape model fitted without its fold, of at most this many.
+FUSION_FOLDS = 10
+
+
+def _calibrate_shape_model(model, processor, calibration, cal: dict, other_shapes, weight: float, stage: str):
+    """Set ``processor``'s shape fusion (:mod:`hf_landmark.shape_model`): the point distribution
+    model of ``other_shapes`` (original pixels: the labeled images' true landmarks and the first
+    stage's on the pool) and ``calibration``'s true landmarks, each landmark's noise ``weight``
+    times its median error per unit of spread on ``calibration`` (``cal``: its predictions,
+    under the offsets). Returns ``(report, each calibration image's landmarks fused by a model
+    fitted without its fold)``: honest errors for the radii; ``(None, unchanged)`` when there
+    are too few shapes."""
+    truth = calibration.original_landmarks.double().numpy()
+    coords, spread = cal["coords"], cal["spread"]
+    errors = radial_errors(coords, truth)
+
+    def fitted(keep):
+        shape_model = fit_shape_model(np.concatenate([other_shapes, truth[keep]]))
+        noise = noise_factors(errors[keep], spread[keep], weight)
+        return None if shape_model is None or noise is None else (shape_model, noise)
+
+    whole = fitted(np.ones(len(truth), bool))
+    if whole is None:
+        return None, coords
+    processor.set_shape_model(*whole, stage)
+    folds = np.arange(len(truth)) % min(FUSION_FOLDS, len(truth))
+    held_out = coords.copy()
+    high = calibration.original_sizes.double().numpy()[:, None, :] - 1.0
+    for fold in np.unique(folds):
+        part = folds == fold
+        without = fitted(~part)
+        if without is not None:
+            (mean, covariance), noise = without
+            fused = fuse_shapes(coords[part], spread[part] * noise, mean, covariance)
+            held_out[part] = np.clip(fused, 0.0, high[part])
+    before, after = (
+        compute_metrics(coords, calibration, model.config),
+        compute_metrics(held_out, calibration, model.config),
+    )
+    report = {
+        "weight": weight,
+        "stage": stage,
+        "shapes": int(np.isfinite(np.concatenate([other_shapes, truth])).all(axis=(1, 2)).sum()),
+        "held_out": {
+            "folds": int(folds.max() + 1),
+            "unit": after["unit"],
+            "mre_without": before["mre"],
+            "mre_with": after["mre"],
+            "sdr_without": before["sdr"],
+            "sdr_with": after["sdr"],
+        },
+    }
+    return report, held_out
 
 
 def _calibrate_offsets(model, processor, calibration, cal: dict, offset_images: float, stage: str):
@@ -167,24 +260,23 @@ def _calibrate_offsets(model, processor, calibration, cal: dict, offset_images: 
     return offsets_report, corrected
 
 
-def _calibrate_flag(model, processor, held_out, reference, pool: list, decoder: str | None) -> None:
+def _calibrate_flag(processor, held_out, first_stage: list) -> None:
     """The low-confidence flag, on the first stage only (embeddings, first-stage spreads and
-    landmarks): ``held_out`` ``(calibration images, their predictions)`` and every other ``pool``
-    image set the thresholds; ``reference`` and the pool's other images define "like the
-    training data" (the shape test's reference shape is ``reference``'s mean landmarks)."""
+    landmarks): ``held_out`` ``(calibration images, their predictions)`` and every other pool
+    image set the thresholds; ``first_stage``: ``(images, first-stage predictions)`` of the
+    reference (the labeled training images) then of each pool part. The reference and the
+    pool's other images define "like the training data" (the shape test's reference shape is
+    the reference's mean landmarks)."""
     calibration, cal = held_out
 
     def model_px(coords, part):  # first-stage landmarks, original -> model pixels
         return original_to_model(coords, part.original_sizes.double().numpy()[:, None, :], processor.size)
 
-    ref = predict_split(model, processor, reference, decoder, refine=False)
+    (reference, ref), pool = first_stage[0], first_stage[1:]
     ref_emb, ref_shapes = [ref["embeddings"]], [model_px(ref["first_stage_coords"], reference)]
     flag_emb, flag_shapes = [cal["embeddings"]], [model_px(cal["first_stage_coords"], calibration)]
     flag_spread = [processor.relative_spread(cal["first_stage_spread"], calibration.original_sizes.numpy())]
-    for part in pool:
-        if not len(part):
-            continue
-        out = predict_split(model, processor, part, decoder, refine=False)
+    for part, out in pool:
         rel = processor.relative_spread(out["first_stage_spread"], part.original_sizes.numpy())
         shapes = model_px(out["first_stage_coords"], part)
         ref_emb.append(out["embeddings"][0::2])

@@ -25,7 +25,9 @@ def cmd_ensemble(args) -> int:
         raise UserInputError(
             f"--offset-correction: a number of images of 0 (off) or more, got {args.offset_correction}"
         )
-    built = save_ensemble(args.models, args.output, args.dataset, args.offset_correction)
+    if args.shape_fusion is not None and not args.shape_fusion >= 0:
+        raise UserInputError(f"--shape-fusion: a weight of 0 (off) or more, got {args.shape_fusion}")
+    built = save_ensemble(args.models, args.output, args.dataset, args.offset_correction, args.shape_fusion)
     each = ", ".join(f"{m['val_mre']:.3f}" for m in built["members"]["each"])
     cal = built["calibration"]
     print(
@@ -38,6 +40,12 @@ def cmd_ensemble(args) -> int:
         print(
             f"landmark offsets: validation MRE {loo['mre_without']:.3f} -> {loo['mre_with']:.3f} {loo['unit']}, "
             "each image corrected by the offsets of the others"
+        )
+    if cal["shape_fusion"]:
+        held = cal["shape_fusion"]["held_out"]
+        print(
+            f"shape fusion: validation MRE {held['mre_without']:.3f} -> {held['mre_with']:.3f} {held['unit']}, "
+            "each image fused by a shape model fitted without it"
         )
     return 0
 

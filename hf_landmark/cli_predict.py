@@ -34,6 +34,8 @@ def cmd_evaluate(args) -> int:
             detector.config.set_refine_prior(None)
     if args.no_offset_correction:
         processor.set_landmark_offsets(None)
+    if args.no_shape_fusion:
+        processor.set_shape_model(None)
     data = load_tensors(split, processor.size, processor.resample, 0 if args.no_refine else processor.refine_size)
     if args.exclude_training_labels:
         data = without_training_labels(data, args)

@@ -74,14 +74,18 @@ def ensemble_record(records: list[dict], sources: list[str]) -> dict:
 
 
 def save_ensemble(
-    member_dirs: list[str], output_dir: str, dataset: str, offset_correction: float | None = None
+    member_dirs: list[str],
+    output_dir: str,
+    dataset: str,
+    offset_correction: float | None = None,
+    shape_fusion: float | None = None,
 ) -> dict:
     """Assemble the detectors in ``member_dirs`` into one ensemble detector at ``output_dir``
     (written whole or not at all) and calibrate it on ``dataset``'s validation split as
     fine-tuning calibrates one detector (:func:`hf_landmark.calibration.calibrate_saved_model`;
-    ``offset_correction``: the offsets' shrinkage in images, by default the first member's
-    recipe's). Returns ``{"members", "calibration", "val_mre", "unit"}``."""
-    from .calibration import calibrate_on_dataset
+    ``offset_correction``: the offsets' shrinkage in images, ``shape_fusion``: the shape
+    fusion's weight, each by default the first member's, 0 for a member trained without it). Returns ``{"members", "calibration", "val_mre", "unit"}``."""
+    from .calibration import Corrections, calibrate_on_dataset
     from .fileio import atomic_directory, write_json_atomic
     from .modeling_landmark import LandmarkDetector
     from .pipeline_landmark import load_detector
@@ -105,18 +109,16 @@ def save_ensemble(
         false_alarm_rate=first.false_alarm_rate,
         min_image_side=first.min_image_side,
     )
-    if offset_correction is None:
-        offset_correction = float(
-            records[0].get(
-                "offset_correction", (records[0].get("recipe_defaults") or {}).get("offset_correction", 0.0)
-            )
-        )
-    record["offset_correction"] = offset_correction
+    corrections = Corrections(
+        offset_images=_member_setting(records[0], "offset_correction", offset_correction),
+        shape_fusion=_member_setting(records[0], "shape_fusion", shape_fusion),
+    )
+    record.update(offset_correction=corrections.offset_images, shape_fusion=corrections.shape_fusion)
     # Saved, calibrated and recorded in a temporary folder that becomes output_dir only when whole.
     with atomic_directory(output_dir) as tmp:
         write_model_files(model, processor, tmp, record)
         calibration, val_metrics = calibrate_on_dataset(
-            tmp, dataset, record["labeled_image_ids"], processor.decoder, offset_correction
+            tmp, dataset, record["labeled_image_ids"], processor.decoder, corrections
         )
         record.update(val_mre=val_metrics["mre"], unit=val_metrics["unit"])
         write_json_atomic(record, os.path.join(tmp, TRAINING_RECORD))
@@ -126,6 +128,14 @@ def save_ensemble(
         "val_mre": val_metrics["mre"],
         "unit": val_metrics["unit"],
     }
+
+
+def _member_setting(record: dict, key: str, given: float | None) -> float:
+    """``given``, else the member's training record's ``key``, else its recipe's, else 0."""
+    if given is not None:
+        return float(given)
+    value = record.get(key, (record.get("recipe_defaults") or {}).get(key))
+    return 0.0 if value is None else float(value)
 
 
 def differing_fields(a: str, b: str) -> list[str]:

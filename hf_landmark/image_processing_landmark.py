@@ -29,6 +29,7 @@ from .preprocessing import (
     spacing_pair,
     to_pixel_values,
 )
+from .shape_model import fuse_shapes
 from .uncertainty import CALIBRATION_KEYS, Calibrated, conformal_quantile  # noqa: F401 (conformal_quantile: its home before)
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -129,6 +130,10 @@ class LandmarkImageProcessor(LowConfidenceFlag, BaseImageProcessor):
     shape_threshold = Calibrated()
     landmark_offsets = Calibrated()
     landmark_offsets_stage = Calibrated()
+    shape_model_mean = Calibrated()
+    shape_model_covariance = Calibrated()
+    shape_model_noise = Calibrated()
+    shape_model_stage = Calibrated()
 
     def to_json_string(self) -> str:
         """The config as strict JSON (``allow_nan=False``): a non-finite number is ``null``."""
@@ -348,11 +353,38 @@ class LandmarkImageProcessor(LowConfidenceFlag, BaseImageProcessor):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates in each image's original frame, as arrays: ``([B, N, 2] float64 (x, y)
         original pixels, [B, N] scores)``. ``target_sizes``: ``[B, 2]`` original (W, H).
-        ``stage="first"``: the first stage's landmarks even when the output was refined."""
+        ``stage="first"``: the first stage's landmarks even when the output was refined. Once
+        calibrated with a shape model (:meth:`set_shape_model`), the landmarks of the stage it
+        was measured on are fused with it, inside the image."""
         coords, scores = self.decode(outputs, decoder, stage)
         sizes = torch.as_tensor(np.asarray(target_sizes, dtype=np.float64)).reshape(-1, 1, 2)
-        xy = model_to_original(coords.double().cpu(), sizes, self.size)
-        return xy.numpy(), scores.cpu().numpy().astype(np.float64)
+        xy = model_to_original(coords.double().cpu(), sizes, self.size).numpy()
+        if self.shape_model_mean is not None and self.shape_model_stage == _stage_of(outputs, stage):
+            sd = self.spread(outputs, target_sizes, stage) * np.asarray(self.shape_model_noise, dtype=np.float64)
+            xy = fuse_shapes(xy, sd, self.shape_model_mean, self.shape_model_covariance)
+            xy = np.clip(xy, 0.0, sizes.numpy() - 1.0)
+        return xy, scores.cpu().numpy().astype(np.float64)
+
+    def set_shape_model(self, model: tuple | None, noise=None, stage: str = "refined") -> None:
+        """Set the shape fusion (:mod:`hf_landmark.shape_model`): ``model`` ``(mean [N, 2],
+        covariance [2N, 2N])`` in original pixels and ``noise`` ``[N]`` per unit of heatmap
+        spread, applied to ``stage``'s landmarks; ``None``: off."""
+        if model is None:
+            self.shape_model_mean = self.shape_model_covariance = self.shape_model_noise = None
+            self.shape_model_stage = None
+            return
+        mean, covariance = (np.asarray(v, dtype=np.float64) for v in model)
+        noise = np.asarray(noise, dtype=np.float64)
+        n = len(mean)
+        if mean.shape != (n, 2) or covariance.shape != (2 * n, 2 * n) or noise.shape != (n,):
+            raise ValueError(
+                f"shape model: a mean [N, 2], a covariance [2N, 2N] and noise [N], got {mean.shape}, "
+                f"{covariance.shape} and {noise.shape}"
+            )
+        if self.landmark_names is not None and n != len(self.landmark_names):
+            raise ValueError(f"shape model: {n} landmarks for {len(self.landmark_names)}")
+        self.shape_model_mean, self.shape_model_covariance = mean.tolist(), covariance.tolist()
+        self.shape_model_noise, self.shape_model_stage = noise.tolist(), stage
 
     def post_process_landmark_detection(
         self, outputs, target_sizes, spacings=None, decoder: str | None = None
@@ -420,6 +452,11 @@ class LandmarkImageProcessor(LowConfidenceFlag, BaseImageProcessor):
         if self.spacing is None:
             return None, False
         return spacing_pair(self.spacing), True
+
+
+def _stage_of(outputs, stage: str) -> str:
+    """Which stage's landmarks :meth:`LandmarkImageProcessor.decode` gives for ``stage``."""
+    return "refined" if stage == "final" and _get(outputs, "refined_log_probabilities") is not None else "first"
 
 
 def _get(outputs, key):

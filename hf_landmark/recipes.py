@@ -11,7 +11,8 @@ gains and the stronger augmentation does not; a second round's pseudo-labels are
 than the first's when the first pass is weak; each landmark's own best 40 % of pseudo-labels
 gives the landmarks the model is least sure of some too; the refinement prior's factor was 1
 at 1 label and flat from 1.5 to 2 at 10; the landmark offsets gain at every label count, most
-at 1 label, where the one template's displacement is the largest.
+at 1 label, where the one template's displacement is the largest; the shape fusion gains at
+every label count.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Recipe:
     self_train_keep_each: float
     refine_prior: float
     offset_correction: float
+    #: the shape fusion's weight (0: off)
+    shape_fusion: float
     #: detectors fine-tuned with seeds SEED, SEED+1, ... on the same labels and saved as their ensemble
     ensemble: int = 1
 
@@ -82,6 +85,7 @@ PAPER = Recipe(
     self_train_keep_each=0.0,
     refine_prior=0.0,
     offset_correction=0.0,
+    shape_fusion=0.0,
 )
 #: ``--recipe default`` from :data:`FEW_LABELS_BELOW` labels up.
 DEFAULT = Recipe(
@@ -104,6 +108,7 @@ DEFAULT = Recipe(
     self_train_keep_each=0.0,
     refine_prior=2.0,
     offset_correction=10.0,
+    shape_fusion=0.25,
 )
 #: ``--recipe default`` below :data:`FEW_LABELS_BELOW` labels.
 DEFAULT_FEW = replace(

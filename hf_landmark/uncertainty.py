@@ -37,6 +37,11 @@ def conformal_quantile(scores, alpha: float) -> float:
 #:   two-stage model run without its refiner), each landmark's mean error on held-out
 #:   labeled images, shrunk toward none (``hf_landmark.calibration.calibrate_processor``);
 #:   ``None``: no correction.
+#: - ``shape_model_mean`` (``[N, 2]`` original pixels), ``shape_model_covariance`` (``[2N, 2N]``)
+#:   and ``shape_model_noise`` (``[N]``, each landmark's noise per unit of heatmap spread): the
+#:   shape fusion's point distribution model (:mod:`hf_landmark.shape_model`), applied to the
+#:   landmarks of ``shape_model_stage`` (``"refined"`` or ``"first"``, as the offsets);
+#:   ``None``: no fusion.
 #: - ``calibration_source``: which images calibrated the radii when not the validation split
 #:   fine-tuning held out (``hf-landmark calibrate``: a user's labeled images from the site
 #:   the detector will run on); ``None``: the validation split.
@@ -54,6 +59,10 @@ CALIBRATION_KEYS = (
     "shape_threshold",
     "landmark_offsets",
     "landmark_offsets_stage",
+    "shape_model_mean",
+    "shape_model_covariance",
+    "shape_model_noise",
+    "shape_model_stage",
 )
 
 

@@ -214,7 +214,7 @@ def finetune_ensemble(args: FinetuneArguments) -> dict:
         left_out=[os.path.relpath(os.path.dirname(d), args.output_dir) for d in left_out],
     )
     if len(chosen) > 1:
-        built = save_ensemble(chosen, model_dir, args.dataset, args.offset_correction)
+        built = save_ensemble(chosen, model_dir, args.dataset, args.offset_correction, args.shape_fusion)
         log.info(
             "ensemble of %d detectors: validation MRE %.3f %s (members: %s)",
             len(chosen),
@@ -222,7 +222,7 @@ def finetune_ensemble(args: FinetuneArguments) -> dict:
             built["unit"],
             ", ".join(f"{m['val_mre']:.3f}" for m in built["members"]["each"]),
         )
-        log_calibration(built["calibration"], built["calibration"]["calibration_images"], args.offset_correction, log)
+        log_calibration(built["calibration"], built["calibration"]["calibration_images"], log)
         summary.update(ensemble=built["members"], best={"val_mre": built["val_mre"], "unit": built["unit"]})
         summary["calibration"] = built["calibration"]
     else:  # one detector left: it is the model
@@ -345,23 +345,36 @@ def choose_labeled(args: FinetuneArguments, model, processor, train_all) -> list
 
 def calibrate(args: FinetuneArguments, model_dir: str, val, labeled, pool) -> dict:
     """The saved best model's offsets, radii and flag, calibrated on validation (logged)."""
-    calibration = calibrate_saved_model(model_dir, val, labeled, args.decoder, pool, args.offset_correction)
-    log_calibration(calibration, len(val), args.offset_correction)
+    calibration = calibrate_saved_model(model_dir, val, labeled, args.decoder, pool, args.corrections())
+    log_calibration(calibration, len(val))
     return calibration
 
 
-def log_calibration(calibration: dict, num_val: int, offset_correction: float, log=logger) -> None:
-    """What calibration measured, logged: the offsets' effect, the radii's level and the flag's."""
+def log_calibration(calibration: dict, num_val: int, log=logger) -> None:
+    """What calibration measured, logged: the offsets' and the shape fusion's effects, the
+    radii's level and the flag's."""
     if calibration["offsets"]:
         loo = calibration["offsets"]["leave_one_out"]
         log.info(
             "landmark offsets from %d validation images (shrunk by %g): validation MRE %.3f -> %.3f %s, each image "
             "corrected by the offsets of the others",
             num_val,
-            offset_correction,
+            calibration["offsets"]["images"],
             loo["mre_without"],
             loo["mre_with"],
             loo["unit"],
+        )
+    if calibration.get("shape_fusion"):
+        fusion = calibration["shape_fusion"]["held_out"]
+        log.info(
+            "shape fusion (weight %g, %d shapes): validation MRE %.3f -> %.3f %s, each image fused by a shape model "
+            "fitted without its fold of %d",
+            calibration["shape_fusion"]["weight"],
+            calibration["shape_fusion"]["shapes"],
+            fusion["mre_without"],
+            fusion["mre_with"],
+            fusion["unit"],
+            fusion["folds"],
         )
     log.info(
         "calibrated the error radii on %d validation images (alpha %.2f, radii at %.1f %%) and the low-confidence flag "
@@ -411,6 +424,7 @@ def training_record(args: FinetuneArguments, dataset_name: str, train_ids, val_c
         "ema_decay": args.ema_decay,
         "augment": ",".join(f"{v:g}" for v in args.augmentation),
         "offset_correction": args.offset_correction,
+        "shape_fusion": args.shape_fusion,
         "init": init_record(args.model_spec()),
     }
 

@@ -9,7 +9,7 @@ import copy
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hf_landmark.backbones import resolve_ddpm_folder
 from hf_landmark.configuration_landmark import UNET_PRESETS
@@ -21,11 +21,15 @@ from hf_landmark.recipes import Recipe, parse_augment, resolve_recipe
 from hf_landmark.training_loop import StageSettings
 from hf_landmark.training_utils import MIXED_PRECISION_CHOICES, MIXED_PRECISION_HELP, argument_parser, check_choice
 
+if TYPE_CHECKING:
+    from hf_landmark.calibration import Corrections
+
 #: Arguments whose unset value is the recipe's own field of the same name (the learning rate,
 #: the first stage's length and the target sigma are resolved with a rule of their own).
 ARGUMENT_RECIPE_FIELDS = (
     "loss", "train_batch_size", "gradient_accumulation_steps", "early_stopping_patience", "plateau_patience",
-    "shape_check", "augment", "self_train", "self_train_keep_each", "refine_prior", "offset_correction", "ema_decay",
+    "shape_check", "augment", "self_train", "self_train_keep_each", "refine_prior", "offset_correction", "shape_fusion",
+    "ema_decay",
     "eval_steps", "ensemble",
 )  # fmt: skip
 
@@ -170,6 +174,15 @@ class FinetuneArguments:
             "displacement, e.g. toward where its first stage puts an ambiguous landmark (0: off; default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
         },
     )
+    shape_fusion: float | None = field(
+        default=None,
+        metadata={
+            "help": "weigh each predicted landmark against where the image's other landmarks put it: a shape model of the "
+            "labeled and validation images' landmarks and the first stage's on the pool, each landmark's noise this weight "
+            "times its median error per unit of heatmap spread on validation; an unsure landmark moves toward the shape, a "
+            "sure one stays (0: off; default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
+        },
+    )
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
     report_to: str = field(default="tensorboard", metadata={"help": "any Accelerate tracker, 'all' or 'none'"})
     pixel_range: str | None = field(
@@ -308,6 +321,7 @@ class FinetuneArguments:
         check("self_train", lambda v: v >= 0, "rounds must be 0 (off) or more")
         check("shape_check", lambda v: math.isfinite(v) and v >= 0, "a factor of 0 (off) or more")
         check("offset_correction", lambda v: math.isfinite(v) and v >= 0, "a number of images of 0 (off) or more")
+        check("shape_fusion", lambda v: math.isfinite(v) and v >= 0, "a weight of 0 (off) or more")
         check("refine_prior", lambda v: math.isfinite(v) and v >= 0, "a factor of 0 (off) or more")
         check("self_train_keep", lambda v: 0 < v <= 1, "a share in (0, 1]")
         check("self_train_keep_each", lambda v: 0 <= v <= 1, "a share in [0, 1]")
@@ -356,6 +370,12 @@ class FinetuneArguments:
             )
         return args
 
+    def corrections(self) -> Corrections:
+        """What calibration fits to the predictions (of resolved arguments): offsets, shape fusion."""
+        from hf_landmark.calibration import Corrections
+
+        return Corrections(offset_images=self.offset_correction, shape_fusion=self.shape_fusion)
+
     def model_spec(self) -> ModelSpec:
         """The network to build (of resolved arguments)."""
         keys = [f.name for f in fields(ModelSpec) if f.name != "sigma_256"]
@@ -385,7 +405,7 @@ ARGUMENT_GROUPS = {
         "refine_max_steps", "refine_batch_size", "refine_learning_rate",
     ),
     "self-training": ("self_train", "self_train_keep", "self_train_keep_each", "self_train_labeled_share", "self_train_pool", "teacher"),
-    "calibration and checks": ("shape_check", "offset_correction"),
+    "calibration and checks": ("shape_check", "offset_correction", "shape_fusion"),
 }  # fmt: skip
 
 
