@@ -164,6 +164,7 @@ def cmd_card(args) -> int:
                 "flags": processor.ood_threshold is not None,
                 "flag_images": processor.flag_calibration_images,
                 "flag_false_alarm_rate": processor.flag_false_alarm_rate,
+                "shape_fusion": processor.shape_model_mean is not None,
             }
     repo_id = args.repo_id or os.path.basename(os.path.normpath(args.model_dir))
     path = write_card(

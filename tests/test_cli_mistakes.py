@@ -66,6 +66,7 @@ MISTAKES = [
     (FT + " --init scratch --self-train-labeled-share 1", ["--self-train-labeled-share", "(0, 1)"]),
     (FT + " --init scratch --shape-check -1", ["--shape-check", "0 (off) or more", "-1"]),
     (FT + " --init scratch --refine-prior nan", ["--refine-prior", "0 (off) or more", "nan"]),
+    (FT + " --init scratch --shape-fusion -0.5", ["--shape-fusion", "a weight of 0 (off) or more", "-0.5"]),
     (FT + " --init scratch --recipe paper --self-train 1", ["--self-train", "'paper' loss", "--loss contour"]),
     ("pretrain --dataset DATA --output-dir TMP/pt --splits train,test", ["--splits", "test split"]),
     ("pretrain --dataset DATA --output-dir TMP/pt --resolution 30", ["--resolution", "multiple of 8"]),
@@ -83,6 +84,10 @@ MISTAKES = [
     ("calibrate --model MODEL --dataset DATA --alpha 2", ["--alpha", "between 0 and 1", "got 2.0"]),
     ("calibrate --model ./nope --dataset DATA", ["./nope", "not a detector folder", "preprocessor_config.json"]),
     ("ensemble MODEL --dataset DATA --output TMP/e", ["two or more detector folders", "got 1"]),
+    (
+        "ensemble MODEL TMP/a --dataset DATA --output TMP/e --shape-fusion -1",
+        ["--shape-fusion", "0 (off) or more", "-1"],
+    ),
     ("ensemble MODEL TMP/a --dataset DATA --output TMP/a", ["--output", "TMP/a", "one of the members"]),
     ("ensemble ./nope MODEL --dataset DATA --output TMP/e", ["--model", "./nope", "no such model folder"]),
     ("ensemble MODEL TMP/a --dataset DATA --output TMP/e", ["MODEL", "no hf_landmark_training.json"]),

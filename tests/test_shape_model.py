@@ -38,7 +38,9 @@ def test_a_shape_the_model_expects_is_left_where_it_is_in_any_pose():
 
 def test_the_shape_model_is_the_procrustes_mean_and_leaves_out_incomplete_shapes():
     rng = np.random.default_rng(0)
-    shapes = np.stack([_similar(SQUARE, rng.uniform(0.5, 2), rng.uniform(-1, 1), rng.normal(0, 50, 2)) for _ in range(8)])
+    shapes = np.stack(
+        [_similar(SQUARE, rng.uniform(0.5, 2), rng.uniform(-1, 1), rng.normal(0, 50, 2)) for _ in range(8)]
+    )
     incomplete = shapes[0].copy()
     incomplete[1] = np.nan
     mean, covariance = fit_shape_model(np.concatenate([shapes, incomplete[None]]))

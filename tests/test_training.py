@@ -261,23 +261,28 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     # Overlays are drawn at the original image's size (240 x 300), landmarks numbered as in legend.txt.
     assert Image.open(tmp_path / "overlays" / "020.png").size == (240, 300)
     assert (tmp_path / "overlays" / "legend.txt").read_text().splitlines()[:2] == ["1 Sella", "2 Nasion"]
-    # Without the shape check the same weights differ exactly at the landmarks it read again.
-    cli(
-        [
-            "evaluate",
-            "--model",
-            str(tmp_path / "ft-ddpm/model"),
-            "--dataset",
-            str(synth_prepared),
-            "--split",
-            "test",
-            "--output",
-            str(tmp_path / "unchecked.json"),
-            "--no-shape-check",
-        ]
+    # Without the shape fusion (it moves every landmark a little), then without the shape check
+    # too: the same weights differ exactly at the landmarks the check read again.
+    for name, flags in (("unfused", ["--no-shape-fusion"]), ("unchecked", ["--no-shape-fusion", "--no-shape-check"])):
+        cli(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "ft-ddpm/model"),
+                "--dataset",
+                str(synth_prepared),
+                "--split",
+                "test",
+                "--output",
+                str(tmp_path / f"{name}.json"),
+                *flags,
+            ]
+        )
+    unfused, unchecked = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("unfused", "unchecked"))
+    assert unfused["predictions"] != m["predictions"]
+    differ = sum(
+        a != b for i in unfused["predictions"] for a, b in zip(unfused["predictions"][i], unchecked["predictions"][i])
     )
-    unchecked = json.loads((tmp_path / "unchecked.json").read_text())
-    differ = sum(a != b for i in m["predictions"] for a, b in zip(m["predictions"][i], unchecked["predictions"][i]))
     assert unchecked["shape_moved"] == 0 and differ == m["shape_moved"]
     cli(
         [
@@ -310,6 +315,7 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
         f"| shape check | a first-stage landmark more than {tolerance:.1f} px (of 32) from where the other landmarks put it"
         in card
     )
+    assert "| shape fusion | each final landmark weighed against where the image's other landmarks put it" in card
     # Under 5 labels the default recipe keeps the raw weights (the card says nothing of an average)
     # and augments more strongly than the paper.
     assert "learning rate 0.0001, seed 0." in card and "moving average" not in card
@@ -384,6 +390,9 @@ def test_below_five_labels_the_default_recipe_keeps_the_raw_weights_augments_mor
     # Landmark offsets shrunk by 10 validation images' worth at every label count, none in the paper's recipe.
     assert [args(n).offset_correction for n in (1, 4, 5, 10)] == [10.0, 10.0, 10.0, 10.0]
     assert args(10, recipe="paper").offset_correction == 0.0 and args(1, offset_correction=4).offset_correction == 4
+    # The shape fusion at weight 0.25 at every label count, none in the paper's recipe; a flag wins.
+    assert [args(n).shape_fusion for n in (1, 4, 5, 10)] == [0.25, 0.25, 0.25, 0.25]
+    assert args(10, recipe="paper").shape_fusion == 0.0 and args(1, shape_fusion=0).shape_fusion == 0
     # Self-training rounds: two below 5 labels, one from 5 up, none in the paper's recipe; a flag wins.
     assert [args(n).self_train for n in (1, 4, 5, 10)] == [2, 2, 1, 1]
     assert (
@@ -969,7 +978,7 @@ def test_an_ensemble_is_fine_tuned_on_one_draw_of_labels_and_predicts_its_member
     out = tmp_path / "ens"
     args = ["--dataset", str(synth_prepared), "--num-labels", "3", "--subset", "random", "--seed", "4"]
     args += ["--max-steps", "12", "--eval-steps", "6", "--no-refine", "--self-train", "0", "--offset-correction", "0"]
-    args += ["--report-to", "none", "--init", str(ddpm / "checkpoint-50")]
+    args += ["--shape-fusion", "0", "--report-to", "none", "--init", str(ddpm / "checkpoint-50")]
     assert cli(["finetune", *args, "--ensemble", "2", "--output-dir", str(out)]) == 0
     ids = load_prepared(synth_prepared)["train"]["image_id"]
     drawn = sorted(ids[i] for i in few_shot_indices(ids, 3, "random", 4))
