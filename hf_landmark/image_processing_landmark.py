@@ -116,6 +116,12 @@ class LandmarkImageProcessor(LowConfidenceFlag, BaseImageProcessor):
         self.set_landmark_offsets(
             calibration.get("landmark_offsets"), calibration.get("landmark_offsets_stage") or "refined"
         )
+        if calibration.get("shape_model_mean") is not None:  # checked as set_shape_model checks it
+            self.set_shape_model(
+                (calibration["shape_model_mean"], calibration.get("shape_model_covariance")),
+                calibration.get("shape_model_noise"),
+                calibration.get("shape_model_stage") or "refined",
+            )
 
     calibration_scores = Calibrated()
     calibration_source = Calibrated()
@@ -373,6 +379,8 @@ class LandmarkImageProcessor(LowConfidenceFlag, BaseImageProcessor):
             self.shape_model_mean = self.shape_model_covariance = self.shape_model_noise = None
             self.shape_model_stage = None
             return
+        if stage not in ("refined", "first"):
+            raise ValueError(f"shape_model_stage must be 'refined' or 'first', got {stage!r}")
         mean, covariance = (np.asarray(v, dtype=np.float64) for v in model)
         noise = np.asarray(noise, dtype=np.float64)
         n = len(mean)
@@ -383,6 +391,8 @@ class LandmarkImageProcessor(LowConfidenceFlag, BaseImageProcessor):
             )
         if self.landmark_names is not None and n != len(self.landmark_names):
             raise ValueError(f"shape model: {n} landmarks for {len(self.landmark_names)}")
+        if not (np.isfinite(mean).all() and np.isfinite(covariance).all() and (noise > 0).all()):
+            raise ValueError("shape model: a finite mean and covariance and a positive noise per landmark")
         self.shape_model_mean, self.shape_model_covariance = mean.tolist(), covariance.tolist()
         self.shape_model_noise, self.shape_model_stage = noise.tolist(), stage
 

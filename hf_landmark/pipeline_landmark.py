@@ -101,7 +101,10 @@ def load_detector(path: str):
         if not os.path.isdir(path):
             raise hub_load_error(path, "--model", "model", err) from err
         raise UserInputError(f"{path}: cannot load a detector ({err})") from err
-    return model, processor_for_model(model)
+    try:
+        return model, processor_for_model(model)
+    except ValueError as err:  # a processor config edited by hand, or written for another model
+        raise UserInputError(f"{os.path.join(path, 'preprocessor_config.json')}: {err}") from err
 
 
 @functools.lru_cache(maxsize=4)

@@ -105,5 +105,6 @@ def noise_factors(errors, spread, weight: float) -> np.ndarray | None:
     known = np.isfinite(factors)
     if not known.any():
         return None
-    # A landmark no calibration image has takes the landmarks' median factor.
-    return np.where(known, factors, np.median(factors[known]))
+    # A landmark no calibration image has takes the landmarks' median factor; none is exactly 0
+    # (a landmark every calibration image had to the pixel still has some noise).
+    return np.maximum(np.where(known, factors, np.median(factors[known])), 1e-6)

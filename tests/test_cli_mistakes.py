@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from hf_landmark import LandmarkConfig, LandmarkDetector
+from hf_landmark import LandmarkConfig, LandmarkDetector, LandmarkImageProcessor
 from hf_landmark_cli import main as cli
 
 
@@ -24,6 +24,17 @@ def places(synth_prepared, tmp_path_factory):
         (tmp / name / "hf_landmark_training.json").write_text(
             json.dumps({"dataset": "ceph", "labeled_image_ids": labels, "validation_images": val, "seed": 0})
         )
+    # d: a processor config whose shape model's covariance lost two rows (edited by hand)
+    config = LandmarkConfig(backbone_config="tiny", num_landmarks=19, image_size=32)
+    LandmarkDetector(config).save_pretrained(tmp / "d")
+    processor = LandmarkImageProcessor.from_model_config(config)
+    processor.calibration.update(
+        shape_model_mean=[[0.0, float(i)] for i in range(19)],
+        shape_model_covariance=[[0.0] * 38] * 36,
+        shape_model_noise=[1.0] * 19,
+        shape_model_stage="first",
+    )
+    processor.save_pretrained(tmp / "d")
     Image.new("L", (20, 20)).save(tmp / "x.png")
     (tmp / "metrics.json").write_text("{not json")
     return {"DATA": str(synth_prepared), "MODEL": str(tmp / "model"), "IMG": str(tmp / "x.png"), "TMP": str(tmp)}
@@ -127,6 +138,10 @@ MISTAKES = [
     (
         "match --template TMP/nope.png --landmarks TMP/x.csv --images TMP --features MODEL",
         ["--template", "TMP/nope.png", "no such image"],
+    ),
+    (
+        "predict IMG --model TMP/d --output TMP/p.json",
+        ["TMP/d/preprocessor_config.json", "a covariance [2N, 2N]", "got (19, 2), (36, 38) and (19,)"],
     ),
     ("select --dataset DATA --num 0 --features MODEL", ["--num", "at least 1"]),
     ("select --dataset DATA --num 2 --features ./nope --split train", ["--features", "./nope", "no such"]),
