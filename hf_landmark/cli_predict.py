@@ -62,6 +62,9 @@ def cmd_evaluate(args) -> int:
         mean_score=float(pred["scores"].mean()),
         uncertainty=uncertainty,
         shape_moved=int(pred["shape_moved"].sum()),
+        # The shape fusion reads the stage it was calibrated on: --no-refine leaves a refined one off.
+        shape_fusion=processor.shape_model_mean is not None
+        and processor.shape_model_stage == ("refined" if data.fine_images is not None else "first"),
         predictions={i: p.tolist() for i, p in zip(data.image_ids, pred["coords"])},
     )
     write_json_atomic(metrics, args.output)
@@ -170,6 +173,11 @@ def print_evaluation(metrics: dict, uncertainty: dict, config, shape: tuple[int,
         print(
             f"shape check: {metrics['shape_moved']} of {num_images * num_landmarks} first-stage landmarks "
             "were read again near where the other landmarks put them"
+        )
+    if metrics.get("shape_fusion"):
+        print(
+            "shape fusion: each landmark weighed against where the image's other landmarks put it "
+            "(--no-shape-fusion: without)"
         )
     if "radius_alpha" in uncertainty:
         print(describe_radii(uncertainty, len(config.landmark_names or []) or num_landmarks))
