@@ -231,22 +231,13 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
         )
 
     metrics_path = tmp_path / "metrics.json"
-    cli(
-        [
-            "evaluate",
-            "--model",
-            str(tmp_path / "ft-ddpm/model"),
-            "--dataset",
-            str(synth_prepared),
-            "--split",
-            "test",
-            "--output",
-            str(metrics_path),
-            "--overlay-dir",
-            str(tmp_path / "overlays"),
-        ]
-    )
-    m = json.loads(metrics_path.read_text())
+
+    def evaluate(output, *flags):  # the fine-tuned detector on the test split
+        model_dir, data = str(tmp_path / "ft-ddpm/model"), str(synth_prepared)
+        cli(["evaluate", "--model", model_dir, "--dataset", data, "--split", "test", "--output", str(output), *flags])
+        return json.loads(Path(output).read_text())
+
+    m = evaluate(metrics_path, "--overlay-dir", str(tmp_path / "overlays"))
     for key in ("mre", "mre_std", "unit", "sdr", "per_landmark", "num_images", "mode", "model", "dataset"):
         assert key in m
     assert (
@@ -263,42 +254,15 @@ def test_finetune_evaluate_and_benchmark(ddpm, synth_prepared, tmp_path, capsys)
     assert (tmp_path / "overlays" / "legend.txt").read_text().splitlines()[:2] == ["1 Sella", "2 Nasion"]
     # Without the shape fusion (it moves every landmark a little), then without the shape check
     # too: the same weights differ exactly at the landmarks the check read again.
-    for name, flags in (("unfused", ["--no-shape-fusion"]), ("unchecked", ["--no-shape-fusion", "--no-shape-check"])):
-        cli(
-            [
-                "evaluate",
-                "--model",
-                str(tmp_path / "ft-ddpm/model"),
-                "--dataset",
-                str(synth_prepared),
-                "--split",
-                "test",
-                "--output",
-                str(tmp_path / f"{name}.json"),
-                *flags,
-            ]
-        )
-    unfused, unchecked = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("unfused", "unchecked"))
+    unfused = evaluate(tmp_path / "unfused.json", "--no-shape-fusion")
+    unchecked = evaluate(tmp_path / "unchecked.json", "--no-shape-fusion", "--no-shape-check")
+    assert m["shape_fusion"] and not unfused["shape_fusion"]
     assert unfused["predictions"] != m["predictions"]
     differ = sum(
         a != b for i in unfused["predictions"] for a, b in zip(unfused["predictions"][i], unchecked["predictions"][i])
     )
     assert unchecked["shape_moved"] == 0 and differ == m["shape_moved"]
-    cli(
-        [
-            "evaluate",
-            "--model",
-            str(tmp_path / "ft-ddpm/model"),
-            "--dataset",
-            str(synth_prepared),
-            "--split",
-            "test",
-            "--output",
-            str(tmp_path / "paper.json"),
-            "--paper-compatible",
-        ]
-    )
-    assert json.loads((tmp_path / "paper.json").read_text())["mode"] == "paper"
+    assert evaluate(tmp_path / "paper.json", "--paper-compatible")["mode"] == "paper"
     # The card states the real training data, the label count and the initialisation, no local paths.
     assert (
         cli(["card", str(tmp_path / "ft-ddpm/model"), "--metrics", str(metrics_path), "--repo-id", "org/ceph-2"]) == 0
