@@ -45,7 +45,7 @@ def cmd_ensemble(args) -> int:
         held = cal["shape_fusion"]["held_out"]
         print(
             f"shape fusion: validation MRE {held['mre_without']:.3f} -> {held['mre_with']:.3f} {held['unit']}, "
-            "each image fused by a shape model fitted without it"
+            "each image fused by a shape model fitted without its fold"
         )
     return 0
 

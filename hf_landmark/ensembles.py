@@ -84,7 +84,8 @@ def save_ensemble(
     (written whole or not at all) and calibrate it on ``dataset``'s validation split as
     fine-tuning calibrates one detector (:func:`hf_landmark.calibration.calibrate_saved_model`;
     ``offset_correction``: the offsets' shrinkage in images, ``shape_fusion``: the shape
-    fusion's weight, each by default the first member's, 0 for a member trained without it). Returns ``{"members", "calibration", "val_mre", "unit"}``."""
+    fusion's weight, each by default the first member's, 0 for a member trained without it).
+    Returns ``{"members", "calibration", "val_mre", "unit"}``."""
     from .calibration import Corrections, calibrate_on_dataset
     from .fileio import atomic_directory, write_json_atomic
     from .modeling_landmark import LandmarkDetector

@@ -11,8 +11,8 @@ true shape given them is
 
     fused = mean + C (C + D)^-1 (observed - mean),
 
-where ``D`` holds each landmark's noise variance: its heatmap spread times a per-landmark
-factor measured on the calibration images. A sure landmark barely moves; an unsure one moves
+where ``D`` holds each landmark's noise variance: the square of its heatmap spread times a
+per-landmark factor measured on the calibration images. A sure landmark barely moves; an unsure one moves
 toward where its neighbours put it, along the directions the shapes vary in. The covariance is
 shrunk halfway toward its diagonal so that a few dozen shapes give a usable one.
 

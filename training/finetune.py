@@ -344,7 +344,7 @@ def choose_labeled(args: FinetuneArguments, model, processor, train_all) -> list
 
 
 def calibrate(args: FinetuneArguments, model_dir: str, val, labeled, pool) -> dict:
-    """The saved best model's offsets, radii and flag, calibrated on validation (logged)."""
+    """The saved best model's offsets, shape fusion, radii and flag, calibrated on validation (logged)."""
     calibration = calibrate_saved_model(model_dir, val, labeled, args.decoder, pool, args.corrections())
     log_calibration(calibration, len(val))
     return calibration
@@ -368,7 +368,7 @@ def log_calibration(calibration: dict, num_val: int, log=logger) -> None:
         fusion = calibration["shape_fusion"]["held_out"]
         log.info(
             "shape fusion (weight %g, %d shapes): validation MRE %.3f -> %.3f %s, each image fused by a shape model "
-            "fitted without its fold of %d",
+            "fitted without its fold (%d folds)",
             calibration["shape_fusion"]["weight"],
             calibration["shape_fusion"]["shapes"],
             fusion["mre_without"],

@@ -178,9 +178,10 @@ class FinetuneArguments:
         default=None,
         metadata={
             "help": "weigh each predicted landmark against where the image's other landmarks put it: a shape model of the "
-            "labeled and validation images' landmarks and the first stage's on the pool, each landmark's noise this weight "
-            "times its median error per unit of heatmap spread on validation; an unsure landmark moves toward the shape, a "
-            "sure one stays (0: off; default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
+            "labeled and validation images' landmarks and the first stage's on the pool; each landmark's noise variance is "
+            "this weight times the square of its heatmap spread times its median error per unit of spread on validation, so "
+            "an unsure landmark moves toward the shape and a sure one stays (0: off; default: the recipe's; hf-landmark "
+            "finetune --show-recipe N prints it)",
         },
     )
     mixed_precision: str = field(default="auto", metadata={"help": MIXED_PRECISION_HELP})
