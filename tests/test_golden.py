@@ -1,6 +1,6 @@
 """A golden record of fine-tuning: on synthetic data, with a fixed seed, fp32 and one thread, a
-small two-stage detector with self-training, the shape check, the refinement prior and landmark
-offsets is fine-tuned and run on held-out images; its predictions (to 1e-5 px), radii, flags and
+small two-stage detector with self-training, the shape check, the refinement prior, landmark
+offsets and the shape fusion is fine-tuned and run on held-out images; its predictions (to 1e-5 px), radii, flags and
 training record (timestamps, durations and paths aside) must be what ``tests/golden/`` holds.
 A change that moves any of them is a change of the method, not a refactor: regenerate the
 record on purpose (``python tests/test_golden.py``) and say why in the commit.
