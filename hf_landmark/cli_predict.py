@@ -27,15 +27,7 @@ def cmd_evaluate(args) -> int:
 
     split = require_split(load_prepared(args.dataset), args.split, args.dataset)
     model, processor = load_detector(args.model)
-    for detector in model.detectors():  # an ensemble's members each hold their own
-        if args.no_shape_check:
-            detector.config.set_shape_check(None, None)
-        if args.no_refine_prior:
-            detector.config.set_refine_prior(None)
-    if args.no_offset_correction:
-        processor.set_landmark_offsets(None)
-    if args.no_shape_fusion:
-        processor.set_shape_model(None)
+    _switch_off(args, model, processor)
     data = load_tensors(split, processor.size, processor.resample, 0 if args.no_refine else processor.refine_size)
     if args.exclude_training_labels:
         data = without_training_labels(data, args)
@@ -92,6 +84,19 @@ def cmd_evaluate(args) -> int:
     print_evaluation(metrics, uncertainty, model.config, pred["coords"].shape[:2])
     print("wrote " + ", ".join(written))
     return 0
+
+
+def _switch_off(args, model, processor) -> None:
+    """``evaluate``'s ``--no-*`` switches: the same weights without a post-processing step."""
+    for detector in model.detectors():  # an ensemble's members each hold their own
+        if args.no_shape_check:
+            detector.config.set_shape_check(None, None)
+        if args.no_refine_prior:
+            detector.config.set_refine_prior(None)
+    if args.no_offset_correction:
+        processor.set_landmark_offsets(None)
+    if args.no_shape_fusion:
+        processor.set_shape_model(None)
 
 
 def without_training_labels(data, args):
