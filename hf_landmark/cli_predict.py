@@ -55,8 +55,7 @@ def cmd_evaluate(args) -> int:
         uncertainty=uncertainty,
         shape_moved=int(pred["shape_moved"].sum()),
         # The shape fusion reads the stage it was calibrated on: --no-refine leaves a refined one off.
-        shape_fusion=processor.shape_model_mean is not None
-        and processor.shape_model_stage == ("refined" if data.fine_images is not None else "first"),
+        shape_fusion=processor.fuses("refined" if data.fine_images is not None else "first"),
         predictions={i: p.tolist() for i, p in zip(data.image_ids, pred["coords"])},
     )
     write_json_atomic(metrics, args.output)

@@ -365,11 +365,15 @@ class LandmarkImageProcessor(LowConfidenceFlag, BaseImageProcessor):
         coords, scores = self.decode(outputs, decoder, stage)
         sizes = torch.as_tensor(np.asarray(target_sizes, dtype=np.float64)).reshape(-1, 1, 2)
         xy = model_to_original(coords.double().cpu(), sizes, self.size).numpy()
-        if self.shape_model_mean is not None and self.shape_model_stage == _stage_of(outputs, stage):
+        if self.fuses(_stage_of(outputs, stage)):
             sd = self.spread(outputs, target_sizes, stage) * np.asarray(self.shape_model_noise, dtype=np.float64)
             xy = fuse_shapes(xy, sd, self.shape_model_mean, self.shape_model_covariance)
             xy = np.clip(xy, 0.0, sizes.numpy() - 1.0)
         return xy, scores.cpu().numpy().astype(np.float64)
+
+    def fuses(self, stage: str) -> bool:
+        """Whether the shape fusion moves ``stage``'s landmarks (``"refined"`` or ``"first"``)."""
+        return self.shape_model_mean is not None and self.shape_model_stage == stage
 
     def set_shape_model(self, model: tuple | None, noise=None, stage: str = "refined") -> None:
         """Set the shape fusion (:mod:`hf_landmark.shape_model`): ``model`` ``(mean [N, 2],
