@@ -25,7 +25,7 @@ FLAG_POOL_LIMIT = 2000
 class Corrections:
     """What calibration fits to the predictions themselves: ``offset_images`` > 0, the landmark
     offsets shrunk by that many images (:func:`mean_offsets`); ``shape_fusion`` > 0, the shape
-    fusion with that weight (:func:`_calibrate_shape_model`). 0: off."""
+    fusion with that weight (:func:`calibrate_shape_model`). 0: off."""
 
     offset_images: float = 0.0
     shape_fusion: float = 0.0
@@ -124,35 +124,30 @@ def calibrate_processor(
     """Calibrate ``processor``: first its ``corrections``, the landmark offsets (each
     landmark's mean error on ``calibration``, shrunk toward none by ``offset_images`` images' worth:
     :func:`mean_offsets`; 0 removes them), then the shape fusion
-    (:func:`_calibrate_shape_model`; 0 removes it); then the radii by split conformal prediction on
+    (:func:`calibrate_shape_model`; 0 removes it); then the radii by split conformal prediction on
     held-out labeled images (``calibration``, the validation split), on each image's errors
     under the offsets and the shape model measured without it; the low-confidence flag on those and on
     ``pool`` (images the model never trained on, labeled or not: the unlabeled split, the
     unlabeled rest of the training split; never test), whose every other image joins
     ``reference`` (the training images) in defining "like the training data" and the rest
     set the thresholds, so that no image does both. Returns what was measured."""
-    stage = (
-        "refined" if getattr(model, "has_refinement_stage", False) and calibration.fine_images is not None else "first"
-    )
+    stage = correction_stage(model, calibration)
     processor.set_landmark_offsets(None, stage)
     processor.set_shape_model(None)
     cal = predict_split(model, processor, calibration, decoder)
     truth = calibration.original_landmarks.double().numpy()
-    offsets_report = fusion_report = None
-    if corrections.offset_images > 0:
-        offsets_report, cal["coords"] = _calibrate_offsets(
-            model, processor, calibration, cal, corrections.offset_images, stage
-        )
+    offsets_report, cal["coords"] = calibrate_offsets(
+        model, processor, calibration, cal, corrections.offset_images, stage
+    )
     first_stage = [
         (part, predict_split(model, processor, part, decoder, refine=False))
         for part in [reference, *(p for p in pool or [] if len(p))]
     ]
-    if corrections.shape_fusion > 0:
-        shapes = [reference.original_landmarks.double().numpy()]
-        shapes += [out["first_stage_coords"] for _, out in first_stage[1:]]
-        fusion_report, cal["coords"] = _calibrate_shape_model(
-            model, processor, calibration, cal, np.concatenate(shapes), corrections.shape_fusion, stage
-        )
+    shapes = [reference.original_landmarks.double().numpy()]
+    shapes += [out["first_stage_coords"] for _, out in first_stage[1:]]
+    fusion_report, cal["coords"] = calibrate_shape_model(
+        model, processor, calibration, cal, np.concatenate(shapes), corrections.shape_fusion, stage
+    )
     errors = radial_errors(cal["coords"], truth)
     processor.calibrate(cal["spread"], errors)
     _calibrate_flag(processor, (calibration, cal), first_stage)
@@ -172,18 +167,27 @@ def calibrate_processor(
     }
 
 
+def correction_stage(model, calibration: LandmarkTensors) -> str:
+    """The stage whose landmarks the corrections move: the refined ones where ``model`` refines
+    and ``calibration`` has its fine images, else the first stage's."""
+    refines = getattr(model, "has_refinement_stage", False) and calibration.fine_images is not None
+    return "refined" if refines else "first"
+
+
 #: The calibration images' held-out fusion: each fused by a shape model fitted without its fold, of at most this many.
 FUSION_FOLDS = 10
 
 
-def _calibrate_shape_model(model, processor, calibration, cal: dict, other_shapes, weight: float, stage: str):
+def calibrate_shape_model(model, processor, calibration, cal: dict, other_shapes, weight: float, stage: str):
     """Set ``processor``'s shape fusion (:mod:`hf_landmark.shape_model`): the point distribution
     model of ``other_shapes`` (original pixels: the labeled images' true landmarks and the first
     stage's on the pool) and ``calibration``'s true landmarks, each landmark's noise ``weight``
     times its median error per unit of spread on ``calibration`` (``cal``: its predictions,
     under the offsets). Returns ``(report, each calibration image's landmarks fused by a model
-    fitted without its fold)``: honest errors for the radii; ``(None, unchanged)`` when there
-    are too few shapes."""
+    fitted without its fold)``: honest errors for the radii; ``(None, unchanged)`` when
+    ``weight`` is 0 (off) or there are too few shapes."""
+    if weight <= 0:
+        return None, cal["coords"]
     truth = calibration.original_landmarks.double().numpy()
     coords, spread = cal["coords"], cal["spread"]
     errors = radial_errors(coords, truth)
@@ -227,10 +231,13 @@ def _calibrate_shape_model(model, processor, calibration, cal: dict, other_shape
     return report, held_out
 
 
-def _calibrate_offsets(model, processor, calibration, cal: dict, offset_images: float, stage: str):
+def calibrate_offsets(model, processor, calibration, cal: dict, offset_images: float, stage: str):
     """Set ``processor``'s landmark offsets from ``calibration``'s errors (``cal``: its
     predictions without them), shrunk by ``offset_images``; returns ``(report, each image's
-    coordinates corrected by the offsets of the others)``."""
+    coordinates corrected by the offsets of the others)``; ``(None, unchanged)`` when
+    ``offset_images`` is 0 (off)."""
+    if offset_images <= 0:
+        return None, cal["coords"]
     truth = calibration.original_landmarks.double().numpy()
     scale = calibration.original_sizes.double().numpy()[:, None, :] / processor.size  # original px per model px
     offsets, held_out = mean_offsets((cal["coords"] - truth) / scale, offset_images)

@@ -52,14 +52,18 @@ def self_training_pool(
     return pool.with_landmarks(torch.full_like(truth, math.nan)), truth
 
 
-def pseudo_labels(
-    model_dir: str, pool, val, labeled, decoder: str, shares: tuple[float, float], device
+def pseudo_labels(  # noqa: PLR0913 (the images of each role, and how to label them)
+    model_dir: str, pool, val, labeled, decoder: str, shares: tuple[float, float], device, corrections=None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """The saved model's predictions on ``pool`` and which of them to keep. The model's
     low-confidence flag (its embedding test) is calibrated on ``labeled`` (what "like the
     training data" means) and ``val`` alone, never on the pool, so that a pool full of odd
-    images cannot make itself look familiar; a flagged pool image gives no pseudo-label. Of the others,
-    :func:`choose_pseudo_labels` (its ratios from ``val``) keeps the ``keep`` share, and at least
+    images cannot make itself look familiar; a flagged pool image gives no pseudo-label. With
+    ``corrections`` (:class:`hf_landmark.calibration.Corrections`, those of the run), the
+    predictions are corrected as the saved detector's will be: landmark offsets and shape fusion
+    fitted on ``val`` (the pool's first-stage landmarks among the fusion's shapes). Of the
+    others, :func:`choose_pseudo_labels` (its ratios from ``val``, under the same corrections,
+    each validation image's fitted without it) keeps the ``keep`` share, and at least
     the ``keep_each`` share of each landmark (``shares``: ``(keep, keep_each)``). Returns
     ``(coords [M, N, 2] original px, keep mask [M, N], facts)``."""
     from .evaluation import predict_split
@@ -69,11 +73,18 @@ def pseudo_labels(
     keep, keep_each = shares
     model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     processor = processor_for_model(model)
+    corrected = corrections is not None and (corrections.offset_images > 0 or corrections.shape_fusion > 0)
+    if corrected:  # a teacher's own corrections are fitted again on this run's terms
+        processor.set_landmark_offsets(None)
+        processor.set_shape_model(None)
     cal = predict_split(model, processor, val, decoder)
     reference = predict_split(model, processor, labeled, decoder, refine=False)["embeddings"]
     processor.calibrate_flag(
         reference, cal["embeddings"], processor.relative_spread(cal["first_stage_spread"], val.original_sizes.numpy())
     )
+    facts = {}
+    if corrected:
+        facts["corrections"] = _correct(model, processor, (val, cal), labeled, pool, decoder, corrections)
     val_errors = radial_errors(cal["coords"], val.original_landmarks.double().numpy())
     # Only the embedding test: how sure the model is of each landmark is the expected error's part.
     out = predict_split(model, processor, pool, decoder, spread_check=False)
@@ -81,7 +92,31 @@ def pseudo_labels(
     chosen, threshold = choose_pseudo_labels(
         out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep, usable, keep_each
     )
-    return out["coords"], chosen, {"flagged_images": int((~usable).sum()), "threshold_relative": threshold}
+    return out["coords"], chosen, {"flagged_images": int((~usable).sum()), "threshold_relative": threshold, **facts}
+
+
+def _correct(model, processor, held_out, labeled, pool, decoder: str, corrections) -> dict:
+    """Fit ``corrections`` into ``processor`` as calibration does (offsets, then the fusion whose
+    shapes are ``labeled``'s true landmarks and ``pool``'s first-stage ones); ``held_out``
+    ``(val, its predictions)``: their coordinates become those corrected without each image.
+    Returns the validation MRE without and with them."""
+    from .calibration import calibrate_offsets, calibrate_shape_model, correction_stage
+    from .evaluation import predict_split
+
+    val, cal = held_out
+    stage = correction_stage(model, val)
+    offsets, cal["coords"] = calibrate_offsets(model, processor, val, cal, corrections.offset_images, stage)
+    shapes = np.concatenate(
+        [
+            labeled.original_landmarks.double().numpy(),
+            predict_split(model, processor, pool, decoder, refine=False)["first_stage_coords"],
+        ]
+    )
+    fusion, cal["coords"] = calibrate_shape_model(model, processor, val, cal, shapes, corrections.shape_fusion, stage)
+    return {
+        "offsets": (offsets or {}).get("leave_one_out"),
+        "shape_fusion": (fusion or {}).get("held_out"),
+    }
 
 
 def choose_pseudo_labels(
@@ -165,6 +200,8 @@ class SelfTrainingPlan:
     pool_limit: int
     new_model: Callable[[], Any]
     teacher: str | None = None
+    #: the run's :class:`hf_landmark.calibration.Corrections`, applied to the pseudo-labels (None: none)
+    corrections: Any = None
 
 
 def check_teacher(teacher: str, record: dict) -> dict:
@@ -271,7 +308,14 @@ def _pseudo_label_round(
     weights)``, or ``(report, None, None)`` when every pool image is flagged."""
     settings = ctx.settings
     coords, chosen, facts = pseudo_labels(
-        source, pool.images, ctx.val, train, settings.decoder, (plan.keep, plan.keep_each), ctx.accelerator.device
+        source,
+        pool.images,
+        ctx.val,
+        train,
+        settings.decoder,
+        (plan.keep, plan.keep_each),
+        ctx.accelerator.device,
+        plan.corrections,
     )
     images = np.flatnonzero(chosen.any(axis=1))
     report = {

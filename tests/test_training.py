@@ -1032,6 +1032,49 @@ def test_an_ensemble_with_one_member_left_is_that_member(ddpm, synth_prepared, t
     assert "members/seed-7/model is left out of the ensemble: it differs from" in caplog.text
 
 
+def test_pseudo_labels_are_what_the_calibrated_detector_predicts(ddpm, synth_prepared, tmp_path):
+    """With the run's corrections, a round's pseudo-labels are the pool predictions of the detector
+    calibrated as fine-tuning calibrates it (offsets and fusion fitted on validation, the pool's
+    first-stage landmarks among the fusion's shapes); without them, its raw predictions."""
+    from hf_landmark.calibration import Corrections, calibrate_processor
+    from hf_landmark.evaluation import compute_metrics, predict_split
+    from hf_landmark.image_processing_landmark import processor_for_model
+    from hf_landmark.self_training import pseudo_labels
+
+    out = tmp_path / "ft"
+    args = ["finetune", "--dataset", str(synth_prepared), "--num-labels", "3", "--max-steps", "8", "--eval-steps", "4"]
+    args += ["--no-refine", "--self-train", "0", "--report-to", "none", "--init", str(ddpm / "checkpoint-50")]
+    assert cli([*args, "--offset-correction", "0", "--shape-fusion", "0", "--output-dir", str(out)]) == 0
+    model_dir = str(out / "model")
+    model = LandmarkDetector.from_pretrained(model_dir).eval()
+    processor = processor_for_model(model)
+    prepared = load_prepared(synth_prepared)
+    labeled_ids = json.loads((out / "model" / "hf_landmark_training.json").read_text())["labeled_image_ids"]
+    train = prepared["train"]
+    split = [[i for i, x in enumerate(train["image_id"]) if (x in labeled_ids) == flag] for flag in (True, False)]
+    labeled, pool = (load_tensors(train.select(rows), model.config.image_size, processor.resample) for rows in split)
+    val = load_tensors(prepared["validation"], model.config.image_size, processor.resample)
+    unlabeled_pool = pool.with_landmarks(torch.full_like(pool.landmarks, float("nan")))
+    corrections = Corrections(offset_images=2.0, shape_fusion=0.25)
+    raw, _, facts = pseudo_labels(model_dir, unlabeled_pool, val, labeled, "centroid", (0.5, 0.0), "cpu")
+    assert "corrections" not in facts
+    np.testing.assert_allclose(raw, predict_split(model, processor, pool, "centroid")["coords"], rtol=0, atol=1e-9)
+    coords, chosen, facts = pseudo_labels(
+        model_dir, unlabeled_pool, val, labeled, "centroid", (0.5, 0.0), "cpu", corrections
+    )
+    calibrate_processor(model, processor, val, labeled, "centroid", [pool], corrections)
+    assert processor.landmark_offsets is not None and processor.fuses("first")
+    expected = predict_split(model, processor, pool, "centroid")["coords"]
+    np.testing.assert_allclose(coords, expected, rtol=0, atol=1e-6)
+    assert np.abs(coords - raw).max() > 0.01  # the corrections moved them
+    assert facts["corrections"]["offsets"]["mre_without"] == pytest.approx(
+        compute_metrics(
+            predict_split(model, processor_for_model(model), val, "centroid")["coords"], val, model.config
+        )["mre"]
+    )
+    assert 0 < chosen.mean() <= 0.6
+
+
 def test_a_teacher_gives_the_first_self_training_round_its_pseudo_labels(ddpm, synth_prepared, tmp_path):
     """``--teacher``: the first round pseudo-labels the pool with the teacher's predictions (the
     error the round reports for all of them is the teacher's own on those images, computed here
@@ -1076,6 +1119,12 @@ def test_a_teacher_gives_the_first_self_training_round_its_pseudo_labels(ddpm, s
     errors, unit = physical_errors(predict_split(model, processor, pool)["coords"], pool, model.config)
     assert first["pseudo_label_error"]["images_with_truth"] == len(pool) > 0
     assert first["pseudo_label_error"]["all_mre"] == pytest.approx(float(errors.mean()), rel=1e-5)
+    # The run's corrections (here the fusion) are fitted again on the teacher's predictions and
+    # reported: validation, each image fused without its fold, as the teacher's own calibration did.
+    own = json.loads((teacher / "model" / "preprocessor_config.json").read_text())["calibration"]
+    assert own["shape_model_mean"] is not None and first["corrections"]["offsets"] is None
+    fusion = first["corrections"]["shape_fusion"]
+    assert fusion["folds"] == len(load_prepared(synth_prepared)["validation"]) and fusion["unit"] == unit
     record = json.loads((student / "model" / "hf_landmark_training.json").read_text())
     assert record["teacher"]["members"] == 1 and record["teacher"]["path"] == str(teacher / "model")
     metrics = tmp_path / "m.json"

@@ -285,6 +285,7 @@ def self_training_plan(args: FinetuneArguments, data: FinetuneData, shape) -> Se
         pool_limit=args.self_train_pool,
         new_model=new_round_model,
         teacher=args.teacher,
+        corrections=args.corrections(),
     )
 
 
