@@ -330,6 +330,17 @@ def _pseudo_label_round(
             coords, chosen, pool.truth, pool.images, LandmarkConfig.from_pretrained(model_dir)
         ),
     }
+    fitted = {k: v for k, v in facts.get("corrections", {}).items() if v}
+    if fitted:
+        first, last = list(fitted.values())[0], list(fitted.values())[-1]
+        logger.info(
+            "self-train round %d: pseudo-labels under the run's %s: validation MRE %.3f -> %.3f %s (each image's fitted without it)",
+            r,
+            " and ".join(k.replace("_", " ") for k in fitted),
+            first["mre_without"],
+            last["mre_with"],
+            last["unit"],
+        )
     if not len(images):
         logger.warning(
             "self-train round %d: every pool image was flagged as unlike the training images; no pseudo-labels", r

@@ -464,6 +464,9 @@ def test_model_card_from_real_metrics(tmp_path):
         }
         for r, mre, before, kept in ((1, 3.05, 3.65, True), (2, 2.94, 3.05, True), (3, 3.10, 2.94, False))
     ]
+    # Round 2's pseudo-labels were corrected by the fusion alone, round 3's by both.
+    rounds[1]["corrections"] = {"offsets": None, "shape_fusion": {"mre_without": 3.1, "mre_with": 2.9}}
+    rounds[2]["corrections"] = {"offsets": {"mre_without": 3.0}, "shape_fusion": {"mre_with": 2.8}}
     training = {
         "num_labels": 1,
         "subset": "first",
@@ -483,6 +486,11 @@ def test_model_card_from_real_metrics(tmp_path):
         LandmarkDetector.from_pretrained(tmp_path / "m").config, metrics, "org/x", training=training
     ).text
     assert "validation MRE 3.05 against 3.65 before: kept, then replaced by a later round." in text
+    assert "on 10 unlabeled images kept as pseudo-labels; validation MRE 3.05" in text
+    assert (
+        "kept as pseudo-labels, corrected by the run's shape fusion fitted on validation; validation MRE 2.94" in text
+    )
+    assert "corrected by the run's landmark offsets and shape fusion fitted on validation; validation MRE 3.10" in text
     assert (
         "validation MRE 2.94 against 3.05 before: this model." in text
         and "validation MRE 3.10 against 2.94 before: not kept." in text
