@@ -99,7 +99,8 @@ def _correct(model, processor, held_out, labeled, pool, decoder: str, correction
     """Fit ``corrections`` into ``processor`` as calibration does (offsets, then the fusion whose
     shapes are ``labeled``'s true landmarks and ``pool``'s first-stage ones); ``held_out``
     ``(val, its predictions)``: their coordinates become those corrected without each image.
-    Returns the validation MRE without and with them."""
+    Returns each correction's validation report (MRE and SDR without and with it, held out), or
+    None where it is off."""
     from .calibration import calibrate_offsets, calibrate_shape_model, correction_stage
     from .evaluation import predict_split
 

@@ -239,7 +239,7 @@ class FinetuneArguments:
         default=None,
         metadata={
             "help": "rounds of self-training on the pool (the unlabeled rest of the training split and the unlabeled split; never "
-            "validation or test): the best model predicts it, the landmarks whose expected error is smallest become pseudo-labels, "
+            "validation or test): the best model predicts it, corrected by the run's landmark offsets and shape fusion fitted on validation, the landmarks whose expected error is smallest become pseudo-labels, "
             "and both stages are fine-tuned again on the labels plus them; a round's model is kept only if better on validation, and the first round that is not ends it (0: off; default: the recipe's; hf-landmark finetune --show-recipe N prints it)",
         },
     )
