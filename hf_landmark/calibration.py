@@ -30,6 +30,11 @@ class Corrections:
     offset_images: float = 0.0
     shape_fusion: float = 0.0
 
+    @property
+    def any(self) -> bool:
+        """Whether any correction is on."""
+        return self.offset_images > 0 or self.shape_fusion > 0
+
 
 #: No offsets, no shape fusion.
 NO_CORRECTIONS = Corrections()

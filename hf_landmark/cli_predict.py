@@ -11,6 +11,7 @@ from .errors import UserInputError
 
 def cmd_evaluate(args) -> int:
 
+    from .calibration import correction_stage
     from .data import load_prepared, load_tensors
     from .data.prepared import require_split
     from .evaluation import (
@@ -55,7 +56,7 @@ def cmd_evaluate(args) -> int:
         uncertainty=uncertainty,
         shape_moved=int(pred["shape_moved"].sum()),
         # The shape fusion reads the stage it was calibrated on: --no-refine leaves a refined one off.
-        shape_fusion=processor.fuses("refined" if data.fine_images is not None else "first"),
+        shape_fusion=processor.fuses(correction_stage(model, data)),
         predictions={i: p.tolist() for i, p in zip(data.image_ids, pred["coords"])},
     )
     write_json_atomic(metrics, args.output)

@@ -73,7 +73,7 @@ def pseudo_labels(  # noqa: PLR0913 (the images of each role, and how to label t
     keep, keep_each = shares
     model = LandmarkDetector.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     processor = processor_for_model(model)
-    corrected = corrections is not None and (corrections.offset_images > 0 or corrections.shape_fusion > 0)
+    corrected = corrections is not None and corrections.any
     if corrected:  # a teacher's own corrections are fitted again on this run's terms
         processor.set_landmark_offsets(None)
         processor.set_shape_model(None)
