@@ -1,12 +1,18 @@
 """A golden record of fine-tuning: on synthetic data, with a fixed seed, fp32 and one thread, a
 small two-stage detector with self-training, the shape check, the refinement prior, landmark
-offsets and the shape fusion is fine-tuned and run on held-out images; its predictions (to 1e-5 px), radii, flags and
+offsets and the shape fusion is fine-tuned and run on held-out images; its predictions, radii, flags and
 training record (timestamps, durations and paths aside) must be what ``tests/golden/`` holds.
 A change that moves any of them is a change of the method, not a refactor: regenerate the
 record on purpose (``python tests/test_golden.py``) and say why in the commit.
 
 The run is a subprocess with ``OMP_NUM_THREADS=1``, so that no reduction depends on the number
-of cores."""
+of cores. Other CPUs still round differently (another BLAS kernel, another oneDNN path), so the
+numbers are compared to a relative 1e-4 (``TOLERANCE``), and a record is only written when a run
+whose every optimizer step is perturbed by a relative 1e-6 (``STABILITY``) agrees with it: a
+record whose numbers hang on a near-tie (the centroid decoder's largest component, the shape
+check's radius) passes on one CPU and fails on the next. At 12 first-stage steps such a tie
+moved a pool landmark by 13 pixels under that perturbation (and on another CPU); at 40 the
+perturbed run agrees to a relative 4e-5."""
 
 import json
 import math
@@ -44,8 +50,36 @@ def _normalise(value, tmp: str):
     return value
 
 
-def run(tmp: Path) -> dict:
+#: Relative tolerance of the comparison (absolute below 1).
+TOLERANCE = 1e-4
+#: The relative noise added to every weight after each optimizer step of the stability run.
+STABILITY = 1e-6
+_PERTURB = """
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+_generator = torch.Generator().manual_seed(0)
+
+
+def _perturb(optimizer, args, kwargs):
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.mul_(1 + {eps} * torch.randn(p.shape, generator=_generator, dtype=p.dtype))
+
+
+register_optimizer_step_post_hook(_perturb)
+"""
+
+
+def run(tmp: Path, perturb: float = 0.0) -> dict:
+    """The golden run in ``tmp``; ``perturb`` > 0: with that relative noise on the weights after
+    every optimizer step (a ``sitecustomize`` of the subprocess), as another CPU's rounding."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
+    if perturb:
+        (tmp / "site").mkdir()
+        (tmp / "site" / "sitecustomize.py").write_text(_PERTURB.format(eps=perturb))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp / "site"), env.get("PYTHONPATH")]))
     _cli("synth", "--out", tmp / "raw", "--num-images", 30, "--seed", 3, env=env)
     _cli(
         "prepare",
@@ -77,9 +111,9 @@ def run(tmp: Path) -> dict:
         "--refine-preset",
         "tiny",
         "--max-steps",
-        12,
+        40,
         "--eval-steps",
-        4,
+        8,
         "--refine-max-steps",
         8,
         "--refine-batch-size",
@@ -105,7 +139,7 @@ def run(tmp: Path) -> dict:
     )
 
 
-def _compare(got, want, where="", tol=1e-5):
+def _compare(got, want, where="", tol=TOLERANCE):
     if isinstance(want, dict):
         assert isinstance(got, dict) and set(got) == set(want), f"{where}: keys {sorted(set(got) ^ set(want))}"
         for k in want:
@@ -130,8 +164,13 @@ def test_fine_tuning_gives_the_golden_record(tmp_path):
 if __name__ == "__main__":
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as other:
         record = run(Path(tmp))
+        perturbed = run(Path(other), perturb=STABILITY)
+    try:
+        _compare(perturbed, record)
+    except AssertionError as error:
+        sys.exit(f"not written: the run moves under a {STABILITY:g} perturbation of its weights ({error})")
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
