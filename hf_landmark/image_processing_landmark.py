@@ -366,10 +366,15 @@ class LandmarkImageProcessor(LowConfidenceFlag, BaseImageProcessor):
         sizes = torch.as_tensor(np.asarray(target_sizes, dtype=np.float64)).reshape(-1, 1, 2)
         xy = model_to_original(coords.double().cpu(), sizes, self.size).numpy()
         if self.fuses(_stage_of(outputs, stage)):
-            sd = self.spread(outputs, target_sizes, stage) * np.asarray(self.shape_model_noise, dtype=np.float64)
-            xy = fuse_shapes(xy, sd, self.shape_model_mean, self.shape_model_covariance)
-            xy = np.clip(xy, 0.0, sizes.numpy() - 1.0)
+            xy = self.fuse(xy, self.spread(outputs, target_sizes, stage), target_sizes)
         return xy, scores.cpu().numpy().astype(np.float64)
+
+    def fuse(self, xy: np.ndarray, spread: np.ndarray, target_sizes) -> np.ndarray:
+        """The shape fusion of landmarks ``xy`` ``[B, N, 2]`` (original pixels) whose heatmap
+        spread is ``spread`` ``[B, N]`` (:meth:`spread`), kept inside each image (``target_sizes``)."""
+        sd = np.asarray(spread, dtype=np.float64) * np.asarray(self.shape_model_noise, dtype=np.float64)
+        fused = fuse_shapes(xy, sd, self.shape_model_mean, self.shape_model_covariance)
+        return np.clip(fused, 0.0, np.asarray(target_sizes, dtype=np.float64).reshape(-1, 1, 2) - 1.0)
 
     def fuses(self, stage: str) -> bool:
         """Whether the shape fusion moves ``stage``'s landmarks (``"refined"`` or ``"first"``)."""

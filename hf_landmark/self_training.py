@@ -66,6 +66,7 @@ def pseudo_labels(  # noqa: PLR0913 (the images of each role, and how to label t
     each validation image's fitted without it) keeps the ``keep`` share, and at least
     the ``keep_each`` share of each landmark (``shares``: ``(keep, keep_each)``). Returns
     ``(coords [M, N, 2] original px, keep mask [M, N], facts)``."""
+    from .calibration import calibrate_offsets, calibrate_shape_model, correction_stage
     from .evaluation import predict_split
     from .image_processing_landmark import processor_for_model
     from .metrics import radial_errors
@@ -82,42 +83,29 @@ def pseudo_labels(  # noqa: PLR0913 (the images of each role, and how to label t
     processor.calibrate_flag(
         reference, cal["embeddings"], processor.relative_spread(cal["first_stage_spread"], val.original_sizes.numpy())
     )
-    facts = {}
+    stage = correction_stage(model, val)
     if corrected:
-        facts["corrections"] = _correct(model, processor, (val, cal), labeled, pool, decoder, corrections)
-    val_errors = radial_errors(cal["coords"], val.original_landmarks.double().numpy())
+        offsets, cal["coords"] = calibrate_offsets(model, processor, val, cal, corrections.offset_images, stage)
     # Only the embedding test: how sure the model is of each landmark is the expected error's part.
     out = predict_split(model, processor, pool, decoder, spread_check=False)
+    facts = {}
+    if corrected:  # the fusion's shapes: the labeled images' truth and the pool's first-stage landmarks
+        shapes = np.concatenate([labeled.original_landmarks.double().numpy(), out["first_stage_coords"]])
+        fusion, cal["coords"] = calibrate_shape_model(
+            model, processor, val, cal, shapes, corrections.shape_fusion, stage
+        )
+        if processor.fuses(stage):
+            out["coords"] = processor.fuse(out["coords"], out["spread"], pool.original_sizes.numpy())
+        facts["corrections"] = {
+            "offsets": (offsets or {}).get("leave_one_out"),
+            "shape_fusion": (fusion or {}).get("held_out"),
+        }
+    val_errors = radial_errors(cal["coords"], val.original_landmarks.double().numpy())
     usable = np.array([f == "ok" for f in out["flags"]])
     chosen, threshold = choose_pseudo_labels(
         out["spread"], pool.original_sizes.double().numpy(), cal["spread"], val_errors, keep, usable, keep_each
     )
     return out["coords"], chosen, {"flagged_images": int((~usable).sum()), "threshold_relative": threshold, **facts}
-
-
-def _correct(model, processor, held_out, labeled, pool, decoder: str, corrections) -> dict:
-    """Fit ``corrections`` into ``processor`` as calibration does (offsets, then the fusion whose
-    shapes are ``labeled``'s true landmarks and ``pool``'s first-stage ones); ``held_out``
-    ``(val, its predictions)``: their coordinates become those corrected without each image.
-    Returns each correction's validation report (MRE and SDR without and with it, held out), or
-    None where it is off."""
-    from .calibration import calibrate_offsets, calibrate_shape_model, correction_stage
-    from .evaluation import predict_split
-
-    val, cal = held_out
-    stage = correction_stage(model, val)
-    offsets, cal["coords"] = calibrate_offsets(model, processor, val, cal, corrections.offset_images, stage)
-    shapes = np.concatenate(
-        [
-            labeled.original_landmarks.double().numpy(),
-            predict_split(model, processor, pool, decoder, refine=False)["first_stage_coords"],
-        ]
-    )
-    fusion, cal["coords"] = calibrate_shape_model(model, processor, val, cal, shapes, corrections.shape_fusion, stage)
-    return {
-        "offsets": (offsets or {}).get("leave_one_out"),
-        "shape_fusion": (fusion or {}).get("held_out"),
-    }
 
 
 def choose_pseudo_labels(
