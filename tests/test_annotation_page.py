@@ -101,6 +101,23 @@ class Page:
             timeout=timeout,
         )
 
+    def open(self, proc, text: str) -> None:
+        """Load the page and wait until its status shows ``text`` (the first load runs the
+        server's first image: with a model, its proposals). A page that does not fails the test
+        with what the page shows and what the server said (its traceback)."""
+        self.page.goto(f"http://127.0.0.1:{self.port}/")
+        try:
+            self.wait_status(text, timeout=60000)
+        except Exception as err:
+            seen = self.page.locator("body").inner_text()[-1500:]
+            proc.send_signal(signal.SIGINT)
+            try:
+                said = proc.communicate(timeout=60)[0][-3000:]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                said = proc.communicate()[0][-3000:]
+            raise AssertionError(f"the page never showed {text!r}; it shows: {seen}\nthe server said: {said}") from err
+
     def rows(self, elem_id: str, containing: str) -> list[str]:
         """The rows of the table ``elem_id`` (header left out), once one contains ``containing``."""
         js = (
@@ -187,9 +204,8 @@ def annotation_page(args):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
-            page.goto(f"http://127.0.0.1:{port}/")
             ui = Page(page, port)
-            ui.wait_status("Landmark 1 of 5: Sella")  # the first landmark, asked for by its name
+            ui.open(proc, "Landmark 1 of 5: Sella")  # the first landmark, asked for by its name
             yield page, ui
             browser.close()
     finally:
@@ -546,3 +562,22 @@ def test_radii_are_drawn_in_two_tones_to_read_on_bone_and_on_air(tmp_path):
         # the ring 60 * 2.4 = 144 px to its right, about x = 505 on row 361.
         ring = picture[361, 495:515].sum(axis=1)
         assert ring.min() <= 200 and ring.max() >= 350, (grey, ring)  # a dark halo beside a light (orange) line
+
+
+def test_a_radius_smaller_than_the_marker_opens_the_image(tmp_path):
+    """A model sure to within a fraction of a picture pixel (a radius of 0.3 original px is
+    0.7 overview px here): the image opens, and no ring is drawn where the marker covers it."""
+    from hf_landmark.annotation import AnnotationSession, open_project
+
+    images = tmp_path / "x"
+    images.mkdir()
+    Image.fromarray(np.full((300, 300), 0, np.uint8)).save(images / "x.png")
+    session = AnnotationSession(open_project(str(images), str(tmp_path / "a.csv"), NAMES))
+    session.state.proposals = np.array([[150.0, 150.0]] * 5)
+    session.state.radii = None
+    without = session.overview()
+    for radius in (0.3, 0.0, 1.5):  # 0.72, 0 and 3.6 overview px: all inside the 4-px marker
+        session.state.radii = np.array([radius] * 5)
+        assert np.array_equal(session.overview(), without), radius
+    session.state.radii = np.array([3.0] * 5)  # 7.2 px: outside the marker, a ring
+    assert not np.array_equal(session.overview(), without)

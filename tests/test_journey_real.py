@@ -113,12 +113,11 @@ class Journey:
         assert cli(self.argv(command)) == 0, command
 
 
-def open_page(port, chromium, pw):
+def open_page(proc, port, chromium, pw):
     browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"http://127.0.0.1:{port}/")
     ui = Page(page, port)
-    ui.wait_status("Landmark ")
+    ui.open(proc, "Landmark ")
     return browser, page, ui
 
 
@@ -198,7 +197,7 @@ def walk(tmp_path):
     port = _free_port()
     proc = serve(annotate, port)
     with sync_playwright() as pw:
-        browser, page, ui = open_page(port, chromium, pw)
+        browser, page, ui = open_page(proc, port, chromium, pw)
         no_zoom(page)
         for i, name in enumerate(order[:2]):
             assert f"Image {i + 1} of" in ui.status() and name in ui.status()
@@ -213,7 +212,7 @@ def walk(tmp_path):
         browser.close()
         assert (tmp_path / "choose.csv").read_bytes() == before
         proc = serve(annotate, port)
-        browser, page, ui = open_page(port, chromium, pw)
+        browser, page, ui = open_page(proc, port, chromium, pw)
         # The restarted page opens where the file stops: the third image, its fourth landmark.
         assert (
             "Image 3 of" in ui.status()
@@ -255,7 +254,7 @@ def walk(tmp_path):
     annotate = j.argv(steps[7])[1:]
     proc = serve(annotate, port)
     with sync_playwright() as pw:
-        browser, page, ui = open_page(port, chromium, pw)
+        browser, page, ui = open_page(proc, port, chromium, pw)
         page.get_by_role("tab", name="Review").click()
         page.get_by_role("button", name="Rank the images, worst predictions first").click()
         queue = ui.rows("annot-queue", "done")
