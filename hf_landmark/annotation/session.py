@@ -433,11 +433,12 @@ class AnnotationSession:
             colour = _PLACED if st.placed[k] else _PROPOSED
             r = 4  # the marker's radius
             ring = st.radii[k] * sx if self.show_radii and not st.placed[k] and st.radii is not None else np.nan
-            if ring > r:  # two-tone: a dark halo under a light line reads on bone and on air alike
+            # The radius, unless the marker covers it; two-tone: a dark halo under a light line
+            # reads on bone and on air alike.
+            if ring > r:
                 draw.ellipse([px - ring, py - ring, px + ring, py + ring], outline=(0, 0, 0, 200), width=4)
                 box = [px - ring + 1, py - ring + 1, px + ring - 1, py + ring - 1]
                 draw.ellipse(box, outline=(*_PROPOSED, 255), width=2)
-            # (a radius inside the marker is not drawn: the marker covers it)
             if cross:  # a crosshair with a gap, so the pixel itself stays visible
                 for a, b in (
                     ((px - 12, py), (px - 3, py)),
