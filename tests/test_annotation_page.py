@@ -110,12 +110,8 @@ class Page:
             self.wait_status(text, timeout=60000)
         except Exception as err:
             seen = self.page.locator("body").inner_text()[-1500:]
-            proc.send_signal(signal.SIGINT)
-            try:
-                said = proc.communicate(timeout=60)[0][-3000:]
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                said = proc.communicate()[0][-3000:]
+            stop(proc)
+            said = proc.stdout.read()[-3000:]
             raise AssertionError(f"the page never showed {text!r}; it shows: {seen}\nthe server said: {said}") from err
 
     def rows(self, elem_id: str, containing: str) -> list[str]:
