@@ -31,6 +31,13 @@ def test_presets():
     assert base.down_blocks[3].attentions[0].heads == 4
     assert unet_preset("large")["block_out_channels"] == [128, 256, 512, 1024]
     assert unet_preset("small")["block_out_channels"] == [32, 64, 128, 256]
+    compact = unet_preset("compact")
+    assert (compact["block_out_channels"], compact["layers_per_block"]) == ([16, 32, 64, 128], 2)
+    sizes = [
+        sum(p.numel() for p in UNet2DModel(sample_size=64, **unet_preset(n)).parameters())
+        for n in ("tiny", "compact", "small")
+    ]
+    assert sizes == sorted(sizes) and sizes[1] < 4_000_000
     # Any size divisible by 8 runs.
     for size in (40, 48):
         out = tiny(size=size)(torch.zeros(1, 1, size, size)).heatmaps
