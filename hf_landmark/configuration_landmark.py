@@ -42,8 +42,8 @@ UNET_PRESETS: dict[str, dict] = {
     "small": _unet_preset(32, 2, 32),
     # < 1 M parameters, for tests.
     "tiny": _unet_preset(16, 1, 8, widths=(1, 2, 2, 4)),
-    # "small" at half its width: a larger refiner than the default recipe's "tiny" (3.9 M
-    # parameters, about twice its cost per step on a CPU); measured in docs/evidence.md.
+    # "small" at half its width (3.9 M parameters, about twice "tiny"'s cost per step on a
+    # CPU): a larger refiner when its crop DDPM is pre-trained with it (docs/evidence.md).
     "compact": _unet_preset(16, 2, 8),
 }
 

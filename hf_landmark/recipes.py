@@ -124,8 +124,6 @@ DEFAULT_FEW = replace(
 #: ``--recipe long``: the default recipe three times with three seeds, saved as their ensemble
 #: (landmarks averaged): three times the fine-tuning time for 6-9 % lower error than its members on held-out
 #: images at 1, 5 and 10 labels (``docs/evidence.md``).
-#: Its refiner is the crop DDPM's U-Net: pre-trained with ``--preset compact``, the ensemble measured
-#: 2-4 % lower at 10 labels than with ``tiny``'s, the 30-minute recipe's.
 LONG = replace(DEFAULT, name=f"long, {FEW_LABELS_BELOW} labels or more", ensemble=3)
 LONG_FEW = replace(DEFAULT_FEW, name=f"long, fewer than {FEW_LABELS_BELOW} labels", ensemble=3)
 
