@@ -40,7 +40,7 @@ UNET_PRESETS: dict[str, dict] = {
     "large": _unet_preset(128, 2, 32),
     # For CPU runs at 64-128 px.
     "small": _unet_preset(32, 2, 32),
-    # < 1 M parameters, for tests.
+    # < 1 M parameters: the tests' U-Net, and the 30-minute recipe's refiner (its crop DDPM).
     "tiny": _unet_preset(16, 1, 8, widths=(1, 2, 2, 4)),
     # "small" at half its width (3.9 M parameters, about twice "tiny"'s cost per step on a
     # CPU): a larger refiner when its crop DDPM is pre-trained with it (docs/evidence.md).
