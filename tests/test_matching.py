@@ -176,3 +176,34 @@ def test_annotation_proposals_matched_from_the_first_finished_image(ddpm_and_ima
     session.accept()  # the proposals become the annotation, as with a model's
     saved = session.project.store.read()["b.png"][0]
     assert np.abs(saved[sure] - st.proposals[sure]).max() < 1e-3 and np.isnan(saved[~sure]).all()
+
+
+def test_the_match_check_of_a_detector_counts_what_a_veto_removes():
+    """benchmark_match --detector: how well a second opinion's distance finds a detector's errors
+    beyond the tail, against its spread, and what a veto would leave out of the kept share."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from benchmark_match import auc, veto_summary
+
+    # Two images x three landmarks; two errors beyond 4 mm (6.0 and 5.0).
+    errors = np.array([[1.0, 6.0, 2.0], [5.0, 1.5, 0.5]])
+    spread = np.array([[1.0, 2.0, 3.0], [6.0, 4.0, 5.0]])
+    distance = np.array([[0.5, 7.0, 1.0], [4.5, 3.5, 2.0]])
+    # By hand: positives (6.0, 5.0) have spreads 2 and 6, negatives 1, 3, 4, 5: pairs won 1 + 4 of 8.
+    assert auc(spread, errors > 4) == pytest.approx(5 / 8)
+    # Distances 7.0 and 4.5 against 0.5, 1.0, 3.5, 2.0: every pair won.
+    assert auc(distance, errors > 4) == 1.0
+    assert auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5  # a tie counts half
+    assert auc(spread, errors > 10) is None  # no positive: no curve
+    res = veto_summary(errors, spread, distance, tail=4.0, keep=0.5, vetoes=(3.0, 5.0))
+    assert res["tail_share"] == pytest.approx(2 / 6)
+    kept = res["kept"]
+    # The half with the smallest spread: spreads 1, 2, 3 (errors 1.0, 6.0, 2.0; distances 0.5, 7.0, 1.0).
+    assert kept["count"] == 3 and kept["tail"] == 1 and kept["mre"] == pytest.approx(3.0)
+    assert kept["auc_distance"] == 1.0
+    assert kept["vetoes"] == [
+        {"distance": 3.0, "removed": 1, "removed_tail": 1, "mre_rest": pytest.approx(1.5)},
+        {"distance": 5.0, "removed": 1, "removed_tail": 1, "mre_rest": pytest.approx(1.5)},
+    ]

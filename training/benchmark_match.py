@@ -4,7 +4,17 @@ pre-trained DDPM's features (:mod:`hf_landmark.matching`), and the errors are pr
 ``evaluate`` prints them: over all landmarks, over the cycle-consistent ones, per landmark,
 and the share above ``--tail`` (mm or px).
 
+``--templates K`` matches from each of the first K sorted training images (the images
+``finetune --num-labels K`` labels) and takes the median of their matches (consistent: in
+more than half of them). ``--detector MODEL [MODEL ...]`` measures matching as a check on a detector's
+landmarks: how well the distance between each landmark and the matches finds the detector's
+errors beyond ``--tail``, against its own heatmap spread, over all landmarks and among the
+``--keep`` share with the smallest spread (those self-training would keep as pseudo-labels),
+and what vetoing the landmarks farther than a few distances from the matches would remove.
+
     python training/benchmark_match.py --dataset data/ceph --features ddpm/checkpoint-8000
+    python training/benchmark_match.py --dataset data/ceph --features ddpm/checkpoint-8000 \
+        --templates 5 --split test --detector ft/model
 """
 
 from __future__ import annotations
@@ -27,32 +37,41 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset", required=True)
     p.add_argument("--features", required=True, help="pre-trained DDPM checkpoint")
     p.add_argument("--split", default="validation")
-    p.add_argument("--template", help="template image id (default: the first sorted training id)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--template", help="template image id (default: the first sorted training id)")
+    which.add_argument("--templates", type=int, default=1, help="match from the first K sorted training images")
     p.add_argument("--timestep", type=int, default=DEFAULT_TIMESTEP)
     p.add_argument("--cycle-radius", type=float, default=1.5)
     p.add_argument("--tail", type=float, default=4.0)
+    p.add_argument("--detector", nargs="+", default=[], help="saved detectors whose landmarks the matches check")
+    p.add_argument("--keep", type=float, default=0.4, help="with --detector: the share of landmarks kept by spread")
     p.add_argument("--output", help="write the results as JSON here")
     args = p.parse_args(argv)
 
     dataset = load_prepared(args.dataset)
     train = require_split(dataset, "train", args.dataset)
     ids = list(train["image_id"])
-    t_idx = ids.index(args.template) if args.template else int(np.argsort(ids)[0])
-    template = train[t_idx]
+    order = [int(i) for i in np.argsort(ids)]
+    t_rows = [ids.index(args.template)] if args.template else order[: args.templates]
+    template = train[t_rows[0]]
     target_split = require_split(dataset, args.split, args.dataset)
+    if args.split == "train":  # the other training images: a template matched into itself says nothing
+        target_split = target_split.select([i for i in range(len(target_split)) if i not in t_rows])
     extractor = FeatureExtractor.from_ddpm(args.features, timestep=args.timestep)
     targets = [to_grayscale01(row["image"]) for row in target_split]
-    t_img = to_grayscale01(template["image"])
     # The prepared images are stored smaller than the originals: coordinates scale with them.
-    scale_t = np.array(template["original_size"], dtype=np.float64) / np.array(template["image"].size)
-    results = match_images(extractor, t_img, np.asarray(template["landmarks"]) / scale_t, targets, args.cycle_radius)
-    pred = np.stack(
-        [
-            r["xy"] * (np.array(row["original_size"]) / np.array(row["image"].size))
-            for r, row in zip(results, target_split)
-        ]
-    )
-    consistent = np.stack([r["consistent"] for r in results])
+    scale = np.stack([np.array(row["original_size"], float) / np.array(row["image"].size) for row in target_split])
+    preds, consistents = [], []
+    for t in t_rows:
+        row = train[t]
+        scale_t = np.array(row["original_size"], dtype=np.float64) / np.array(row["image"].size)
+        results = match_images(
+            extractor, to_grayscale01(row["image"]), np.asarray(row["landmarks"]) / scale_t, targets, args.cycle_radius
+        )
+        preds.append(np.stack([r["xy"] for r in results]) * scale[:, None, :])
+        consistents.append(np.stack([r["consistent"] for r in results]))
+    pred = np.median(np.stack(preds), axis=0)
+    consistent = np.mean(consistents, axis=0) > 0.5
     data = load_tensors(target_split, 64)
     config = LandmarkDetector.config_class(
         num_landmarks=pred.shape[1],
@@ -61,7 +80,8 @@ def main(argv=None) -> dict:
         dataset_name=template["dataset"],
     )
     metrics = compute_metrics(pred, data, config)
-    out = summarise(metrics, consistent, args, (ids[t_idx], len(targets), list(template["landmark_names"])))
+    about = (",".join(ids[t] for t in t_rows), len(targets), list(template["landmark_names"]))
+    out = summarise(metrics, consistent, args, about)
     print(
         f"template {out['template']}, {len(targets)} {args.split} images: MRE {out['mre']:.2f} {out['unit']}, SDR "
         + ", ".join(f"{k}: {v:.1f} %" for k, v in out["sdr"].items())
@@ -75,9 +95,95 @@ def main(argv=None) -> dict:
         f"{mre(out['mre_inconsistent'])} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
         f"{100 * out['tail_error_share']:.1f} % of the error"
     )
+    if args.detector:
+        out["detectors"] = {path: check_detector(path, target_split, pred, args) for path in args.detector}
     if args.output:
         write_json_atomic(out, args.output)
     return out
+
+
+def check_detector(model_path: str, split, matched: np.ndarray, args) -> dict:
+    """The detector's landmarks on ``split`` checked against the ``matched`` ones ``[M, N, 2]``
+    (original pixels): :func:`veto_summary` of its errors, spread and distance to the matches,
+    printed."""
+    import torch
+
+    from hf_landmark.data import load_tensors
+    from hf_landmark.evaluation import physical_errors, predict_split
+    from hf_landmark.image_processing_landmark import processor_for_model
+    from hf_landmark.modeling_landmark import LandmarkDetector
+
+    model = LandmarkDetector.from_pretrained(model_path, dtype=torch.float32).eval()
+    processor = processor_for_model(model)
+    data = load_tensors(split, processor.size, processor.resample, processor.refine_size)
+    # As self-training predicts its pool: the embedding test alone flags an image.
+    out = predict_split(model, processor, data, spread_check=False)
+    errors, unit = physical_errors(out["coords"], data, model.config)
+    distance, _ = physical_errors(out["coords"], data.with_landmarks(matched), model.config)
+    res = veto_summary(errors, out["spread"], distance, args.tail, args.keep)
+    print(
+        f"detector {model_path}: MRE {errors.mean():.3f} {unit}, beyond {args.tail:g}: {100 * res['tail_share']:.1f} %; "
+        f"the errors beyond {args.tail:g} found by (AUC) its spread {res['auc_spread']:.3f}, "
+        f"the distance to the matches {res['auc_distance']:.3f}"
+    )
+    kept = res["kept"]
+    print(
+        f"the {100 * args.keep:.0f} % with the smallest spread: MRE {kept['mre']:.3f}, {kept['tail']} beyond "
+        f"{args.tail:g}, AUC of the distance {kept['auc_distance']:.3f}"
+    )
+    for v in kept["vetoes"]:
+        print(
+            f"  veto beyond {v['distance']:g} {unit} from the matches: removes {v['removed']} "
+            f"({v['removed_tail']} of the {kept['tail']} beyond {args.tail:g}), MRE of the rest {v['mre_rest']:.3f}"
+        )
+    return {"unit": unit, **res}
+
+
+def auc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """The chance that a random positive scores above a random negative (ties count half): the
+    area under the ROC curve, by the Mann-Whitney U statistic. None without both classes."""
+    from scipy.stats import mannwhitneyu
+
+    score, positive = np.ravel(score), np.ravel(positive).astype(bool)
+    if positive.all() or not positive.any():
+        return None
+    u = mannwhitneyu(score[positive], score[~positive], alternative="two-sided").statistic
+    return float(u / (positive.sum() * (~positive).sum()))
+
+
+def veto_summary(errors, spread, distance, tail: float, keep: float, vetoes=(3.0, 4.0, 5.0, 6.0)) -> dict:
+    """How well ``distance`` (each landmark's to a second opinion) finds the ``errors`` beyond
+    ``tail``, against ``spread``, all ``[M, N]``: over all landmarks and among the ``keep`` share
+    with the smallest spread, and for each of ``vetoes`` what leaving out the kept landmarks
+    farther than it would remove."""
+    errors, spread, distance = (np.asarray(a, np.float64) for a in (errors, spread, distance))
+    bad = errors > tail
+    kept = spread <= np.quantile(spread, keep)
+    rows = []
+    for v in vetoes:
+        removed = kept & (distance > v)
+        rest = kept & ~removed
+        rows.append(
+            {
+                "distance": v,
+                "removed": int(removed.sum()),
+                "removed_tail": int((removed & bad).sum()),
+                "mre_rest": float(errors[rest].mean()) if rest.any() else None,
+            }
+        )
+    return {
+        "tail_share": float(bad.mean()),
+        "auc_spread": auc(spread, bad),
+        "auc_distance": auc(distance, bad),
+        "kept": {
+            "share": keep,
+            "count": int(kept.sum()),
+            "mre": float(errors[kept].mean()),
+            "tail": int((bad & kept).sum()),
+            "auc_distance": auc(distance[kept], bad[kept]),
+            "vetoes": rows,
+        },
+    }
 
 
 def summarise(metrics: dict, consistent: np.ndarray, args, about: tuple) -> dict:
