@@ -1133,3 +1133,37 @@ def test_a_teacher_gives_the_first_self_training_round_its_pseudo_labels(ddpm, s
     assert cli(["card", str(student / "model"), "--metrics", str(metrics), "--repo-id", "org/student"]) == 0
     card = (student / "model" / "README.md").read_text()
     assert "(the teacher's predictions: a detector fine-tuned on the same labels)" in card
+
+
+def test_benchmark_match_checks_a_detector_on_the_images_it_was_not_taught(ddpm, synth_prepared, tmp_path, capsys):
+    """training/benchmark_match.py --templates K --split train --detector: the first K training
+    images are the templates, the others are checked; the detector's errors there are
+    `evaluate --exclude-training-labels`'s when it was taught on those K; a second call in the
+    same process answers the same."""
+    out = tmp_path / "ft"
+    args = ["finetune", "--dataset", str(synth_prepared), "--num-labels", "3", "--max-steps", "8", "--eval-steps", "4"]
+    args += ["--no-refine", "--self-train", "0", "--report-to", "none", "--init", str(ddpm / "checkpoint-50")]
+    assert cli([*args, "--output-dir", str(out)]) == 0
+    model = str(out / "model")
+    assert (
+        cli(
+            ["evaluate", "--model", model, "--dataset", str(synth_prepared), "--split", "train"]
+            + ["--exclude-training-labels", "--output", str(tmp_path / "e.json")]
+        )
+        == 0
+    )
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from benchmark_match import main as benchmark_match
+
+    argv = ["--dataset", str(synth_prepared), "--features", str(ddpm / "checkpoint-50"), "--templates", "3"]
+    argv += ["--split", "train", "--detector", model, "--keep", "0.5"]
+    first = benchmark_match(argv)
+    assert benchmark_match(argv) == first
+    ids = sorted(load_prepared(synth_prepared)["train"]["image_id"])
+    taught = json.loads((out / "model" / "hf_landmark_training.json").read_text())["labeled_image_ids"]
+    assert sorted(taught) == ids[:3] and first["template"] == ",".join(ids[:3]) and first["images"] == 14 - 3
+    checked = first["detectors"][model]
+    assert checked["mre"] == pytest.approx(json.loads((tmp_path / "e.json").read_text())["mre"], rel=1e-6)
+    # 11 x 19 = 209 landmarks: the median spread is the 105th smallest, so 105 are kept.
+    assert checked["kept"]["count"] == 105 and checked["kept"]["share"] == 0.5
+    assert f"detector {model}: MRE {checked['mre']:.3f}" in capsys.readouterr().out

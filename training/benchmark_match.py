@@ -24,14 +24,8 @@ import argparse
 import numpy as np
 
 
-def main(argv=None) -> dict:
-    from hf_landmark.data import load_prepared, load_tensors
-    from hf_landmark.data.prepared import require_split
-    from hf_landmark.evaluation import compute_metrics
-    from hf_landmark.fileio import write_json_atomic
-    from hf_landmark.matching import DEFAULT_TIMESTEP, FeatureExtractor, match_images
-    from hf_landmark.modeling_landmark import LandmarkDetector
-    from hf_landmark.preprocessing import to_grayscale01
+def parse_args(argv=None) -> argparse.Namespace:
+    from hf_landmark.matching import DEFAULT_TIMESTEP
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True)
@@ -47,10 +41,38 @@ def main(argv=None) -> dict:
     p.add_argument("--keep", type=float, default=0.4, help="with --detector: the share of landmarks kept by spread")
     p.add_argument("--output", help="write the results as JSON here")
     args = p.parse_args(argv)
+    if args.templates < 1:
+        p.error(f"--templates {args.templates}: at least one template")
+    if not 0 < args.keep <= 1:
+        p.error(f"--keep {args.keep:g}: a share in (0, 1]")
+    args.error = p.error
+    return args
+
+
+def main(argv=None) -> dict:
+    from hf_landmark.data import load_prepared, load_tensors
+    from hf_landmark.data.prepared import require_split
+    from hf_landmark.errors import UserInputError, resolve_folder_or_repo
+    from hf_landmark.evaluation import compute_metrics
+    from hf_landmark.fileio import write_json_atomic
+    from hf_landmark.matching import FeatureExtractor, match_images
+    from hf_landmark.modeling_landmark import LandmarkDetector
+    from hf_landmark.pipeline_landmark import load_detector
+    from hf_landmark.preprocessing import to_grayscale01
+
+    args = parse_args(argv)
+    try:  # before the matching's minutes: a wrong folder is said at once
+        detectors = {p: load_detector(resolve_folder_or_repo(p, "--detector", "model")) for p in args.detector}
+    except UserInputError as err:
+        args.error(str(err))
 
     dataset = load_prepared(args.dataset)
     train = require_split(dataset, "train", args.dataset)
     ids = list(train["image_id"])
+    if args.template and args.template not in ids:
+        args.error(f"--template {args.template}: no training image of {args.dataset} has that id")
+    if args.templates > len(ids):
+        args.error(f"--templates {args.templates}: {args.dataset} has {len(ids)} training images")
     order = [int(i) for i in np.argsort(ids)]
     t_rows = [ids.index(args.template)] if args.template else order[: args.templates]
     template = train[t_rows[0]]
@@ -96,25 +118,19 @@ def main(argv=None) -> dict:
         f"{100 * out['tail_error_share']:.1f} % of the error"
     )
     if args.detector:
-        out["detectors"] = {path: check_detector(path, target_split, pred, args) for path in args.detector}
+        out["detectors"] = {path: check_detector(path, *d, target_split, pred, args) for path, d in detectors.items()}
     if args.output:
         write_json_atomic(out, args.output)
     return out
 
 
-def check_detector(model_path: str, split, matched: np.ndarray, args) -> dict:
-    """The detector's landmarks on ``split`` checked against the ``matched`` ones ``[M, N, 2]``
-    (original pixels): :func:`veto_summary` of its errors, spread and distance to the matches,
-    printed."""
-    import torch
-
+def check_detector(model_path: str, model, processor, split, matched: np.ndarray, args) -> dict:
+    """The detector's (``model`` and its ``processor``) landmarks on ``split`` checked against the
+    ``matched`` ones ``[M, N, 2]`` (original pixels): :func:`veto_summary` of its errors, spread
+    and distance to the matches, printed."""
     from hf_landmark.data import load_tensors
     from hf_landmark.evaluation import physical_errors, predict_split
-    from hf_landmark.image_processing_landmark import processor_for_model
-    from hf_landmark.modeling_landmark import LandmarkDetector
 
-    model = LandmarkDetector.from_pretrained(model_path, dtype=torch.float32).eval()
-    processor = processor_for_model(model)
     data = load_tensors(split, processor.size, processor.resample, processor.refine_size)
     # As self-training predicts its pool: the embedding test alone flags an image.
     out = predict_split(model, processor, data, spread_check=False)
@@ -136,7 +152,7 @@ def check_detector(model_path: str, split, matched: np.ndarray, args) -> dict:
             f"  veto beyond {v['distance']:g} {unit} from the matches: removes {v['removed']} "
             f"({v['removed_tail']} of the {kept['tail']} beyond {args.tail:g}), MRE of the rest {v['mre_rest']:.3f}"
         )
-    return {"unit": unit, **res}
+    return {"unit": unit, "mre": float(errors.mean()), **res}
 
 
 def auc(score: np.ndarray, positive: np.ndarray) -> float | None:
