@@ -203,6 +203,8 @@ def test_the_match_check_of_a_detector_counts_what_a_veto_removes():
     # The half with the smallest spread: spreads 1, 2, 3 (errors 1.0, 6.0, 2.0; distances 0.5, 7.0, 1.0).
     assert kept["count"] == 3 and kept["tail"] == 1 and kept["mre"] == pytest.approx(3.0)
     assert kept["auc_distance"] == 1.0
+    # A detector with no error beyond the tail: nothing to find, and no AUC (printed "none").
+    assert veto_summary(errors, spread, distance, tail=10.0, keep=0.5)["auc_spread"] is None
     assert kept["vetoes"] == [
         {"distance": 3.0, "removed": 1, "removed_tail": 1, "mre_rest": pytest.approx(1.5)},
         {"distance": 5.0, "removed": 1, "removed_tail": 1, "mre_rest": pytest.approx(1.5)},

@@ -109,12 +109,9 @@ def main(argv=None) -> dict:
         + ", ".join(f"{k}: {v:.1f} %" for k, v in out["sdr"].items())
     )
 
-    def mre(v):
-        return "none" if v is None else f"{v:.2f}"
-
     print(
-        f"cycle-consistent: {100 * out['consistent_share']:.1f} % of landmarks, MRE {mre(out['mre_consistent'])} vs "
-        f"{mre(out['mre_inconsistent'])} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
+        f"cycle-consistent: {100 * out['consistent_share']:.1f} % of landmarks, MRE {_num(out['mre_consistent'], 2)} vs "
+        f"{_num(out['mre_inconsistent'], 2)} for the others; > {args.tail:g} {out['unit']}: {100 * out['tail_share']:.1f} % of landmarks, "
         f"{100 * out['tail_error_share']:.1f} % of the error"
     )
     if args.detector:
@@ -137,22 +134,27 @@ def check_detector(model_path: str, model, processor, split, matched: np.ndarray
     errors, unit = physical_errors(out["coords"], data, model.config)
     distance, _ = physical_errors(out["coords"], data.with_landmarks(matched), model.config)
     res = veto_summary(errors, out["spread"], distance, args.tail, args.keep)
-    print(
-        f"detector {model_path}: MRE {errors.mean():.3f} {unit}, beyond {args.tail:g}: {100 * res['tail_share']:.1f} %; "
-        f"the errors beyond {args.tail:g} found by (AUC) its spread {res['auc_spread']:.3f}, "
-        f"the distance to the matches {res['auc_distance']:.3f}"
-    )
     kept = res["kept"]
     print(
+        f"detector {model_path}: MRE {errors.mean():.3f} {unit}, beyond {args.tail:g}: {100 * res['tail_share']:.1f} %; "
+        f"the errors beyond {args.tail:g} found by (AUC) its spread {_num(res['auc_spread'])}, "
+        f"the distance to the matches {_num(res['auc_distance'])}"
+    )
+    print(
         f"the {100 * args.keep:.0f} % with the smallest spread: MRE {kept['mre']:.3f}, {kept['tail']} beyond "
-        f"{args.tail:g}, AUC of the distance {kept['auc_distance']:.3f}"
+        f"{args.tail:g}, AUC of the distance {_num(kept['auc_distance'])}"
     )
     for v in kept["vetoes"]:
         print(
             f"  veto beyond {v['distance']:g} {unit} from the matches: removes {v['removed']} "
-            f"({v['removed_tail']} of the {kept['tail']} beyond {args.tail:g}), MRE of the rest {v['mre_rest']:.3f}"
+            f"({v['removed_tail']} of the {kept['tail']} beyond {args.tail:g}), MRE of the rest {_num(v['mre_rest'])}"
         )
     return {"unit": unit, "mre": float(errors.mean()), **res}
+
+
+def _num(value, digits: int = 3) -> str:
+    """A figure as printed, or "none" where there is none (no error beyond the tail, nothing left)."""
+    return "none" if value is None else f"{value:.{digits}f}"
 
 
 def auc(score: np.ndarray, positive: np.ndarray) -> float | None:
